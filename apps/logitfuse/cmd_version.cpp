@@ -1,0 +1,45 @@
+// `logitfuse version`: versions of logitfuse, LibTorch, CUDA and NCCL.
+#include <CLI/CLI.hpp>
+#include <ATen/Context.h>
+#include <torch/version.h>
+#include <dlfcn.h>
+
+#include <iostream>
+
+#include "commands.h"
+
+namespace lf::app {
+
+namespace {
+
+// NCCL is loaded by LibTorch's CUDA library when it has one; ask it for its version if present.
+std::string nccl_version() {
+  void* handle = dlopen("libnccl.so.2", RTLD_LAZY | RTLD_NOLOAD);
+  if (!handle) handle = dlopen("libnccl.so.2", RTLD_LAZY);
+  if (!handle) return "not available";
+  using GetVersion = int (*)(int*);
+  auto get = reinterpret_cast<GetVersion>(dlsym(handle, "ncclGetVersion"));
+  int code = 0;
+  if (!get || get(&code) != 0) return "unknown";
+  const int major = code / 10000, minor = (code % 10000) / 100, patch = code % 100;
+  return std::to_string(major) + "." + std::to_string(minor) + "." + std::to_string(patch);
+}
+
+}  // namespace
+
+void add_version(CLI::App& root) {
+  CLI::App* cmd = root.add_subcommand("version", "Versions of logitfuse, LibTorch, CUDA and NCCL");
+  cmd->callback([] {
+    std::cout << "logitfuse " << LOGITFUSE_VERSION << "\n";
+    std::cout << "LibTorch " << TORCH_VERSION << "\n";
+#ifdef LOGITFUSE_HAVE_CUDA
+    const char* kernels = "built";
+#else
+    const char* kernels = "not built";
+#endif
+    std::cout << "CUDA " << (at::hasCUDA() ? "available" : "not available") << " (CUDA sources " << kernels << ")\n";
+    std::cout << "NCCL " << nccl_version() << "\n";
+  });
+}
+
+}  // namespace lf::app

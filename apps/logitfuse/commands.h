@@ -1,0 +1,21 @@
+// One function per subcommand file: each adds its subcommand to the CLI and sets the callback that
+// turns the parsed options into library calls. Errors are thrown as lf::Error and mapped in main.
+#pragma once
+
+namespace CLI {
+class App;
+}
+
+namespace lf::app {
+
+void add_train(CLI::App& root);
+void add_cache_logits(CLI::App& root);
+void add_generate(CLI::App& root);
+void add_eval(CLI::App& root);
+void add_init_model(CLI::App& root);
+void add_logits(CLI::App& root);
+void add_tokenize(CLI::App& root);
+void add_version(CLI::App& root);
+void add_bench(CLI::App& root);
+
+}  // namespace lf::app

@@ -1,0 +1,197 @@
+#include "config/recipe.h"
+
+#include "config/schema.h"
+
+namespace lf {
+
+using schema::at_least;
+using schema::greater_than;
+using schema::in_range;
+using schema::non_empty;
+using schema::one_of;
+
+namespace {
+const std::vector<std::string> kDtypes = {"fp32", "bf16", "fp16"};
+}
+
+template <class V>
+void visit(V& v, RunConfig& c) {
+  v("name", c.name, non_empty());
+  v("output_dir", c.output_dir, non_empty());
+  v("seed", c.seed);
+}
+
+template <class V>
+void visit(V& v, StudentConfig& c) {
+  v.required("path", c.path, non_empty());
+  v("dtype", c.dtype, one_of(kDtypes));
+  v("chat_template", c.chat_template, non_empty());
+}
+
+template <class V>
+void visit(V& v, TeacherConfig& c) {
+  v("name", c.name);
+  v.required("path", c.path, non_empty());
+  v("dtype", c.dtype, one_of(kDtypes));
+  v("chat_template", c.chat_template, non_empty());
+  v("weight", c.weight, at_least(0.0));
+  v("logits_cache", c.logits_cache);
+  v("device", c.device, non_empty());
+}
+
+template <class V>
+void visit(V& v, DataConfig& c) {
+  v.required("train", c.train, non_empty());
+  v("eval", c.eval);
+  v("max_length", c.max_length, at_least<int64_t>(2));
+  v("max_prompt_length", c.max_prompt_length, at_least<int64_t>(0));
+  v("skip_invalid", c.skip_invalid);
+}
+
+template <class V>
+void visit(V& v, TokenLossConfig& c) {
+  v("type", c.type, one_of({"uld", "kl", "rkl", "jsd", "none"}));
+  v("top_k", c.top_k, schema::Check<std::optional<int64_t>>([](const std::optional<int64_t>& k) {
+      return (!k || *k >= 1) ? std::string() : "must be >= 1 or null (got " + std::to_string(*k) + ")";
+    }));
+  v("temperature", c.temperature, greater_than(0.0));
+  v("beta", c.beta, in_range(0.0, 1.0));
+}
+
+template <class V>
+void visit(V& v, GraphLossConfig& c) {
+  v("type", c.type, one_of({"gld", "none"}));
+  v("weight", c.weight, at_least(0.0));
+  v("top_k", c.top_k, at_least<int64_t>(1));
+  v("temperature", c.temperature, greater_than(0.0));
+  v("nodes", c.nodes, one_of({"rank", "vocab"}));
+  v("feature", c.feature, one_of({"strength", "self", "norm"}));
+  v("normalize_features", c.normalize_features);
+  v("p", c.p, in_range<int64_t>(1, 2));
+  v("solver", c.solver, one_of({"sorted", "entropic"}));
+  v("epsilon", c.epsilon, greater_than(0.0));
+}
+
+template <class V>
+void visit(V& v, LossConfig& c) {
+  v("distill_weight", c.distill_weight, in_range(0.0, 1.0));
+  v("teacher_mix", c.teacher_mix, one_of({"uniform", "weights", "min_ce"}));
+  v("token", c.token);
+  v("graph", c.graph);
+}
+
+template <class V>
+void visit(V& v, AlignmentConfig& c) {
+  v("positions", c.positions, one_of({"offsets", "dtw", "index"}));
+  v("vocab", c.vocab, one_of({"exact", "mined"}));
+}
+
+template <class V>
+void visit(V& v, TrainConfig& c) {
+  v("epochs", c.epochs, at_least<int64_t>(1));
+  v("max_steps", c.max_steps, schema::Check<std::optional<int64_t>>([](const std::optional<int64_t>& s) {
+      return (!s || *s >= 1) ? std::string() : "must be >= 1 or null (got " + std::to_string(*s) + ")";
+    }));
+  v("micro_batch_size", c.micro_batch_size, at_least<int64_t>(1));
+  v("grad_accum", c.grad_accum, at_least<int64_t>(1));
+  v("lr", c.lr, greater_than(0.0));
+  v("weight_decay", c.weight_decay, at_least(0.0));
+  v("schedule", c.schedule, one_of({"constant", "linear", "cosine"}));
+  v("warmup_ratio", c.warmup_ratio, in_range(0.0, 1.0));
+  v("clip_grad", c.clip_grad, at_least(0.0));
+  v("precision", c.precision, one_of({"fp32", "bf16"}));
+  v("activation_checkpointing", c.activation_checkpointing);
+}
+
+template <class V>
+void visit(V& v, CheckpointConfig& c) {
+  v("every_steps", c.every_steps, at_least<int64_t>(0));
+  v("keep_last", c.keep_last, at_least<int64_t>(1));
+}
+
+template <class V>
+void visit(V& v, LogConfig& c) {
+  v("every_steps", c.every_steps, at_least<int64_t>(1));
+}
+
+template <class V>
+void visit(V& v, DistConfig& c) {
+  v("backend", c.backend, one_of({"auto", "nccl", "cpu"}));
+}
+
+template <class V>
+void visit(V& v, Recipe& c) {
+  v("run", c.run);
+  v.required("student", c.student);
+  v("teachers", c.teachers);
+  v.required("data", c.data);
+  v("loss", c.loss);
+  v("alignment", c.alignment);
+  v("train", c.train);
+  v("checkpoint", c.checkpoint);
+  v("log", c.log);
+  v("dist", c.dist);
+}
+
+namespace {
+
+// Rules that involve more than one key.
+void check_cross_keys(Recipe& recipe, const schema::Reader& reader, const YAML::Node& root) {
+  auto fail = [&](const std::string& path, const std::string& what, const std::string& hint = {}) {
+    YAML::Node node = root;
+    for (const auto& key : split(path, '.')) {
+      if (!node.IsDefined()) break;
+      if (node.IsSequence()) {
+        node.reset(node[std::stoul(key)]);
+      } else if (node.IsMap() && node[key]) {
+        YAML::Node child = node[key];
+        node.reset(child);
+      } else {
+        break;
+      }
+    }
+    throw InputError(reader.where(path, node) + path + ": " + what, hint);
+  };
+  if (recipe.data.max_prompt_length >= recipe.data.max_length)
+    fail("data.max_prompt_length", "must be smaller than data.max_length (" + std::to_string(recipe.data.max_length) + ")");
+  std::vector<std::string> names;
+  for (size_t i = 0; i < recipe.teachers.size(); ++i) {
+    auto& teacher = recipe.teachers[i];
+    if (teacher.name.empty()) teacher.name = "teacher" + std::to_string(i);
+    for (const auto& other : names)
+      if (other == teacher.name)
+        fail("teachers." + std::to_string(i) + ".name", "duplicate teacher name '" + teacher.name + "'");
+    names.push_back(teacher.name);
+  }
+  if (recipe.loss.teacher_mix == "weights" && !recipe.teachers.empty()) {
+    double total = 0;
+    for (const auto& t : recipe.teachers) total += t.weight;
+    if (total <= 0) fail("loss.teacher_mix", "'weights' needs a positive teachers.N.weight on some teacher");
+  }
+  if (recipe.loss.graph.type == "gld" && recipe.loss.graph.nodes == "vocab" && recipe.loss.graph.solver == "entropic")
+    fail("loss.graph.solver", "'entropic' is defined on rank nodes", "use loss.graph.nodes=rank with the entropic solver");
+}
+
+}  // namespace
+
+Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides) {
+  schema::Source source{path, {}};
+  YAML::Node root = schema::load_yaml_file(path);
+  schema::apply_overrides(root, overrides, source);
+  Recipe recipe;
+  schema::Reader reader(root, "", source);
+  visit(reader, recipe);
+  reader.finish();
+  check_cross_keys(recipe, reader, root);
+  return recipe;
+}
+
+std::string recipe_to_yaml(const Recipe& recipe) {
+  YAML::Emitter out;
+  out.SetDoublePrecision(17);
+  schema::Writer writer(out);
+  writer.write(recipe);
+  return std::string(out.c_str()) + "\n";
+}
+
+}  // namespace lf

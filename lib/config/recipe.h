@@ -1,0 +1,121 @@
+// The training recipe (interface.md "Recipe"): plain structs with the documented defaults.
+// Loaded and validated once at start-up by load_recipe(); nothing else reads YAML.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace lf {
+
+struct RunConfig {
+  std::string name = "run";
+  std::string output_dir = "runs/run";
+  int64_t seed = 1234;
+};
+
+struct StudentConfig {
+  std::string path;
+  std::string dtype = "bf16";
+  std::string chat_template = "auto";
+};
+
+struct TeacherConfig {
+  std::string name;
+  std::string path;
+  std::string dtype = "bf16";
+  std::string chat_template = "auto";
+  double weight = 1.0;
+  std::optional<std::string> logits_cache;
+  std::string device = "auto";  // auto = the student's device
+};
+
+struct DataConfig {
+  std::string train;
+  std::optional<std::string> eval;
+  int64_t max_length = 2048;
+  int64_t max_prompt_length = 1024;
+  bool skip_invalid = false;
+};
+
+struct TokenLossConfig {
+  std::string type = "uld";  // uld | kl | rkl | jsd | none
+  std::optional<int64_t> top_k;
+  double temperature = 1.0;
+  double beta = 0.5;
+};
+
+struct GraphLossConfig {
+  std::string type = "gld";  // gld | none
+  double weight = 1.0;
+  int64_t top_k = 10;
+  double temperature = 1.0;
+  std::string nodes = "rank";        // rank | vocab
+  std::string feature = "strength";  // strength | self | norm
+  bool normalize_features = true;
+  int64_t p = 1;
+  std::string solver = "sorted";  // sorted | entropic
+  double epsilon = 0.005;
+};
+
+struct LossConfig {
+  double distill_weight = 0.5;
+  std::string teacher_mix = "uniform";  // uniform | weights | min_ce
+  TokenLossConfig token;
+  GraphLossConfig graph;
+};
+
+struct AlignmentConfig {
+  std::string positions = "offsets";  // offsets | dtw | index
+  std::string vocab = "exact";        // exact | mined
+};
+
+struct TrainConfig {
+  int64_t epochs = 1;
+  std::optional<int64_t> max_steps;
+  int64_t micro_batch_size = 1;
+  int64_t grad_accum = 1;
+  double lr = 1.0e-5;
+  double weight_decay = 0.0;
+  std::string schedule = "cosine";  // constant | linear | cosine
+  double warmup_ratio = 0.0;
+  double clip_grad = 1.0;
+  std::string precision = "bf16";  // fp32 | bf16
+  bool activation_checkpointing = false;
+};
+
+struct CheckpointConfig {
+  int64_t every_steps = 0;
+  int64_t keep_last = 2;
+};
+
+struct LogConfig {
+  int64_t every_steps = 10;
+};
+
+struct DistConfig {
+  std::string backend = "auto";  // auto | nccl | cpu
+};
+
+struct Recipe {
+  RunConfig run;
+  StudentConfig student;
+  std::vector<TeacherConfig> teachers;
+  DataConfig data;
+  LossConfig loss;
+  AlignmentConfig alignment;
+  TrainConfig train;
+  CheckpointConfig checkpoint;
+  LogConfig log;
+  DistConfig dist;
+};
+
+// Reads `path`, applies `key.path=value` overrides, validates every key (unknown keys, wrong types,
+// out-of-range values, cross-key rules) and throws InputError naming the key path and YAML line.
+Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides = {});
+
+// The resolved recipe as YAML (for --print-config and recipe.resolved.yaml); loads back unchanged.
+std::string recipe_to_yaml(const Recipe& recipe);
+
+}  // namespace lf

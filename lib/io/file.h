@@ -1,0 +1,51 @@
+// Files: memory mapping, whole-file reads, and writes that never leave a half-written file behind.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace lf {
+
+// A read-only memory map of a whole file. Shared so that tensors viewing it keep it alive.
+class MappedFile {
+ public:
+  static std::shared_ptr<MappedFile> open(const std::string& path);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  MappedFile() = default;
+  std::string path_;
+  uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+std::string read_text_file(const std::string& path);
+
+// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename, fsync the folder.
+void write_file_atomic(const std::string& path, const std::string& bytes);
+
+// Streams into `path + ".tmp"`; commit() fsyncs and renames into place. If destroyed without
+// commit() the temporary file is removed, so a failure never leaves a partial file under `path`.
+class AtomicFileWriter {
+ public:
+  explicit AtomicFileWriter(std::string path);
+  ~AtomicFileWriter();
+  void write(const void* data, size_t size);
+  void commit();
+
+ private:
+  std::string path_, tmp_path_;
+  int fd_ = -1;
+};
+
+void fsync_directory(const std::string& dir);
+
+}  // namespace lf

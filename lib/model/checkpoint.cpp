@@ -1,0 +1,119 @@
+#include "model/checkpoint.h"
+
+#include <ATen/ATen.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <set>
+
+#include "core/error.h"
+#include "io/file.h"
+#include "io/safetensors.h"
+
+namespace fs = std::filesystem;
+
+namespace lf {
+
+c10::ScalarType parse_dtype(const std::string& name, const std::string& what) {
+  if (name == "fp32" || name == "float32") return at::kFloat;
+  if (name == "bf16" || name == "bfloat16") return at::kBFloat16;
+  if (name == "fp16" || name == "float16") return at::kHalf;
+  throw InputError(what + ": unknown dtype '" + name + "'", "use fp32, bf16 or fp16");
+}
+
+std::string torch_dtype_name(c10::ScalarType type) {
+  switch (type) {
+    case at::kFloat: return "float32";
+    case at::kBFloat16: return "bfloat16";
+    case at::kHalf: return "float16";
+    default: throw InputError(std::string("dtype ") + c10::toString(type) + " is not a model dtype");
+  }
+}
+
+c10::Device parse_device(const std::string& name) {
+  std::string resolved = name == "auto" ? (at::hasCUDA() ? "cuda" : "cpu") : name;
+  try {
+    c10::Device device(resolved);
+    if (device.is_cuda() && !at::hasCUDA())
+      throw InputError("device '" + name + "': CUDA is not available on this machine", "use --device cpu");
+    return device;
+  } catch (const c10::Error&) {
+    throw InputError("unknown device '" + name + "'", "use cpu, cuda or cuda:N");
+  }
+}
+
+std::shared_ptr<CausalLM> load_model(const std::string& dir, const LoadOptions& options) {
+  ModelConfig config = load_model_config(dir);
+  const c10::ScalarType dtype =
+      options.dtype == "auto" ? parse_dtype(config.dtype, dir + "/config.json: torch_dtype") : parse_dtype(options.dtype, "--dtype");
+  const c10::Device device = parse_device(options.device);
+  auto checkpoint = SafetensorsCheckpoint::open_dir(dir);
+  auto model = std::make_shared<CausalLM>(config, at::TensorOptions().dtype(dtype).device(device));
+
+  at::NoGradGuard no_grad;
+  std::set<std::string> used;
+  for (auto& [name, param] : model->checkpoint_tensors()) {
+    if (!checkpoint.contains(name))
+      throw InputError(dir + ": checkpoint has no tensor '" + name + "'", "is config.json the one these weights were saved with?");
+    const auto& entry = checkpoint.entry(name);
+    if (at::IntArrayRef(entry.shape) != param.sizes())
+      throw InputError(dir + ": tensor '" + name + "' has shape " + c10::str(at::IntArrayRef(entry.shape)) +
+                       ", config.json implies " + c10::str(param.sizes()));
+    param.copy_(checkpoint.tensor(name));
+    used.insert(name);
+  }
+  for (const auto& name : checkpoint.names()) {
+    if (used.count(name)) continue;
+    // Old Llama exports carry the rotary table; a tied model may still store lm_head.
+    if (name.find("rotary_emb.inv_freq") != std::string::npos) continue;
+    if (name == "lm_head.weight" && config.tie_word_embeddings) continue;
+    throw InputError(dir + ": unexpected tensor '" + name + "' in the checkpoint",
+                     "the weights do not match config.json's architecture");
+  }
+  spdlog::debug("loaded {} ({} tensors, {}, {})", dir, used.size(), torch_dtype_name(dtype), device.str());
+  return model;
+}
+
+namespace {
+
+const char* kTokenizerFiles[] = {"tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                                 "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt",
+                                 "generation_config.json", "chat_template.jinja"};
+
+}  // namespace
+
+void save_model(CausalLM& model, const std::string& dir, const SaveOptions& options) {
+  const fs::path target(dir);
+  if (fs::exists(target) && !(fs::is_directory(target) && fs::is_empty(target)))
+    throw InputError(dir + ": already exists and is not empty", "choose another output directory or remove it");
+  if (!target.parent_path().empty()) fs::create_directories(target.parent_path());
+  const fs::path staging = target.string() + ".tmp-" + std::to_string(::getpid());
+  fs::remove_all(staging);
+  fs::create_directories(staging);
+  try {
+    ModelConfig config = model.config();
+    c10::ScalarType dtype = options.dtype == "auto" ? model.options().dtype().toScalarType()
+                                                    : parse_dtype(options.dtype, "save dtype");
+    config.dtype = torch_dtype_name(dtype);
+    NamedTensors tensors;
+    for (auto& [name, t] : model.checkpoint_tensors()) tensors.emplace_back(name, t.detach().to(at::kCPU, dtype));
+    write_safetensors_sharded(staging.string(), tensors, options.max_shard_bytes, {{"format", "pt"}});
+    write_file_atomic((staging / "config.json").string(), model_config_to_json(config));
+    if (!options.tokenizer_from.empty())
+      for (const char* name : kTokenizerFiles) {
+        const fs::path from = fs::path(options.tokenizer_from) / name;
+        if (fs::exists(from)) fs::copy_file(from, staging / name);
+      }
+    fsync_directory(staging.string());
+    if (fs::exists(target)) fs::remove(target);  // an empty directory
+    fs::rename(staging, target);
+    fsync_directory(target.parent_path().string());
+  } catch (...) {
+    std::error_code ignored;
+    fs::remove_all(staging, ignored);
+    throw;
+  }
+}
+
+}  // namespace lf

@@ -1,0 +1,35 @@
+// Hugging Face checkpoints: load a model directory into a CausalLM, save one back.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "model/transformer.h"
+
+namespace lf {
+
+struct LoadOptions {
+  std::string dtype = "auto";  // auto (the checkpoint's torch_dtype) | fp32 | bf16 | fp16
+  std::string device = "cpu";  // cpu | cuda | cuda:N | auto
+};
+
+// Reads config.json and the safetensors weights. Missing tensors, shape mismatches and
+// unexpected tensors are InputErrors naming the tensor and the directory.
+std::shared_ptr<CausalLM> load_model(const std::string& dir, const LoadOptions& options = {});
+
+struct SaveOptions {
+  uint64_t max_shard_bytes = 5ull << 30;  // transformers' default shard size
+  std::string dtype = "auto";             // auto = the model's dtype
+  std::string tokenizer_from;             // copy tokenizer files from this directory, if set
+};
+
+// Writes config.json, the weights (sharded above max_shard_bytes) and tokenizer files into `dir`,
+// atomically: into a temporary sibling first, then renamed. An existing non-empty `dir` is refused.
+void save_model(CausalLM& model, const std::string& dir, const SaveOptions& options = {});
+
+// "fp32" | "float32" | "bf16" | "bfloat16" | "fp16" | "float16" -> ScalarType; InputError otherwise.
+c10::ScalarType parse_dtype(const std::string& name, const std::string& what);
+std::string torch_dtype_name(c10::ScalarType type);  // "float32", "bfloat16", "float16"
+c10::Device parse_device(const std::string& name);
+
+}  // namespace lf

@@ -1,0 +1,291 @@
+#include "model/model_config.h"
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <set>
+
+#include "core/error.h"
+#include "core/strings.h"
+#include "io/file.h"
+
+namespace lf {
+
+using nlohmann::json;
+
+int64_t ModelConfig::rotary_dim() const {
+  int64_t dim = static_cast<int64_t>(static_cast<double>(head_dim) * rope.partial_rotary_factor);
+  return dim - dim % 2;
+}
+
+namespace {
+
+const std::set<std::string> kSupported = {"llama", "mistral", "qwen2", "qwen3", "phi3"};
+
+// Fields that do not change the forward pass (bookkeeping, generation defaults, training dropout
+// that logitfuse does not apply, or options checked elsewhere).
+const std::set<std::string> kIgnored = {
+    "architectures", "transformers_version", "_name_or_path", "use_cache", "bos_token_id", "eos_token_id",
+    "pad_token_id", "torch_dtype", "dtype", "initializer_range", "pretraining_tp", "attention_dropout",
+    "embd_pdrop", "resid_pdrop", "max_window_layers", "layer_types", "output_attentions",
+    "output_hidden_states", "return_dict", "is_encoder_decoder", "tie_encoder_decoder", "id2label", "label2id",
+    "problem_type", "chunk_size_feed_forward", "add_cross_attention", "cross_attention_hidden_size",
+    "tokenizer_class", "prefix", "sep_token_id", "decoder_start_token_id", "task_specific_params",
+    "finetuning_task", "torchscript", "pruned_heads", "tf_legacy_loss", "use_bfloat16", "_attn_implementation_autoset",
+    "keys_to_ignore_at_inference", "base_model_tp_plan", "base_model_pp_plan", "original_max_position_embeddings",
+    "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "temperature", "top_k", "top_p",
+    "repetition_penalty", "length_penalty", "no_repeat_ngram_size", "bad_words_ids", "num_return_sequences",
+    "output_scores", "return_dict_in_generate", "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values",
+    "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens", "typical_p",
+    "encoder_no_repeat_ngram_size", "diversity_penalty", "num_beam_groups", "is_decoder", "model_type",
+    "head_dim", "rope_theta", "rope_scaling", "rope_parameters", "partial_rotary_factor", "sliding_window",
+    "use_sliding_window", "attention_bias", "mlp_bias", "hidden_act", "tie_word_embeddings", "vocab_size",
+    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+    "rms_norm_eps", "max_position_embeddings"};
+
+struct Fields {
+  const json& j;
+  const std::string& origin;
+
+  InputError error(const std::string& field, const std::string& what, const std::string& hint = {}) const {
+    return InputError(origin + ": field '" + field + "': " + what, hint);
+  }
+  bool has(const std::string& key) const { return j.contains(key) && !j[key].is_null(); }
+  int64_t integer(const std::string& key, std::optional<int64_t> fallback = std::nullopt) const {
+    if (!has(key)) {
+      if (fallback) return *fallback;
+      throw error(key, "missing");
+    }
+    if (!j[key].is_number_integer()) throw error(key, "expected an integer");
+    int64_t v = j[key].get<int64_t>();
+    if (v <= 0) throw error(key, "must be positive (got " + std::to_string(v) + ")");
+    return v;
+  }
+  double number(const json& obj, const std::string& key, double fallback, const std::string& path) const {
+    if (!obj.contains(key) || obj[key].is_null()) return fallback;
+    if (!obj[key].is_number()) throw error(path, "expected a number");
+    return obj[key].get<double>();
+  }
+  bool boolean(const std::string& key, bool fallback) const {
+    if (!has(key)) return fallback;
+    if (!j[key].is_boolean()) throw error(key, "expected true or false");
+    return j[key].get<bool>();
+  }
+};
+
+void parse_rope(const Fields& f, ModelConfig& c) {
+  const json& j = f.j;
+  // transformers 5 writes rope_parameters {rope_type, rope_theta, ...}; older files write rope_theta
+  // and rope_scaling {type|rope_type, factor, ...}. Both are read.
+  json params = json::object();
+  std::string params_key = "rope_parameters";
+  if (f.has("rope_parameters")) {
+    params = j["rope_parameters"];
+  } else if (f.has("rope_scaling")) {
+    params = j["rope_scaling"];
+    params_key = "rope_scaling";
+  }
+  if (!params.is_object()) throw f.error(params_key, "expected an object");
+  c.rope.theta = f.number(params, "rope_theta", f.number(j, "rope_theta", 10000.0, "rope_theta"), params_key + ".rope_theta");
+  c.rope.partial_rotary_factor = f.number(params, "partial_rotary_factor",
+                                          f.number(j, "partial_rotary_factor", 1.0, "partial_rotary_factor"),
+                                          params_key + ".partial_rotary_factor");
+  if (c.rope.partial_rotary_factor <= 0 || c.rope.partial_rotary_factor > 1)
+    throw f.error("partial_rotary_factor", "must be in (0, 1]");
+  std::string type = "default";
+  if (params.contains("rope_type") && params["rope_type"].is_string()) type = params["rope_type"];
+  else if (params.contains("type") && params["type"].is_string()) type = params["type"];
+  c.rope.type = type;
+  const std::set<std::string> known_keys = {"rope_type", "type", "rope_theta", "partial_rotary_factor", "factor",
+                                            "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"};
+  for (auto it = params.begin(); it != params.end(); ++it)
+    if (!known_keys.count(it.key()))
+      throw f.error(params_key + "." + it.key(), "not supported by logitfuse's RoPE");
+  if (type == "default") {
+    if (params.contains("factor") && !params["factor"].is_null() && params["factor"].get<double>() != 1.0)
+      throw f.error(params_key + ".factor", "a factor needs a rope_type (linear or llama3)");
+  } else if (type == "linear") {
+    c.rope.factor = f.number(params, "factor", 1.0, params_key + ".factor");
+  } else if (type == "llama3") {
+    c.rope.factor = f.number(params, "factor", 8.0, params_key + ".factor");
+    c.rope.low_freq_factor = f.number(params, "low_freq_factor", 1.0, params_key + ".low_freq_factor");
+    c.rope.high_freq_factor = f.number(params, "high_freq_factor", 4.0, params_key + ".high_freq_factor");
+    c.rope.original_max_position_embeddings = static_cast<int64_t>(
+        f.number(params, "original_max_position_embeddings", 8192, params_key + ".original_max_position_embeddings"));
+    if (c.rope.high_freq_factor <= c.rope.low_freq_factor)
+      throw f.error(params_key + ".high_freq_factor", "must be greater than low_freq_factor");
+  } else {
+    throw f.error(params_key + ".rope_type", "rope type '" + type + "' is not supported",
+                  "logitfuse implements default, linear and llama3 RoPE");
+  }
+  if (c.rope.factor <= 0) throw f.error(params_key + ".factor", "must be positive");
+}
+
+}  // namespace
+
+ModelConfig parse_model_config(const std::string& json_text, const std::string& origin) {
+  json j;
+  try {
+    j = json::parse(json_text);
+  } catch (const json::exception& e) {
+    throw InputError(origin + ": not valid JSON: " + e.what());
+  }
+  if (!j.is_object()) throw InputError(origin + ": expected a JSON object");
+  Fields f{j, origin};
+  ModelConfig c;
+  c.source_json = json_text;
+  if (!f.has("model_type") || !j["model_type"].is_string()) throw f.error("model_type", "missing");
+  c.model_type = j["model_type"];
+  if (!kSupported.count(c.model_type))
+    throw f.error("model_type", "'" + c.model_type + "' is not supported", "supported: llama, mistral, qwen2, qwen3, phi3");
+
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& key = it.key();
+    if (kIgnored.count(key)) continue;
+    if (key == "auto_map") throw f.error(key, "models with remote code are not supported");
+    if (key == "quantization_config") throw f.error(key, "quantized checkpoints are not supported", "use a bf16/fp16/fp32 checkpoint");
+    throw f.error(key, "not supported by logitfuse", "if it does not change the forward pass, it is safe to remove from config.json");
+  }
+
+  c.vocab_size = f.integer("vocab_size");
+  c.hidden_size = f.integer("hidden_size");
+  c.intermediate_size = f.integer("intermediate_size");
+  c.num_layers = f.integer("num_hidden_layers");
+  c.num_heads = f.integer("num_attention_heads");
+  c.num_kv_heads = f.integer("num_key_value_heads", c.num_heads);
+  c.head_dim = f.integer("head_dim", c.hidden_size / c.num_heads);
+  if (!f.has("head_dim") && c.hidden_size % c.num_heads != 0)
+    throw f.error("num_attention_heads", "must divide hidden_size when head_dim is not given");
+  if (c.num_heads % c.num_kv_heads != 0)
+    throw f.error("num_key_value_heads", "must divide num_attention_heads (" + std::to_string(c.num_heads) + ")");
+  c.max_position_embeddings = f.integer("max_position_embeddings", 2048);
+  if (f.has("rms_norm_eps")) {
+    if (!j["rms_norm_eps"].is_number()) throw f.error("rms_norm_eps", "expected a number");
+    c.rms_norm_eps = j["rms_norm_eps"].get<double>();
+  }
+  if (f.has("initializer_range") && j["initializer_range"].is_number()) c.initializer_range = j["initializer_range"];
+  c.tie_word_embeddings = f.boolean("tie_word_embeddings", false);
+  const std::string act = f.has("hidden_act") ? j["hidden_act"].get<std::string>() : "silu";
+  if (act != "silu") throw f.error("hidden_act", "'" + act + "' is not supported (SwiGLU with silu only)");
+  for (const char* key : {"torch_dtype", "dtype"})
+    if (f.has(key) && j[key].is_string()) c.dtype = j[key];
+  parse_rope(f, c);
+
+  const bool attention_bias = f.boolean("attention_bias", false);
+  c.mlp_bias = f.boolean("mlp_bias", false);
+  if (c.mlp_bias && c.model_type != "llama") throw f.error("mlp_bias", "only Llama models have an MLP bias");
+  if (c.model_type == "llama" || c.model_type == "qwen3") {
+    c.qkv_bias = c.o_bias = attention_bias;
+  } else if (c.model_type == "qwen2") {
+    c.qkv_bias = true;  // Qwen2 always has q/k/v biases and no output bias
+    if (attention_bias) throw f.error("attention_bias", "Qwen2 has a fixed bias layout");
+  } else if (attention_bias) {
+    throw f.error("attention_bias", "not supported for " + c.model_type);
+  }
+  c.qk_norm = c.model_type == "qwen3";
+  c.fused_qkv = c.model_type == "phi3";
+  if (c.model_type != "phi3" && c.rope.partial_rotary_factor != 1.0)
+    throw f.error("partial_rotary_factor", "only Phi-3 models rotate part of the head");
+
+  // Sliding-window attention: Mistral applies it whenever sliding_window is set; Qwen2/3 and Phi-3 only
+  // when use_sliding_window says so (transformers ignores their sliding_window otherwise).
+  std::optional<int64_t> window;
+  if (f.has("sliding_window")) {
+    if (!j["sliding_window"].is_number_integer()) throw f.error("sliding_window", "expected an integer or null");
+    window = j["sliding_window"].get<int64_t>();
+  }
+  if (c.model_type == "mistral" || c.model_type == "phi3") {
+    c.sliding_window = window;
+  } else if (c.model_type == "qwen2" || c.model_type == "qwen3") {
+    if (f.boolean("use_sliding_window", false))
+      throw f.error("use_sliding_window", "per-layer sliding windows are not supported", "set it to false");
+  }
+  if (f.has("layer_types")) {
+    for (const auto& t : j["layer_types"])
+      if (!t.is_string() || (t != "full_attention" && !(t == "sliding_attention" && c.sliding_window)))
+        throw f.error("layer_types", "only full_attention layers are supported");
+  }
+  if (c.sliding_window && *c.sliding_window <= 0) throw f.error("sliding_window", "must be positive");
+  return c;
+}
+
+ModelConfig load_model_config(const std::string& model_dir) {
+  const std::string path = (std::filesystem::path(model_dir) / "config.json").string();
+  if (!std::filesystem::exists(path))
+    throw InputError(model_dir + ": no config.json", "a model directory is in Hugging Face layout");
+  return parse_model_config(read_text_file(path), path);
+}
+
+ModelConfig default_model_config(const std::string& model_type) {
+  json j = {{"model_type", model_type}, {"vocab_size", 32000}, {"hidden_size", 256}, {"intermediate_size", 688},
+            {"num_hidden_layers", 4}, {"num_attention_heads", 4}, {"num_key_value_heads", 2},
+            {"rms_norm_eps", 1e-6}, {"max_position_embeddings", 4096}};
+  if (!kSupported.count(model_type))
+    throw InputError("--arch: '" + model_type + "' is not supported", "supported: llama, mistral, qwen2, qwen3, phi3");
+  if (model_type == "phi3") j["rms_norm_eps"] = 1e-5;
+  if (model_type == "qwen2" || model_type == "qwen3") j["rope_theta"] = 1000000.0;
+  ModelConfig c = parse_model_config(j.dump(), "--arch " + model_type);
+  c.source_json.clear();
+  return c;
+}
+
+std::string model_config_to_json(const ModelConfig& c) {
+  json j = c.source_json.empty() ? json::object() : json::parse(c.source_json);
+  // Drop the transformers-5 RoPE block: the legacy rope_theta/rope_scaling pair is read by every
+  // transformers version and by vLLM.
+  j.erase("rope_parameters");
+  j.erase("rope_scaling");
+  j.erase("partial_rotary_factor");
+  static const std::map<std::string, std::string> kArchitectures = {
+      {"llama", "LlamaForCausalLM"}, {"mistral", "MistralForCausalLM"}, {"qwen2", "Qwen2ForCausalLM"},
+      {"qwen3", "Qwen3ForCausalLM"}, {"phi3", "Phi3ForCausalLM"}};
+  j["architectures"] = {kArchitectures.at(c.model_type)};
+  j["model_type"] = c.model_type;
+  j["vocab_size"] = c.vocab_size;
+  j["hidden_size"] = c.hidden_size;
+  j["intermediate_size"] = c.intermediate_size;
+  j["num_hidden_layers"] = c.num_layers;
+  j["num_attention_heads"] = c.num_heads;
+  j["num_key_value_heads"] = c.num_kv_heads;
+  j["head_dim"] = c.head_dim;
+  j["hidden_act"] = "silu";
+  j["rms_norm_eps"] = c.rms_norm_eps;
+  j["max_position_embeddings"] = c.max_position_embeddings;
+  j["tie_word_embeddings"] = c.tie_word_embeddings;
+  j["initializer_range"] = c.initializer_range;
+  j["torch_dtype"] = c.dtype;
+  j["rope_theta"] = c.rope.theta;
+  if (c.rope.type == "linear") {
+    j["rope_scaling"] = {{"rope_type", "linear"}, {"type", "linear"}, {"factor", c.rope.factor}};
+  } else if (c.rope.type == "llama3") {
+    j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", c.rope.factor},
+                         {"low_freq_factor", c.rope.low_freq_factor}, {"high_freq_factor", c.rope.high_freq_factor},
+                         {"original_max_position_embeddings", c.rope.original_max_position_embeddings}};
+  } else {
+    j["rope_scaling"] = nullptr;
+  }
+  if (c.model_type == "phi3") j["partial_rotary_factor"] = c.rope.partial_rotary_factor;
+  if (c.model_type == "llama" || c.model_type == "qwen3") j["attention_bias"] = c.qkv_bias;
+  if (c.model_type == "llama") j["mlp_bias"] = c.mlp_bias;
+  if (c.model_type == "mistral" || c.model_type == "phi3") {
+    if (c.sliding_window) j["sliding_window"] = *c.sliding_window;
+    else j["sliding_window"] = nullptr;
+  }
+  if (c.model_type == "qwen2" || c.model_type == "qwen3") j["use_sliding_window"] = false;
+  if (c.model_type == "qwen2" || c.model_type == "qwen3") j.erase("layer_types");
+  // transformers fills absent special-token ids with family defaults (Phi-3: 32000) that may lie outside
+  // this vocabulary; write them explicitly, dropping ids the vocabulary does not have.
+  for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id"}) {
+    json& id = j[key];
+    if (id.is_number_integer() && (id.get<int64_t>() < 0 || id.get<int64_t>() >= c.vocab_size)) id = nullptr;
+    if (id.is_array()) {
+      json kept = json::array();
+      for (const auto& one : id)
+        if (one.is_number_integer() && one.get<int64_t>() >= 0 && one.get<int64_t>() < c.vocab_size) kept.push_back(one);
+      id = kept.empty() ? json(nullptr) : kept;
+    }
+  }
+  return j.dump(2) + "\n";
+}
+
+}  // namespace lf

@@ -1,0 +1,291 @@
+#include "model/transformer.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/nn/modules/container/modulelist.h>
+
+#include <cmath>
+
+#include "core/error.h"
+
+namespace lf {
+
+void KVCache::clear() {
+  keys.clear();
+  values.clear();
+  key_mask = at::Tensor();
+  length = 0;
+}
+
+LinearImpl::LinearImpl(int64_t in, int64_t out, bool with_bias, const at::TensorOptions& options) {
+  weight = register_parameter("weight", at::empty({out, in}, options));
+  if (with_bias) bias = register_parameter("bias", at::empty({out}, options));
+}
+
+at::Tensor LinearImpl::forward(const at::Tensor& x) const { return at::linear(x, weight, bias); }
+
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps_, const at::TensorOptions& options) : eps(eps_) {
+  weight = register_parameter("weight", at::empty({dim}, options));
+}
+
+at::Tensor RMSNormImpl::forward(const at::Tensor& x) const {
+  // Same order of operations as transformers: normalise in float32, cast back, then scale.
+  const auto dtype = x.scalar_type();
+  at::Tensor h = x.to(at::kFloat);
+  h = h * at::rsqrt(h.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return weight * h.to(dtype);
+}
+
+EmbeddingImpl::EmbeddingImpl(int64_t vocab, int64_t dim, const at::TensorOptions& options) {
+  weight = register_parameter("weight", at::empty({vocab, dim}, options));
+}
+
+AttentionImpl::AttentionImpl(const ModelConfig& c, const at::TensorOptions& options)
+    : num_heads(c.num_heads), num_kv_heads(c.num_kv_heads), head_dim(c.head_dim), qk_norm_enabled(c.qk_norm) {
+  const int64_t q_out = c.num_heads * c.head_dim, kv_out = c.num_kv_heads * c.head_dim;
+  if (c.fused_qkv) {
+    qkv_proj = register_module("qkv_proj", std::make_shared<LinearImpl>(c.hidden_size, q_out + 2 * kv_out, false, options));
+  } else {
+    q_proj = register_module("q_proj", std::make_shared<LinearImpl>(c.hidden_size, q_out, c.qkv_bias, options));
+    k_proj = register_module("k_proj", std::make_shared<LinearImpl>(c.hidden_size, kv_out, c.qkv_bias, options));
+    v_proj = register_module("v_proj", std::make_shared<LinearImpl>(c.hidden_size, kv_out, c.qkv_bias, options));
+  }
+  o_proj = register_module("o_proj", std::make_shared<LinearImpl>(q_out, c.hidden_size, c.o_bias, options));
+  if (c.qk_norm) {
+    q_norm = register_module("q_norm", std::make_shared<RMSNormImpl>(c.head_dim, c.rms_norm_eps, options));
+    k_norm = register_module("k_norm", std::make_shared<RMSNormImpl>(c.head_dim, c.rms_norm_eps, options));
+  }
+}
+
+namespace {
+
+// Rotates the first cos.size(-1) channels of x [B, heads, T, D] (rotate-half convention).
+at::Tensor apply_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t rotary = cos.size(-1), half = rotary / 2;
+  const bool partial = rotary < x.size(-1);
+  at::Tensor rot = partial ? x.narrow(-1, 0, rotary) : x;
+  at::Tensor rotated = at::cat({-rot.narrow(-1, half, half), rot.narrow(-1, 0, half)}, -1);
+  at::Tensor out = rot * cos + rotated * sin;
+  return partial ? at::cat({out, x.narrow(-1, rotary, x.size(-1) - rotary)}, -1) : out;
+}
+
+// Makes room for `needed` positions in every layer's cache, doubling the capacity when it grows.
+void reserve_cache(KVCache& cache, int64_t layers, int64_t batch, int64_t kv_heads, int64_t head_dim, int64_t needed,
+                   const at::TensorOptions& options) {
+  if (!cache.keys.empty()) {
+    if (cache.keys[0].size(0) != batch)
+      throw InputError("KV cache holds a batch of " + std::to_string(cache.keys[0].size(0)) + ", got " + std::to_string(batch));
+    if (cache.keys[0].size(2) >= needed) return;
+  }
+  int64_t capacity = cache.keys.empty() ? 0 : cache.keys[0].size(2);
+  capacity = std::max<int64_t>({needed, 2 * capacity, 16});
+  cache.keys.resize(layers);
+  cache.values.resize(layers);
+  for (int64_t l = 0; l < layers; ++l) {
+    for (auto* buffers : {&cache.keys, &cache.values}) {
+      at::Tensor grown = at::empty({batch, kv_heads, capacity, head_dim}, options);
+      if ((*buffers)[l].defined() && cache.length > 0)
+        grown.narrow(2, 0, cache.length).copy_((*buffers)[l].narrow(2, 0, cache.length));
+      (*buffers)[l] = grown;
+    }
+  }
+}
+
+}  // namespace
+
+at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                                  const at::Tensor& mask, bool causal, KVCache* cache, int64_t layer) {
+  const int64_t B = x.size(0), T = x.size(1);
+  const int64_t q_out = num_heads * head_dim, kv_out = num_kv_heads * head_dim;
+  at::Tensor q, k, v;
+  if (qkv_proj) {
+    at::Tensor qkv = qkv_proj->forward(x);
+    q = qkv.narrow(-1, 0, q_out);
+    k = qkv.narrow(-1, q_out, kv_out);
+    v = qkv.narrow(-1, q_out + kv_out, kv_out);
+  } else {
+    q = q_proj->forward(x);
+    k = k_proj->forward(x);
+    v = v_proj->forward(x);
+  }
+  q = q.view({B, T, num_heads, head_dim});
+  k = k.view({B, T, num_kv_heads, head_dim});
+  if (qk_norm_enabled) {
+    q = q_norm->forward(q);
+    k = k_norm->forward(k);
+  }
+  q = apply_rotary(q.transpose(1, 2), cos, sin);
+  k = apply_rotary(k.transpose(1, 2), cos, sin);
+  v = v.view({B, T, num_kv_heads, head_dim}).transpose(1, 2);
+  if (cache) {
+    const int64_t past = cache->length;
+    cache->keys[layer].narrow(2, past, T).copy_(k);
+    cache->values[layer].narrow(2, past, T).copy_(v);
+    k = cache->keys[layer].narrow(2, 0, past + T);
+    v = cache->values[layer].narrow(2, 0, past + T);
+  }
+  at::Tensor out = at::scaled_dot_product_attention(q, k, v, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt,
+                                                    0.0, causal, std::nullopt, /*enable_gqa=*/num_heads != num_kv_heads);
+  return o_proj->forward(out.transpose(1, 2).reshape({B, T, q_out}));
+}
+
+MLPImpl::MLPImpl(const ModelConfig& c, const at::TensorOptions& options) {
+  if (c.fused_qkv) {
+    gate_up_proj = register_module("gate_up_proj", std::make_shared<LinearImpl>(c.hidden_size, 2 * c.intermediate_size, false, options));
+  } else {
+    gate_proj = register_module("gate_proj", std::make_shared<LinearImpl>(c.hidden_size, c.intermediate_size, c.mlp_bias, options));
+    up_proj = register_module("up_proj", std::make_shared<LinearImpl>(c.hidden_size, c.intermediate_size, c.mlp_bias, options));
+  }
+  down_proj = register_module("down_proj", std::make_shared<LinearImpl>(c.intermediate_size, c.hidden_size, c.mlp_bias, options));
+}
+
+at::Tensor MLPImpl::forward(const at::Tensor& x) const {
+  if (gate_up_proj) {
+    at::Tensor gate_up = gate_up_proj->forward(x);
+    const int64_t n = gate_up.size(-1) / 2;
+    return down_proj->forward(at::silu(gate_up.narrow(-1, 0, n)) * gate_up.narrow(-1, n, n));
+  }
+  return down_proj->forward(at::silu(gate_proj->forward(x)) * up_proj->forward(x));
+}
+
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, const at::TensorOptions& options) {
+  input_layernorm = register_module("input_layernorm", std::make_shared<RMSNormImpl>(c.hidden_size, c.rms_norm_eps, options));
+  self_attn = register_module("self_attn", std::make_shared<AttentionImpl>(c, options));
+  post_attention_layernorm =
+      register_module("post_attention_layernorm", std::make_shared<RMSNormImpl>(c.hidden_size, c.rms_norm_eps, options));
+  mlp = register_module("mlp", std::make_shared<MLPImpl>(c, options));
+}
+
+BackboneImpl::BackboneImpl(const ModelConfig& c, const at::TensorOptions& options) {
+  embed_tokens = register_module("embed_tokens", std::make_shared<EmbeddingImpl>(c.vocab_size, c.hidden_size, options));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    decoder_layers.push_back(std::make_shared<DecoderLayerImpl>(c, options));
+    layers->push_back(decoder_layers.back());
+  }
+  norm = register_module("norm", std::make_shared<RMSNormImpl>(c.hidden_size, c.rms_norm_eps, options));
+}
+
+namespace {
+
+// Inverse frequencies exactly as transformers computes them (float32), with llama3/linear scaling.
+at::Tensor inverse_frequencies(const ModelConfig& c) {
+  const int64_t dim = c.rotary_dim();
+  auto f32 = at::TensorOptions().dtype(at::kFloat);
+  at::Tensor exponent = at::arange(0, dim, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) / static_cast<double>(dim);
+  at::Tensor inv_freq = 1.0 / at::pow(at::scalar_tensor(c.rope.theta, f32), exponent);
+  if (c.rope.type == "linear") {
+    inv_freq = inv_freq / c.rope.factor;
+  } else if (c.rope.type == "llama3") {
+    const double factor = c.rope.factor, low = c.rope.low_freq_factor, high = c.rope.high_freq_factor;
+    const double old_context = static_cast<double>(c.rope.original_max_position_embeddings);
+    const double low_wavelen = old_context / low, high_wavelen = old_context / high;
+    at::Tensor wavelen = 2 * M_PI / inv_freq;
+    at::Tensor scaled = at::where(wavelen > low_wavelen, inv_freq / factor, inv_freq);
+    at::Tensor smooth = (old_context / wavelen - low) / (high - low);
+    at::Tensor smoothed = (1 - smooth) * scaled / factor + smooth * scaled;
+    at::Tensor medium = (wavelen >= high_wavelen).logical_and(wavelen <= low_wavelen);
+    inv_freq = at::where(medium, smoothed, scaled);
+  }
+  return inv_freq;
+}
+
+}  // namespace
+
+CausalLM::CausalLM(ModelConfig config, const at::TensorOptions& options)
+    : config_(std::move(config)), options_(options) {
+  model_ = register_module("model", std::make_shared<BackboneImpl>(config_, options_));
+  if (!config_.tie_word_embeddings)
+    lm_head_ = register_module("lm_head", std::make_shared<LinearImpl>(config_.hidden_size, config_.vocab_size, false, options_));
+  inv_freq_ = inverse_frequencies(config_).to(options_.device());
+}
+
+std::pair<at::Tensor, at::Tensor> CausalLM::rotary(const at::Tensor& positions) const {
+  at::Tensor freqs = positions.to(at::kFloat).unsqueeze(-1) * inv_freq_;  // [B, T, rotary/2]
+  at::Tensor emb = at::cat({freqs, freqs}, -1);
+  const auto dtype = options_.dtype().toScalarType();
+  return {emb.cos().to(dtype).unsqueeze(1), emb.sin().to(dtype).unsqueeze(1)};
+}
+
+at::Tensor CausalLM::hidden_states(const at::Tensor& input_ids, const ForwardOptions& options) {
+  if (input_ids.dim() != 2) throw InputError("input_ids must be [batch, seq]");
+  const int64_t B = input_ids.size(0), T = input_ids.size(1);
+  KVCache* cache = options.cache;
+  const int64_t past = cache ? cache->length : 0;
+  const int64_t S = past + T;
+  const auto device = options_.device();
+
+  at::Tensor positions = options.positions ? options.positions->to(device)
+                                           : at::arange(past, S, at::TensorOptions().dtype(at::kLong).device(device)).expand({B, T});
+  auto [cos, sin] = rotary(positions);
+
+  // Key validity over the whole attended range, when any padding is involved.
+  at::Tensor key_valid;
+  if (options.token_mask || (cache && cache->key_mask.defined())) {
+    at::Tensor past_valid = cache && cache->key_mask.defined() ? cache->key_mask
+                                                               : at::ones({B, past}, at::TensorOptions().dtype(at::kBool).device(device));
+    at::Tensor new_valid = options.token_mask ? options.token_mask->to(device).to(at::kBool)
+                                              : at::ones({B, T}, at::TensorOptions().dtype(at::kBool).device(device));
+    key_valid = at::cat({past_valid, new_valid}, 1);
+    if (cache) cache->key_mask = key_valid;
+  }
+
+  // SDPA's own causal mask is enough for a plain prefill or a single new token; anything else
+  // (a chunk after a prefix, padding, a sliding window that matters) gets an explicit mask.
+  const bool window_matters = config_.sliding_window && S > *config_.sliding_window;
+  at::Tensor mask;
+  bool causal = false;
+  if (key_valid.defined() || window_matters || (past > 0 && T > 1)) {
+    auto long_options = at::TensorOptions().dtype(at::kLong).device(device);
+    at::Tensor q_idx = at::arange(past, S, long_options).unsqueeze(1);  // [T, 1]
+    at::Tensor k_idx = at::arange(0, S, long_options).unsqueeze(0);     // [1, S]
+    at::Tensor allowed = k_idx <= q_idx;
+    if (window_matters) allowed = allowed.logical_and(q_idx - k_idx < *config_.sliding_window);
+    allowed = allowed.unsqueeze(0).expand({B, T, S});
+    if (key_valid.defined()) allowed = allowed.logical_and(key_valid.unsqueeze(1));
+    // A padding query may see no valid key at all; let it see itself so the row stays finite.
+    allowed = allowed.logical_or((k_idx == q_idx).unsqueeze(0));
+    mask = allowed.unsqueeze(1);
+  } else {
+    causal = past == 0 && T > 1;
+  }
+
+  if (cache)
+    reserve_cache(*cache, config_.num_layers, B, config_.num_kv_heads, config_.head_dim, S, options_);
+
+  at::Tensor h = at::embedding(model_->embed_tokens->weight, input_ids.to(device));
+  for (int64_t l = 0; l < config_.num_layers; ++l) {
+    DecoderLayerImpl& layer = *model_->decoder_layers[l];
+    h = h + layer.self_attn->forward(layer.input_layernorm->forward(h), cos, sin, mask, causal, cache, l);
+    h = h + layer.mlp->forward(layer.post_attention_layernorm->forward(h));
+  }
+  if (cache) cache->length = S;
+  return model_->norm->forward(h);
+}
+
+at::Tensor CausalLM::logits(const at::Tensor& hidden) const {
+  return at::linear(hidden, lm_head_ ? lm_head_->weight : model_->embed_tokens->weight);
+}
+
+void CausalLM::init_weights(uint64_t seed) {
+  at::Generator generator = at::detail::createCPUGenerator(seed);
+  at::NoGradGuard no_grad;
+  for (auto& item : named_parameters(/*recurse=*/true)) {
+    const std::string& name = item.key();
+    at::Tensor& param = item.value();
+    at::Tensor init = at::empty(param.sizes(), at::TensorOptions().dtype(at::kFloat));
+    const bool is_norm = name.find("norm.weight") != std::string::npos || name.find("layernorm.weight") != std::string::npos;
+    if (is_norm) init.fill_(1.0);
+    else if (param.dim() == 1) init.zero_();
+    else init.normal_(0.0, config_.initializer_range, generator);
+    param.copy_(init);
+  }
+}
+
+std::vector<std::pair<std::string, at::Tensor>> CausalLM::checkpoint_tensors() {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (auto& item : named_parameters(/*recurse=*/true)) out.emplace_back(item.key(), item.value());
+  return out;
+}
+
+}  // namespace lf

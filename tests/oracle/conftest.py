@@ -1,0 +1,26 @@
+"""Shared fixtures for the oracle tests: the logitfuse binary and a runner that checks exit codes."""
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BINARY = Path(os.environ.get("LOGITFUSE_BIN", ROOT / "build" / "bin" / "logitfuse"))
+
+
+def run_logitfuse(*args, expect=0, cwd=None):
+    """Runs logitfuse; fails the test (showing stderr) unless the exit code is `expect`."""
+    proc = subprocess.run([str(BINARY), *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    if proc.returncode != expect:
+        raise AssertionError(
+            f"logitfuse {' '.join(map(str, args))} exited {proc.returncode}, expected {expect}\n"
+            f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def logitfuse():
+    if not BINARY.exists():
+        pytest.fail(f"{BINARY} is missing: run scripts/setup.sh first")
+    return run_logitfuse
