@@ -16,7 +16,7 @@ namespace lf::app {
 
 void add_bench(CLI::App& root) {
   struct Options {
-    std::string model, dtype = "fp32", device = "cpu";
+    std::string model, dtype = "fp32", device = "cpu", mode = "prefill";
     int64_t batch = 4, seq = 128, iters = 10, warmup = 2, threads = 0, seed = 0;
   };
   auto opt = std::make_shared<Options>();
@@ -32,6 +32,11 @@ void add_bench(CLI::App& root) {
   cmd->add_option("--dtype", opt->dtype)->capture_default_str();
   cmd->add_option("--device", opt->device)->capture_default_str();
   cmd->add_option("--seed", opt->seed)->capture_default_str();
+  cmd->add_option("--mode", opt->mode,
+                  "prefill: whole sequences at once; decode: a prompt of --seq tokens, then --iters single-token "
+                  "steps through the KV cache")
+      ->check(CLI::IsMember({"prefill", "decode"}))
+      ->capture_default_str();
   cmd->callback([opt] {
     if (opt->batch < 1 || opt->seq < 1 || opt->iters < 1 || opt->warmup < 0)
       throw InputError("bench forward: --batch, --seq and --iters must be >= 1");
@@ -46,18 +51,36 @@ void add_bench(CLI::App& root) {
     auto sync = [&] {
       if (device.is_cuda()) at::_local_scalar_dense(at::zeros({1}, at::TensorOptions().device(device)));
     };
-    for (int64_t i = 0; i < opt->warmup; ++i) model->forward(ids);
-    sync();
-    const auto start = std::chrono::steady_clock::now();
-    for (int64_t i = 0; i < opt->iters; ++i) model->forward(ids);
-    sync();
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    double seconds = 0;
+    int64_t tokens = 0;
+    if (opt->mode == "prefill") {
+      for (int64_t i = 0; i < opt->warmup; ++i) model->forward(ids);
+      sync();
+      const auto start = std::chrono::steady_clock::now();
+      for (int64_t i = 0; i < opt->iters; ++i) model->forward(ids);
+      sync();
+      seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      tokens = opt->batch * opt->seq * opt->iters;
+    } else {
+      for (int64_t round = 0; round <= opt->warmup; ++round) {  // the last round is the timed one
+        KVCache cache;
+        ForwardOptions forward;
+        forward.cache = &cache;
+        at::Tensor next = model->forward(ids, forward).select(1, -1).argmax(-1, true);
+        sync();
+        const auto start = std::chrono::steady_clock::now();
+        for (int64_t i = 0; i < opt->iters; ++i) next = model->forward(next, forward).select(1, -1).argmax(-1, true);
+        sync();
+        seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      }
+      tokens = opt->batch * opt->iters;
+    }
     int64_t params = 0;
     for (auto& [name, t] : model->checkpoint_tensors()) params += t.numel();
-    nlohmann::json out = {{"bench", "forward"}, {"impl", "logitfuse"}, {"params", params}, {"batch", opt->batch},
+    nlohmann::json out = {{"bench", "forward"}, {"mode", opt->mode}, {"impl", "logitfuse"}, {"params", params}, {"batch", opt->batch},
                           {"seq", opt->seq}, {"iters", opt->iters}, {"threads", at::get_num_threads()},
                           {"ms_per_iter", 1000.0 * seconds / opt->iters},
-                          {"tokens_per_s", opt->batch * opt->seq * opt->iters / seconds}};
+                          {"tokens_per_s", tokens / seconds}};
     std::cout << out.dump() << std::endl;
   });
 }

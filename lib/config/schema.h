@@ -114,7 +114,8 @@ class Reader {
   // "file:line: " or "override 'a.b=1': " for error messages about `path` at `node`.
   std::string where(const std::string& path, const YAML::Node& node) const {
     for (const auto& [key, text] : source_.overrides)
-      if (path == key || starts_with(path, key + ".")) return "override '" + text + "': ";
+      if (path == key || starts_with(path, key + ".") || starts_with(key, path + "."))
+        return "override '" + text + "': ";
     std::string out = source_.file;
     if (node.IsDefined() && !node.Mark().is_null()) out += ":" + std::to_string(node.Mark().line + 1);
     return out + ": ";

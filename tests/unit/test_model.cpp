@@ -1,0 +1,98 @@
+#include <catch2/catch.hpp>
+
+#include <ATen/ATen.h>
+
+#include "core/error.h"
+#include "model/checkpoint.h"
+#include "model/transformer.h"
+#include "test_helpers.h"
+
+using Catch::Matchers::Contains;
+
+namespace {
+
+std::shared_ptr<lf::CausalLM> tiny_model(const std::string& arch, int64_t window = 0) {
+  lf::ModelConfig c = lf::default_model_config(arch);
+  c.vocab_size = 50;
+  c.hidden_size = 32;
+  c.intermediate_size = 48;
+  c.num_layers = 2;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = 8;
+  if (window > 0) c.sliding_window = window;
+  auto model = std::make_shared<lf::CausalLM>(c, at::TensorOptions().dtype(at::kFloat));
+  model->init_weights(11);
+  return model;
+}
+
+}  // namespace
+
+TEST_CASE("model: left-padded batch equals each row on its own", "[model]") {
+  for (const char* arch : {"llama", "qwen3", "phi3"}) {
+    auto model = tiny_model(arch);
+    at::NoGradGuard no_grad;
+    at::Tensor a = at::tensor({3, 4, 5, 6, 7}, at::kLong).unsqueeze(0);
+    at::Tensor b = at::tensor({8, 9, 10}, at::kLong).unsqueeze(0);
+    at::Tensor la = model->forward(a), lb = model->forward(b);
+    // Row b is left-padded by two tokens; its positions start at 0 on its first real token.
+    at::Tensor ids = at::tensor({3, 4, 5, 6, 7, 0, 0, 8, 9, 10}, at::kLong).reshape({2, 5});
+    lf::ForwardOptions options;
+    options.token_mask = at::tensor({1, 1, 1, 1, 1, 0, 0, 1, 1, 1}, at::kLong).to(at::kBool).reshape({2, 5});
+    options.positions = at::tensor({0, 1, 2, 3, 4, 0, 0, 0, 1, 2}, at::kLong).reshape({2, 5});
+    lf::KVCache cache;
+    options.cache = &cache;
+    at::Tensor batch = model->forward(ids, options);
+    CHECK(at::allclose(batch[0], la[0], 1e-5, 1e-5));
+    CHECK(at::allclose(batch[1].narrow(0, 2, 3), lb[0], 1e-5, 1e-5));
+    // One more token per row through the cache matches the unpadded continuation.
+    lf::ForwardOptions step;
+    step.cache = &cache;
+    step.positions = at::tensor({5, 3}, at::kLong).reshape({2, 1});
+    at::Tensor next = model->forward(at::tensor({11, 12}, at::kLong).reshape({2, 1}), step);
+    at::Tensor la2 = model->forward(at::cat({a, at::tensor({11}, at::kLong).unsqueeze(0)}, 1));
+    at::Tensor lb2 = model->forward(at::cat({b, at::tensor({12}, at::kLong).unsqueeze(0)}, 1));
+    CHECK(at::allclose(next[0][0], la2[0][5], 1e-5, 1e-5));
+    CHECK(at::allclose(next[1][0], lb2[0][3], 1e-5, 1e-5));
+  }
+}
+
+TEST_CASE("model: sliding window limits attention to the last W tokens", "[model]") {
+  auto windowed = tiny_model("mistral", 3);
+  at::NoGradGuard no_grad;
+  at::Tensor ids = at::tensor({1, 2, 3, 4, 5, 6, 7}, at::kLong).unsqueeze(0);
+  at::Tensor other = at::tensor({9, 9, 9, 9, 5, 6, 7}, at::kLong).unsqueeze(0);
+  // With 2 layers the last position sees back 2 * (W - 1) = 4 tokens: positions 2..6, so changing
+  // tokens 0 and 1 cannot change its logits, but changing token 2 or 3 can.
+  at::Tensor a = windowed->forward(ids), b = windowed->forward(at::tensor({9, 9, 3, 4, 5, 6, 7}, at::kLong).unsqueeze(0));
+  CHECK(at::allclose(a[0][6], b[0][6], 1e-5, 1e-5));
+  CHECK_FALSE(at::allclose(a[0][6], windowed->forward(other)[0][6], 1e-5, 1e-5));
+}
+
+TEST_CASE("model: save and load round trip and and checkpoint mismatches", "[model]") {
+  lf::test::TempDir dir;
+  auto model = tiny_model("qwen2");
+  lf::save_model(*model, dir / "m");
+  auto loaded = lf::load_model(dir / "m");
+  at::NoGradGuard no_grad;
+  at::Tensor ids = at::tensor({1, 2, 3}, at::kLong).unsqueeze(0);
+  CHECK(at::equal(model->forward(ids), loaded->forward(ids)));
+  // Saving over a non-empty directory is refused and leaves it intact.
+  CHECK_THROWS_AS(lf::save_model(*model, dir / "m"), lf::InputError);
+  CHECK(lf::load_model(dir / "m")->config().vocab_size == 50);
+
+  auto bigger = tiny_model("qwen2");
+  lf::ModelConfig c = bigger->config();
+  c.num_layers = 3;
+  lf::CausalLM three(c, at::TensorOptions().dtype(at::kFloat));
+  three.init_weights(1);
+  lf::save_model(three, dir / "three");
+  // Replace config.json of the 2-layer model's directory with the 3-layer one: a tensor is missing.
+  std::filesystem::copy_file(dir / "three/config.json", dir / "m/config.json", std::filesystem::copy_options::overwrite_existing);
+  try {
+    lf::load_model(dir / "m");
+    FAIL("expected an error");
+  } catch (const lf::InputError& e) {
+    CHECK_THAT(e.one_line(), Contains("model.layers.2"));
+  }
+}
