@@ -6,6 +6,8 @@
 #include <random>
 #include <string>
 
+#include "core/error.h"
+
 namespace lf::test {
 
 struct TempDir {
@@ -26,5 +28,16 @@ struct TempDir {
   }
   std::string operator/(const std::string& name) const { return (path / name).string(); }
 };
+
+// The one-line message (hint included) of the lf::Error that `f` throws; "" if it throws none.
+template <class F>
+std::string error_text(F&& f) {
+  try {
+    f();
+  } catch (const lf::Error& e) {
+    return e.one_line();
+  }
+  return "";
+}
 
 }  // namespace lf::test

@@ -1,0 +1,29 @@
+// Position alignment between a student's and a teacher's tokenization of the same example
+// (method.md §3): which student position and which teacher position predict the same next text.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "data/sequence.h"
+#include "tokenizer/tokenizer.h"
+
+namespace lf {
+
+// (student position, teacher position) pairs, both strictly increasing, every position a label
+// position of its sequence (its next-token target is a response token).
+using PositionPairs = std::vector<std::pair<int64_t, int64_t>>;
+
+// method: offsets | dtw | index.
+//  offsets: positions align where the two tokenizations have a token boundary at the same byte of
+//           the response text (0 included); the last token before each common boundary predicts it.
+//  dtw:     FuseLLM's dynamic-programming alignment of the response tokens' byte strings with edit
+//           distance as the cost; each student token is paired with its first matched teacher token.
+//  index:   the i-th response prediction of both (DSKD/ULD style).
+PositionPairs align_positions(const TokenizedSequence& student, const TokenizedSequence& teacher,
+                              const std::string& method, const Tokenizer& student_tokenizer,
+                              const Tokenizer& teacher_tokenizer);
+
+}  // namespace lf
