@@ -1,13 +1,17 @@
-// `logitfuse train RECIPE.yaml [key.path=value ...]`: loads and validates the recipe. Training
-// itself lands with the fusion-training issue; until then it answers "not yet available".
+// `logitfuse train RECIPE.yaml [key.path=value ...]`: fusion training from a recipe, and
+// `logitfuse cache-logits`.
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <cstdlib>
+#include <filesystem>
 #include <iostream>
 
 #include "commands.h"
 #include "config/recipe.h"
 #include "core/error.h"
+#include "dist/communicator.h"
+#include "train/trainer.h"
 
 namespace lf::app {
 
@@ -33,7 +37,17 @@ void add_train(CLI::App& root) {
       spdlog::info("recipe {} is valid ({} teacher(s), student {})", opt->recipe, recipe.teachers.size(), recipe.student.path);
       return;
     }
-    throw NotAvailable("train");
+    if (!opt->resume.empty() && opt->resume != "auto" && !std::filesystem::is_directory(opt->resume))
+      throw InputError("--resume: '" + opt->resume + "' is neither auto nor a checkpoint directory");
+    TrainOptions options;
+    options.resume = opt->resume;
+    const char* home = std::getenv("LOGITFUSE_HOME");
+    const char* user_home = std::getenv("HOME");
+    options.vocab_cache_dir = home ? std::string(home) + "/vocab-maps"
+                                   : std::string(user_home ? user_home : ".") + "/.cache/logitfuse/vocab-maps";
+    auto comm = make_single_process_communicator();
+    const int status = run_training(recipe, options, *comm);
+    if (status != 0) std::exit(status);
   });
 }
 

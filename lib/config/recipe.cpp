@@ -19,6 +19,7 @@ void visit(V& v, RunConfig& c) {
   v("name", c.name, non_empty());
   v("output_dir", c.output_dir, non_empty());
   v("seed", c.seed);
+  v("device", c.device, non_empty());
 }
 
 template <class V>
@@ -26,6 +27,7 @@ void visit(V& v, StudentConfig& c) {
   v.required("path", c.path, non_empty());
   v("dtype", c.dtype, one_of(kDtypes));
   v("chat_template", c.chat_template, non_empty());
+  v("tokenizer", c.tokenizer);
 }
 
 template <class V>
@@ -37,6 +39,7 @@ void visit(V& v, TeacherConfig& c) {
   v("weight", c.weight, at_least(0.0));
   v("logits_cache", c.logits_cache);
   v("device", c.device, non_empty());
+  v("tokenizer", c.tokenizer);
 }
 
 template <class V>
@@ -84,6 +87,7 @@ template <class V>
 void visit(V& v, AlignmentConfig& c) {
   v("positions", c.positions, one_of({"offsets", "dtw", "index"}));
   v("vocab", c.vocab, one_of({"exact", "mined"}));
+  v("cache_dir", c.cache_dir);
 }
 
 template <class V>
@@ -101,6 +105,26 @@ void visit(V& v, TrainConfig& c) {
   v("clip_grad", c.clip_grad, at_least(0.0));
   v("precision", c.precision, one_of({"fp32", "bf16"}));
   v("activation_checkpointing", c.activation_checkpointing);
+  v("logit_chunk_size", c.logit_chunk_size, at_least<int64_t>(1));
+  v("eval_every_steps", c.eval_every_steps, at_least<int64_t>(0));
+  v("adam_beta1", c.adam_beta1, in_range(0.0, 0.999999));
+  v("adam_beta2", c.adam_beta2, in_range(0.0, 0.999999));
+  v("adam_eps", c.adam_eps, greater_than(0.0));
+  v("skip_nonfinite", c.skip_nonfinite);
+}
+
+template <class V>
+void visit(V& v, ChatTemplate& c) {
+  v("system_prefix", c.system_prefix);
+  v("system_suffix", c.system_suffix);
+  v("user_prefix", c.user_prefix);
+  v("user_suffix", c.user_suffix);
+  v("assistant_prefix", c.assistant_prefix);
+  v("assistant_suffix", c.assistant_suffix);
+  v("add_bos", c.add_bos);
+  v("add_eos", c.add_eos);
+  v("system_in_first_user", c.system_in_first_user);
+  v("system_in_user_format", c.system_in_user_format);
 }
 
 template <class V>
@@ -131,6 +155,7 @@ void visit(V& v, Recipe& c) {
   v("checkpoint", c.checkpoint);
   v("log", c.log);
   v("dist", c.dist);
+  v("chat_templates", c.chat_templates);
 }
 
 namespace {
@@ -168,6 +193,7 @@ void check_cross_keys(Recipe& recipe, const schema::Reader& reader, const YAML::
     for (const auto& t : recipe.teachers) total += t.weight;
     if (total <= 0) fail("loss.teacher_mix", "'weights' needs a positive teachers.N.weight on some teacher");
   }
+  for (auto& [name, t] : recipe.chat_templates) t.name = name;
   if (recipe.loss.graph.type == "gld" && recipe.loss.graph.nodes == "vocab" && recipe.loss.graph.solver == "entropic")
     fail("loss.graph.solver", "'entropic' is defined on rank nodes", "use loss.graph.nodes=rank with the entropic solver");
 }

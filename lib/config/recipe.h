@@ -3,9 +3,12 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
+
+#include "tokenizer/chat_template.h"
 
 namespace lf {
 
@@ -13,12 +16,14 @@ struct RunConfig {
   std::string name = "run";
   std::string output_dir = "runs/run";
   int64_t seed = 1234;
+  std::string device = "auto";  // auto | cpu | cuda | cuda:N (the student's device)
 };
 
 struct StudentConfig {
   std::string path;
-  std::string dtype = "bf16";
+  std::string dtype = "bf16";  // dtype of the final model written to final/
   std::string chat_template = "auto";
+  std::optional<std::string> tokenizer;  // default: the model directory
 };
 
 struct TeacherConfig {
@@ -29,6 +34,7 @@ struct TeacherConfig {
   double weight = 1.0;
   std::optional<std::string> logits_cache;
   std::string device = "auto";  // auto = the student's device
+  std::optional<std::string> tokenizer;
 };
 
 struct DataConfig {
@@ -69,6 +75,7 @@ struct LossConfig {
 struct AlignmentConfig {
   std::string positions = "offsets";  // offsets | dtw | index
   std::string vocab = "exact";        // exact | mined
+  std::optional<std::string> cache_dir;  // vocabulary-map cache; default $LOGITFUSE_HOME/vocab-maps
 };
 
 struct TrainConfig {
@@ -83,6 +90,12 @@ struct TrainConfig {
   double clip_grad = 1.0;
   std::string precision = "bf16";  // fp32 | bf16
   bool activation_checkpointing = false;
+  int64_t logit_chunk_size = 1024;  // logit rows alive at once (memory grows with this, not with T×V)
+  int64_t eval_every_steps = 0;     // 0: evaluate at the end only
+  double adam_beta1 = 0.9;
+  double adam_beta2 = 0.999;
+  double adam_eps = 1e-8;
+  bool skip_nonfinite = false;  // skip a step with a non-finite loss or gradient instead of stopping
 };
 
 struct CheckpointConfig {
@@ -109,6 +122,7 @@ struct Recipe {
   CheckpointConfig checkpoint;
   LogConfig log;
   DistConfig dist;
+  std::map<std::string, ChatTemplate> chat_templates;  // custom templates, referenced by name
 };
 
 // Reads `path`, applies `key.path=value` overrides, validates every key (unknown keys, wrong types,

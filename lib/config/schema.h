@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -171,6 +172,18 @@ class Reader {
   }
 
   template <class T>
+  void read(const std::string& path, const YAML::Node& node, std::map<std::string, T>& value) {
+    if (!node.IsMap()) throw InputError(where(path, node) + path + ": expected a mapping of names");
+    std::map<std::string, T> out;
+    for (auto it = node.begin(); it != node.end(); ++it) {
+      T item{};
+      read(path + "." + it->first.Scalar(), it->second, item);
+      out[it->first.Scalar()] = std::move(item);
+    }
+    value = std::move(out);
+  }
+
+  template <class T>
   void read(const std::string& path, const YAML::Node& node, T& value) {
     if constexpr (is_struct<Reader, T>::value) {
       if (!node.IsMap()) throw InputError(where(path, node) + path + ": expected a mapping of keys");
@@ -248,6 +261,15 @@ class Writer {
   void write(const std::optional<T>& value) {
     if (value) write(*value);
     else out_ << YAML::Null;
+  }
+  template <class T>
+  void write(const std::map<std::string, T>& value) {
+    out_ << YAML::BeginMap;
+    for (const auto& [key, item] : value) {
+      out_ << YAML::Key << key << YAML::Value;
+      write(item);
+    }
+    out_ << YAML::EndMap;
   }
   template <class T>
   void write(const std::vector<T>& value) {

@@ -43,17 +43,12 @@ c10::Device parse_device(const std::string& name) {
   }
 }
 
-std::shared_ptr<CausalLM> load_model(const std::string& dir, const LoadOptions& options) {
-  ModelConfig config = load_model_config(dir);
-  const c10::ScalarType dtype =
-      options.dtype == "auto" ? parse_dtype(config.dtype, dir + "/config.json: torch_dtype") : parse_dtype(options.dtype, "--dtype");
-  const c10::Device device = parse_device(options.device);
+void load_weights_into(CausalLM& model, const std::string& dir) {
+  const ModelConfig& config = model.config();
   auto checkpoint = SafetensorsCheckpoint::open_dir(dir);
-  auto model = std::make_shared<CausalLM>(config, at::TensorOptions().dtype(dtype).device(device));
-
   at::NoGradGuard no_grad;
   std::set<std::string> used;
-  for (auto& [name, param] : model->checkpoint_tensors()) {
+  for (auto& [name, param] : model.checkpoint_tensors()) {
     if (!checkpoint.contains(name))
       throw InputError(dir + ": checkpoint has no tensor '" + name + "'", "is config.json the one these weights were saved with?");
     const auto& entry = checkpoint.entry(name);
@@ -71,7 +66,16 @@ std::shared_ptr<CausalLM> load_model(const std::string& dir, const LoadOptions& 
     throw InputError(dir + ": unexpected tensor '" + name + "' in the checkpoint",
                      "the weights do not match config.json's architecture");
   }
-  spdlog::debug("loaded {} ({} tensors, {}, {})", dir, used.size(), torch_dtype_name(dtype), device.str());
+}
+
+std::shared_ptr<CausalLM> load_model(const std::string& dir, const LoadOptions& options) {
+  ModelConfig config = load_model_config(dir);
+  const c10::ScalarType dtype =
+      options.dtype == "auto" ? parse_dtype(config.dtype, dir + "/config.json: torch_dtype") : parse_dtype(options.dtype, "--dtype");
+  const c10::Device device = parse_device(options.device);
+  auto model = std::make_shared<CausalLM>(config, at::TensorOptions().dtype(dtype).device(device));
+  load_weights_into(*model, dir);
+  spdlog::debug("loaded {} ({}, {})", dir, torch_dtype_name(dtype), device.str());
   return model;
 }
 

@@ -17,6 +17,10 @@ struct LoadOptions {
 // unexpected tensors are InputErrors naming the tensor and the directory.
 std::shared_ptr<CausalLM> load_model(const std::string& dir, const LoadOptions& options = {});
 
+// Copies a checkpoint directory's weights into an existing model (same architecture), with the same
+// checks as load_model.
+void load_weights_into(CausalLM& model, const std::string& dir);
+
 struct SaveOptions {
   uint64_t max_shard_bytes = 5ull << 30;  // transformers' default shard size
   std::string dtype = "auto";             // auto = the model's dtype

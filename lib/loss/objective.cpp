@@ -1,0 +1,226 @@
+#include "loss/objective.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include <algorithm>
+
+#include "core/error.h"
+#include "kernels/logit_stats.h"
+
+namespace lf::loss {
+
+namespace {
+
+// Label positions of a batch, flattened: row r is (batch[r], time[r]).
+struct LabelRows {
+  at::Tensor batch, time, labels;  // [L] int64 each
+  std::vector<int64_t> per_sequence;  // rows of each sequence (they are contiguous, in batch order)
+};
+
+LabelRows label_rows(const ModelBatch& batch, const at::Device& device) {
+  LabelRows out;
+  at::Tensor labels = batch.labels;
+  at::Tensor where = (labels != kIgnoreIndex).nonzero();  // row-major: sequence by sequence
+  out.batch = where.select(1, 0).contiguous();
+  out.time = where.select(1, 1).contiguous();
+  out.labels = labels.index({out.batch, out.time});
+  out.per_sequence.assign(labels.size(0), 0);
+  auto b = out.batch.accessor<int64_t, 1>();
+  for (int64_t i = 0; i < b.size(0); ++i) ++out.per_sequence[b[i]];
+  out.batch = out.batch.to(device);
+  out.time = out.time.to(device);
+  out.labels = out.labels.to(device);
+  return out;
+}
+
+// Top-k probabilities (and ids) plus per-row CE of a model at its label rows, chunk by chunk, no grad.
+struct RowSummary {
+  at::Tensor probs, ids, ce;  // [L, k], [L, k], [L]
+};
+
+RowSummary summarise(const at::Tensor& hidden, const LogitsFn& logits_fn, const LabelRows& rows, int64_t k,
+                     double temperature, int64_t chunk) {
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> probs, ids, ce;
+  const int64_t L = rows.batch.size(0);
+  for (int64_t start = 0; start < L; start += chunk) {
+    const int64_t n = std::min(chunk, L - start);
+    at::Tensor h = hidden.index({rows.batch.narrow(0, start, n), rows.time.narrow(0, start, n)});
+    at::Tensor logits = logits_fn(h);
+    auto top = kernels::softmax_topk(logits, k, temperature);
+    probs.push_back(top.probs);
+    ids.push_back(top.ids);
+    ce.push_back(kernels::cross_entropy_rows(logits, rows.labels.narrow(0, start, n)));
+  }
+  return {at::cat(probs), at::cat(ids), at::cat(ce)};
+}
+
+at::Tensor graph_distance(const at::Tensor& xs, const at::Tensor& ids_s, const at::Tensor& xt, const at::Tensor& ids_t,
+                          const ObjectiveConfig& c) {
+  if (c.graph_solver == "entropic") {
+    at::Tensor cs = at::matmul(xs.t(), xs), ct = at::matmul(xt.t(), xt);
+    return entropic_gw(cs, ct.to(cs.scalar_type()), c.entropic);
+  }
+  at::Tensor fs = c.graph_nodes == "vocab" ? vocab_node_features(xs, ids_s, c.gld) : rank_node_features(xs, c.gld);
+  at::Tensor ft = c.graph_nodes == "vocab" ? vocab_node_features(xt, ids_t, c.gld) : rank_node_features(xt, c.gld);
+  return sorted_feature_distance(fs, ft, c.gld.p);
+}
+
+}  // namespace
+
+LossParts backward_fusion_loss(const StudentSide& student, const std::vector<TeacherSide>& teachers,
+                               const ObjectiveConfig& c, const GlobalCounts& counts) {
+  const at::Device device = student.hidden.device();
+  const LabelRows rows = label_rows(*student.batch, device);
+  const int64_t L = rows.batch.size(0);
+  const int64_t B = student.batch->input_ids.size(0);
+  const int64_t S = static_cast<int64_t>(teachers.size());
+  const double lambda = S > 0 ? c.distill_weight : 0.0;
+  const bool use_graph = S > 0 && c.graph && c.graph_weight > 0 && lambda > 0;
+  const bool use_token = S > 0 && c.token.type != "none" && lambda > 0;
+  if (counts.tokens <= 0) throw RuntimeFailure("no response tokens in the global batch");
+
+  // Teachers, no grad: top-k probabilities over their own response positions (GLD needs no
+  // alignment) and their token-mean CE per sequence (min_ce mixing).
+  std::vector<RowSummary> teacher_rows(S);
+  std::vector<LabelRows> teacher_labels(S);
+  std::vector<std::vector<double>> weight(S, std::vector<double>(B, 0.0));  // w[s][b]
+  std::vector<std::vector<double>> teacher_ce(S, std::vector<double>(B, 0.0));
+  for (int64_t s = 0; s < S; ++s) {
+    const auto& t = teachers[s];
+    teacher_labels[s] = label_rows(*t.batch, t.hidden.device());
+    teacher_rows[s] = summarise(t.hidden, t.logits, teacher_labels[s], c.graph_top_k, c.graph_temperature, c.chunk_rows);
+    at::Tensor ce = teacher_rows[s].ce.cpu();
+    int64_t offset = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t n = teacher_labels[s].per_sequence[b];
+      teacher_ce[s][b] = n > 0 ? ce.narrow(0, offset, n).mean().item<double>() : 1e30;
+      offset += n;
+      weight[s][b] = t.weight;
+    }
+  }
+  if (c.teacher_mix == "min_ce")
+    for (int64_t b = 0; b < B; ++b) {
+      int64_t best = 0;
+      for (int64_t s = 1; s < S; ++s)
+        if (teacher_ce[s][b] < teacher_ce[best][b]) best = s;
+      for (int64_t s = 0; s < S; ++s) weight[s][b] = s == best ? 1.0 : 0.0;
+    }
+
+  at::Tensor hidden = student.hidden.detach().requires_grad_(true);
+  LossParts parts;
+
+  // GLD on the student's top-k probabilities as a leaf: its gradient is injected chunk by chunk below.
+  at::Tensor graph_grad;
+  if (use_graph) {
+    RowSummary mine = summarise(hidden, student.logits, rows, c.graph_top_k, c.graph_temperature, c.chunk_rows);
+    at::Tensor leaf = mine.probs.detach().requires_grad_(true);
+    at::Tensor total = at::zeros({}, leaf.options());
+    int64_t offset = 0;
+    std::vector<int64_t> t_offset(S, 0);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t n = rows.per_sequence[b];
+      for (int64_t s = 0; s < S; ++s) {
+        const int64_t m = teacher_labels[s].per_sequence[b];
+        if (n > 0 && m > 0 && weight[s][b] > 0) {
+          at::Tensor xt = teacher_rows[s].probs.narrow(0, t_offset[s], m).to(device);
+          at::Tensor it = teacher_rows[s].ids.narrow(0, t_offset[s], m).to(device);
+          total = total + weight[s][b] * graph_distance(leaf.narrow(0, offset, n), mine.ids.narrow(0, offset, n), xt, it, c);
+        }
+        t_offset[s] += m;
+      }
+      offset += n;
+    }
+    total = total / std::max(1.0, counts.sequences);
+    parts.graph = total.item<double>();
+    if (total.requires_grad()) {
+      total.backward();
+      graph_grad = leaf.grad();
+    }
+  }
+
+  // Aligned pairs as (student label row, teacher batch row, teacher position), sorted by student row.
+  struct Aligned {
+    std::vector<int64_t> student_row, teacher_b, teacher_t;
+  };
+  std::vector<Aligned> aligned(S);
+  if (use_token) {
+    std::vector<int64_t> first_row(B, 0);
+    std::vector<int64_t> first_time(B, 0);
+    {
+      auto tb = rows.time.cpu();
+      auto acc = tb.accessor<int64_t, 1>();
+      int64_t offset = 0;
+      for (int64_t b = 0; b < B; ++b) {
+        first_row[b] = offset;
+        first_time[b] = rows.per_sequence[b] > 0 ? acc[offset] : 0;
+        offset += rows.per_sequence[b];
+      }
+    }
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t b = 0; b < B; ++b) {
+        if (weight[s][b] <= 0) continue;
+        for (const auto& [ps, pt] : teachers[s].pairs[b]) {
+          // Label positions of a sequence are contiguous, so the row is an offset from the first.
+          const int64_t r = first_row[b] + (ps - first_time[b]);
+          if (ps < first_time[b] || ps - first_time[b] >= rows.per_sequence[b]) continue;
+          aligned[s].student_row.push_back(r);
+          aligned[s].teacher_b.push_back(b);
+          aligned[s].teacher_t.push_back(pt);
+        }
+      }
+  }
+
+  // The main pass: one chunk of student logits at a time, every term, backward, freed.
+  const double inv_tokens = 1.0 / counts.tokens;
+  std::vector<size_t> cursor(S, 0);
+  double sft_sum = 0, token_sum = 0;
+  for (int64_t start = 0; start < L; start += c.chunk_rows) {
+    const int64_t n = std::min(c.chunk_rows, L - start);
+    at::Tensor h = hidden.index({rows.batch.narrow(0, start, n), rows.time.narrow(0, start, n)});
+    at::Tensor logits = student.logits(h);
+    at::Tensor ce = kernels::cross_entropy_rows(logits, rows.labels.narrow(0, start, n));
+    sft_sum += ce.detach().sum().item<double>();
+    at::Tensor chunk_loss = ce.sum() * ((1.0 - lambda) * inv_tokens);
+    if (graph_grad.defined()) {
+      at::Tensor x = kernels::softmax_topk(logits, c.graph_top_k, c.graph_temperature).probs;
+      chunk_loss = chunk_loss + (x * graph_grad.narrow(0, start, n)).sum() * (lambda * c.graph_weight);
+    }
+    for (int64_t s = 0; use_token && s < S; ++s) {
+      const auto& a = aligned[s];
+      const size_t begin = cursor[s];
+      size_t end = begin;
+      while (end < a.student_row.size() && a.student_row[end] < start + n) ++end;
+      cursor[s] = end;
+      if (end == begin) continue;
+      const auto& t = teachers[s];
+      auto slice = [&](const std::vector<int64_t>& v, int64_t offset, at::Device dev) {
+        std::vector<int64_t> part(v.begin() + begin, v.begin() + end);
+        for (auto& x : part) x -= offset;
+        return at::tensor(part, at::TensorOptions().dtype(at::kLong)).to(dev);
+      };
+      at::Tensor student_logits = logits.index_select(0, slice(a.student_row, start, device));
+      at::Tensor teacher_logits;
+      {
+        at::NoGradGuard no_grad;
+        const at::Device tdev = t.hidden.device();
+        teacher_logits = t.logits(t.hidden.index({slice(a.teacher_b, 0, tdev), slice(a.teacher_t, 0, tdev)})).to(device);
+      }
+      std::vector<double> w;
+      for (size_t i = begin; i < end; ++i) w.push_back(weight[s][a.teacher_b[i]]);
+      at::Tensor rows_loss = token_loss_rows(student_logits, teacher_logits, c.token, t.vocab_map) *
+                             at::tensor(w, at::TensorOptions().dtype(at::kDouble)).to(device).to(at::kFloat);
+      token_sum += rows_loss.detach().sum().item<double>();
+      chunk_loss = chunk_loss + rows_loss.sum() * (lambda * inv_tokens);
+    }
+    chunk_loss.backward();
+  }
+  parts.sft = sft_sum * inv_tokens;
+  parts.token = token_sum * inv_tokens;
+  parts.total = (1.0 - lambda) * parts.sft + lambda * (parts.token + c.graph_weight * parts.graph);
+  if (hidden.grad().defined()) student.hidden.backward(hidden.grad());
+  return parts;
+}
+
+}  // namespace lf::loss

@@ -1,0 +1,77 @@
+// The training objective of method.md §1 for one micro-batch, computed over streamed logits:
+//   L = (1 − λ)·L_SFT + λ·Σ_s w_s·(L_tok(S, T_s) + β·L_GLD(S, T_s))
+// Logits exist one chunk of positions at a time: the student's LM head runs on a slice of hidden
+// states, the slice is reduced to the statistics the terms need and backpropagated, then freed.
+// GLD, a sequence-level term, is solved on the T×k top-k probabilities first (a cheap no-grad
+// pass), and its gradient with respect to them is then injected chunk by chunk.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "align/positions.h"
+#include "align/vocab_map.h"
+#include "data/batch.h"
+#include "loss/gld.h"
+#include "loss/token.h"
+
+namespace lf::loss {
+
+// Maps hidden-state rows [n, d] to logits [n, V] over the model's real vocabulary (padding rows
+// beyond the tokenizer's vocabulary already dropped).
+using LogitsFn = std::function<at::Tensor(const at::Tensor&)>;
+
+struct StudentSide {
+  at::Tensor hidden;  // [B, T, d], part of the autograd graph
+  LogitsFn logits;    // differentiable
+  const ModelBatch* batch = nullptr;
+};
+
+struct TeacherSide {
+  at::Tensor hidden;  // [B, Tt, d], no grad
+  LogitsFn logits;    // evaluated under no-grad
+  const ModelBatch* batch = nullptr;
+  std::vector<PositionPairs> pairs;  // per row: (student position, teacher position)
+  const VocabMap* vocab_map = nullptr;
+  double weight = 1.0;  // normalised mixing weight (uniform / weights)
+};
+
+struct ObjectiveConfig {
+  double distill_weight = 0.5;          // λ
+  std::string teacher_mix = "uniform";  // uniform | weights | min_ce
+  TokenLossOptions token;
+  bool graph = true;
+  double graph_weight = 1.0;  // β
+  int64_t graph_top_k = 10;
+  double graph_temperature = 1.0;
+  std::string graph_nodes = "rank";  // rank | vocab
+  std::string graph_solver = "sorted";
+  GldOptions gld;
+  EntropicGwOptions entropic;
+  int64_t chunk_rows = 1024;  // logit rows alive at once
+};
+
+// Global normalisers: response tokens and sequences of the whole step (all micro-batches, all ranks).
+struct GlobalCounts {
+  double tokens = 0;
+  double sequences = 0;
+};
+
+// What this micro-batch contributed to each term (already divided by the global counts).
+struct LossParts {
+  double total = 0, sft = 0, token = 0, graph = 0;
+  LossParts& operator+=(const LossParts& o) {
+    total += o.total; sft += o.sft; token += o.token; graph += o.graph;
+    return *this;
+  }
+};
+
+// Computes the objective and runs backward into the student (gradients accumulate in its
+// parameters). With no teachers it is plain SFT.
+LossParts backward_fusion_loss(const StudentSide& student, const std::vector<TeacherSide>& teachers,
+                               const ObjectiveConfig& config, const GlobalCounts& counts);
+
+}  // namespace lf::loss

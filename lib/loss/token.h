@@ -1,0 +1,31 @@
+// Token-level distillation terms at aligned positions (method.md §3): ULD on sorted probabilities,
+// and the KL family through a teacher→student vocabulary map.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <string>
+
+#include "align/vocab_map.h"
+
+namespace lf::loss {
+
+struct TokenLossOptions {
+  std::string type = "uld";       // uld | kl | rkl | jsd | none
+  std::optional<int64_t> top_k;   // ULD: top-k plus a tail bucket (default: full); KL family: teacher top-k (default: full)
+  double temperature = 1.0;
+  double beta = 0.5;              // jsd mixing weight
+};
+
+// Per-row losses [P] between student logits [P, Vs] (differentiable) and teacher logits [P, Vt] at
+// the same aligned positions. The KL family needs `map` (teacher id -> student id); rows whose
+// teacher mass maps nowhere contribute 0. ULD needs no map.
+at::Tensor token_loss_rows(const at::Tensor& student_logits, const at::Tensor& teacher_logits,
+                           const TokenLossOptions& options, const VocabMap* map);
+
+// ULD from sorted probabilities directly (used by the cached-teacher path too): rows of student
+// probabilities sorted descending [P, a] and teacher ones [P, b]; the shorter is zero-padded.
+at::Tensor uld_sorted_rows(const at::Tensor& student_sorted, const at::Tensor& teacher_sorted);
+
+}  // namespace lf::loss

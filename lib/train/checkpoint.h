@@ -1,0 +1,41 @@
+// Training checkpoints (interface.md): OUTPUT_DIR/checkpoints/step_NNNNNN/ holds the model in
+// Hugging Face layout (float32 master weights), the optimizer state of each rank, the trainer state
+// (step, data cursor, RNG), and a DONE marker written last. A checkpoint is written to a temporary
+// directory, fsynced and renamed, so a crash never leaves a directory that looks complete.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "data/sampler.h"
+#include "model/transformer.h"
+#include "train/optimizer.h"
+
+namespace lf {
+
+struct TrainerState {
+  int64_t step = 0;  // optimizer steps completed
+  DataCursor cursor;
+  int64_t world_size = 1;
+  std::string recipe_hash;
+  double tokens_seen = 0;
+  std::string rng_state;  // the CPU generator's state, hex
+};
+
+std::string checkpoint_name(int64_t step);  // "step_000200"
+
+// Writes the checkpoint of `step` under output_dir/checkpoints and prunes complete checkpoints
+// beyond keep_last. Rank 0 writes the model and trainer state; every rank its optimizer shard.
+void write_checkpoint(const std::string& output_dir, CausalLM& model, const AdamW& optimizer, const TrainerState& state,
+                      int64_t rank, const std::string& tokenizer_dir, int64_t keep_last);
+
+// Restores model weights, optimizer state and trainer state from a checkpoint directory; InputError
+// (naming the file) when anything is missing or malformed.
+TrainerState read_checkpoint(const std::string& dir, CausalLM& model, AdamW& optimizer, int64_t rank);
+
+// Complete checkpoints (DONE present) under output_dir/checkpoints, newest first.
+std::vector<std::string> complete_checkpoints(const std::string& output_dir);
+
+}  // namespace lf

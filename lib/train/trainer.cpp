@@ -1,0 +1,288 @@
+#include "train/trainer.h"
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+
+#include "align/vocab_map.h"
+#include "core/error.h"
+#include "core/hash.h"
+#include "core/strings.h"
+#include "io/file.h"
+#include "loss/objective.h"
+#include "model/checkpoint.h"
+#include "train/checkpoint.h"
+#include "train/fusion_data.h"
+#include "train/optimizer.h"
+#include "train/run_support.h"
+
+namespace fs = std::filesystem;
+
+namespace lf {
+
+namespace {
+
+loss::ObjectiveConfig objective_config(const Recipe& r) {
+  loss::ObjectiveConfig c;
+  c.distill_weight = r.loss.distill_weight;
+  c.teacher_mix = r.loss.teacher_mix;
+  c.token = {r.loss.token.type, r.loss.token.top_k, r.loss.token.temperature, r.loss.token.beta};
+  c.graph = r.loss.graph.type == "gld";
+  c.graph_weight = r.loss.graph.weight;
+  c.graph_top_k = r.loss.graph.top_k;
+  c.graph_temperature = r.loss.graph.temperature;
+  c.graph_nodes = r.loss.graph.nodes;
+  c.graph_solver = r.loss.graph.solver;
+  c.gld = {r.loss.graph.feature, r.loss.graph.normalize_features, r.loss.graph.p};
+  c.entropic.epsilon = r.loss.graph.epsilon;
+  c.chunk_rows = r.train.logit_chunk_size;
+  return c;
+}
+
+// Token-mean cross entropy of the student on an evaluation set.
+double evaluate(const Participant& student, const std::vector<TokenizedSequence>& eval, int64_t batch_size, bool bf16) {
+  at::NoGradGuard no_grad;
+  student.model->eval();
+  double loss_sum = 0, tokens = 0;
+  for (size_t start = 0; start < eval.size(); start += batch_size) {
+    std::vector<const TokenizedSequence*> rows;
+    for (size_t i = start; i < std::min(eval.size(), start + batch_size); ++i) rows.push_back(&eval[i]);
+    ModelBatch batch = collate(rows, student.pad_id());
+    AutocastGuard autocast(student.device.type(), bf16);
+    at::Tensor hidden = student.model->hidden_states(batch.input_ids.to(student.device));
+    at::Tensor labels = batch.labels.to(student.device);
+    at::Tensor where = (labels != kIgnoreIndex).nonzero();
+    at::Tensor logits = student.logits(hidden.index({where.select(1, 0), where.select(1, 1)}));
+    loss_sum += at::cross_entropy_loss(logits.to(at::kFloat), labels.index({where.select(1, 0), where.select(1, 1)}),
+                                       {}, at::Reduction::Sum).item<double>();
+    tokens += static_cast<double>(where.size(0));
+  }
+  student.model->train();
+  return loss_sum / std::max(1.0, tokens);
+}
+
+double grad_norm(const AdamW& optimizer, Communicator& comm) {
+  double sq = 0;
+  for (const auto& [name, p] : optimizer.params())
+    if (p.grad().defined()) sq += p.grad().to(at::kDouble).pow(2).sum().item<double>();
+  return std::sqrt(comm.all_reduce_sum(sq));
+}
+
+std::string resolve_resume(const Recipe& recipe, const TrainOptions& options) {
+  const bool has_checkpoints = !complete_checkpoints(recipe.run.output_dir).empty();
+  if (options.resume.empty() && has_checkpoints)
+    throw InputError(recipe.run.output_dir + ": already holds checkpoints of a run",
+                     "continue it with --resume auto, or choose another run.output_dir");
+  return options.resume;
+}
+
+}  // namespace
+
+int run_training(const Recipe& recipe, const TrainOptions& options, Communicator& comm) {
+  const auto& tc = recipe.train;
+  const std::string resume = resolve_resume(recipe, options);
+  const std::string recipe_text = recipe_to_yaml(recipe);
+  fs::create_directories(recipe.run.output_dir);
+  if (comm.is_main()) write_file_atomic((fs::path(recipe.run.output_dir) / "recipe.resolved.yaml").string(), recipe_text);
+  at::manual_seed(static_cast<uint64_t>(recipe.run.seed));
+  install_stop_handlers();
+
+  // 1. The models: the student in float32 (master weights; bf16 precision autocasts the compute),
+  //    each teacher in its own dtype on its own device, without gradients.
+  const std::string device = recipe.run.device;
+  Participant student = load_participant("student", recipe.student.path, recipe.student.tokenizer,
+                                         recipe.student.chat_template, "fp32", device, recipe.chat_templates);
+  std::vector<Participant> teachers;
+  for (const auto& t : recipe.teachers) {
+    teachers.push_back(load_participant(t.name, t.path, t.tokenizer, t.chat_template, t.dtype,
+                                        t.device == "auto" ? student.device.str() : t.device, recipe.chat_templates));
+    if (t.logits_cache) throw NotAvailable("teachers." + t.name + ".logits_cache (offline teacher logits)");
+    teachers.back().model->eval();
+    for (auto& p : teachers.back().model->parameters()) p.set_requires_grad(false);
+  }
+  if (tc.activation_checkpointing) throw NotAvailable("train.activation_checkpointing");
+  const bool bf16 = tc.precision == "bf16";
+  student.model->train();
+
+  // 2. The data: every example tokenized by every model, teachers aligned to the student.
+  std::vector<const Participant*> teacher_ptrs;
+  for (const auto& t : teachers) teacher_ptrs.push_back(&t);
+  const Truncation truncation{recipe.data.max_length, recipe.data.max_prompt_length};
+  const ExampleSet train_set = read_examples(recipe.data.train, recipe.data.skip_invalid);
+  FusionData data(train_set, student, teacher_ptrs, truncation, recipe.alignment.positions, recipe.data.skip_invalid);
+  std::vector<TokenizedSequence> eval_set;
+  if (recipe.data.eval)
+    for (const auto& ex : read_examples(*recipe.data.eval, recipe.data.skip_invalid).examples)
+      eval_set.push_back(tokenize_example(ex, *student.tokenizer, student.chat_template, truncation));
+
+  // 3. Vocabulary maps for the KL family of token losses.
+  std::vector<VocabMap> vocab_maps(teachers.size());
+  const bool kl_family = recipe.loss.token.type == "kl" || recipe.loss.token.type == "rkl" || recipe.loss.token.type == "jsd";
+  if (kl_family)
+    for (size_t s = 0; s < teachers.size(); ++s) {
+      vocab_maps[s] = load_or_build_vocab_map(*teachers[s].tokenizer, *student.tokenizer, recipe.alignment.vocab,
+                                              recipe.alignment.cache_dir.value_or(options.vocab_cache_dir));
+      spdlog::info("vocabulary map {} -> student: {} exact, {} mined of {}", teachers[s].name, vocab_maps[s].exact,
+                   vocab_maps[s].mined, vocab_maps[s].to_student.size());
+    }
+
+  // 4. Optimizer, schedule, sampler, and the state to resume from.
+  std::vector<std::pair<std::string, at::Tensor>> params;
+  for (auto& item : student.model->named_parameters()) params.emplace_back(item.key(), item.value());
+  AdamW optimizer(params, {tc.adam_beta1, tc.adam_beta2, tc.adam_eps, tc.weight_decay});
+  SamplerConfig sampler_config{tc.micro_batch_size, recipe.run.seed, comm.rank(), comm.world_size()};
+  const int64_t batches_per_epoch = Sampler(data.lengths(), sampler_config).batches_per_epoch();
+  const int64_t steps_per_epoch = std::max<int64_t>(1, batches_per_epoch / tc.grad_accum);
+  const int64_t total_steps = tc.max_steps ? *tc.max_steps : tc.epochs * steps_per_epoch;
+  const ScheduleConfig schedule{tc.schedule, tc.lr, static_cast<int64_t>(std::ceil(tc.warmup_ratio * total_steps)), total_steps};
+
+  TrainerState state;
+  state.world_size = comm.world_size();
+  state.recipe_hash = hex64(fnv1a64(recipe_text));
+  if (resume == "auto") {
+    for (const auto& dir : complete_checkpoints(recipe.run.output_dir)) {
+      try {
+        state = read_checkpoint(dir, *student.model, optimizer, comm.rank());
+        spdlog::info("resuming from {} (step {})", dir, state.step);
+        break;
+      } catch (const Error& e) {
+        spdlog::warn("skipping checkpoint {}: {}", dir, e.one_line());
+        load_weights_into(*student.model, recipe.student.path);  // undo a partial load
+        optimizer = AdamW(params, {tc.adam_beta1, tc.adam_beta2, tc.adam_eps, tc.weight_decay});
+        state = TrainerState{0, {}, comm.world_size(), state.recipe_hash, 0, ""};
+      }
+    }
+  } else if (!resume.empty()) {
+    state = read_checkpoint(resume, *student.model, optimizer, comm.rank());
+    spdlog::info("resuming from {} (step {})", resume, state.step);
+  }
+  if (state.world_size != comm.world_size())
+    throw InputError("the checkpoint was written with " + std::to_string(state.world_size) + " rank(s), this run has " +
+                     std::to_string(comm.world_size()), "resume with the same world size");
+  Sampler sampler(data.lengths(), sampler_config, state.cursor);
+  const loss::ObjectiveConfig objective = objective_config(recipe);
+
+  spdlog::info("training {} for {} steps ({} micro-batches of {} per epoch, grad_accum {}, {} teacher(s), {}, {})",
+               recipe.student.path, total_steps, batches_per_epoch, tc.micro_batch_size, tc.grad_accum, teachers.size(),
+               tc.precision, student.device.str());
+  MetricsLog metrics((fs::path(recipe.run.output_dir) / "metrics.jsonl").string(), total_steps, state.step);
+
+  // 5. The loop: one optimizer step per iteration, each over grad_accum micro-batches.
+  auto checkpoint = [&] {
+    write_checkpoint(recipe.run.output_dir, *student.model, optimizer, state, comm.rank(), student.tokenizer_dir,
+                     recipe.checkpoint.keep_last);
+  };
+  while (state.step < total_steps) {
+    const auto step_start = std::chrono::steady_clock::now();
+    std::vector<MicroBatch> micro;
+    double local_tokens = 0, local_sequences = 0, input_tokens = 0;
+    for (int64_t a = 0; a < tc.grad_accum; ++a) {
+      micro.push_back(data.batch(sampler.next()));
+      local_tokens += static_cast<double>(micro.back().student.label_tokens);
+      local_sequences += static_cast<double>(micro.back().sequences());
+      for (const auto* row : micro.back().student.rows) input_tokens += static_cast<double>(row->length());
+    }
+    const loss::GlobalCounts counts{comm.all_reduce_sum(local_tokens), comm.all_reduce_sum(local_sequences)};
+
+    loss::LossParts parts;
+    for (MicroBatch& mb : micro) {
+      AutocastGuard autocast(student.device.type(), bf16);
+      loss::StudentSide side{student.model->hidden_states(mb.student.input_ids.to(student.device)),
+                             [&](const at::Tensor& h) { return student.logits(h); }, &mb.student};
+      std::vector<loss::TeacherSide> sides;
+      for (size_t s = 0; s < teachers.size(); ++s) {
+        at::NoGradGuard no_grad;
+        const auto& t = teachers[s];
+        double weight = 1.0 / static_cast<double>(teachers.size());
+        if (recipe.loss.teacher_mix == "weights") {
+          double total = 0;
+          for (const auto& tcfg : recipe.teachers) total += tcfg.weight;
+          weight = recipe.teachers[s].weight / total;
+        }
+        sides.push_back({t.model->hidden_states(mb.teachers[s].input_ids.to(t.device)),
+                         [&t](const at::Tensor& h) { return t.logits(h); }, &mb.teachers[s], mb.pairs[s],
+                         kl_family ? &vocab_maps[s] : nullptr, weight});
+      }
+      parts += loss::backward_fusion_loss(side, sides, objective, counts);
+    }
+    for (double* term : {&parts.total, &parts.sft, &parts.token, &parts.graph}) *term = comm.all_reduce_sum(*term);
+    for (const auto& [name, p] : optimizer.params())
+      if (p.grad().defined()) comm.all_reduce_sum(p.mutable_grad());
+    const double norm = grad_norm(optimizer, comm);
+
+    // A non-finite loss or gradient never reaches the weights.
+    std::string bad;
+    if (!std::isfinite(parts.sft)) bad = "SFT loss";
+    else if (!std::isfinite(parts.token)) bad = "token distillation loss (" + recipe.loss.token.type + ")";
+    else if (!std::isfinite(parts.graph)) bad = "graph (GLD) loss";
+    else if (!std::isfinite(norm)) bad = "gradient norm";
+    const double lr = learning_rate(schedule, state.step);
+    bool skipped = false;
+    if (!bad.empty()) {
+      if (!tc.skip_nonfinite)
+        throw RuntimeFailure("step " + std::to_string(state.step + 1) + ": non-finite " + bad + "; no weights were written",
+                             "lower train.lr, check the data, or set train.skip_nonfinite: true");
+      spdlog::warn("step {}: non-finite {}; step skipped (train.skip_nonfinite)", state.step + 1, bad);
+      skipped = true;
+    } else {
+      if (tc.clip_grad > 0 && norm > tc.clip_grad) {
+        at::NoGradGuard no_grad;
+        const double scale = tc.clip_grad / (norm + 1e-6);
+        for (const auto& [name, p] : optimizer.params())
+          if (p.grad().defined()) p.mutable_grad().mul_(scale);
+      }
+      optimizer.step(lr);
+    }
+    optimizer.zero_grad();
+    state.step += 1;
+    state.cursor = sampler.cursor();
+    state.tokens_seen += counts.tokens;
+
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
+    if (comm.is_main() && (state.step % recipe.log.every_steps == 0 || state.step == total_steps || state.step == 1)) {
+      nlohmann::json line = {{"step", state.step}, {"epoch", state.cursor.epoch}, {"lr", lr}, {"loss", parts.total},
+                             {"sft", parts.sft}, {"token", parts.token}, {"graph", parts.graph}, {"grad_norm", norm},
+                             {"tokens_per_s", comm.all_reduce_sum(input_tokens) / seconds},
+                             {"peak_memory_bytes", peak_memory_bytes(student.device)}, {"skipped", skipped}};
+      metrics.write(line.dump());
+      metrics.progress(state.step, parts.total, lr);
+      spdlog::debug("{}", line.dump());
+    }
+    if (!eval_set.empty() && tc.eval_every_steps > 0 && state.step % tc.eval_every_steps == 0 && state.step < total_steps) {
+      const double eval_loss = evaluate(student, eval_set, tc.micro_batch_size, bf16);
+      metrics.write(nlohmann::json({{"step", state.step}, {"eval_loss", eval_loss}, {"eval_ppl", std::exp(eval_loss)}}).dump());
+    }
+    if (recipe.checkpoint.every_steps > 0 && state.step % recipe.checkpoint.every_steps == 0 && state.step < total_steps)
+      checkpoint();
+    if (const int signal = stop_requested()) {
+      metrics.finish_progress();
+      checkpoint();
+      spdlog::warn("stopped by signal {} after step {}; checkpoint written, continue with --resume auto", signal, state.step);
+      return kExitPreempted;
+    }
+  }
+  metrics.finish_progress();
+
+  // 6. Evaluation and the final model, in the student's dtype and Hugging Face layout.
+  if (!eval_set.empty()) {
+    const double eval_loss = evaluate(student, eval_set, tc.micro_batch_size, bf16);
+    metrics.write(nlohmann::json({{"step", state.step}, {"eval_loss", eval_loss}, {"eval_ppl", std::exp(eval_loss)}}).dump());
+    spdlog::info("eval loss {:.4f} (perplexity {:.3f})", eval_loss, std::exp(eval_loss));
+  }
+  if (comm.is_main()) {
+    const fs::path final_dir = fs::path(recipe.run.output_dir) / "final";
+    if (fs::exists(final_dir)) fs::remove_all(final_dir);
+    SaveOptions save;
+    save.dtype = recipe.student.dtype;
+    save.tokenizer_from = student.tokenizer_dir;
+    save_model(*student.model, final_dir.string(), save);
+    spdlog::info("wrote {}", final_dir.string());
+  }
+  return 0;
+}
+
+}  // namespace lf
