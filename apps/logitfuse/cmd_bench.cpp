@@ -22,6 +22,7 @@ void add_bench(CLI::App& root) {
   auto opt = std::make_shared<Options>();
   CLI::App* bench = root.add_subcommand("bench", "Micro-benchmarks (print JSON lines)");
   bench->require_subcommand(1);
+  add_bench_tokenize(*bench);
   CLI::App* cmd = bench->add_subcommand("forward", "Forward-pass throughput of a model on random token ids");
   cmd->add_option("--model", opt->model, "model directory")->required();
   cmd->add_option("--batch", opt->batch)->capture_default_str();

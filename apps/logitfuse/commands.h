@@ -17,5 +17,8 @@ void add_logits(CLI::App& root);
 void add_tokenize(CLI::App& root);
 void add_version(CLI::App& root);
 void add_bench(CLI::App& root);
+void add_loss_eval(CLI::App& root);
+// `bench tokenize`, added to the `bench` subcommand by add_bench.
+void add_bench_tokenize(CLI::App& bench);
 
 }  // namespace lf::app
