@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   lf::app::add_tokenize(app);
   lf::app::add_version(app);
   lf::app::add_bench(app);
+  lf::app::add_loss_eval(app);
 
   try {
     app.parse(argc, argv);

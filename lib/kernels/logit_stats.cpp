@@ -6,8 +6,13 @@
 
 namespace lf::kernels {
 
+namespace {
+// Statistics in float32, or in double when the logits are double (finite-difference checks).
+at::Tensor widen(const at::Tensor& logits) { return logits.scalar_type() == at::kDouble ? logits : logits.to(at::kFloat); }
+}  // namespace
+
 at::Tensor log_softmax(const at::Tensor& logits, double temperature) {
-  at::Tensor x = logits.to(at::kFloat);
+  at::Tensor x = widen(logits);
   if (temperature != 1.0) x = x / temperature;
   return at::log_softmax(x, -1);
 }
@@ -20,12 +25,12 @@ TopK softmax_topk(const at::Tensor& logits, int64_t k, double temperature) {
 }
 
 at::Tensor cross_entropy_rows(const at::Tensor& logits, const at::Tensor& labels) {
-  return at::cross_entropy_loss(logits.to(at::kFloat), labels, {}, at::Reduction::None, -100);
+  return at::cross_entropy_loss(widen(logits), labels, {}, at::Reduction::None, -100);
 }
 
 RowStats softmax_topk_stats(const at::Tensor& logits, int64_t k, double temperature) {
   at::NoGradGuard no_grad;
-  at::Tensor x = logits.to(at::kFloat);
+  at::Tensor x = widen(logits);
   if (temperature != 1.0) x = x / temperature;
   RowStats out;
   out.lse = at::logsumexp(x, -1);

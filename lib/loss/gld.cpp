@@ -16,7 +16,7 @@ at::Tensor finish_features(at::Tensor f, bool normalize) {
 }  // namespace
 
 at::Tensor rank_node_features(const at::Tensor& X, const GldOptions& options) {
-  at::Tensor x = X.to(at::kFloat);
+  at::Tensor x = X.scalar_type() == at::kDouble ? X : X.to(at::kFloat);
   at::Tensor f;
   if (options.feature == "strength") {
     f = at::matmul(x.t(), x.sum(1));  // Xᵀ(X·1): row sums of C without forming it
@@ -33,7 +33,7 @@ at::Tensor rank_node_features(const at::Tensor& X, const GldOptions& options) {
 at::Tensor vocab_node_features(const at::Tensor& X, const at::Tensor& ids, const GldOptions& options) {
   if (options.feature != "strength")
     throw InputError("loss.graph.nodes=vocab supports feature=strength only (got '" + options.feature + "')");
-  at::Tensor x = X.to(at::kFloat);
+  at::Tensor x = X.scalar_type() == at::kDouble ? X : X.to(at::kFloat);
   auto [unique_ids, inverse] = at::_unique(ids.flatten(), /*sorted=*/true, /*return_inverse=*/true);
   at::Tensor weights = (x * x.sum(1, true)).flatten();  // x_t[v] Σ_j x_t[j] for each entry
   at::Tensor f = at::zeros({unique_ids.size(0)}, x.options()).index_add(0, inverse, weights);
