@@ -3,6 +3,7 @@ decoding of BPE tokenizers trained here (GPT-2 byte-level, Llama-3/Qwen split re
 BPE with byte fallback) and of SentencePiece models, on a corpus of many scripts; plus the errors that
 malformed or unsupported tokenizer files give."""
 import json
+from pathlib import Path
 
 import pytest
 import sentencepiece as spm
@@ -337,3 +338,27 @@ def test_bad_input_line_names_file_and_line(logitfuse, hf_files, tmp_path):
     proc = logitfuse("tokenize", "--tokenizer", hf_files["gpt2"], "--input", inp, expect=2)
     assert f"{inp}:2" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def mistral_models():
+    """Real SentencePiece models shipped in the mistral-common wheel (Mistral 7B v0.1 and the v3 instruct
+    tokenizer with [INST]-style control symbols); empty when the package is not installed."""
+    import importlib.util
+    spec = importlib.util.find_spec("mistral_common")
+    if spec is None:
+        return []
+    data = Path(spec.origin).parent / "data"
+    return [data / name for name in ["tokenizer.model.v1", "mistral_instruct_tokenizer_240323.model.v3"]
+            if (data / name).exists()]
+
+
+@pytest.mark.parametrize("model", mistral_models() or [pytest.param(None, marks=pytest.mark.skip(
+    reason="mistral-common (scripts/requirements.txt) is not installed"))], ids=lambda p: p.name if p else "none")
+def test_real_mistral_sentencepiece_models(logitfuse, tmp_path, model):
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    texts = CORPUS + TRAIN_TEXT[:11] + ["[INST] What is 2+2? [/INST] 4</s>"]
+    got = run_tokenize(logitfuse, tmp_path, model, texts)
+    for text, line in zip(texts, got):
+        ids, offsets = sp_reference(sp, text)
+        assert line["ids"] == ids, f"ids differ for {text!r}"
+        assert line["offsets"] == offsets, f"offsets differ for {text!r}"
