@@ -74,8 +74,9 @@ double grad_norm(const AdamW& optimizer, Communicator& comm) {
 
 std::string resolve_resume(const Recipe& recipe, const TrainOptions& options) {
   const bool has_checkpoints = !complete_checkpoints(recipe.run.output_dir).empty();
-  if (options.resume.empty() && has_checkpoints)
-    throw InputError(recipe.run.output_dir + ": already holds checkpoints of a run",
+  const bool finished = fs::exists(fs::path(recipe.run.output_dir) / "final" / "config.json");
+  if (options.resume.empty() && (has_checkpoints || finished))
+    throw InputError(recipe.run.output_dir + ": already holds " + (finished ? "a finished run" : "checkpoints of a run"),
                      "continue it with --resume auto, or choose another run.output_dir");
   return options.resume;
 }
@@ -85,6 +86,10 @@ std::string resolve_resume(const Recipe& recipe, const TrainOptions& options) {
 int run_training(const Recipe& recipe, const TrainOptions& options, Communicator& comm) {
   const auto& tc = recipe.train;
   const std::string resume = resolve_resume(recipe, options);
+  if (resume == "auto" && fs::exists(fs::path(recipe.run.output_dir) / "final" / "config.json")) {
+    spdlog::info("{}: the run has finished (final/ exists); nothing to do", recipe.run.output_dir);
+    return 0;
+  }
   const std::string recipe_text = recipe_to_yaml(recipe);
   fs::create_directories(recipe.run.output_dir);
   if (comm.is_main()) write_file_atomic((fs::path(recipe.run.output_dir) / "recipe.resolved.yaml").string(), recipe_text);

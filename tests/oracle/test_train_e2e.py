@@ -1,0 +1,178 @@
+"""End-to-end fusion training on tiny models with genuinely different tokenizers (a byte-level BPE
+and a SentencePiece unigram model): the loss goes down, the result loads in transformers, and a run
+that is killed and resumed ends with exactly the weights of an uninterrupted one."""
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from conftest import BINARY
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, logitfuse):
+    import sentencepiece as spm
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    root = tmp_path_factory.mktemp("fusion")
+    rng = random.Random(0)
+    examples = []
+    for _ in range(240):
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        examples.append({"prompt": f"What is {a} plus {b}?", "response": f"{a} plus {b} is {a + b}."})
+    (root / "train.jsonl").write_text("".join(json.dumps(e) + "\n" for e in examples))
+    (root / "eval.jsonl").write_text("".join(json.dumps(e) + "\n" for e in examples[:16]))
+    corpus = root / "corpus.txt"
+    corpus.write_text("".join(e["prompt"] + " " + e["response"] + "\n" for e in examples))
+
+    (root / "bpe").mkdir()
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train([str(corpus)], trainers.BpeTrainer(vocab_size=260, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.save(str(root / "bpe" / "tokenizer.json"))
+    (root / "bpe" / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}))
+    (root / "sp").mkdir()
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(root / "sp" / "tokenizer"), vocab_size=100,
+                                   model_type="unigram", bos_id=1, eos_id=2, unk_id=0, pad_id=3,
+                                   user_defined_symbols=["<|im_start|>", "<|im_end|>"], minloglevel=2)
+
+    sizes = ["--hidden", 32, "--layers", 2, "--heads", 4, "--kv-heads", 2, "--intermediate", 64]
+    logitfuse("init-model", "--arch", "llama", "--out", root / "student", "--tokenizer", root / "bpe", "--seed", 1, *sizes)
+    logitfuse("init-model", "--arch", "qwen2", "--out", root / "teacher_a", "--tokenizer", root / "sp" / "tokenizer.model",
+              "--seed", 2, *sizes)
+    logitfuse("init-model", "--arch", "phi3", "--out", root / "teacher_b", "--tokenizer", root / "bpe", "--seed", 3, *sizes)
+    return root
+
+
+def recipe(root, out, **overrides):
+    text = f"""
+run: {{name: t, output_dir: {out}, seed: 5, device: cpu}}
+student: {{path: {root}/student, dtype: fp32, chat_template: chatml}}
+teachers:
+  - {{name: a, path: {root}/teacher_a, dtype: fp32, chat_template: chatml}}
+  - {{name: b, path: {root}/teacher_b, dtype: fp32, chat_template: chatml}}
+data: {{train: {root}/train.jsonl, eval: {root}/eval.jsonl, max_length: 48, max_prompt_length: 24}}
+loss: {{distill_weight: 0.5, token: {{type: uld}}, graph: {{type: gld, top_k: 5}}}}
+train: {{micro_batch_size: 4, grad_accum: 2, lr: 3.0e-3, precision: fp32, max_steps: 12, schedule: cosine, warmup_ratio: 0.1}}
+checkpoint: {{every_steps: 4, keep_last: 2}}
+log: {{every_steps: 1}}
+"""
+    path = Path(out).with_suffix(".yaml")
+    path.write_text(text)
+    return path, [f"{k}={v}" for k, v in overrides.items()]
+
+
+def metrics(out):
+    return [json.loads(l) for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(model_dir):
+    return load_file(str(Path(model_dir) / "model.safetensors"))
+
+
+def assert_same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), f"{name} differs"
+
+
+def test_fusion_training_lowers_the_loss_and_loads_in_transformers(workspace, tmp_path, logitfuse):
+    path, overrides = recipe(workspace, tmp_path / "run", **{"train.max_steps": 30, "checkpoint.every_steps": 0})
+    logitfuse("train", path, *overrides)
+    m = [x for x in metrics(tmp_path / "run") if "loss" in x]
+    assert len(m) == 30
+    assert all(x["graph"] > 0 and x["token"] > 0 and x["sft"] > 0 for x in m)
+    first, last = sum(x["loss"] for x in m[:5]) / 5, sum(x["loss"] for x in m[-5:]) / 5
+    assert last < 0.8 * first, f"loss went from {first:.3f} to {last:.3f}"
+    assert any("eval_loss" in x for x in metrics(tmp_path / "run"))
+    final = tmp_path / "run" / "final"
+    assert (final / "tokenizer.json").exists()
+    model = AutoModelForCausalLM.from_pretrained(final).eval()
+    ids = [[5, 9, 33, 7, 120, 3]]
+    (tmp_path / "ids.jsonl").write_text(json.dumps(ids[0]) + "\n")
+    logitfuse("logits", "--model", final, "--input", tmp_path / "ids.jsonl", "--out", tmp_path / "l.safetensors")
+    with torch.no_grad():
+        want = model(torch.tensor(ids)).logits[0]
+    assert (load_file(str(tmp_path / "l.safetensors"))["logits.0"] - want).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("token", ["kl", "jsd"])
+def test_kl_family_with_vocabulary_maps_trains(workspace, tmp_path, logitfuse, token):
+    path, overrides = recipe(workspace, tmp_path / "run", **{"loss.token.type": token, "loss.token.top_k": 8,
+                                                             "alignment.vocab": "mined", "train.max_steps": 6,
+                                                             "checkpoint.every_steps": 0,
+                                                             "alignment.cache_dir": tmp_path / "maps"})
+    logitfuse("train", path, *overrides)
+    m = [x for x in metrics(tmp_path / "run") if "loss" in x]
+    assert all(x["token"] > 0 for x in m)
+    assert len(list((tmp_path / "maps").iterdir())) == 2  # one map per teacher, cached
+
+
+def test_sigterm_writes_a_checkpoint_and_resume_is_exact(workspace, tmp_path, logitfuse):
+    path, overrides = recipe(workspace, tmp_path / "ref")
+    logitfuse("train", path, *overrides)
+
+    path2, overrides2 = recipe(workspace, tmp_path / "cut")
+    proc = subprocess.Popen([str(BINARY), "train", path2, *overrides2], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        log = tmp_path / "cut" / "metrics.jsonl"
+        if log.exists() and sum(1 for l in log.read_text().splitlines() if '"loss"' in l) >= 6:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err.decode()
+    assert not (tmp_path / "cut" / "final").exists()
+    logitfuse("train", path2, *overrides2, "--resume", "auto")
+    assert_same_weights(tmp_path / "ref" / "final", tmp_path / "cut" / "final")
+
+
+def test_hard_kill_then_resume_auto_is_exact_and_skips_a_corrupt_checkpoint(workspace, tmp_path, logitfuse):
+    path, overrides = recipe(workspace, tmp_path / "ref")
+    logitfuse("train", path, *overrides)
+
+    path2, overrides2 = recipe(workspace, tmp_path / "cut")
+    proc = subprocess.Popen([str(BINARY), "train", path2, *overrides2], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "cut" / "checkpoints" / "step_000008" / "DONE").exists():
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    checkpoints = tmp_path / "cut" / "checkpoints"
+    assert (checkpoints / "step_000004" / "DONE").exists() and (checkpoints / "step_000008" / "DONE").exists()
+    # Corrupt the newest checkpoint: resume must fall back to step 4 with a warning, and still be exact.
+    weights_file = checkpoints / "step_000008" / "model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[:100])
+    proc = logitfuse("train", path2, *overrides2, "--resume", "auto")
+    assert "skipping checkpoint" in proc.stderr and "step_000008" in proc.stderr
+    assert "resuming from" in proc.stderr and "step_000004" in proc.stderr
+    assert_same_weights(tmp_path / "ref" / "final", tmp_path / "cut" / "final")
+
+
+def test_an_output_dir_with_checkpoints_needs_resume(workspace, tmp_path, logitfuse):
+    path, overrides = recipe(workspace, tmp_path / "run", **{"train.max_steps": 4})
+    logitfuse("train", path, *overrides)
+    proc = logitfuse("train", path, *overrides, expect=2)
+    assert "--resume auto" in proc.stderr
+
+
+def test_bad_recipe_and_data_are_one_line_input_errors(workspace, tmp_path, logitfuse):
+    path, overrides = recipe(workspace, tmp_path / "run")
+    proc = logitfuse("train", path, "loss.graph.top_kk=3", expect=2)
+    assert "loss.graph.top_kk" in proc.stderr and "top_k" in proc.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n')
+    proc = logitfuse("train", path, f"data.train={bad}", expect=2)
+    assert "bad.jsonl:2" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
