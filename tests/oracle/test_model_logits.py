@@ -1,6 +1,7 @@
 """logitfuse's transformer against Hugging Face transformers: logits of every supported family,
 incremental decoding through the KV cache, and checkpoints written by logitfuse loaded back."""
 import json
+import os
 
 import pytest
 import torch
@@ -8,6 +9,8 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
 TOL = 1e-4  # fp32, max absolute difference of logits
+# scripts/gpu-check.sh sets LOGITFUSE_TEST_DEVICES=cpu,cuda on the GPU machine.
+DEVICES = os.environ.get("LOGITFUSE_TEST_DEVICES", "cpu").split(",")
 
 BASE = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
             num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=256)
@@ -58,12 +61,14 @@ def logitfuse_logits(logitfuse, model_dir, ids_file, out_file, *extra):
     return [tensors[f"logits.{i}"] for i in range(len(tensors))]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_logits_match_transformers(name, tmp_path, logitfuse):
+def test_logits_match_transformers(name, device, tmp_path, logitfuse):
     model_type, overrides = FAMILIES[name]
     model = make_reference_model(model_type, overrides, tmp_path / "model")
     write_ids(tmp_path / "ids.jsonl", SEQUENCES)
-    ours = logitfuse_logits(logitfuse, tmp_path / "model", tmp_path / "ids.jsonl", tmp_path / "out.safetensors")
+    ours = logitfuse_logits(logitfuse, tmp_path / "model", tmp_path / "ids.jsonl", tmp_path / "out.safetensors",
+                            "--device", device)
     assert len(ours) == len(SEQUENCES)
     for ids, got in zip(SEQUENCES, ours):
         want = reference_logits(model, ids)

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The GPU check: one prepared script for the GPU machine (no package registry; python3 there has
+# torch 2.11.0+cu130, transformers and tokenizers). Run scripts/fetch-gpu-deps.sh here first and
+# carry .deps. It unpacks the Debian packages into a prefix, builds with CUDA for Hopper, runs the
+# unit tests, the oracle tests (CPU and CUDA device), and the benchmarks on the GPU.
+#   device run: bash scripts/gpu-check.sh      (carry: [".deps"])
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+PREFIX=$ROOT/.deps/prefix
+BUILD=$ROOT/build-gpu
+step() { printf '\n=== %s (%s)\n' "$*" "$(date +%H:%M:%S)"; }
+status=0
+
+step "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+python3 -c 'import torch, transformers; print("torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__)'
+
+step "dependencies from .deps"
+[ -d .deps/debs ] || { echo "no .deps/debs: run scripts/fetch-gpu-deps.sh on the build machine and carry .deps"; exit 2; }
+mkdir -p "$PREFIX"
+for deb in .deps/debs/*.deb; do dpkg -x "$deb" "$PREFIX"; done
+python3 -m pip install -q --no-index --find-links .deps/wheels --target "$ROOT/.deps/py" pytest POT sentencepiece safetensors 2>&1 | tail -2
+export PYTHONPATH=$ROOT/.deps/py${PYTHONPATH:+:$PYTHONPATH}
+export LD_LIBRARY_PATH=$PREFIX/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export PKG_CONFIG_PATH=$PREFIX/usr/lib/x86_64-linux-gnu/pkgconfig:$PREFIX/usr/share/pkgconfig
+export PKG_CONFIG_SYSROOT_DIR=$PREFIX
+# Debian's .pc files name /usr/lib/...: with the sysroot they point into the prefix.
+
+step "configure and build (CUDA, sm_90a)"
+torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a}
+cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLOGITFUSE_CUDA=ON \
+  -DCMAKE_PREFIX_PATH="$torch_prefix;$PREFIX/usr;$PREFIX/usr/lib/x86_64-linux-gnu/cmake;$PREFIX/usr/share/cmake" \
+  -DCMAKE_INCLUDE_PATH="$PREFIX/usr/include" -DCMAKE_LIBRARY_PATH="$PREFIX/usr/lib/x86_64-linux-gnu" >/dev/null || exit 1
+ninja -C "$BUILD" -j "$(nproc)" > "$BUILD.log" 2>&1 || { tail -40 "$BUILD.log"; exit 1; }
+"$BUILD/bin/logitfuse" version
+
+step "unit tests"
+ctest --test-dir "$BUILD" -j 8 --output-on-failure 2>&1 | tail -5 || status=1
+
+step "oracle tests (models on CPU and CUDA)"
+export LOGITFUSE_BIN=$BUILD/bin/logitfuse LOGITFUSE_TEST_DEVICES=cpu,cuda
+python3 -m pytest tests/oracle -q -p no:cacheprovider -x 2>&1 | tail -8 || status=1
+
+step "benchmarks on the GPU"
+python3 bench/loss_terms.py --device cuda --dtype bf16 --rows 4096 --vocab 151936 --k 10 --iters 20 --binary "$BUILD/bin/logitfuse" || status=1
+
+step "done (status $status)"
+exit $status
