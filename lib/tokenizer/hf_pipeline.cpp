@@ -234,8 +234,10 @@ std::vector<NormalizerStep> parse_normalizer(const json& j, const std::string& f
       NormalizerStep step{NormalizerStep::Kind::kReplace, "", nullptr, n.at("content").get<std::string>()};
       parse_pattern(n.at("pattern"), file, "Replace normalizer", step.pattern, step.regex);
       steps.push_back(std::move(step));
-    } else if (type == "NFC" || type == "NFD" || type == "NFKC" || type == "NFKD") {
-      unsupported(file, "normalizer " + type + " (Unicode normalization needs ICU, which this build does not link)");
+    } else if (NormalForm form; parse_normal_form(type, form)) {
+      NormalizerStep step{NormalizerStep::Kind::kUnicode, "", nullptr, ""};
+      step.form = form;
+      steps.push_back(std::move(step));
     } else {
       unsupported(file, "normalizer " + type);
     }
@@ -267,6 +269,8 @@ void apply_normalizers(const std::vector<NormalizerStep>& steps, Piece& piece) {
   for (const auto& step : steps) {
     if (step.kind == NormalizerStep::Kind::kPrepend) {
       prepend(piece, step.content);
+    } else if (step.kind == NormalizerStep::Kind::kUnicode) {
+      unicode_normalize(piece, step.form);
     } else if (step.regex) {
       step.regex->find_all(piece.text, matches);
       replace_ranges(piece, matches, step.content);

@@ -12,14 +12,16 @@
 
 #include "tokenizer/piece.h"
 #include "tokenizer/regex.h"
+#include "tokenizer/unicode_normalize.h"
 
 namespace lf::tok {
 
 struct NormalizerStep {
-  enum class Kind { kPrepend, kReplace } kind;
+  enum class Kind { kPrepend, kReplace, kUnicode } kind;
   std::string pattern;                 // Replace: the literal, when `regex` is null
   std::shared_ptr<const Regex> regex;  // Replace with a Regex pattern
   std::string content;                 // Prepend: the prefix; Replace: the replacement
+  NormalForm form = NormalForm::kNFC;  // Unicode: NFC, NFD, NFKC or NFKD
 };
 
 enum class PrependScheme { kAlways, kFirst, kNever };

@@ -61,6 +61,32 @@ CORPUS = [
     "café naïve résumé",
 ]
 
+# Texts whose normal forms differ from them: precomposed vs combining accents, Hangul syllables vs jamo,
+# compatibility characters (ligatures, full width, super/subscripts, units, Roman numerals), singletons
+# (Angstrom, Ohm, Kelvin), canonical reordering of combining marks, long combining runs, mixed scripts.
+NORMALIZATION_TEXTS = [
+    "précomposé é vs combining e\u0301, A\u030a vs \u00c5 vs Angstrom \u212b, Ohm \u2126 Kelvin \u212a",
+    "Hangul 한국어 안녕하세요 vs jamo \u1112\u1161\u11ab\u1100\u116e\u11a8\u110b\u1165, LV+T \uac00\u11a8 \u1100\u1161",
+    "ligatures ﬁ ﬂ ﬀ ﬃ ﬄ ﬅ ﬆ finance ﬁnance",
+    "full width １２３ ＡＢＣ ｄｅｆ ！？ and half width ｶﾀｶﾅ ﾊﾟﾝ",
+    "superscripts x² y³ ¹ subscripts H₂O fractions ½ ¼ ⅓ ⅞",
+    "compat ㎞ ㍿ ℡ № ™ Ⅻ ⅻ ⑳ ㈱ ﹏ ﹐ ǆ Ĳ ŉ ſt … ‥ µ",
+    "long run a\u0301\u0302\u0303\u0304\u0305\u0306\u0307\u0308\u0309\u030a\u0316\u0317\u0318\u0323 end",
+    "reorder x\u0301\u0316 q\u0307\u0323 \u1e0b\u0323 \u0344\u0323 \u1e9b\u0323 A\u0301\u030a o\u031b\u0323\u0301",
+    "\u0301\u0316 starts with marks",
+    "\u0301",
+    "e\u0301",
+    "mixed Ελληνικά ά vs α\u0301 ΐ \u0390 Việt Nam tiếng Việt Äpfel A\u0308pfel ñ n\u0303 Ω",
+    "CJK compat \uf900\uf901\uf9dc \u2f00\u2f08 Arabic \ufdfa \ufefb \ufe8e Hebrew \ufb2a \ufb1d Tibetan \u0f73 \u0f75 \u0f81",
+    "Devanagari \u0958 \u0929 क़ Bengali \u09cb \u09c7\u09be Kannada \u0cca \u0cc6\u0cc2",
+    "spaces\u00a0nbsp\u2002en\u3000ideographic\u2009thin",
+    "ﬁ<|endoftext|>１２３ e\u0301<|endoftext|>\u0301after",
+    "emoji 👍🏽 ❤️ 1️⃣ 🇰🇷 and ㋿ ㍻",
+    # Assigned after Unicode 9.0, the tables tokenizers normalizes with: left alone there (Reiwa U+32FF,
+    # raised MR U+1F16C, Dives Akuru U+11935 U+11930, Malayalam U+0D3B with a combining class since 10.0).
+    "newer \u32ff \U0001f16c \U00011935\U00011930 \u0d15\u0d3b\u0301 \ua7f2 \U0001fbf5 o\u1df6\u0301",
+]
+
 SPECIALS = ["<|endoftext|>", "<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"]
 
 
@@ -106,8 +132,10 @@ def assert_offsets_match(text, got, enc, what):
     assert len(got) == len(ref_bytes), what
 
 
-def train_byte_level(tmp, name, pre_tokenizer, post_processor, extra_added=()):
+def train_byte_level(tmp, name, pre_tokenizer, post_processor, extra_added=(), normalizer=None):
     tok = Tokenizer(models.BPE())
+    if normalizer is not None:
+        tok.normalizer = normalizer
     tok.pre_tokenizer = pre_tokenizer
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=900, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
@@ -185,6 +213,22 @@ def hf_files(tmp_path_factory):
             pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]),
             lambda tok: processors.ByteLevel(trim_offsets=False)),
+        # Qwen2/Qwen3 tokenizer.json: NFC, the Qwen split regex, byte-level BPE.
+        "qwen2-nfc": train_byte_level(tmp, "qwen2-nfc", pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]),
+            lambda tok: processors.ByteLevel(trim_offsets=False), normalizer=normalizers.NFC()),
+        "gpt2-nfkc": train_byte_level(tmp, "gpt2-nfkc", pre_tokenizers.ByteLevel(add_prefix_space=False),
+                                      lambda tok: processors.ByteLevel(trim_offsets=False),
+                                      normalizer=normalizers.NFKC()),
+        "llama3-nfd": train_byte_level(tmp, "llama3-nfd", pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]), template("<|begin_of_text|>"),
+            normalizer=normalizers.NFD()),
+        "gpt2-nfkd-trim": train_byte_level(tmp, "gpt2-nfkd-trim", pre_tokenizers.ByteLevel(add_prefix_space=True),
+                                           lambda tok: processors.ByteLevel(trim_offsets=True),
+                                           normalizer=normalizers.Sequence([normalizers.NFKD(),
+                                                                            normalizers.Replace("ﬀ", "ff")])),
         "digits-punct": train_byte_level(tmp, "digits-punct", pre_tokenizers.Sequence([
             pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Digits(individual_digits=True),
             pre_tokenizers.Punctuation(), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]),
@@ -218,6 +262,61 @@ def test_tokenizer_json_matches_tokenizers(logitfuse, hf_files, tmp_path, name, 
         assert line["ids"] == enc.ids, f"{name}: ids differ for {text!r}: {ref.decode(line['ids'])!r}"
         assert_offsets_match(text, line["offsets"], enc, f"{name}: {text!r}")
         assert line["decoded"] == ref.decode(enc.ids, skip_special_tokens=False), f"{name}: decode differs for {text!r}"
+
+
+NORMALIZING_NAMES = ["qwen2-nfc", "gpt2-nfkc", "llama3-nfd", "gpt2-nfkd-trim"]
+
+
+@pytest.mark.parametrize("name", NORMALIZING_NAMES)
+@pytest.mark.parametrize("add_special", [False, True])
+def test_unicode_normalizers_match_tokenizers(logitfuse, hf_files, tmp_path, name, add_special):
+    ref = Tokenizer.from_file(str(hf_files[name]))
+    extra = ["--add-special-tokens"] if add_special else []
+    texts = CORPUS + NORMALIZATION_TEXTS
+    got = run_tokenize(logitfuse, tmp_path, hf_files[name], texts, *extra)
+    for text, line in zip(texts, got):
+        enc = ref.encode(text, add_special_tokens=add_special)
+        assert line["ids"] == enc.ids, f"{name}: ids differ for {text!r}: {ref.decode(line['ids'])!r}"
+        if "trim" not in name:  # normalized offsets fall on char boundaries of the original text: exact bytes
+            assert_offsets_match(text, line["offsets"], enc, f"{name}: {text!r}")
+            assert line["offsets"] == byte_offsets(text, enc.offsets), f"{name}: {text!r}"
+        else:
+            assert line["offsets"] == rust_trimmed_byte_offsets(ref, text, add_special), f"{name}: {text!r}"
+        assert line["decoded"] == ref.decode(enc.ids, skip_special_tokens=False), f"{name}: decode differs for {text!r}"
+
+
+def rust_trimmed_byte_offsets(ref, text, add_special):
+    """Byte offsets as tokenizers' Rust API (OffsetType::Byte) trims them for ByteLevel(trim_offsets=True,
+    add_prefix_space=True). Python trims after converting to chars, so where a normalizer turned a multi-byte
+    space (U+00A0, U+3000) into ' ', it moves the start a whole char where Rust moves it one byte; what
+    logitfuse reports is the Rust byte result."""
+    untrimmed = Tokenizer.from_str(ref.to_str())
+    untrimmed.post_processor = processors.ByteLevel(trim_offsets=False)
+    enc = untrimmed.encode(text, add_special_tokens=add_special)
+    out = []
+    for i, (token, (s, e)) in enumerate(zip(enc.tokens, byte_offsets(text, enc.offsets))):
+        spaces = [c == "Ġ" or (c.isspace() and c not in "\x1c\x1d\x1e\x1f") for c in token]  # Rust is_whitespace
+        lead = next((k for k, sp in enumerate(spaces) if not sp), len(spaces))
+        trail = next((k for k, sp in enumerate(reversed(spaces)) if not sp), len(spaces))
+        if lead > 0:
+            if (i == 0 or s == 0) and lead == 1:
+                lead = 0
+            s = min(s + lead, e)
+        if trail > 0 and e >= trail:
+            e = max(e - trail, s)
+        out.append([s, e])
+    return out
+
+
+def test_nfc_text_round_trips_through_qwen2_nfc(logitfuse, hf_files, tmp_path):
+    """NFC is the identity on NFC text: the normalizer changes nothing where nothing needs composing."""
+    import unicodedata
+    texts = [unicodedata.normalize("NFC", t) for t in CORPUS + NORMALIZATION_TEXTS]
+    got = run_tokenize(logitfuse, tmp_path, hf_files["qwen2-nfc"], texts)
+    ref = Tokenizer.from_file(str(hf_files["qwen2-nfc"]))
+    for text, line in zip(texts, got):
+        assert line["decoded"] == text
+        assert line["offsets"] == byte_offsets(text, ref.encode(text, add_special_tokens=False).offsets)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama3", "qwen2"])
@@ -305,7 +404,7 @@ def write_json(tmp_path, spec):
 
 
 @pytest.mark.parametrize("component,patch", [
-    ("normalizer NFKC", {"normalizer": {"type": "NFKC"}}),
+    ("normalizer StripAccents", {"normalizer": {"type": "StripAccents"}}),
     ("normalizer Lowercase", {"normalizer": {"type": "Lowercase"}}),
     ("pre-tokenizer BertPreTokenizer", {"pre_tokenizer": {"type": "BertPreTokenizer"}}),
     ("decoder WordPiece", {"decoder": {"type": "WordPiece", "prefix": "##", "cleanup": True}}),

@@ -6,6 +6,7 @@
 #include "test_helpers.h"
 #include "tokenizer/text_util.h"
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode_normalize.h"
 
 using Catch::Matchers::Contains;
 using lf::Encoding;
@@ -194,9 +195,9 @@ TEST_CASE("tokenizer: special tokens come from tokenizer_config.json", "[tokeniz
 TEST_CASE("tokenizer: unsupported components and malformed files are input errors naming them", "[tokenizer]") {
   lf::test::TempDir dir;
   const json base = byte_level_spec({}, json::array());
-  json nfc = base;
-  nfc["normalizer"] = {{"type", "NFC"}};
-  CHECK_THAT(load_error(dir, nfc), Contains("normalizer NFC") && Contains("tokenizer.json"));
+  json lowercase = base;
+  lowercase["normalizer"] = {{"type", "Lowercase"}};
+  CHECK_THAT(load_error(dir, lowercase), Contains("normalizer Lowercase") && Contains("tokenizer.json"));
   json wordpiece = base;
   wordpiece["model"]["type"] = "WordPiece";
   CHECK_THAT(load_error(dir, wordpiece), Contains("WordPiece"));
@@ -244,4 +245,55 @@ TEST_CASE("tokenizer: SentencePiece models split on control symbols and keep byt
   for (int64_t id : tok->encode("hello world é").ids) bytes += tok->id_to_bytes(id);
   CHECK(bytes == " hello world é");
   CHECK(tok->encode("hi", true).ids.front() == bos);
+}
+
+TEST_CASE("tokenizer: Unicode normal forms keep the alignment tokenizers gives", "[tokenizer]") {
+  using lf::tok::NormalForm;
+  using lf::tok::Piece;
+  using lf::tok::Span;
+  auto normalize = [](const std::string& text, NormalForm form) {
+    Piece p = lf::tok::make_piece(text, 0, text.size());
+    lf::tok::unicode_normalize(p, form);
+    return p;
+  };
+  // e + combining acute composes to U+00E9, aligned to the "e" alone; the next char keeps its own range.
+  Piece p = normalize("e\xCC\x81x", NormalForm::kNFC);
+  CHECK(p.text == "\xC3\xA9x");
+  CHECK(p.align == std::vector<Span>{{0, 1}, {0, 1}, {3, 4}});
+  // NFD: U+00E9 becomes e + U+0301, both pieces aligned to the whole precomposed char.
+  p = normalize("a\xC3\xA9", NormalForm::kNFD);
+  CHECK(p.text == "ae\xCC\x81");
+  CHECK(p.align == std::vector<Span>{{0, 1}, {1, 3}, {1, 3}, {1, 3}});
+  // NFKC: the ligature U+FB01 becomes "fi", full-width digits ASCII, superscript two a plain 2.
+  p = normalize("\xEF\xAC\x81\xEF\xBC\x91\xC2\xB2", NormalForm::kNFKC);
+  CHECK(p.text == "fi12");
+  CHECK(p.align == std::vector<Span>{{0, 3}, {0, 3}, {3, 6}, {6, 8}});
+  // Hangul: a syllable splits into jamo under NFD, and jamo compose back under NFC.
+  p = normalize("\xEA\xB0\x81", NormalForm::kNFD);  // U+AC01
+  CHECK(p.text == "\xE1\x84\x80\xE1\x85\xA1\xE1\x86\xA8");
+  CHECK(p.align == std::vector<Span>(9, Span{0, 3}));
+  p = normalize("\xE1\x84\x80\xE1\x85\xA1\xE1\x86\xA8", NormalForm::kNFC);
+  CHECK(p.text == "\xEA\xB0\x81");
+  CHECK(p.align == std::vector<Span>(3, Span{0, 3}));
+  // Canonical reordering: alignment is positional, as in tokenizers (U+0316 below sorts before U+0301 above).
+  p = normalize("x\xCC\x81\xCC\x96", NormalForm::kNFD);
+  CHECK(p.text == "x\xCC\x96\xCC\x81");
+  CHECK(p.align == std::vector<Span>{{0, 1}, {1, 3}, {1, 3}, {3, 5}, {3, 5}});
+  // ASCII is untouched in every form.
+  for (auto form : {NormalForm::kNFC, NormalForm::kNFD, NormalForm::kNFKC, NormalForm::kNFKD})
+    CHECK(normalize("plain text", form).text == "plain text");
+}
+
+TEST_CASE("tokenizer: an NFC tokenizer.json gives ids and offsets of the original text", "[tokenizer]") {
+  lf::test::TempDir dir;
+  // U+00E9 is one byte-level token; NFC maps "e" + U+0301 onto it.
+  json spec = byte_level_spec({"\xC3\x83\xC2\xA9"}, json::array({"\xC3\x83 \xC2\xA9"}));
+  spec["normalizer"] = {{"type", "Sequence"}, {"normalizers", json::array({{{"type", "NFC"}}})}};
+  auto tok = load(dir, spec);
+  const Encoding enc = tok->encode("caf" "e\xCC\x81!");
+  CHECK(tokens_of(*tok, enc) == std::vector<std::string>{"c", "a", "f", "\xC3\x83\xC2\xA9", "!"});
+  CHECK(enc.offsets == Offsets{{0, 1}, {1, 2}, {2, 3}, {3, 4}, {6, 7}});
+  spec["normalizer"] = {{"type", "NFKD"}};
+  auto nfkd = load(dir, spec);
+  CHECK(nfkd->decode(nfkd->encode("\xEF\xAC\x81").ids) == "fi");
 }
