@@ -23,6 +23,7 @@ void add_bench(CLI::App& root) {
   CLI::App* bench = root.add_subcommand("bench", "Micro-benchmarks (print JSON lines)");
   bench->require_subcommand(1);
   add_bench_tokenize(*bench);
+  add_bench_dlf(*bench);
   add_bench_loss(*bench);
   CLI::App* cmd = bench->add_subcommand("forward", "Forward-pass throughput of a model on random token ids");
   cmd->add_option("--model", opt->model, "model directory")->required();

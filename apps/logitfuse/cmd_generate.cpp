@@ -1,32 +1,75 @@
-// `logitfuse generate` and `logitfuse eval`: plain and Dynamic Logit Fusion decoding, and
-// evaluation. They land with the decoding issue; until then they answer "not yet available".
+// `logitfuse generate CONFIG.yaml [overrides]`: plain or Dynamic Logit Fusion decoding (method.md §4);
+// prompts from JSONL, completions to JSONL in input order.
 #include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <iostream>
 
 #include "commands.h"
 #include "core/error.h"
+#include "decode/config.h"
+#include "decode/session.h"
 
 namespace lf::app {
 
 namespace {
 
-void add_pending(CLI::App& root, const char* name, const char* help) {
-  auto config = std::make_shared<std::string>();
-  auto overrides = std::make_shared<std::vector<std::string>>();
-  CLI::App* cmd = root.add_subcommand(name, help);
-  cmd->add_option("config", *config, "config YAML file")->required();
-  cmd->add_option("overrides", *overrides, "key.path=value overrides");
-  std::string command = name;
-  cmd->callback([command, config, overrides] { throw NotAvailable(command); });
-}
+const char* kGenerateHelp = R"(Decoding, plain or Dynamic Logit Fusion; prompts from JSONL, completions to JSONL.
+
+Config keys (see docs/decoding.md):
+  model: {path, dtype, device}                      a plain model, or
+  models: {large: {path, dtype, device}, base: {path}, experts: [{name, path}]}
+  fusion: {strategy: dynamic|static|large_only|expert_only, alpha: {min, max, step}, static_alpha, expert}
+  sampling: {temperature (0 = greedy), top_p, top_k, seed}
+  generation: {max_new_tokens, stop: [str], batch_size, chat_template, kv_cache}
+  input: prompts.jsonl      {"prompt": str[, "system": str]} per line
+  output: completions.jsonl {"prompt", "completion", "prompt_ids", "completion_ids", "finish_reason"}
+  trace: null               JSONL per step and row: prompt_index, step, token, expert, alpha, J)";
 
 }  // namespace
 
 void add_generate(CLI::App& root) {
-  add_pending(root, "generate", "Decoding, plain or Dynamic Logit Fusion; prompts from JSONL, completions to JSONL");
-}
-
-void add_eval(CLI::App& root) {
-  add_pending(root, "eval", "Evaluate a model or fused decoding on exact-match, multiple-choice and perplexity tasks");
+  struct Options {
+    std::string config, trace;
+    std::vector<std::string> overrides;
+    bool print_config = false;
+  };
+  auto opt = std::make_shared<Options>();
+  CLI::App* cmd = root.add_subcommand("generate", kGenerateHelp);
+  cmd->add_option("config", opt->config, "config YAML file")->required();
+  cmd->add_option("overrides", opt->overrides, "key.path=value overrides");
+  cmd->add_option("--trace", opt->trace, "write the chosen expert, alpha and J per step and row to this JSONL file");
+  cmd->add_flag("--print-config", opt->print_config, "print the resolved config and exit");
+  cmd->callback([opt] {
+    GenerateConfig config = load_generate_config(opt->config, opt->overrides);
+    if (!opt->trace.empty()) config.trace = opt->trace;
+    if (opt->print_config) {
+      std::cout << generate_config_to_yaml(config);
+      return;
+    }
+    const auto prompts = read_prompts(config.input);
+    auto session = open_session(config);
+    std::vector<std::vector<int64_t>> prompt_ids;
+    for (const auto& p : prompts) {
+      prompt_ids.push_back(encode_prompt(*session, p.prompt, p.system));
+      if (prompt_ids.back().empty())
+        throw InputError(config.input + ":" + std::to_string(p.line) + ": the prompt has no tokens");
+    }
+    std::shared_ptr<TraceWriter> trace;
+    if (config.trace) {
+      trace = std::make_shared<TraceWriter>(*config.trace, session->set);
+      session->options.trace = [trace](const TraceStep& step) { (*trace)(step); };
+    }
+    const auto start = std::chrono::steady_clock::now();
+    const auto completions = generate(session->set, prompt_ids, session->options);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    write_completions(config.output, prompts, prompt_ids, completions);
+    int64_t tokens = 0;
+    for (const auto& c : completions) tokens += static_cast<int64_t>(c.ids.size());
+    spdlog::info("wrote {} completion(s), {} tokens in {:.2f} s ({} strategy) to {}", completions.size(), tokens, seconds,
+                 session->strategy, config.output);
+  });
 }
 
 }  // namespace lf::app

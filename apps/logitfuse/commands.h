@@ -20,6 +20,8 @@ void add_bench(CLI::App& root);
 void add_loss_eval(CLI::App& root);
 // `bench tokenize`, added to the `bench` subcommand by add_bench.
 void add_bench_tokenize(CLI::App& bench);
+// `bench dlf`, added to the `bench` subcommand by add_bench.
+void add_bench_dlf(CLI::App& bench);
 // `bench loss`, likewise.
 void add_bench_loss(CLI::App& bench);
 

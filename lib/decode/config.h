@@ -1,0 +1,89 @@
+// The `generate` and `eval` configs (interface.md "Generate and eval configs"): plain structs with the
+// documented defaults, read and validated by the same schema mechanism as the training recipe.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace lf {
+
+struct ModelSpec {
+  std::string name;             // for traces and messages; default: the role (large, base, expert0, ...)
+  std::string path;
+  std::string dtype = "auto";   // auto (the checkpoint's torch_dtype) | fp32 | bf16 | fp16
+  std::string device = "auto";  // auto | cpu | cuda | cuda:N
+};
+
+struct ModelsConfig {
+  ModelSpec large;
+  std::optional<ModelSpec> base;  // the small untuned model the experts were tuned from
+  std::vector<ModelSpec> experts;
+};
+
+struct AlphaConfig {
+  double min = 0.0, max = 2.0, step = 0.1;
+};
+
+struct FusionConfig {
+  std::string strategy = "dynamic";  // dynamic | static | large_only | expert_only
+  AlphaConfig alpha;
+  double static_alpha = 1.0;
+  std::string expert;  // expert_only: which expert by name (default: the first)
+};
+
+struct SamplingConfig {
+  double temperature = 0.0;  // 0 = greedy
+  double top_p = 1.0;
+  int64_t top_k = 0;  // 0 = off
+  int64_t seed = 0;
+};
+
+struct GenerationConfig {
+  int64_t max_new_tokens = 128;
+  std::vector<std::string> stop;
+  int64_t batch_size = 8;
+  std::string chat_template = "plain";
+  bool kv_cache = true;  // false: recompute the whole sequence every step (a check, slow)
+};
+
+// What both commands decode with: a plain model, or large/base/experts with a fusion strategy.
+struct DecodingConfig {
+  std::optional<ModelSpec> model;
+  std::optional<ModelsConfig> models;
+  FusionConfig fusion;
+  SamplingConfig sampling;
+  GenerationConfig generation;
+};
+
+struct GenerateConfig : DecodingConfig {
+  std::string input;   // JSONL {"prompt"[, "system"]}
+  std::string output;  // JSONL, input order
+  std::optional<std::string> trace;  // JSONL of (step, row, expert, α, J); also --trace
+};
+
+struct TaskConfig {
+  std::string name;
+  std::string type;  // exact_match | multiple_choice | perplexity
+  std::string data;
+  std::string extract = "last_number";  // exact_match: last_number | regex
+  std::string regex;                    // exact_match with extract=regex: group 1 if any, else the match
+  std::string score = "sum";            // multiple_choice: sum | mean (per-token mean log-likelihood)
+  std::optional<int64_t> limit;         // first N examples only
+};
+
+struct EvalConfig : DecodingConfig {
+  std::vector<TaskConfig> tasks;
+  std::string output_dir = "eval";
+};
+
+// Read `path`, apply `key.path=value` overrides, validate every key; InputError names key path and line.
+GenerateConfig load_generate_config(const std::string& path, const std::vector<std::string>& overrides = {});
+EvalConfig load_eval_config(const std::string& path, const std::vector<std::string>& overrides = {});
+
+// The resolved config as YAML (--print-config).
+std::string generate_config_to_yaml(const GenerateConfig& config);
+std::string eval_config_to_yaml(const EvalConfig& config);
+
+}  // namespace lf

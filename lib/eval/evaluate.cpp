@@ -1,0 +1,132 @@
+#include "eval/evaluate.h"
+
+#include <spdlog/spdlog.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+#include "data/examples.h"
+#include "data/sequence.h"
+#include "eval/scoring.h"
+#include "eval/tasks.h"
+
+namespace lf {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+void write_jsonl(const fs::path& path, const std::vector<nlohmann::json>& rows) {
+  std::ofstream out(path, std::ios::binary);
+  if (!out) throw RuntimeFailure(path.string() + ": cannot write");
+  for (const auto& r : rows) out << r.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+}
+
+nlohmann::json exact_match(const TaskConfig& task, Session& session, std::vector<nlohmann::json>& predictions) {
+  const auto examples = read_eval_examples(task.data, task.type, task.limit);
+  std::vector<std::vector<int64_t>> prompts;
+  for (const auto& e : examples) prompts.push_back(encode_prompt(session, e.prompt, e.system));
+  const auto completions = generate(session.set, prompts, session.options);
+  int64_t correct = 0;
+  for (size_t i = 0; i < examples.size(); ++i) {
+    const std::string& text = completions[i].text;
+    const std::string extracted = task.extract == "regex" ? extract_regex(text, task.regex) : extract_last_number(text);
+    const bool ok = !extracted.empty() && answers_match(extracted, examples[i].answer);
+    correct += ok;
+    predictions.push_back({{"line", examples[i].line}, {"prompt", examples[i].prompt}, {"completion", text},
+                           {"extracted", extracted}, {"answer", examples[i].answer}, {"correct", ok}});
+  }
+  const auto n = static_cast<int64_t>(examples.size());
+  return {{"type", task.type}, {"n", n}, {"correct", correct}, {"exact_match", static_cast<double>(correct) / n}};
+}
+
+nlohmann::json multiple_choice(const TaskConfig& task, Session& session, std::vector<nlohmann::json>& predictions) {
+  const auto examples = read_eval_examples(task.data, task.type, task.limit);
+  const Tokenizer& tokenizer = *session.set.tokenizer;
+  std::vector<ScoreRequest> requests;
+  for (const auto& e : examples) {
+    const auto context = encode_prompt(session, e.prompt, e.system);
+    for (const auto& choice : e.choices) requests.push_back({context, tokenizer.encode(choice).ids});
+  }
+  const auto scores = score_continuations(session.set, requests, session.options.batch_size);
+  int64_t correct = 0;
+  size_t k = 0;
+  for (const auto& e : examples) {
+    std::vector<double> values;
+    for (size_t c = 0; c < e.choices.size(); ++c, ++k) {
+      const ScoreResult& s = scores[k];
+      values.push_back(task.score == "mean" ? s.logprob / std::max<int64_t>(1, s.tokens) : s.logprob);
+    }
+    const int64_t pick = std::max_element(values.begin(), values.end()) - values.begin();
+    correct += pick == e.label;
+    predictions.push_back({{"line", e.line}, {"scores", values}, {"prediction", pick}, {"label", e.label}});
+  }
+  const auto n = static_cast<int64_t>(examples.size());
+  return {{"type", task.type}, {"n", n}, {"correct", correct}, {"accuracy", static_cast<double>(correct) / n},
+          {"score", task.score}};
+}
+
+nlohmann::json perplexity(const TaskConfig& task, Session& session, std::vector<nlohmann::json>& predictions) {
+  ExampleSet set = read_examples(task.data, /*skip_invalid=*/false);
+  if (task.limit && static_cast<int64_t>(set.examples.size()) > *task.limit) set.examples.resize(*task.limit);
+  std::vector<ScoreRequest> requests;
+  const Truncation no_truncation{int64_t{1} << 40, int64_t{1} << 40};
+  for (const auto& e : set.examples) {
+    const TokenizedSequence seq = tokenize_example(e, *session.set.tokenizer, session.chat_template, no_truncation);
+    // With an empty prompt the first token has nothing to be predicted from: it becomes the context.
+    const int64_t split = std::max<int64_t>(1, seq.prompt_length);
+    requests.push_back({{seq.ids.begin(), seq.ids.begin() + split}, {seq.ids.begin() + split, seq.ids.end()}});
+  }
+  const auto scores = score_continuations(session.set, requests, session.options.batch_size);
+  double nll = 0;
+  int64_t tokens = 0;
+  for (size_t i = 0; i < scores.size(); ++i) {
+    nll -= scores[i].logprob;
+    tokens += scores[i].tokens;
+    predictions.push_back({{"line", set.examples[i].line}, {"logprob", scores[i].logprob}, {"tokens", scores[i].tokens}});
+  }
+  const double per_token = nll / std::max<int64_t>(1, tokens);
+  return {{"type", task.type}, {"n", static_cast<int64_t>(scores.size())}, {"tokens", tokens},
+          {"nll_per_token", per_token}, {"perplexity", std::exp(per_token)}};
+}
+
+}  // namespace
+
+nlohmann::json run_eval(const EvalConfig& config, Session& session) {
+  const fs::path out_dir(config.output_dir);
+  fs::create_directories(out_dir / "predictions");
+  nlohmann::json metrics = {{"strategy", session.strategy}, {"tasks", nlohmann::json::object()}};
+  for (const auto& task : config.tasks) {
+    spdlog::info("task {} ({}) on {}", task.name, task.type, task.data);
+    std::vector<nlohmann::json> predictions;
+    nlohmann::json m = task.type == "exact_match"       ? exact_match(task, session, predictions)
+                       : task.type == "multiple_choice" ? multiple_choice(task, session, predictions)
+                                                        : perplexity(task, session, predictions);
+    metrics["tasks"][task.name] = m;
+    write_jsonl(out_dir / "predictions" / (task.name + ".jsonl"), predictions);
+  }
+  const fs::path file = out_dir / "metrics.json";
+  std::ofstream(file) << metrics.dump(2) << "\n";
+  if (!fs::exists(file)) throw RuntimeFailure(file.string() + ": cannot write");
+  return metrics;
+}
+
+std::string metrics_table(const nlohmann::json& metrics) {
+  std::ostringstream out;
+  char line[256];
+  std::snprintf(line, sizeof line, "%-24s %-16s %6s  %-14s %10s\n", "task", "type", "n", "metric", "value");
+  out << "strategy: " << metrics.value("strategy", std::string("?")) << "\n" << line;
+  for (const auto& [name, m] : metrics["tasks"].items()) {
+    const std::string type = m["type"];
+    const std::string key = type == "exact_match" ? "exact_match" : type == "multiple_choice" ? "accuracy" : "perplexity";
+    std::snprintf(line, sizeof line, "%-24s %-16s %6lld  %-14s %10.4f\n", name.c_str(), type.c_str(),
+                  static_cast<long long>(m["n"].get<int64_t>()), key.c_str(), m[key].get<double>());
+    out << line;
+  }
+  return out.str();
+}
+
+}  // namespace lf

@@ -1,0 +1,189 @@
+#include "kernels/dlf.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+
+namespace lf::kernels {
+
+namespace {
+
+// Statistics in float32, or in double when the logits are double (the reference tests run in double).
+at::Tensor widen(const at::Tensor& logits, c10::ScalarType type) { return logits.to(type).contiguous(); }
+
+c10::ScalarType compute_type(const at::Tensor& logits) {
+  return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_inputs(const at::Tensor& z_large, const at::Tensor& z_small, const std::vector<at::Tensor>& experts,
+                  const std::vector<double>& grid) {
+  if (z_large.dim() != 2) throw RuntimeFailure("dlf_solve: logits must be [rows, vocab]");
+  if (experts.empty()) throw RuntimeFailure("dlf_solve: needs at least one expert");
+  if (grid.empty()) throw RuntimeFailure("dlf_solve: the α grid is empty");
+  if (!z_small.sizes().equals(z_large.sizes())) throw RuntimeFailure("dlf_solve: small and large logits differ in shape");
+  for (const auto& e : experts)
+    if (!e.sizes().equals(z_large.sizes())) throw RuntimeFailure("dlf_solve: expert and large logits differ in shape");
+}
+
+// Σ_v a[r, v]·b[r, v] for every row, as a batched dot product (no [rows, V] temporary).
+at::Tensor row_dot(const at::Tensor& a, const at::Tensor& b) {
+  return at::bmm(a.unsqueeze(1), b.unsqueeze(2)).view({a.size(0)});
+}
+
+// KL(Q_u‖Q) and KL(Q‖Q_u) of the small models, [rows, m] each: the shifts the large model should match.
+std::pair<at::Tensor, at::Tensor> small_model_targets(const at::Tensor& log_q, const std::vector<at::Tensor>& experts_blk) {
+  const at::Tensor q = log_q.exp();
+  std::vector<at::Tensor> fwd, rev;
+  for (const auto& z : experts_blk) {
+    at::Tensor log_qu = at::log_softmax(z, -1);
+    at::Tensor diff = log_qu - log_q;
+    fwd.push_back(row_dot(log_qu.exp(), diff));
+    rev.push_back(-row_dot(q, diff));
+  }
+  return {at::stack(fwd, 1), at::stack(rev, 1)};
+}
+
+// J[r, t, g] = Σ_u (kf[r,t,g] − K1[r,u])² + (kr[r,t,g] − K2[r,u])², and the argmin over (t, g) per row.
+struct Choice {
+  at::Tensor objectives, expert, alpha, objective;
+};
+Choice choose(const at::Tensor& kf, const at::Tensor& kr, const at::Tensor& k1, const at::Tensor& k2,
+              const at::Tensor& grid) {
+  const int64_t rows = kf.size(0), m = kf.size(1), g = kf.size(2);
+  at::Tensor j = (kf.unsqueeze(-1) - k1.view({rows, 1, 1, -1})).square().sum(-1) +
+                 (kr.unsqueeze(-1) - k2.view({rows, 1, 1, -1})).square().sum(-1);
+  // argmin returns the first minimum: ties go to the first expert, then the smallest α index.
+  at::Tensor flat = at::argmin(j.reshape({rows, m * g}), 1);
+  Choice c;
+  c.objectives = j;
+  c.expert = at::div(flat, g, "floor");
+  c.alpha = grid.index_select(0, at::remainder(flat, g));
+  c.objective = j.reshape({rows, m * g}).gather(1, flat.unsqueeze(1)).squeeze(1);
+  return c;
+}
+
+// z_L + α·(z_t − z_S) with t the chosen expert of each row; rows whose expert is not t add exactly 0.
+at::Tensor fuse(const at::Tensor& zl, const at::Tensor& zs, const std::vector<at::Tensor>& experts_blk,
+                const at::Tensor& expert, const at::Tensor& alpha) {
+  at::Tensor fused = zl.clone();
+  for (size_t t = 0; t < experts_blk.size(); ++t) {
+    at::Tensor w = at::where(expert == static_cast<int64_t>(t), alpha, at::zeros_like(alpha));
+    fused.add_((experts_blk[t] - zs) * w.unsqueeze(1));
+  }
+  return fused;
+}
+
+at::Tensor grid_tensor(const std::vector<double>& grid, const at::Tensor& like) {
+  return at::tensor(grid, at::TensorOptions().dtype(at::kDouble)).to(like.options());
+}
+
+}  // namespace
+
+std::vector<double> alpha_grid(double min, double max, double step) {
+  if (!(step > 0) || !(max >= min)) throw InputError("alpha grid: needs step > 0 and max >= min");
+  const auto n = static_cast<int64_t>(std::floor((max - min) / step + 1e-9)) + 1;
+  std::vector<double> grid;
+  for (int64_t i = 0; i < n; ++i) grid.push_back(std::min(max, min + static_cast<double>(i) * step));
+  return grid;
+}
+
+DlfKls dlf_closed_form_kls(const at::Tensor& z_large, const at::Tensor& delta, const std::vector<double>& grid) {
+  at::NoGradGuard no_grad;
+  const auto type = compute_type(z_large);
+  const at::Tensor zl = widen(z_large, type), d = widen(delta, type);
+  const int64_t rows = zl.size(0), g = static_cast<int64_t>(grid.size());
+  const at::Tensor a0 = at::logsumexp(zl, -1);
+  const at::Tensor e_p = row_dot(at::softmax(zl, -1), d);
+  at::Tensor a = at::empty({rows, g}, zl.options()), e = at::empty({rows, g}, zl.options());
+  // One [rows, V] scratch buffer, reused for every α: x = z_L + αΔ, then exp(x − max) in place.
+  at::Tensor x = at::empty_like(zl);
+  for (int64_t i = 0; i < g; ++i) {
+    at::add_out(x, zl, d, grid[i]);
+    const at::Tensor mx = std::get<0>(x.max(-1, true));
+    x.sub_(mx).exp_();
+    const at::Tensor s = x.sum(-1);
+    a.select(1, i).copy_(s.log() + mx.squeeze(-1));
+    e.select(1, i).copy_(row_dot(x, d) / s);
+  }
+  const at::Tensor alphas = grid_tensor(grid, zl).unsqueeze(0);
+  DlfKls out;
+  out.forward = alphas * e - a + a0.unsqueeze(1);
+  out.reverse = -alphas * e_p.unsqueeze(1) + a - a0.unsqueeze(1);
+  return out;
+}
+
+DlfSolve dlf_solve(const at::Tensor& z_large, const at::Tensor& z_small, const std::vector<at::Tensor>& experts,
+                   const std::vector<double>& grid, const DlfOptions& options) {
+  check_inputs(z_large, z_small, experts, grid);
+  at::NoGradGuard no_grad;
+  const auto type = compute_type(z_large);
+  const int64_t rows = z_large.size(0), vocab = z_large.size(1);
+  const int64_t block = options.row_block > 0 ? options.row_block : std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(vocab, 1));
+  std::vector<at::Tensor> expert_parts, alpha_parts, objective_parts, fused_parts, all_parts;
+  for (int64_t start = 0; start < rows; start += block) {
+    const int64_t n = std::min(block, rows - start);
+    const at::Tensor zl = widen(z_large.narrow(0, start, n), type);
+    const at::Tensor zs = widen(z_small.narrow(0, start, n), type);
+    std::vector<at::Tensor> ze;
+    for (const auto& e : experts) ze.push_back(widen(e.narrow(0, start, n), type));
+    auto [k1, k2] = small_model_targets(at::log_softmax(zs, -1), ze);
+    std::vector<at::Tensor> kf, kr;
+    for (const auto& z : ze) {
+      DlfKls kls = dlf_closed_form_kls(zl, z - zs, grid);
+      kf.push_back(kls.forward);
+      kr.push_back(kls.reverse);
+    }
+    Choice c = choose(at::stack(kf, 1), at::stack(kr, 1), k1, k2, grid_tensor(grid, zl));
+    expert_parts.push_back(c.expert);
+    alpha_parts.push_back(c.alpha);
+    objective_parts.push_back(c.objective);
+    all_parts.push_back(c.objectives);
+    fused_parts.push_back(fuse(zl, zs, ze, c.expert, c.alpha));
+  }
+  DlfSolve out;
+  out.expert = at::cat(expert_parts);
+  out.alpha = at::cat(alpha_parts);
+  out.objective = at::cat(objective_parts);
+  out.all_objectives = at::cat(all_parts);
+  out.fused = at::cat(fused_parts);
+  return out;
+}
+
+DlfSolve dlf_solve_reference(const at::Tensor& z_large, const at::Tensor& z_small, const std::vector<at::Tensor>& experts,
+                             const std::vector<double>& grid) {
+  check_inputs(z_large, z_small, experts, grid);
+  at::NoGradGuard no_grad;
+  const auto type = compute_type(z_large);
+  const at::Tensor zl = widen(z_large, type), zs = widen(z_small, type);
+  std::vector<at::Tensor> ze;
+  for (const auto& e : experts) ze.push_back(widen(e, type));
+  const at::Tensor log_p = at::log_softmax(zl, -1), p = log_p.exp();
+  const at::Tensor log_q = at::log_softmax(zs, -1), q = log_q.exp();
+  std::vector<at::Tensor> k1, k2, kf, kr;
+  for (const auto& z : ze) {
+    const at::Tensor log_qu = at::log_softmax(z, -1);
+    k1.push_back((log_qu.exp() * (log_qu - log_q)).sum(-1));
+    k2.push_back((q * (log_q - log_qu)).sum(-1));
+    std::vector<at::Tensor> f, r;
+    for (double alpha : grid) {
+      const at::Tensor log_pt = at::log_softmax(zl + alpha * (z - zs), -1);
+      f.push_back((log_pt.exp() * (log_pt - log_p)).sum(-1));
+      r.push_back((p * (log_p - log_pt)).sum(-1));
+    }
+    kf.push_back(at::stack(f, 1));
+    kr.push_back(at::stack(r, 1));
+  }
+  Choice c = choose(at::stack(kf, 1), at::stack(kr, 1), at::stack(k1, 1), at::stack(k2, 1), grid_tensor(grid, zl));
+  DlfSolve out;
+  out.expert = c.expert;
+  out.alpha = c.alpha;
+  out.objective = c.objective;
+  out.all_objectives = c.objectives;
+  out.fused = fuse(zl, zs, ze, c.expert, c.alpha);
+  return out;
+}
+
+}  // namespace lf::kernels

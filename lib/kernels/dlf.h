@@ -1,0 +1,54 @@
+// The Dynamic Logit Fusion α solve (method.md §4), behind the same narrow "logit hot path" interface
+// as logit_stats.h: this is the LibTorch implementation (CPU and CUDA through ATen); a fused CUDA
+// kernel can replace the body of dlf_solve without the decoder changing.
+//
+// Per row, with Δ_t = z_t − z_S and A(α) = logsumexp(z_L + αΔ_t):
+//   KL(P̃_α‖P) = α·E_{P̃_α}[Δ_t] − A(α) + A(0)      KL(P‖P̃_α) = −α·E_P[Δ_t] + A(α) − A(0)
+//   J(t, α)   = Σ_u (KL(P̃_α‖P) − KL(Q_u‖Q))² + (KL(P‖P̃_α) − KL(Q‖Q_u))²
+// where P̃_α is the fusion with expert t at weight α and every other expert at 0.
+// Statistics are computed in float32, or in double when the logits are double.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <vector>
+
+namespace lf::kernels {
+
+struct DlfSolve {
+  at::Tensor expert;     // [N] int64: the active expert of each row (argmin over experts and grid)
+  at::Tensor alpha;      // [N] its α (compute dtype)
+  at::Tensor objective;  // [N] J at that (expert, α)
+  at::Tensor fused;      // [N, V] z_L + α·(z_expert − z_S) (compute dtype)
+  at::Tensor all_objectives;  // [N, m, G] J for every expert and grid point (for tests and traces)
+};
+
+struct DlfOptions {
+  // Rows processed together. Peak scratch memory is about (m + 6)·row_block·V values of the compute
+  // dtype besides inputs and output, whatever G is (never [N, G, V]); 0 = automatic: as many rows as
+  // fit 2^20 values (4 MiB per buffer in float32).
+  int64_t row_block = 0;
+};
+
+// z_large, z_small and every expert are [N, V] logits over one shared vocabulary (any float dtype,
+// one device); `grid` holds the α values (at least one). Ties go to the first expert, then the
+// smallest grid index.
+DlfSolve dlf_solve(const at::Tensor& z_large, const at::Tensor& z_small, const std::vector<at::Tensor>& experts,
+                   const std::vector<double>& grid, const DlfOptions& options = {});
+
+// The closed-form KLs for one Δ and every grid value: KL(P̃_α‖P) and KL(P‖P̃_α), each [N, G].
+struct DlfKls {
+  at::Tensor forward, reverse;
+};
+DlfKls dlf_closed_form_kls(const at::Tensor& z_large, const at::Tensor& delta, const std::vector<double>& grid);
+
+// The brute-force reference: for every expert and α, materialise P̃_α with a softmax and take both
+// KLs directly. Same result as dlf_solve; used by the tests and as the naive baseline of
+// `logitfuse bench dlf`. Scratch memory: a few [N, V] tensors per α.
+DlfSolve dlf_solve_reference(const at::Tensor& z_large, const at::Tensor& z_small, const std::vector<at::Tensor>& experts,
+                             const std::vector<double>& grid);
+
+// The grid min, min+step, ..., up to max (inclusive, with a tolerance of 1e-9·step for rounding).
+std::vector<double> alpha_grid(double min, double max, double step);
+
+}  // namespace lf::kernels
