@@ -11,6 +11,7 @@
 #include "config/recipe.h"
 #include "core/error.h"
 #include "dist/communicator.h"
+#include "train/cache_logits.h"
 #include "train/trainer.h"
 
 namespace lf::app {
@@ -60,10 +61,7 @@ void add_cache_logits(CLI::App& root) {
   CLI::App* cmd = root.add_subcommand("cache-logits", "Store the recipe's teachers' top-k logits for later train runs");
   cmd->add_option("recipe", opt->recipe, "recipe YAML file")->required();
   cmd->add_option("overrides", opt->overrides, "key.path=value overrides");
-  cmd->callback([opt] {
-    load_recipe(opt->recipe, opt->overrides);  // a bad recipe is still reported as such
-    throw NotAvailable("cache-logits");
-  });
+  cmd->callback([opt] { write_logits_caches(load_recipe(opt->recipe, opt->overrides)); });
 }
 
 }  // namespace lf::app

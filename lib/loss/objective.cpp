@@ -89,6 +89,23 @@ LossParts backward_fusion_loss(const StudentSide& student, const std::vector<Tea
   std::vector<std::vector<double>> teacher_ce(S, std::vector<double>(B, 0.0));
   for (int64_t s = 0; s < S; ++s) {
     const auto& t = teachers[s];
+    if (t.cached) {
+      teacher_labels[s] = label_rows(*t.batch, device);
+      std::vector<at::Tensor> probs, ids;
+      for (int64_t b = 0; b < B; ++b) {
+        if (t.cached->graph_probs[b].size(0) != teacher_labels[s].per_sequence[b])
+          throw InputError("stale logits cache: teacher " + std::to_string(s) + " has " +
+                               std::to_string(t.cached->graph_probs[b].size(0)) + " cached rows for a sequence with " +
+                               std::to_string(teacher_labels[s].per_sequence[b]) + " response positions",
+                           "re-run logitfuse cache-logits");
+        probs.push_back(t.cached->graph_probs[b].narrow(1, 0, c.graph_top_k).to(device));
+        ids.push_back(t.cached->graph_ids[b].narrow(1, 0, c.graph_top_k).to(device));
+        teacher_ce[s][b] = t.cached->ce[b];
+        weight[s][b] = t.weight;
+      }
+      teacher_rows[s] = {at::cat(probs), at::cat(ids), at::Tensor()};
+      continue;
+    }
     teacher_labels[s] = label_rows(*t.batch, t.hidden.device());
     teacher_rows[s] = summarise(t.hidden, t.logits, teacher_labels[s], c.graph_top_k, c.graph_temperature, c.chunk_rows);
     at::Tensor ce = teacher_rows[s].ce.cpu();
@@ -201,16 +218,30 @@ LossParts backward_fusion_loss(const StudentSide& student, const std::vector<Tea
         return at::tensor(part, at::TensorOptions().dtype(at::kLong)).to(dev);
       };
       at::Tensor student_logits = logits.index_select(0, slice(a.student_row, start, device));
-      at::Tensor teacher_logits;
-      {
-        at::NoGradGuard no_grad;
-        const at::Device tdev = t.hidden.device();
-        teacher_logits = t.logits(t.hidden.index({slice(a.teacher_b, 0, tdev), slice(a.teacher_t, 0, tdev)})).to(device);
-      }
       std::vector<double> w;
       for (size_t i = begin; i < end; ++i) w.push_back(weight[s][a.teacher_b[i]]);
-      at::Tensor rows_loss = token_loss_rows(student_logits, teacher_logits, c.token, t.vocab_map) *
-                             at::tensor(w, at::TensorOptions().dtype(at::kDouble)).to(device).to(at::kFloat);
+      at::Tensor row_loss;
+      if (t.cached) {
+        // Cached rows are the teacher's label rows in order: row = position − first label position.
+        std::vector<at::Tensor> probs, ids;
+        for (size_t i = begin; i < end; ++i) {
+          const int64_t b = a.teacher_b[i];
+          const int64_t row = a.teacher_t[i] - (*t.batch).rows[b]->first_label_position();
+          probs.push_back(t.cached->token_probs[b][row]);
+          ids.push_back(t.cached->token_ids[b][row]);
+        }
+        row_loss = token_loss_rows_topk(student_logits, at::stack(probs).to(device), at::stack(ids).to(device), c.token,
+                                        t.vocab_map);
+      } else {
+        at::Tensor teacher_logits;
+        {
+          at::NoGradGuard no_grad;
+          const at::Device tdev = t.hidden.device();
+          teacher_logits = t.logits(t.hidden.index({slice(a.teacher_b, 0, tdev), slice(a.teacher_t, 0, tdev)})).to(device);
+        }
+        row_loss = token_loss_rows(student_logits, teacher_logits, c.token, t.vocab_map);
+      }
+      at::Tensor rows_loss = row_loss * at::tensor(w, at::TensorOptions().dtype(at::kDouble)).to(device).to(row_loss.scalar_type());
       token_sum += rows_loss.detach().sum().item<double>();
       chunk_loss = chunk_loss + rows_loss.sum() * (lambda * inv_tokens);
     }

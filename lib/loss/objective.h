@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -30,13 +31,21 @@ struct StudentSide {
   const ModelBatch* batch = nullptr;
 };
 
+// A teacher read from a logits cache instead of run: per batch row, the top-k probabilities and
+// ids of its label rows at the graph temperature and at the token temperature, and its CE.
+struct CachedTeacherRows {
+  std::vector<at::Tensor> graph_probs, graph_ids, token_probs, token_ids;
+  std::vector<double> ce;
+};
+
 struct TeacherSide {
-  at::Tensor hidden;  // [B, Tt, d], no grad
+  at::Tensor hidden;  // [B, Tt, d], no grad (undefined for a cached teacher)
   LogitsFn logits;    // evaluated under no-grad
   const ModelBatch* batch = nullptr;
   std::vector<PositionPairs> pairs;  // per row: (student position, teacher position)
   const VocabMap* vocab_map = nullptr;
   double weight = 1.0;  // normalised mixing weight (uniform / weights)
+  std::shared_ptr<CachedTeacherRows> cached;  // set for an offline teacher
 };
 
 struct ObjectiveConfig {

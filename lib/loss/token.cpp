@@ -15,17 +15,22 @@ at::Tensor uld_sorted_rows(const at::Tensor& a, const at::Tensor& b) {
 
 namespace {
 
+at::Tensor with_tail(const at::Tensor& probs) { return at::cat({probs, (1.0 - probs.sum(1, true)).clamp_min(0.0)}, 1); }
+
+// ULD against a teacher given by its top-k probabilities: the student's top-k plus a tail bucket.
+at::Tensor uld_topk_rows(const at::Tensor& s, const at::Tensor& teacher_probs, const TokenLossOptions& o) {
+  at::Tensor sp = with_tail(kernels::softmax_topk(s, teacher_probs.size(1), o.temperature).probs);
+  return uld_sorted_rows(sp, with_tail(teacher_probs));
+}
+
 at::Tensor uld_rows(const at::Tensor& s, const at::Tensor& t, const TokenLossOptions& o) {
   if (o.top_k) {
-    // Top-k entries plus one bucket for the rest of the mass.
-    auto add_tail = [](const at::Tensor& probs) { return at::cat({probs, (1.0 - probs.sum(1, true)).clamp_min(0.0)}, 1); };
-    at::Tensor sp = add_tail(kernels::softmax_topk(s, *o.top_k, o.temperature).probs);
     at::Tensor tp;
     {
       at::NoGradGuard no_grad;
-      tp = add_tail(kernels::softmax_topk(t, *o.top_k, o.temperature).probs);
+      tp = kernels::softmax_topk(t, *o.top_k, o.temperature).probs;
     }
-    return uld_sorted_rows(sp, tp);
+    return uld_topk_rows(s, tp, o);
   }
   at::Tensor sp = std::get<0>(kernels::log_softmax(s, o.temperature).exp().sort(1, /*descending=*/true));
   at::Tensor tp;
@@ -41,25 +46,18 @@ at::Tensor kl_rows(const at::Tensor& p, const at::Tensor& log_p, const at::Tenso
   return (p * (log_p - log_q)).masked_fill(p <= 0, 0.0).sum(1);
 }
 
-at::Tensor kl_family_rows(const at::Tensor& s, const at::Tensor& t, const TokenLossOptions& o, const VocabMap& map) {
+// The KL family against a teacher given as probabilities over its ids ([P, n] each, no grad).
+at::Tensor kl_family_rows(const at::Tensor& s, at::Tensor probs, const at::Tensor& ids, const TokenLossOptions& o,
+                          const VocabMap& map) {
   const int64_t vs = s.size(1);
   at::Tensor teacher;  // the teacher distribution moved onto student ids [P, Vs]
   {
     at::NoGradGuard no_grad;
-    at::Tensor probs, ids;
-    if (o.top_k) {
-      auto top = kernels::softmax_topk(t, *o.top_k, o.temperature);
-      probs = top.probs;
-      ids = top.ids;
-    } else {
-      probs = kernels::log_softmax(t, o.temperature).exp();
-      ids = at::arange(t.size(1), at::TensorOptions().dtype(at::kLong).device(t.device())).expand_as(probs);
-    }
-    at::Tensor table = at::tensor(map.to_student, at::TensorOptions().dtype(at::kLong)).to(t.device());
-    at::Tensor mapped = table.index_select(0, ids.flatten()).view_as(ids);
-    at::Tensor keep = (mapped >= 0).logical_and(mapped < vs);
-    probs = probs.masked_fill(keep.logical_not(), 0.0);
-    teacher = at::zeros({t.size(0), vs}, probs.options()).scatter_add(1, mapped.clamp(0, vs - 1), probs);
+    at::Tensor table = at::tensor(map.to_student, at::TensorOptions().dtype(at::kLong)).to(ids.device());
+    at::Tensor mapped = table.index_select(0, ids.flatten().to(at::kLong).clamp(0, table.size(0) - 1)).view(ids.sizes());
+    at::Tensor keep = (mapped >= 0).logical_and(mapped < vs).logical_and(ids < table.size(0));
+    probs = probs.to(s.device()).to(s.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).masked_fill(keep.logical_not().to(s.device()), 0.0);
+    teacher = at::zeros({s.size(0), vs}, probs.options()).scatter_add(1, mapped.clamp(0, vs - 1).to(s.device()), probs);
     teacher = teacher / teacher.sum(1, true).clamp_min(1e-30);
   }
   at::Tensor log_teacher = teacher.clamp_min(1e-30).log();
@@ -94,7 +92,30 @@ at::Tensor token_loss_rows(const at::Tensor& student_logits, const at::Tensor& t
   if (options.type == "uld") return uld_rows(student_logits, teacher_logits, options);
   if (options.type == "kl" || options.type == "rkl" || options.type == "jsd") {
     if (!map) throw InputError("loss.token.type=" + options.type + " needs a vocabulary map (alignment.vocab)");
-    return kl_family_rows(student_logits, teacher_logits, options, *map);
+    at::Tensor probs, ids;
+    {
+      at::NoGradGuard no_grad;
+      if (options.top_k) {
+        auto top = kernels::softmax_topk(teacher_logits, *options.top_k, options.temperature);
+        probs = top.probs;
+        ids = top.ids;
+      } else {
+        probs = kernels::log_softmax(teacher_logits, options.temperature).exp();
+        ids = at::arange(teacher_logits.size(1), at::TensorOptions().dtype(at::kLong).device(teacher_logits.device()))
+                  .expand_as(probs);
+      }
+    }
+    return kl_family_rows(student_logits, probs, ids, options, *map);
+  }
+  throw InputError("loss.token.type: unknown type '" + options.type + "'");
+}
+
+at::Tensor token_loss_rows_topk(const at::Tensor& student_logits, const at::Tensor& teacher_probs,
+                                const at::Tensor& teacher_ids, const TokenLossOptions& options, const VocabMap* map) {
+  if (options.type == "uld") return uld_topk_rows(student_logits, teacher_probs.to(student_logits.device()), options);
+  if (options.type == "kl" || options.type == "rkl" || options.type == "jsd") {
+    if (!map) throw InputError("loss.token.type=" + options.type + " needs a vocabulary map (alignment.vocab)");
+    return kl_family_rows(student_logits, teacher_probs, teacher_ids, options, *map);
   }
   throw InputError("loss.token.type: unknown type '" + options.type + "'");
 }

@@ -24,6 +24,11 @@ struct TokenLossOptions {
 at::Tensor token_loss_rows(const at::Tensor& student_logits, const at::Tensor& teacher_logits,
                            const TokenLossOptions& options, const VocabMap* map);
 
+// The same against a teacher known only by its top-k probabilities and ids [P, k] (a logits cache):
+// ULD compares top-k plus a tail bucket; the KL family maps the top-k ids.
+at::Tensor token_loss_rows_topk(const at::Tensor& student_logits, const at::Tensor& teacher_probs,
+                                const at::Tensor& teacher_ids, const TokenLossOptions& options, const VocabMap* map);
+
 // ULD from sorted probabilities directly (used by the cached-teacher path too): rows of student
 // probabilities sorted descending [P, a] and teacher ones [P, b]; the shorter is zero-padded.
 at::Tensor uld_sorted_rows(const at::Tensor& student_sorted, const at::Tensor& teacher_sorted);

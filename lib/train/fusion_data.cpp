@@ -30,6 +30,7 @@ FusionData::FusionData(const ExampleSet& examples, const Participant& student, c
       teachers_[s].push_back(std::move(mine[s + 1]));
     }
     student_.push_back(std::move(mine[0]));
+    lines_.push_back(ex.line);
   }
   if (skipped > 0) spdlog::warn("{}: skipped {} example(s) that truncation left without a response", examples.path, skipped);
   if (student_.empty()) throw InputError(examples.path + ": no usable examples");
@@ -44,7 +45,10 @@ std::vector<int64_t> FusionData::lengths() const {
 MicroBatch FusionData::batch(const std::vector<int64_t>& indices) const {
   MicroBatch mb;
   std::vector<const TokenizedSequence*> rows;
-  for (int64_t i : indices) rows.push_back(&student_[i]);
+  for (int64_t i : indices) {
+    rows.push_back(&student_[i]);
+    mb.lines.push_back(lines_[i]);
+  }
   mb.student = collate(rows, student_pad_);
   for (size_t s = 0; s < teachers_.size(); ++s) {
     std::vector<const TokenizedSequence*> teacher_rows;

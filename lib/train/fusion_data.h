@@ -17,6 +17,7 @@ struct MicroBatch {
   ModelBatch student;
   std::vector<ModelBatch> teachers;
   std::vector<std::vector<PositionPairs>> pairs;  // [teacher][row]
+  std::vector<int64_t> lines;                     // data-file line of each row's example
   int64_t sequences() const { return static_cast<int64_t>(student.rows.size()); }
 };
 
@@ -34,6 +35,7 @@ class FusionData {
 
  private:
   std::vector<TokenizedSequence> student_;
+  std::vector<int64_t> lines_;
   std::vector<std::vector<TokenizedSequence>> teachers_;  // [teacher][example]
   std::vector<std::vector<PositionPairs>> pairs_;          // [teacher][example]
   int64_t student_pad_ = 0;

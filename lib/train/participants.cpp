@@ -24,7 +24,7 @@ int64_t Participant::pad_id() const {
 
 Participant load_participant(const std::string& name, const std::string& dir, const std::optional<std::string>& tokenizer,
                              const std::string& chat_template, const std::string& dtype, const std::string& device,
-                             const std::map<std::string, ChatTemplate>& custom_templates) {
+                             const std::map<std::string, ChatTemplate>& custom_templates, bool load_weights) {
   Participant p;
   p.name = name;
   p.dir = dir;
@@ -33,10 +33,11 @@ Participant load_participant(const std::string& name, const std::string& dir, co
                                      : std::filesystem::path(*tokenizer).parent_path().string())
                               : dir;
   p.device = parse_device(device);
-  p.model = load_model(dir, {dtype, device});
+  if (load_weights) p.model = load_model(dir, {dtype, device});
   p.tokenizer = load_tokenizer(tokenizer ? *tokenizer : dir);
   p.chat_template = resolve_chat_template(chat_template, p.tokenizer_dir, custom_templates);
-  const int64_t model_vocab = p.model->config().vocab_size, tokenizer_vocab = p.tokenizer->vocab_size();
+  const int64_t model_vocab = load_weights ? p.model->config().vocab_size : load_model_config(dir).vocab_size;
+  const int64_t tokenizer_vocab = p.tokenizer->vocab_size();
   if (tokenizer_vocab > model_vocab)
     throw InputError(name + ": tokenizer has " + std::to_string(tokenizer_vocab) + " ids but the model's embedding only " +
                          std::to_string(model_vocab),

@@ -28,9 +28,10 @@ struct Participant {
   int64_t pad_id() const;
 };
 
-// Loads a model (weights in `dtype` on `device`), its tokenizer and chat template.
+// Loads a model (weights in `dtype` on `device`), its tokenizer and chat template. Without
+// `load_weights` (a teacher read from a logits cache) only the config, tokenizer and template are read.
 Participant load_participant(const std::string& name, const std::string& dir, const std::optional<std::string>& tokenizer,
                              const std::string& chat_template, const std::string& dtype, const std::string& device,
-                             const std::map<std::string, ChatTemplate>& custom_templates);
+                             const std::map<std::string, ChatTemplate>& custom_templates, bool load_weights = true);
 
 }  // namespace lf

@@ -15,6 +15,7 @@
 #include "io/file.h"
 #include "loss/objective.h"
 #include "model/checkpoint.h"
+#include "train/cache_logits.h"
 #include "train/checkpoint.h"
 #include "train/fusion_data.h"
 #include "train/optimizer.h"
@@ -102,10 +103,18 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
   Participant student = load_participant("student", recipe.student.path, recipe.student.tokenizer,
                                          recipe.student.chat_template, "fp32", device, recipe.chat_templates);
   std::vector<Participant> teachers;
-  for (const auto& t : recipe.teachers) {
+  std::vector<std::shared_ptr<LogitsCache>> caches;  // per teacher; null for an online one
+  for (size_t s = 0; s < recipe.teachers.size(); ++s) {
+    const auto& t = recipe.teachers[s];
     teachers.push_back(load_participant(t.name, t.path, t.tokenizer, t.chat_template, t.dtype,
-                                        t.device == "auto" ? student.device.str() : t.device, recipe.chat_templates));
-    if (t.logits_cache) throw NotAvailable("teachers." + t.name + ".logits_cache (offline teacher logits)");
+                                        t.device == "auto" ? student.device.str() : t.device, recipe.chat_templates,
+                                        /*load_weights=*/!t.logits_cache));
+    if (t.logits_cache) {
+      caches.push_back(LogitsCache::open(*t.logits_cache, expected_cache_spec(recipe, s, teachers.back())));
+      spdlog::info("teacher {}: reading cached logits from {}", t.name, *t.logits_cache);
+      continue;
+    }
+    caches.push_back(nullptr);
     teachers.back().model->eval();
     for (auto& p : teachers.back().model->parameters()) p.set_requires_grad(false);
   }
@@ -208,9 +217,14 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
           for (const auto& tcfg : recipe.teachers) total += tcfg.weight;
           weight = recipe.teachers[s].weight / total;
         }
+        if (caches[s]) {
+          sides.push_back({at::Tensor(), nullptr, &mb.teachers[s], mb.pairs[s], kl_family ? &vocab_maps[s] : nullptr, weight,
+                           cached_rows(*caches[s], mb, recipe)});
+          continue;
+        }
         sides.push_back({t.model->hidden_states(mb.teachers[s].input_ids.to(t.device)),
                          [&t](const at::Tensor& h) { return t.logits(h); }, &mb.teachers[s], mb.pairs[s],
-                         kl_family ? &vocab_maps[s] : nullptr, weight});
+                         kl_family ? &vocab_maps[s] : nullptr, weight, nullptr});
       }
       parts += loss::backward_fusion_loss(side, sides, objective, counts);
     }

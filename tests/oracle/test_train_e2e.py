@@ -176,3 +176,29 @@ def test_bad_recipe_and_data_are_one_line_input_errors(workspace, tmp_path, logi
     bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n')
     proc = logitfuse("train", path, f"data.train={bad}", expect=2)
     assert "bad.jsonl:2" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_logits_cache_trains_like_online_teachers_and_stale_caches_are_refused(workspace, tmp_path, logitfuse):
+    common = {"loss.token.top_k": 5, "train.max_steps": 4, "checkpoint.every_steps": 0}
+    path, overrides = recipe(workspace, tmp_path / "online", **common)
+    logitfuse("train", path, *overrides)
+    cached = {**common, "teachers.0.logits_cache": tmp_path / "cache_a", "teachers.1.logits_cache": tmp_path / "cache_b"}
+    path2, overrides2 = recipe(workspace, tmp_path / "cached", **cached)
+    logitfuse("cache-logits", path2, *overrides2)
+    assert (tmp_path / "cache_a" / "manifest.json").exists()
+    logitfuse("train", path2, *overrides2)
+    online = [x for x in metrics(tmp_path / "online") if "loss" in x]
+    offline = [x for x in metrics(tmp_path / "cached") if "loss" in x]
+    for a, b in zip(online, offline):
+        for term in ("loss", "sft", "token", "graph"):
+            assert a[term] == pytest.approx(b[term], rel=1e-5, abs=1e-7), term
+
+    # Another data file: the cache no longer matches and training refuses it, naming what differs.
+    data = tmp_path / "other.jsonl"
+    data.write_text((workspace / "train.jsonl").read_text() + '{"prompt": "x", "response": "y"}\n')
+    path3, overrides3 = recipe(workspace, tmp_path / "stale", **cached, **{"data.train": data})
+    proc = logitfuse("train", path3, *overrides3, expect=2)
+    assert "stale or mismatched logits cache" in proc.stderr and "data_hash" in proc.stderr
+    # Full-vocabulary token losses cannot be served from a cache.
+    path4, overrides4 = recipe(workspace, tmp_path / "full", **{**cached, "loss.token.top_k": "null"})
+    assert "loss.token.top_k must be set" in logitfuse("train", path4, *overrides4, expect=2).stderr

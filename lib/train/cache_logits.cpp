@@ -1,0 +1,112 @@
+#include "train/cache_logits.h"
+
+#include <ATen/ATen.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "core/error.h"
+#include "core/hash.h"
+#include "data/batch.h"
+#include "data/examples.h"
+#include "kernels/logit_stats.h"
+
+namespace lf {
+
+CacheSpec expected_cache_spec(const Recipe& r, size_t index, const Participant& teacher) {
+  const bool token = r.loss.token.type != "none", graph = r.loss.graph.type == "gld";
+  if (token && !r.loss.token.top_k)
+    throw InputError("teachers." + std::to_string(index) + ".logits_cache: loss.token.top_k must be set",
+                     "a cache holds top-k probabilities; full-vocabulary token losses need an online teacher");
+  CacheSpec spec;
+  spec.teacher = teacher.name;
+  spec.data_hash = hex64(hash_file(r.data.train));
+  spec.tokenizer_hash = hex64(hash_file(teacher.tokenizer->source()));
+  spec.model_fingerprint = model_fingerprint(teacher.dir);
+  spec.chat_template = teacher.chat_template.name;
+  spec.max_length = r.data.max_length;
+  spec.max_prompt_length = r.data.max_prompt_length;
+  spec.k = std::max<int64_t>(graph ? r.loss.graph.top_k : 1, token ? *r.loss.token.top_k : 1);
+  spec.temperatures = {r.loss.graph.temperature};
+  if (r.loss.token.temperature != r.loss.graph.temperature) spec.temperatures.push_back(r.loss.token.temperature);
+  return spec;
+}
+
+size_t temperature_index(const CacheSpec& spec, double temperature) {
+  auto it = std::find(spec.temperatures.begin(), spec.temperatures.end(), temperature);
+  if (it == spec.temperatures.end()) throw InputError("logits cache has no rows at temperature " + std::to_string(temperature));
+  return static_cast<size_t>(it - spec.temperatures.begin());
+}
+
+void write_logits_caches(const Recipe& r) {
+  bool any = false;
+  const Truncation truncation{r.data.max_length, r.data.max_prompt_length};
+  const ExampleSet examples = read_examples(r.data.train, r.data.skip_invalid);
+  for (size_t s = 0; s < r.teachers.size(); ++s) {
+    const TeacherConfig& tc = r.teachers[s];
+    if (!tc.logits_cache) continue;
+    any = true;
+    Participant teacher = load_participant(tc.name, tc.path, tc.tokenizer, tc.chat_template, tc.dtype,
+                                           tc.device == "auto" ? r.run.device : tc.device, r.chat_templates);
+    teacher.model->eval();
+    const CacheSpec spec = expected_cache_spec(r, s, teacher);
+    LogitsCacheWriter writer(*tc.logits_cache, spec);
+    at::NoGradGuard no_grad;
+    int64_t rows = 0, skipped = 0;
+    const int64_t batch_size = std::max<int64_t>(1, r.train.micro_batch_size);
+    std::vector<TokenizedSequence> sequences;
+    std::vector<int64_t> lines;
+    for (const auto& ex : examples.examples) {
+      try {
+        sequences.push_back(tokenize_example(ex, *teacher.tokenizer, teacher.chat_template, truncation));
+        lines.push_back(ex.line);
+      } catch (const InputError& e) {
+        if (!r.data.skip_invalid) throw InputError(examples.path + ":" + std::to_string(ex.line) + ": " + e.what());
+        ++skipped;
+      }
+    }
+    for (size_t start = 0; start < sequences.size(); start += batch_size) {
+      std::vector<const TokenizedSequence*> batch_rows;
+      for (size_t i = start; i < std::min(sequences.size(), start + batch_size); ++i) batch_rows.push_back(&sequences[i]);
+      ModelBatch batch = collate(batch_rows, teacher.pad_id());
+      at::Tensor hidden = teacher.model->hidden_states(batch.input_ids.to(teacher.device));
+      for (size_t b = 0; b < batch_rows.size(); ++b) {
+        const auto& seq = *batch_rows[b];
+        const int64_t first = seq.first_label_position(), n = seq.label_count();
+        at::Tensor logits = teacher.logits(hidden[b].narrow(0, first, n));
+        at::Tensor labels = batch.labels[b].narrow(0, first, n).to(teacher.device);
+        std::vector<at::Tensor> probs, ids;
+        for (double t : spec.temperatures) {
+          auto stats = kernels::softmax_topk_stats(logits, spec.k, t);
+          probs.push_back(stats.probs);
+          ids.push_back(stats.ids);
+        }
+        writer.add(lines[start + b], probs, ids, kernels::cross_entropy_rows(logits, labels).mean().item<double>());
+        rows += n;
+      }
+    }
+    writer.finish();
+    spdlog::info("{}: cached top-{} logits of teacher {} for {} examples ({} rows, {} temperature(s)){}", *tc.logits_cache,
+                 spec.k, tc.name, sequences.size(), rows, spec.temperatures.size(),
+                 skipped ? ", " + std::to_string(skipped) + " skipped" : "");
+  }
+  if (!any) throw InputError("cache-logits: no teacher has teachers.N.logits_cache set", "set it to a directory for each teacher to cache");
+}
+
+std::shared_ptr<loss::CachedTeacherRows> cached_rows(const LogitsCache& cache, const MicroBatch& batch, const Recipe& r) {
+  auto out = std::make_shared<loss::CachedTeacherRows>();
+  const size_t graph_t = temperature_index(cache.spec(), r.loss.graph.temperature);
+  const size_t token_t = temperature_index(cache.spec(), r.loss.token.temperature);
+  for (int64_t line : batch.lines) {
+    CachedExample ex = cache.example(line);
+    out->graph_probs.push_back(ex.probs[graph_t]);
+    out->graph_ids.push_back(ex.ids[graph_t]);
+    const int64_t k = r.loss.token.top_k.value_or(cache.spec().k);
+    out->token_probs.push_back(ex.probs[token_t].narrow(1, 0, std::min(k, cache.spec().k)));
+    out->token_ids.push_back(ex.ids[token_t].narrow(1, 0, std::min(k, cache.spec().k)));
+    out->ce.push_back(ex.ce);
+  }
+  return out;
+}
+
+}  // namespace lf

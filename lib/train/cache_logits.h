@@ -1,0 +1,28 @@
+// `logitfuse cache-logits`: run each teacher that names a logits_cache once over the training data,
+// and the checks that tie a cache to the recipe that reads it.
+#pragma once
+
+#include <memory>
+
+#include "config/recipe.h"
+#include "loss/objective.h"
+#include "teacher/logits_cache.h"
+#include "train/fusion_data.h"
+#include "train/participants.h"
+
+namespace lf {
+
+// What a cache for teachers[index] must match under this recipe (data, tokenizer, weights, template,
+// truncation, k, temperatures). InputError if the recipe's losses cannot be served from a cache.
+CacheSpec expected_cache_spec(const Recipe& recipe, size_t index, const Participant& teacher);
+
+// Index of `temperature` in the spec's list.
+size_t temperature_index(const CacheSpec& spec, double temperature);
+
+// Writes the cache of every teacher with teachers.N.logits_cache set; InputError if none has one.
+void write_logits_caches(const Recipe& recipe);
+
+// The cached rows of one micro-batch for the objective.
+std::shared_ptr<loss::CachedTeacherRows> cached_rows(const LogitsCache& cache, const MicroBatch& batch, const Recipe& recipe);
+
+}  // namespace lf
