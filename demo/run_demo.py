@@ -119,27 +119,67 @@ log: {{every_steps: 10}}
     return run_dir / "final"
 
 
+VARIANTS = {
+    # name: (teachers?, loss section)
+    "sft": (False, "{}"),
+    "fused": (True, "{distill_weight: 0.5, token: {type: uld}, graph: {type: gld, top_k: 5}}"),
+    "uld+sft": (True, "{distill_weight: 0.5, token: {type: uld}, graph: {type: none}}"),
+    "gld+sft": (True, "{distill_weight: 0.5, token: {type: none}, graph: {type: gld, top_k: 5}}"),
+}
+ANSWER_REGEX = "The answer is ([^.]*)[.]"
+
+
+def evaluate(model_dir, out_dir, data):
+    """Exact match on each skill's held-out set, through `logitfuse eval`."""
+    if not (out_dir / "metrics.json").exists():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tasks_yaml = "".join(
+            f"\n  - {{name: {skill}, type: exact_match, data: {data / f'eval_{skill}.jsonl'}, extract: regex, "
+            f"regex: '{ANSWER_REGEX}'}}" for skill in tasks.SKILLS)
+        config = out_dir / "eval.yaml"
+        config.write_text(f"""model: {{path: {model_dir}, device: cpu}}
+generation: {{max_new_tokens: 40, batch_size: 50, chat_template: plain}}
+sampling: {{temperature: 0}}
+output_dir: {out_dir}
+tasks:{tasks_yaml}
+""")
+        logitfuse("eval", config)
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    return {skill: metrics["tasks"][skill]["exact_match"] for skill in tasks.SKILLS}
+
+
+def mean_spread(values):
+    m = sum(values) / len(values)
+    return m, (max(values) - min(values)) / 2 if len(values) > 1 else 0.0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(ROOT / "runs" / "demo"))
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--pool-size", type=int, default=1000)
+    parser.add_argument("--pool-size", type=int, default=1200)
     parser.add_argument("--fusion-size", type=int, default=150)
     parser.add_argument("--eval-size", type=int, default=100)
-    parser.add_argument("--teacher-steps", type=int, default=400)
-    parser.add_argument("--student-steps", type=int, default=150)
+    parser.add_argument("--teacher-steps", type=int, default=600)
+    parser.add_argument("--student-steps", type=int, default=200)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="students to train: " + ", ".join(VARIANTS))
     parser.add_argument("--quick", action="store_true", help="small sizes for the test suite")
     parser.add_argument("--fresh", action="store_true", help="retrain the students")
     args = parser.parse_args()
     if args.quick:
-        args.seeds, args.pool_size, args.fusion_size, args.eval_size = 1, 300, 60, 30
-        args.teacher_steps, args.student_steps = 60, 30
+        args.seeds, args.pool_size, args.fusion_size, args.eval_size = 1, 300, 40, 20
+        args.teacher_steps, args.student_steps, args.variants = 40, 20, "sft,fused"
+    variants = args.variants.split(",")
+    for v in variants:
+        if v not in VARIANTS:
+            sys.exit(f"demo: unknown variant {v!r} (known: {', '.join(VARIANTS)})")
     start = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = make_data(out, args)
     toks = make_tokenizers(out, data)
-    log(f"data and tokenizers ready in {out}")
+    log(f"data in {data}: pools of {args.pool_size} per skill, fusion set of {args.fusion_size} per skill, "
+        f"{args.eval_size} held out per skill")
 
     models = out / "models"
     init_model(models / "teacher_arithmetic_init", "qwen2", toks["unigram"], (128, 4), 11)
@@ -150,7 +190,50 @@ def main():
         t0 = time.time()
         teachers[skill] = train(out / "teachers" / skill, models / f"teacher_{skill}_init", [],
                                 data / f"pool_{skill}.jsonl", "{}", args.teacher_steps, 1, 3e-3, 32)
-        log(f"teacher {skill}: {time.time() - t0:.0f}s")
+        log(f"teacher {skill} ready ({time.time() - t0:.0f}s)")
+
+    results = {}
+    for skill in tasks.SKILLS:
+        results[f"teacher-{skill}"] = [evaluate(teachers[skill], out / "eval" / f"teacher-{skill}", data)]
+    students = out / "students"
+    if args.fresh and students.exists():
+        shutil.rmtree(students)
+        shutil.rmtree(out / "eval" / "students", ignore_errors=True)
+    teacher_list = [(skill, teachers[skill]) for skill in tasks.SKILLS]
+    for variant in variants:
+        use_teachers, loss = VARIANTS[variant]
+        results[variant] = []
+        for seed in range(args.seeds):
+            t0 = time.time()
+            run = students / f"{variant}-seed{seed}"
+            final = train(run, models / "student_init", teacher_list if use_teachers else [], data / "fusion.jsonl",
+                          loss, args.student_steps, 100 + seed, 2e-3, 16)
+            results[variant].append(evaluate(final, out / "eval" / "students" / run.name, data))
+            log(f"student {variant} seed {seed}: {results[variant][-1]} ({time.time() - t0:.0f}s)")
+
+    report = {"wall_seconds": time.time() - start, "seeds": args.seeds, "teacher_steps": args.teacher_steps,
+              "student_steps": args.student_steps, "fusion_size_per_skill": args.fusion_size,
+              "pool_size_per_skill": args.pool_size, "eval_size_per_skill": args.eval_size, "models": {}}
+    lines = [f"{'model':<22}" + "".join(f"{skill + ' (EM)':>22}" for skill in tasks.SKILLS)]
+    for name, runs in results.items():
+        row, entry = f"{name:<22}", {}
+        for skill in tasks.SKILLS:
+            m, spread = mean_spread([r[skill] for r in runs])
+            entry[skill] = {"mean": m, "spread": spread, "runs": [r[skill] for r in runs]}
+            cell = f"{100 * m:.1f}" + (f" ± {100 * spread:.1f}" if len(runs) > 1 else "")
+            row += f"{cell:>22}"
+        report["models"][name] = entry
+        lines.append(row)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print()
+    print(f"Fusion benchmark: exact match (%) on {args.eval_size} held-out examples per skill; students: mean ± "
+          f"half-range over {args.seeds} seed(s), {args.student_steps} steps on {2 * args.fusion_size} fusion examples")
+    print("\n".join(lines))
+    if "sft" in results and "fused" in results:
+        verdict = [skill for skill in tasks.SKILLS
+                   if report["models"]["fused"][skill]["mean"] > report["models"]["sft"][skill]["mean"]]
+        print(f"fused beats SFT-only on: {', '.join(verdict) if verdict else 'no skill'}")
+    print(f"wall time {report['wall_seconds']:.0f}s; report: {out / 'report.json'}")
 
 
 if __name__ == "__main__":
