@@ -7,7 +7,7 @@ LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 def arithmetic(rng: random.Random):
     """Multistep arithmetic with worked steps (InfiGFusion's headline task, in small)."""
-    a, b, c = rng.randint(1, 12), rng.randint(1, 12), rng.randint(2, 6)
+    a, b, c = rng.randint(1, 15), rng.randint(1, 15), rng.randint(2, 7)
     op = rng.choice(["+", "-"])
     first = a + b if op == "+" else a - b
     total = first * c

@@ -1,6 +1,6 @@
 // The tokenizer.json components around the model: normalizers, pre-tokenizers, post-processors and
 // decoders, parsed into plain step lists (Sequence flattened). Parsing throws lf::InputError naming
-// any component or option that is not implemented, so nothing tokenizes differently in silence.
+// any component or option it does not support, so nothing tokenizes differently in silence.
 #pragma once
 
 #include <nlohmann/json_fwd.hpp>
