@@ -87,3 +87,60 @@ TEST_CASE("align: exact and mined vocabulary maps and their cache", "[align]") {
   CHECK(first.to_student == second.to_student);
   CHECK(std::distance(std::filesystem::directory_iterator(dir / "cache"), std::filesystem::directory_iterator()) == 1);
 }
+
+#include <sentencepiece_trainer.h>
+
+#include <fstream>
+
+TEST_CASE("align: real SentencePiece unigram and BPE tokenizers of the same text", "[align]") {
+  lf::test::TempDir dir;
+  {
+    std::ofstream corpus(dir / "corpus.txt");
+    for (int i = 0; i < 300; ++i)
+      corpus << "The quick brown fox number " << i << " jumps over " << (i * 7) % 101 << " lazy dogs, twice.\n";
+  }
+  for (const char* type : {"unigram", "bpe"}) {
+    const auto status = sentencepiece::SentencePieceTrainer::Train(
+        "--input=" + (dir / "corpus.txt") + " --model_prefix=" + (dir / type) + " --model_type=" + type +
+        " --vocab_size=" + (std::string(type) == "bpe" ? "330" : "400") +
+        " --byte_fallback=true --hard_vocab_limit=false --minloglevel=2");
+    INFO(status.ToString());
+    REQUIRE(status.ok());
+  }
+  auto student = lf::load_tokenizer(dir / "unigram.model");
+  auto teacher = lf::load_tokenizer(dir / "bpe.model");
+  const std::string response = "The lazy fox jumps over 42 brown dogs, twice.";
+  auto s = tokenize(*student, "question", response);
+  auto t = tokenize(*teacher, "question", response);
+  REQUIRE(s.content_tokens != t.content_tokens);  // genuinely different tokenizations
+
+  auto pairs = lf::align_positions(s, t, "offsets", *student, *teacher);
+  REQUIRE(pairs.size() >= 3);
+  // The first pair predicts the start of the response; the last content boundary (the whole
+  // response text) is common to both, so every response character lies in an aligned span.
+  CHECK(pairs.front() == std::make_pair(s.prompt_length - 1, t.prompt_length - 1));
+  CHECK(pairs.back() == std::make_pair(s.prompt_length + s.content_tokens - 1, t.prompt_length + t.content_tokens - 1));
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    if (i) CHECK(pairs[i].first > pairs[i - 1].first);
+    if (i) CHECK(pairs[i].second > pairs[i - 1].second);
+    // Both sides of a pair sit right after the same byte of the response.
+    const int64_t js = pairs[i].first - s.prompt_length, jt = pairs[i].second - t.prompt_length;
+    const int64_t end_s = js < 0 ? 0 : s.content_offsets[js].second, end_t = jt < 0 ? 0 : t.content_offsets[jt].second;
+    CHECK(end_s == end_t);
+  }
+  // Word boundaries are shared by both (SentencePiece splits on whitespace): every space is aligned.
+  int64_t spaces = 0;
+  for (char c : response) spaces += c == ' ';
+  CHECK(static_cast<int64_t>(pairs.size()) >= spaces + 1);
+
+  // exact maps identical pieces: "▁The" in one is " The" bytes in both if both have it.
+  auto map = lf::build_vocab_map(*teacher, *student, "exact");
+  int64_t checked = 0;
+  for (int64_t id = 0; id < teacher->vocab_size(); ++id) {
+    if (map.to_student[id] < 0 || teacher->is_special(id)) continue;
+    CHECK(student->id_to_bytes(map.to_student[id]) == teacher->id_to_bytes(id));
+    ++checked;
+  }
+  CHECK(checked > 20);
+  CHECK(map.to_student[*teacher->special_tokens().eos] == *student->special_tokens().eos);
+}
