@@ -20,7 +20,7 @@ namespace lf::app {
 
 void add_bench_dlf(CLI::App& bench) {
   struct Options {
-    int64_t batch = 256, vocab = 32000, experts = 4, iters = 3, threads = 0, context = 32, seed = 0;
+    int64_t batch = 256, vocab = 32000, experts = 4, row_block = 0, iters = 3, threads = 0, context = 32, seed = 0;
     double alpha_min = 0.0, alpha_max = 2.0, alpha_step = 0.1;
     int64_t hidden = 1024, layers = 8, heads = 16, kv_heads = 16, intermediate = 2816;
     std::string model, dtype = "fp32", device = "cpu";
@@ -34,6 +34,7 @@ void add_bench_dlf(CLI::App& bench) {
   cmd->add_option("--alpha-min", opt->alpha_min)->capture_default_str();
   cmd->add_option("--alpha-max", opt->alpha_max)->capture_default_str();
   cmd->add_option("--alpha-step", opt->alpha_step)->capture_default_str();
+  cmd->add_option("--row-block", opt->row_block, "rows the solve processes together (0 = automatic)")->capture_default_str();
   cmd->add_option("--iters", opt->iters, "timed repetitions; the fastest is reported")->capture_default_str();
   cmd->add_option("--threads", opt->threads, "intra-op threads (0 = LibTorch default)")->capture_default_str();
   cmd->add_option("--device", opt->device)->capture_default_str();
@@ -80,9 +81,11 @@ void add_bench_dlf(CLI::App& bench) {
       }
       return best;
     };
-    const double solve_ms = time([&] { solve = kernels::dlf_solve(zl, zs, experts, grid); });
+    const double solve_ms = time([&] { solve = kernels::dlf_solve(zl, zs, experts, grid, {opt->row_block}); });
     out["solve_ms"] = solve_ms;
-    out["solve_scratch_mib"] = (opt->experts + 6.0) * std::max<int64_t>(1, (int64_t{1} << 20) / opt->vocab) * opt->vocab * 4 / 1048576.0;
+    const int64_t block = opt->row_block > 0 ? opt->row_block : std::max<int64_t>(1, (int64_t{1} << 20) / opt->vocab);
+    out["row_block"] = block;
+    out["solve_scratch_mib"] = (opt->experts + 6.0) * std::min(block, opt->batch) * opt->vocab * 4 / 1048576.0;
     if (!opt->skip_naive) {
       kernels::DlfSolve naive;
       const double naive_ms = time([&] { naive = kernels::dlf_solve_reference(zl, zs, experts, grid); });

@@ -92,6 +92,7 @@ std::vector<double> alpha_grid(double min, double max, double step) {
 
 DlfKls dlf_closed_form_kls(const at::Tensor& z_large, const at::Tensor& delta, const std::vector<double>& grid) {
   at::NoGradGuard no_grad;
+  if (grid.empty()) throw RuntimeFailure("dlf_closed_form_kls: the α grid is empty");
   const auto type = compute_type(z_large);
   const at::Tensor zl = widen(z_large, type), d = widen(delta, type);
   const int64_t rows = zl.size(0), g = static_cast<int64_t>(grid.size());
@@ -102,7 +103,7 @@ DlfKls dlf_closed_form_kls(const at::Tensor& z_large, const at::Tensor& delta, c
   at::Tensor x = at::empty_like(zl);
   for (int64_t i = 0; i < g; ++i) {
     at::add_out(x, zl, d, grid[i]);
-    const at::Tensor mx = std::get<0>(x.max(-1, true));
+    const at::Tensor mx = x.amax(-1, true);
     x.sub_(mx).exp_();
     const at::Tensor s = x.sum(-1);
     a.select(1, i).copy_(s.log() + mx.squeeze(-1));
