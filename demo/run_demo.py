@@ -107,6 +107,7 @@ student: {{path: {student}, dtype: fp32, chat_template: plain}}
 teachers: {"[]" if not teachers else ""}{teacher_lines}
 data: {{train: {data_file}, max_length: 96, max_prompt_length: 48}}
 loss: {loss}
+alignment: {{positions: offsets, vocab: mined, cache_dir: {run_dir.parent / "vocab-maps"}}}
 train: {{max_steps: {steps}, micro_batch_size: {batch}, lr: {lr}, schedule: cosine, warmup_ratio: 0.05, precision: fp32, clip_grad: 1.0, weight_decay: 0.01}}
 checkpoint: {{every_steps: 0}}
 log: {{every_steps: 10}}
@@ -125,6 +126,8 @@ VARIANTS = {
     "fused": (True, "{distill_weight: 0.5, token: {type: uld}, graph: {type: gld, top_k: 5}}"),
     "uld+sft": (True, "{distill_weight: 0.5, token: {type: uld}, graph: {type: none}}"),
     "gld+sft": (True, "{distill_weight: 0.5, token: {type: none}, graph: {type: gld, top_k: 5}}"),
+    # Not in the paper's recipe: token-level KL through the mined vocabulary map, with GLD.
+    "kl+gld+sft": (True, "{distill_weight: 0.5, token: {type: kl, top_k: 10}, graph: {type: gld, top_k: 5}}"),
 }
 ANSWER_REGEX = "The answer is ([^.]*)[.]"
 
@@ -158,17 +161,19 @@ def main():
     parser.add_argument("--out", default=str(ROOT / "runs" / "demo"))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--pool-size", type=int, default=1200)
-    parser.add_argument("--fusion-size", type=int, default=150)
+    parser.add_argument("--fusion-size", type=int, default=200)
     parser.add_argument("--eval-size", type=int, default=100)
     parser.add_argument("--teacher-steps", type=int, default=600)
-    parser.add_argument("--student-steps", type=int, default=200)
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="students to train: " + ", ".join(VARIANTS))
+    parser.add_argument("--student-steps", type=int, default=400)
+    parser.add_argument("--variants", default="sft,fused,uld+sft,gld+sft",
+                        help="students to train, from: " + ", ".join(VARIANTS))
+    parser.add_argument("--student-size", default="128x4", help="hidden x layers of the student")
     parser.add_argument("--quick", action="store_true", help="small sizes for the test suite")
     parser.add_argument("--fresh", action="store_true", help="retrain the students")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.pool_size, args.fusion_size, args.eval_size = 1, 300, 40, 20
-        args.teacher_steps, args.student_steps, args.variants = 40, 20, "sft,fused"
+        args.teacher_steps, args.student_steps, args.variants, args.student_size = 40, 20, "sft,fused", "64x2"
     variants = args.variants.split(",")
     for v in variants:
         if v not in VARIANTS:
@@ -184,7 +189,9 @@ def main():
     models = out / "models"
     init_model(models / "teacher_arithmetic_init", "qwen2", toks["unigram"], (128, 4), 11)
     init_model(models / "teacher_reverse_init", "phi3", toks["bpe400"], (128, 4), 12)
-    init_model(models / "student_init", "llama", toks["bpe300"], (96, 3), 13)
+    hidden, layers = (int(x) for x in args.student_size.split("x"))
+    student_init = models / f"student_init_{args.student_size}"
+    init_model(student_init, "llama", toks["bpe300"], (hidden, layers), 13)
     teachers = {}
     for skill in tasks.SKILLS:
         t0 = time.time()
@@ -206,7 +213,7 @@ def main():
         for seed in range(args.seeds):
             t0 = time.time()
             run = students / f"{variant}-seed{seed}"
-            final = train(run, models / "student_init", teacher_list if use_teachers else [], data / "fusion.jsonl",
+            final = train(run, student_init, teacher_list if use_teachers else [], data / "fusion.jsonl",
                           loss, args.student_steps, 100 + seed, 2e-3, 16)
             results[variant].append(evaluate(final, out / "eval" / "students" / run.name, data))
             log(f"student {variant} seed {seed}: {results[variant][-1]} ({time.time() - t0:.0f}s)")

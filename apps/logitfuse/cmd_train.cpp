@@ -46,6 +46,12 @@ void add_train(CLI::App& root) {
     const char* user_home = std::getenv("HOME");
     options.vocab_cache_dir = home ? std::string(home) + "/vocab-maps"
                                    : std::string(user_home ? user_home : ".") + "/.cache/logitfuse/vocab-maps";
+    // Several processes (torchrun, srun) or NCCL need the multi-GPU engine, which is not built yet;
+    // running each process as its own single-process job would silently train N copies.
+    if (recipe.dist.backend == "nccl") throw NotAvailable("dist.backend=nccl (multi-GPU training)");
+    for (const char* var : {"WORLD_SIZE", "SLURM_NTASKS"})
+      if (const char* value = std::getenv(var); value && std::atoi(value) > 1)
+        throw NotAvailable(std::string("training with ") + var + "=" + value + " processes");
     auto comm = make_single_process_communicator();
     const int status = run_training(recipe, options, *comm);
     if (status != 0) std::exit(status);

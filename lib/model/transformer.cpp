@@ -2,6 +2,9 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/autocast_mode.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/nn/modules/container/modulelist.h>
 
 #include <cmath>
@@ -156,6 +159,52 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, const at::TensorOptions
   mlp = register_module("mlp", std::make_shared<MLPImpl>(c, options));
 }
 
+at::Tensor DecoderLayerImpl::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& mask,
+                                     bool causal, KVCache* cache, int64_t layer) {
+  at::Tensor h = x + self_attn->forward(input_layernorm->forward(x), cos, sin, mask, causal, cache, layer);
+  return h + mlp->forward(post_attention_layernorm->forward(h));
+}
+
+namespace {
+
+// A decoder layer that saves only its input: the forward runs without building a graph, and the
+// backward recomputes the layer with one (under the same autocast state) and backpropagates through
+// it, which also accumulates the layer's parameter gradients.
+struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& cos,
+                            const at::Tensor& sin, const at::Tensor& mask, bool causal, int64_t layer_address) {
+    ctx->save_for_backward({x, cos, sin, mask});
+    ctx->saved_data["has_mask"] = mask.numel() > 0;
+    ctx->saved_data["causal"] = causal;
+    ctx->saved_data["layer"] = layer_address;
+    ctx->saved_data["autocast"] = at::autocast::is_autocast_enabled(x.device().type());
+    at::NoGradGuard no_grad;
+    return reinterpret_cast<DecoderLayerImpl*>(layer_address)
+        ->forward(x, cos, sin, mask.numel() > 0 ? mask : at::Tensor(), causal, nullptr, 0);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    auto saved = ctx->get_saved_variables();
+    auto* layer = reinterpret_cast<DecoderLayerImpl*>(ctx->saved_data["layer"].toInt());
+    at::Tensor x = saved[0].detach().requires_grad_(true);
+    const auto device_type = x.device().type();
+    const bool autocast = ctx->saved_data["autocast"].toBool();
+    const bool previous = at::autocast::is_autocast_enabled(device_type);
+    at::autocast::set_autocast_enabled(device_type, autocast);
+    at::Tensor out;
+    {
+      at::AutoGradMode enable_grad(true);
+      const at::Tensor mask = ctx->saved_data["has_mask"].toBool() ? saved[3] : at::Tensor();
+      out = layer->forward(x, saved[1], saved[2], mask, ctx->saved_data["causal"].toBool(), nullptr, 0);
+    }
+    at::autocast::set_autocast_enabled(device_type, previous);
+    torch::autograd::backward({out}, {grad_outputs[0]});
+    return {x.grad(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
 BackboneImpl::BackboneImpl(const ModelConfig& c, const at::TensorOptions& options) {
   embed_tokens = register_module("embed_tokens", std::make_shared<EmbeddingImpl>(c.vocab_size, c.hidden_size, options));
   layers = register_module("layers", torch::nn::ModuleList());
@@ -254,10 +303,13 @@ at::Tensor CausalLM::hidden_states(const at::Tensor& input_ids, const ForwardOpt
     reserve_cache(*cache, config_.num_layers, B, config_.num_kv_heads, config_.head_dim, S, options_);
 
   at::Tensor h = at::embedding(model_->embed_tokens->weight, input_ids.to(device));
+  const bool checkpoint = checkpointing_ && !cache && at::GradMode::is_enabled();
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     DecoderLayerImpl& layer = *model_->decoder_layers[l];
-    h = h + layer.self_attn->forward(layer.input_layernorm->forward(h), cos, sin, mask, causal, cache, l);
-    h = h + layer.mlp->forward(layer.post_attention_layernorm->forward(h));
+    // Autograd functions take defined tensors only: no mask travels as an empty one.
+    h = checkpoint ? CheckpointedLayer::apply(h, cos, sin, mask.defined() ? mask : at::empty({0}, h.options().dtype(at::kBool)),
+                                              causal, reinterpret_cast<int64_t>(&layer))
+                   : layer.forward(h, cos, sin, mask, causal, cache, l);
   }
   if (cache) cache->length = S;
   return model_->norm->forward(h);

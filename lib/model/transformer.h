@@ -69,6 +69,8 @@ struct MLPImpl : torch::nn::Module {
 
 struct DecoderLayerImpl : torch::nn::Module {
   DecoderLayerImpl(const ModelConfig& config, const at::TensorOptions& options);
+  at::Tensor forward(const at::Tensor& h, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& mask, bool causal,
+                     KVCache* cache, int64_t layer);
   std::shared_ptr<RMSNormImpl> input_layernorm, post_attention_layernorm;
   std::shared_ptr<AttentionImpl> self_attn;
   std::shared_ptr<MLPImpl> mlp;
@@ -105,6 +107,10 @@ class CausalLM : public torch::nn::Module {
   const ModelConfig& config() const { return config_; }
   at::TensorOptions options() const { return options_; }
 
+  // Activation checkpointing for training: each decoder layer keeps only its input and recomputes
+  // its activations during backward (memory of one layer instead of all, for one extra forward).
+  void set_activation_checkpointing(bool enabled) { checkpointing_ = enabled; }
+
  private:
   // cos/sin tables for the rotated part of each head, [B, T, rotary_dim], in float32.
   std::pair<at::Tensor, at::Tensor> rotary(const at::Tensor& positions) const;
@@ -114,6 +120,7 @@ class CausalLM : public torch::nn::Module {
   at::Tensor inv_freq_;  // float32 [rotary_dim / 2], not a parameter
   std::shared_ptr<BackboneImpl> model_;
   std::shared_ptr<LinearImpl> lm_head_;  // null when tied to the embedding
+  bool checkpointing_ = false;
 };
 
 }  // namespace lf

@@ -118,7 +118,7 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
     teachers.back().model->eval();
     for (auto& p : teachers.back().model->parameters()) p.set_requires_grad(false);
   }
-  if (tc.activation_checkpointing) throw NotAvailable("train.activation_checkpointing");
+  student.model->set_activation_checkpointing(tc.activation_checkpointing);
   const bool bf16 = tc.precision == "bf16";
   student.model->train();
 

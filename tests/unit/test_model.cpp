@@ -96,3 +96,20 @@ TEST_CASE("model: save and load round trip and and checkpoint mismatches", "[mod
     CHECK_THAT(e.one_line(), Contains("model.layers.2"));
   }
 }
+
+TEST_CASE("model: activation checkpointing gives the same gradients", "[model]") {
+  auto plain = tiny_model("qwen3");
+  auto checkpointed = tiny_model("qwen3");
+  checkpointed->set_activation_checkpointing(true);
+  at::Tensor ids = at::tensor({3, 4, 5, 6, 7, 8, 9, 10}, at::kLong).reshape({2, 4});
+  for (auto* m : {plain.get(), checkpointed.get()}) {
+    at::Tensor logits = m->forward(ids);
+    (logits.pow(2).mean() + logits.select(2, 3).sum()).backward();
+  }
+  auto a = plain->named_parameters(), b = checkpointed->named_parameters();
+  for (const auto& item : a) {
+    INFO(item.key());
+    REQUIRE(item.value().grad().defined());
+    CHECK(at::allclose(item.value().grad(), b[item.key()].grad(), 1e-5, 1e-7));
+  }
+}
