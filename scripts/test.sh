@@ -10,7 +10,9 @@ reports="$LOGITFUSE_BUILD/test-reports"
 rm -rf "$reports" && mkdir -p "$reports"
 
 log "unit tests (ctest)"
-ctest --test-dir "$LOGITFUSE_BUILD" --output-on-failure -j "$(nproc)" --output-junit "$reports/ctest.xml"
+# One intra-op thread per test process: ctest runs them in parallel, and oversubscribed OpenMP
+# threads spin instead of working.
+OMP_NUM_THREADS=1 ctest --test-dir "$LOGITFUSE_BUILD" --output-on-failure -j "$(nproc)" --output-junit "$reports/ctest.xml"
 ctest_status=$?
 
 log "oracle tests (pytest)"
