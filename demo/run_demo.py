@@ -138,7 +138,8 @@ def evaluate(model_dir, out_dir, data):
         out_dir.mkdir(parents=True, exist_ok=True)
         tasks_yaml = "".join(
             f"\n  - {{name: {skill}, type: exact_match, data: {data / f'eval_{skill}.jsonl'}, extract: regex, "
-            f"regex: '{ANSWER_REGEX}'}}" for skill in tasks.SKILLS)
+            f"regex: '{ANSWER_REGEX}'}}"
+            f"\n  - {{name: {skill}-ppl, type: perplexity, data: {data / f'eval_{skill}.jsonl'}}}" for skill in tasks.SKILLS)
         config = out_dir / "eval.yaml"
         config.write_text(f"""model: {{path: {model_dir}, device: cpu}}
 generation: {{max_new_tokens: 40, batch_size: 50, chat_template: plain}}
@@ -148,7 +149,9 @@ tasks:{tasks_yaml}
 """)
         logitfuse("eval", config)
     metrics = json.loads((out_dir / "metrics.json").read_text())
-    return {skill: metrics["tasks"][skill]["exact_match"] for skill in tasks.SKILLS}
+    scores = {skill: metrics["tasks"][skill]["exact_match"] for skill in tasks.SKILLS}
+    scores.update({f"{skill}-ppl": metrics["tasks"][f"{skill}-ppl"]["perplexity"] for skill in tasks.SKILLS})
+    return scores
 
 
 def mean_spread(values):
@@ -161,7 +164,7 @@ def main():
     parser.add_argument("--out", default=str(ROOT / "runs" / "demo"))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--pool-size", type=int, default=1200)
-    parser.add_argument("--fusion-size", type=int, default=200)
+    parser.add_argument("--fusion-size", type=int, default=300)
     parser.add_argument("--eval-size", type=int, default=100)
     parser.add_argument("--teacher-steps", type=int, default=600)
     parser.add_argument("--student-steps", type=int, default=400)
@@ -221,25 +224,30 @@ def main():
     report = {"wall_seconds": time.time() - start, "seeds": args.seeds, "teacher_steps": args.teacher_steps,
               "student_steps": args.student_steps, "fusion_size_per_skill": args.fusion_size,
               "pool_size_per_skill": args.pool_size, "eval_size_per_skill": args.eval_size, "models": {}}
-    lines = [f"{'model':<22}" + "".join(f"{skill + ' (EM)':>22}" for skill in tasks.SKILLS)]
+    columns = [(skill, f"{skill} EM %", 100.0) for skill in tasks.SKILLS]
+    columns += [(f"{skill}-ppl", f"{skill} ppl", 1.0) for skill in tasks.SKILLS]
+    lines = [f"{'model':<20}" + "".join(f"{title:>20}" for _, title, _ in columns)]
     for name, runs in results.items():
-        row, entry = f"{name:<22}", {}
-        for skill in tasks.SKILLS:
-            m, spread = mean_spread([r[skill] for r in runs])
-            entry[skill] = {"mean": m, "spread": spread, "runs": [r[skill] for r in runs]}
-            cell = f"{100 * m:.1f}" + (f" ± {100 * spread:.1f}" if len(runs) > 1 else "")
-            row += f"{cell:>22}"
+        row, entry = f"{name:<20}", {}
+        for key, _, scale in columns:
+            m, spread = mean_spread([r[key] for r in runs])
+            entry[key] = {"mean": m, "spread": spread, "runs": [r[key] for r in runs]}
+            cell = f"{scale * m:.{1 if scale > 1 else 2}f}" + (f" ± {scale * spread:.{1 if scale > 1 else 2}f}" if len(runs) > 1 else "")
+            row += f"{cell:>20}"
         report["models"][name] = entry
         lines.append(row)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print()
-    print(f"Fusion benchmark: exact match (%) on {args.eval_size} held-out examples per skill; students: mean ± "
-          f"half-range over {args.seeds} seed(s), {args.student_steps} steps on {2 * args.fusion_size} fusion examples")
+    print(f"Fusion benchmark: exact match (%) and response perplexity on {args.eval_size} held-out examples per skill; "
+          f"students: mean ± half-range over {args.seeds} seed(s), {args.student_steps} steps on "
+          f"{2 * args.fusion_size} fusion examples")
     print("\n".join(lines))
     if "sft" in results and "fused" in results:
-        verdict = [skill for skill in tasks.SKILLS
-                   if report["models"]["fused"][skill]["mean"] > report["models"]["sft"][skill]["mean"]]
-        print(f"fused beats SFT-only on: {', '.join(verdict) if verdict else 'no skill'}")
+        fused, sft = report["models"]["fused"], report["models"]["sft"]
+        em = [s for s in tasks.SKILLS if fused[s]["mean"] > sft[s]["mean"]]
+        ppl = [s for s in tasks.SKILLS if fused[f"{s}-ppl"]["mean"] < sft[f"{s}-ppl"]["mean"]]
+        print(f"fused beats SFT-only on: exact match: {', '.join(em) if em else 'no skill'}; "
+              f"perplexity: {', '.join(ppl) if ppl else 'no skill'}")
     print(f"wall time {report['wall_seconds']:.0f}s; report: {out / 'report.json'}")
 
 

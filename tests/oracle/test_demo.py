@@ -19,6 +19,7 @@ def test_demo_quick_produces_the_report(tmp_path):
     for scores in report["models"].values():
         for skill in ("arithmetic", "reverse"):
             assert 0.0 <= scores[skill]["mean"] <= 1.0
+            assert scores[f"{skill}-ppl"]["mean"] >= 1.0
     assert "Fusion benchmark" in proc.stdout and "fused beats SFT-only on" in proc.stdout
     # Each model's tokenizer differs: the teachers were trained by logitfuse on their own skill.
     for skill in ("arithmetic", "reverse"):
