@@ -22,13 +22,17 @@ fi
 
 # 2. Python environment, reinstalled only when requirements.txt changes.
 stamp="$LOGITFUSE_VENV/.requirements.sha256"
-want=$(sha256sum scripts/requirements.txt | cut -d' ' -f1)
+extra_oracles="mistral-common==1.13.1"
+want=$( (cat scripts/requirements.txt; echo "$extra_oracles") | sha256sum | cut -d' ' -f1)
 if [ ! -x "$LOGITFUSE_PYTHON" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "preparing the Python environment in $LOGITFUSE_VENV (LibTorch comes from the torch wheel)"
   mkdir -p "$LOGITFUSE_HOME"
   [ -x "$LOGITFUSE_PYTHON" ] || python3 -m venv "$LOGITFUSE_VENV"
   "$LOGITFUSE_PYTHON" -m pip install -q --upgrade pip
   "$LOGITFUSE_PYTHON" -m pip install -q -r scripts/requirements.txt
+  # Real Mistral SentencePiece models for the tokenizer oracle test. --no-deps: the package pins
+  # numpy<2.4, which the test does not need.
+  "$LOGITFUSE_PYTHON" -m pip install -q --no-deps $extra_oracles
   echo "$want" > "$stamp"
 fi
 
