@@ -219,7 +219,10 @@ def main():
             final = train(run, student_init, teacher_list if use_teachers else [], data / "fusion.jsonl",
                           loss, args.student_steps, 100 + seed, 2e-3, 16)
             results[variant].append(evaluate(final, out / "eval" / "students" / run.name, data))
-            log(f"student {variant} seed {seed}: {results[variant][-1]} ({time.time() - t0:.0f}s)")
+            r = results[variant][-1]
+            log(f"student {variant} seed {seed}: " + ", ".join(
+                f"{skill} EM {100 * r[skill]:.0f}% ppl {r[skill + '-ppl']:.2f}" for skill in tasks.SKILLS) +
+                f" ({time.time() - t0:.0f}s)")
 
     report = {"wall_seconds": time.time() - start, "seeds": args.seeds, "teacher_steps": args.teacher_steps,
               "student_steps": args.student_steps, "fusion_size_per_skill": args.fusion_size,

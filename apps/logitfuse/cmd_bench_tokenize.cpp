@@ -10,6 +10,7 @@
 
 #include "commands.h"
 #include "core/error.h"
+#include "io/jsonl.h"
 #include "tokenizer/tokenizer.h"
 
 namespace lf::app {
@@ -28,24 +29,14 @@ void add_bench_tokenize(CLI::App& bench) {
   cmd->add_flag("--add-special-tokens", opt->add_special_tokens, "apply the post-processor's special tokens");
   cmd->callback([opt] {
     if (opt->iters < 1) throw InputError("bench tokenize: --iters must be >= 1");
-    std::ifstream in(opt->input, std::ios::binary);
-    if (!in) throw InputError(opt->input + ": cannot open input file");
     std::vector<std::string> texts;
     size_t bytes = 0;
-    std::string line;
-    for (size_t number = 1; std::getline(in, line); ++number) {
-      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-      nlohmann::json j;
-      try {
-        j = nlohmann::json::parse(line);
-      } catch (const nlohmann::json::exception& e) {
-        throw InputError(opt->input + ":" + std::to_string(number) + ": not valid JSON: " + e.what());
-      }
+    for_each_jsonl_line(opt->input, [&](const nlohmann::json& j, int64_t) {
       if (!j.is_object() || !j.contains("text") || !j["text"].is_string())
-        throw InputError(opt->input + ":" + std::to_string(number) + ": expected an object with a string \"text\" field");
+        throw InputError("expected an object with a string \"text\" field");
       texts.push_back(j["text"].get<std::string>());
       bytes += texts.back().size();
-    }
+    });
     const auto load_start = std::chrono::steady_clock::now();
     const auto tokenizer = load_tokenizer(opt->tokenizer);
     const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();

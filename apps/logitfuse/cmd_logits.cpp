@@ -4,10 +4,10 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include <fstream>
 
 #include "commands.h"
 #include "core/error.h"
+#include "io/jsonl.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 
@@ -16,32 +16,20 @@ namespace lf::app {
 namespace {
 
 std::vector<std::vector<int64_t>> read_id_sequences(const std::string& path, int64_t vocab_size) {
-  std::ifstream in(path);
-  if (!in) throw InputError(path + ": cannot open");
   std::vector<std::vector<int64_t>> sequences;
-  std::string line;
-  for (int64_t number = 1; std::getline(in, line); ++number) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = path + ":" + std::to_string(number);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception&) {
-      throw InputError(where + ": not valid JSON");
-    }
-    if (j.is_object() && j.contains("ids")) j = j["ids"];
-    if (!j.is_array() || j.empty()) throw InputError(where + ": expected a non-empty JSON array of token ids");
+  for_each_jsonl_line(path, [&](const nlohmann::json& line, int64_t) {
+    const nlohmann::json& j = line.is_object() && line.contains("ids") ? line["ids"] : line;
+    if (!j.is_array() || j.empty()) throw InputError("expected a non-empty JSON array of token ids");
     std::vector<int64_t> ids;
     for (const auto& v : j) {
-      if (!v.is_number_integer()) throw InputError(where + ": token ids must be integers");
-      int64_t id = v.get<int64_t>();
+      if (!v.is_number_integer()) throw InputError("token ids must be integers");
+      const int64_t id = v.get<int64_t>();
       if (id < 0 || id >= vocab_size)
-        throw InputError(where + ": token id " + std::to_string(id) + " is outside the vocabulary [0, " +
-                         std::to_string(vocab_size) + ")");
+        throw InputError("token id " + std::to_string(id) + " is outside the vocabulary [0, " + std::to_string(vocab_size) + ")");
       ids.push_back(id);
     }
     sequences.push_back(std::move(ids));
-  }
+  });
   if (sequences.empty()) throw InputError(path + ": no sequences");
   return sequences;
 }

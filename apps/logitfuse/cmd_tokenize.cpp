@@ -7,6 +7,7 @@
 
 #include "commands.h"
 #include "core/error.h"
+#include "io/jsonl.h"
 #include "tokenizer/tokenizer.h"
 
 namespace lf::app {
@@ -56,22 +57,11 @@ void add_tokenize(CLI::App& root) {
       print_encoding(tokenizer->encode(opt->text, opt->add_special_tokens), decoder);
       return;
     }
-    std::ifstream in(opt->input, std::ios::binary);
-    if (!in) throw InputError(opt->input + ": cannot open input file");
-    std::string line;
-    for (size_t number = 1; std::getline(in, line); ++number) {
-      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;  // blank lines carry no text
-      const std::string where = opt->input + ":" + std::to_string(number);
-      nlohmann::json j;
-      try {
-        j = nlohmann::json::parse(line);
-      } catch (const nlohmann::json::exception& e) {
-        throw InputError(where + ": not valid JSON: " + e.what());
-      }
+    for_each_jsonl_line(opt->input, [&](const nlohmann::json& j, int64_t) {
       if (!j.is_object() || !j.contains("text") || !j["text"].is_string())
-        throw InputError(where + ": expected an object with a string \"text\" field");
+        throw InputError("expected an object with a string \"text\" field");
       print_encoding(tokenizer->encode(j["text"].get<std::string>(), opt->add_special_tokens), decoder);
-    }
+    });
     std::cout.flush();
   });
 }

@@ -3,9 +3,9 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include <fstream>
 
 #include "core/error.h"
+#include "io/jsonl.h"
 
 namespace lf {
 
@@ -16,6 +16,10 @@ Example parse_example(const std::string& line) {
   } catch (const nlohmann::json::exception&) {
     throw InputError("not valid JSON");
   }
+  return parse_example(j);
+}
+
+Example parse_example(const nlohmann::json& j) {
   if (!j.is_object()) throw InputError("expected a JSON object");
   auto text = [&](const nlohmann::json& obj, const char* key, const std::string& where) {
     if (!obj.contains(key)) throw InputError("missing field '" + where + "'");
@@ -47,23 +51,19 @@ Example parse_example(const std::string& line) {
 }
 
 ExampleSet read_examples(const std::string& path, bool skip_invalid) {
-  std::ifstream in(path);
-  if (!in) throw InputError(path + ": cannot open data file");
   ExampleSet set;
   set.path = path;
-  std::string line;
-  for (int64_t number = 1; std::getline(in, line); ++number) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    try {
-      Example ex = parse_example(line);
-      ex.line = number;
-      set.examples.push_back(std::move(ex));
-    } catch (const InputError& e) {
-      if (!skip_invalid)
-        throw InputError(path + ":" + std::to_string(number) + ": " + e.what(), "fix the line, or set data.skip_invalid: true");
-      ++set.skipped;
-      spdlog::debug("{}:{}: skipped: {}", path, number, e.what());
-    }
+  try {
+    set.skipped = for_each_jsonl_line(
+        path,
+        [&](const nlohmann::json& value, int64_t line) {
+          Example ex = parse_example(value);
+          ex.line = line;
+          set.examples.push_back(std::move(ex));
+        },
+        skip_invalid);
+  } catch (const InputError& e) {
+    throw InputError(e.what(), "fix the line, or set data.skip_invalid: true");
   }
   if (set.skipped > 0) spdlog::warn("{}: skipped {} invalid line(s) (data.skip_invalid)", path, set.skipped);
   if (set.examples.empty()) throw InputError(path + ": no valid examples");

@@ -1,6 +1,8 @@
 // Training examples from JSONL: {"prompt", "response"[, "system"]} or {"messages": [{"role", "content"}]}.
 #pragma once
 
+#include <nlohmann/json_fwd.hpp>
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -24,7 +26,8 @@ struct ExampleSet {
 // with skip_invalid, skipped and counted.
 ExampleSet read_examples(const std::string& path, bool skip_invalid);
 
-// Parses one line; throws InputError (message without the location) when it is invalid.
+// Parses one line or value; throws InputError (message without the location) when it is invalid.
 Example parse_example(const std::string& line);
+Example parse_example(const nlohmann::json& value);
 
 }  // namespace lf

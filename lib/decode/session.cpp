@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "io/jsonl.h"
 
 namespace lf {
 
@@ -59,30 +60,19 @@ std::vector<int64_t> encode_prompt(const Session& session, const std::string& pr
 }
 
 std::vector<PromptRecord> read_prompts(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw InputError(path + ": cannot open prompts file");
   std::vector<PromptRecord> out;
-  std::string line;
-  for (int64_t number = 1; std::getline(in, line); ++number) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = path + ":" + std::to_string(number);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception&) {
-      throw InputError(where + ": not valid JSON");
-    }
+  for_each_jsonl_line(path, [&](const nlohmann::json& j, int64_t line) {
     if (!j.is_object() || !j.contains("prompt") || !j["prompt"].is_string())
-      throw InputError(where + ": expected an object with a string \"prompt\" field");
+      throw InputError("expected an object with a string \"prompt\" field");
     PromptRecord r;
     r.prompt = j["prompt"].get<std::string>();
     if (j.contains("system")) {
-      if (!j["system"].is_string()) throw InputError(where + ": \"system\" must be a string");
+      if (!j["system"].is_string()) throw InputError("\"system\" must be a string");
       r.system = j["system"].get<std::string>();
     }
-    r.line = number;
+    r.line = line;
     out.push_back(std::move(r));
-  }
+  });
   if (out.empty()) throw InputError(path + ": no prompts");
   return out;
 }

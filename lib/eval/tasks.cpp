@@ -8,6 +8,7 @@
 #include <regex>
 
 #include "core/error.h"
+#include "io/jsonl.h"
 
 namespace lf {
 
@@ -61,47 +62,36 @@ bool answers_match(const std::string& prediction, const std::string& answer) {
 }
 
 std::vector<EvalExample> read_eval_examples(const std::string& path, const std::string& type, std::optional<int64_t> limit) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw InputError(path + ": cannot open task data");
   std::vector<EvalExample> out;
-  std::string line;
-  for (int64_t number = 1; std::getline(in, line); ++number) {
-    if (limit && static_cast<int64_t>(out.size()) >= *limit) break;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = path + ":" + std::to_string(number) + ": ";
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception&) {
-      throw InputError(where + "not valid JSON");
-    }
+  for_each_jsonl_line(path, [&](const nlohmann::json& j, int64_t number) {
+    if (limit && static_cast<int64_t>(out.size()) >= *limit) return;
     if (!j.is_object() || !j.contains("prompt") || !j["prompt"].is_string())
-      throw InputError(where + "expected an object with a string \"prompt\" field");
+      throw InputError("expected an object with a string \"prompt\" field");
     EvalExample e;
     e.line = number;
     e.prompt = j["prompt"].get<std::string>();
     if (j.contains("system") && j["system"].is_string()) e.system = j["system"].get<std::string>();
     if (type == "exact_match") {
       if (!j.contains("answer") || !(j["answer"].is_string() || j["answer"].is_number()))
-        throw InputError(where + "exact_match needs an \"answer\" (string or number)");
+        throw InputError("exact_match needs an \"answer\" (string or number)");
       e.answer = j["answer"].is_string() ? j["answer"].get<std::string>() : j["answer"].dump();
     } else if (type == "multiple_choice") {
       if (!j.contains("choices") || !j["choices"].is_array() || j["choices"].size() < 2)
-        throw InputError(where + "multiple_choice needs \"choices\": a list of at least two strings");
+        throw InputError("multiple_choice needs \"choices\": a list of at least two strings");
       for (const auto& c : j["choices"]) {
-        if (!c.is_string() || c.get<std::string>().empty()) throw InputError(where + "every choice must be a non-empty string");
+        if (!c.is_string() || c.get<std::string>().empty()) throw InputError("every choice must be a non-empty string");
         e.choices.push_back(c.get<std::string>());
       }
       if (!j.contains("label") || !j["label"].is_number_integer())
-        throw InputError(where + "multiple_choice needs an integer \"label\" (index of the right choice)");
+        throw InputError("multiple_choice needs an integer \"label\" (index of the right choice)");
       e.label = j["label"].get<int64_t>();
       if (e.label < 0 || e.label >= static_cast<int64_t>(e.choices.size()))
-        throw InputError(where + "\"label\" " + std::to_string(e.label) + " is not an index into \"choices\"");
+        throw InputError("\"label\" " + std::to_string(e.label) + " is not an index into \"choices\"");
     } else {
       throw InputError("read_eval_examples: unsupported task type '" + type + "'");
     }
     out.push_back(std::move(e));
-  }
+  });
   if (out.empty()) throw InputError(path + ": no examples");
   return out;
 }

@@ -44,8 +44,7 @@ TEST_CASE("data: JSONL examples in both shapes and bad lines", "[data]") {
   CHECK(skipped.skipped == 5);
   for (const char* line : {"{\"prompt\": \"a\"}", "{\"prompt\": \"a\", \"response\": \"\"}",
                            "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}"})
-    CHECK_THROWS_AS(lf::parse_example(line), lf::InputError);
-  CHECK_THAT(std::string(dir / "none"), Contains("none"));
+    CHECK_THROWS_AS(lf::parse_example(std::string(line)), lf::InputError);
 }
 
 TEST_CASE("data: chat templates render prompt and response", "[data]") {
