@@ -54,9 +54,7 @@ void visit(V& v, DataConfig& c) {
 template <class V>
 void visit(V& v, TokenLossConfig& c) {
   v("type", c.type, one_of({"uld", "kl", "rkl", "jsd", "none"}));
-  v("top_k", c.top_k, schema::Check<std::optional<int64_t>>([](const std::optional<int64_t>& k) {
-      return (!k || *k >= 1) ? std::string() : "must be >= 1 or null (got " + std::to_string(*k) + ")";
-    }));
+  v("top_k", c.top_k, schema::null_or_at_least<int64_t>(1));
   v("temperature", c.temperature, greater_than(0.0));
   v("beta", c.beta, in_range(0.0, 1.0));
 }
@@ -93,9 +91,7 @@ void visit(V& v, AlignmentConfig& c) {
 template <class V>
 void visit(V& v, TrainConfig& c) {
   v("epochs", c.epochs, at_least<int64_t>(1));
-  v("max_steps", c.max_steps, schema::Check<std::optional<int64_t>>([](const std::optional<int64_t>& s) {
-      return (!s || *s >= 1) ? std::string() : "must be >= 1 or null (got " + std::to_string(*s) + ")";
-    }));
+  v("max_steps", c.max_steps, schema::null_or_at_least<int64_t>(1));
   v("micro_batch_size", c.micro_batch_size, at_least<int64_t>(1));
   v("grad_accum", c.grad_accum, at_least<int64_t>(1));
   v("lr", c.lr, greater_than(0.0));

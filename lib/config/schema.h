@@ -60,6 +60,14 @@ Check<T> in_range(T low, T high) {
                                    : "must be in [" + to_text(low) + ", " + to_text(high) + "] (got " + to_text(v) + ")";
   };
 }
+// For keys that may be null: null, or a value >= low.
+template <class T>
+Check<std::optional<T>> null_or_at_least(T low) {
+  return [low](const std::optional<T>& v) {
+    return (!v || *v >= low) ? std::string() : "must be >= " + to_text(low) + " or null (got " + to_text(*v) + ")";
+  };
+}
+
 inline Check<std::string> non_empty() {
   return [](const std::string& v) { return v.empty() ? std::string("must not be empty") : std::string(); };
 }

@@ -73,9 +73,7 @@ void visit(V& v, TaskConfig& c) {
   v("extract", c.extract, one_of({"last_number", "regex"}));
   v("regex", c.regex);
   v("score", c.score, one_of({"sum", "mean"}));
-  v("limit", c.limit, schema::Check<std::optional<int64_t>>([](const std::optional<int64_t>& n) {
-      return (!n || *n >= 1) ? std::string() : "must be >= 1 or null (got " + std::to_string(*n) + ")";
-    }));
+  v("limit", c.limit, schema::null_or_at_least<int64_t>(1));
 }
 
 template <class V>
