@@ -53,18 +53,14 @@ Example parse_example(const nlohmann::json& j) {
 ExampleSet read_examples(const std::string& path, bool skip_invalid) {
   ExampleSet set;
   set.path = path;
-  try {
-    set.skipped = for_each_jsonl_line(
-        path,
-        [&](const nlohmann::json& value, int64_t line) {
-          Example ex = parse_example(value);
-          ex.line = line;
-          set.examples.push_back(std::move(ex));
-        },
-        skip_invalid);
-  } catch (const InputError& e) {
-    throw InputError(e.what(), "fix the line, or set data.skip_invalid: true");
-  }
+  set.skipped = for_each_jsonl_line(
+      path,
+      [&](const nlohmann::json& value, int64_t line) {
+        Example ex = parse_example(value);
+        ex.line = line;
+        set.examples.push_back(std::move(ex));
+      },
+      skip_invalid, "fix the line, or set data.skip_invalid: true");
   if (set.skipped > 0) spdlog::warn("{}: skipped {} invalid line(s) (data.skip_invalid)", path, set.skipped);
   if (set.examples.empty()) throw InputError(path + ": no valid examples");
   return set;

@@ -9,7 +9,7 @@
 namespace lf {
 
 int64_t for_each_jsonl_line(const std::string& path, const std::function<void(const nlohmann::json&, int64_t)>& fn,
-                            bool skip_invalid) {
+                            bool skip_invalid, const std::string& line_hint) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw InputError(path + ": cannot open");
   int64_t skipped = 0;
@@ -25,7 +25,8 @@ int64_t for_each_jsonl_line(const std::string& path, const std::function<void(co
       }
       fn(value, number);
     } catch (const InputError& e) {
-      if (!skip_invalid) throw InputError(path + ":" + std::to_string(number) + ": " + e.what(), e.hint());
+      if (!skip_invalid)
+        throw InputError(path + ":" + std::to_string(number) + ": " + e.what(), e.hint().empty() ? line_hint : e.hint());
       ++skipped;
     }
   }
