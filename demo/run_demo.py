@@ -129,6 +129,9 @@ VARIANTS = {
     "uld+sft": (True, "{distill_weight: 0.5, teacher_mix: min_ce, token: {type: uld}, graph: {type: none}}"),
     "gld+sft": (True, "{distill_weight: 0.5, teacher_mix: min_ce, token: {type: none}, graph: {type: gld, top_k: 5}}"),
     # Not in the paper's recipe: token-level KL through the mined vocabulary map, with GLD.
+    # Lighter distillation (λ = 0.1), for comparison.
+    "fused-l0.1": (True, "{distill_weight: 0.1, teacher_mix: min_ce, token: {type: uld}, graph: {type: gld, top_k: 5}}"),
+    "kl-l0.1": (True, "{distill_weight: 0.1, teacher_mix: min_ce, token: {type: kl, top_k: 10}, graph: {type: none}}"),
     "kl+gld+sft": (True, "{distill_weight: 0.5, teacher_mix: min_ce, token: {type: kl, top_k: 10}, graph: {type: gld, top_k: 5}}"),
 }
 ANSWER_REGEX = "The answer is ([^.]*)[.]"
