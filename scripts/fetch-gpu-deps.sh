@@ -12,8 +12,11 @@ debs=(libyaml-cpp-dev libyaml-cpp0.7 libspdlog-dev libspdlog1.10 libfmt-dev libf
 cd .deps/debs
 for d in "${debs[@]}"; do ls ${d}_*.deb >/dev/null 2>&1 || apt-get download "$d" >/dev/null; done
 cd "$LOGITFUSE_ROOT"
-# Wheels for the GPU machine's python3 (3.12 on Ubuntu 24.04): the oracles it lacks.
-"$LOGITFUSE_PYTHON" -m pip download -q -d .deps/wheels --only-binary=:all: --python-version 3.12 \
+# Wheels for the GPU machine's python3 (3.12 on Ubuntu 24.04): what its tests need and it lacks
+# (torch, transformers, tokenizers and numpy are there). No POT: it would bring scipy (35 MB) past
+# the device tool's 64 MiB carry limit, and the POT checks are CPU-only and run in CI.
+rm -f .deps/wheels/numpy-* .deps/wheels/scipy-* .deps/wheels/pot-*
+"$LOGITFUSE_PYTHON" -m pip download -q --no-deps -d .deps/wheels --only-binary=:all: --python-version 3.12 \
   --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
-  pytest==9.2.0 POT==0.9.7.post1 sentencepiece==0.2.3 safetensors==0.8.0 iniconfig pluggy packaging pygments
-du -sh .deps
+  pytest==9.2.0 iniconfig pluggy packaging pygments sentencepiece==0.2.3 safetensors==0.8.0
+du -sh .deps  # must stay under the device tool's 64 MiB carry limit
