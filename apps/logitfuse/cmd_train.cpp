@@ -11,6 +11,7 @@
 #include "config/recipe.h"
 #include "core/error.h"
 #include "dist/communicator.h"
+#include "dist/launch_env.h"
 #include "train/cache_logits.h"
 #include "train/trainer.h"
 
@@ -34,8 +35,10 @@ void add_train(CLI::App& root) {
   cmd->callback([opt] {
     Recipe recipe = load_recipe(opt->recipe, opt->overrides);
     if (opt->print_config) std::cout << recipe_to_yaml(recipe);
+    const LaunchEnv launch = parse_launch_env(process_environment());
     if (opt->dry_run || opt->print_config) {
-      spdlog::info("recipe {} is valid ({} teacher(s), student {})", opt->recipe, recipe.teachers.size(), recipe.student.path);
+      spdlog::info("recipe {} is valid ({} teacher(s), student {}); launch: {}", opt->recipe, recipe.teachers.size(),
+                   recipe.student.path, launch.describe());
       return;
     }
     if (!opt->resume.empty() && opt->resume != "auto" && !std::filesystem::is_directory(opt->resume))
@@ -49,9 +52,7 @@ void add_train(CLI::App& root) {
     // Several processes (torchrun, srun) or NCCL need the multi-GPU engine, which is not built yet;
     // running each process as its own single-process job would silently train N copies.
     if (recipe.dist.backend == "nccl") throw NotAvailable("dist.backend=nccl (multi-GPU training)");
-    for (const char* var : {"WORLD_SIZE", "SLURM_NTASKS"})
-      if (const char* value = std::getenv(var); value && std::atoi(value) > 1)
-        throw NotAvailable(std::string("training with ") + var + "=" + value + " processes");
+    if (launch.world_size > 1) throw NotAvailable("multi-process training (" + launch.describe() + ")");
     auto comm = make_single_process_communicator();
     const int status = run_training(recipe, options, *comm);
     if (status != 0) std::exit(status);

@@ -1,0 +1,31 @@
+// Rank, world size and rendezvous from the launcher's environment: torchrun (`RANK`, `WORLD_SIZE`,
+// `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`) or SLURM's srun (`SLURM_PROCID`, `SLURM_NTASKS`,
+// `SLURM_LOCALID`, the first host of `SLURM_JOB_NODELIST`). Parsed from a map so it is testable;
+// the application reads the process environment once and passes it in.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+namespace lf {
+
+struct LaunchEnv {
+  std::string launcher = "single";  // single | torchrun | slurm
+  int64_t rank = 0;
+  int64_t world_size = 1;
+  int64_t local_rank = 0;
+  std::string master_addr;  // empty for a single process
+  int64_t master_port = 0;
+  std::string describe() const;  // one line for the log
+};
+
+// InputError naming the variable when one is malformed or they contradict each other.
+LaunchEnv parse_launch_env(const std::map<std::string, std::string>& env);
+
+// The first host of a SLURM node list: "gpu[03-05,9],cpu1" -> "gpu03".
+std::string first_slurm_host(const std::string& nodelist);
+
+std::map<std::string, std::string> process_environment();
+
+}  // namespace lf

@@ -1,0 +1,60 @@
+#include <catch2/catch.hpp>
+
+#include "core/error.h"
+#include "dist/launch_env.h"
+#include "test_helpers.h"
+
+using Catch::Matchers::Contains;
+
+TEST_CASE("launch: torchrun and SLURM environments", "[dist]") {
+  CHECK(lf::parse_launch_env({}).world_size == 1);
+  CHECK(lf::parse_launch_env({{"HOME", "/x"}}).describe() == "single process");
+
+  auto t = lf::parse_launch_env({{"RANK", "3"}, {"WORLD_SIZE", "8"}, {"LOCAL_RANK", "3"},
+                                 {"MASTER_ADDR", "10.1.2.3"}, {"MASTER_PORT", "29500"}});
+  CHECK(t.launcher == "torchrun");
+  CHECK(t.rank == 3);
+  CHECK(t.world_size == 8);
+  CHECK(t.local_rank == 3);
+  CHECK(t.master_addr == "10.1.2.3");
+  CHECK(t.master_port == 29500);
+  CHECK(t.describe() == "torchrun: rank 3 of 8 (local rank 3), rendezvous 10.1.2.3:29500");
+
+  auto s = lf::parse_launch_env({{"SLURM_PROCID", "9"}, {"SLURM_NTASKS", "16"}, {"SLURM_LOCALID", "1"},
+                                 {"SLURM_JOB_NODELIST", "gpu[07-08],login1"}, {"SLURM_JOB_ID", "123456"}});
+  CHECK(s.launcher == "slurm");
+  CHECK(s.rank == 9);
+  CHECK(s.local_rank == 1);
+  CHECK(s.master_addr == "gpu07");
+  CHECK(s.master_port == 23456);
+  // An explicit MASTER_ADDR/PORT wins over the node list.
+  auto s2 = lf::parse_launch_env({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "2"}, {"MASTER_ADDR", "head"}, {"MASTER_PORT", "1234"}});
+  CHECK(s2.master_addr == "head");
+  CHECK(s2.master_port == 1234);
+  // torchrun's variables win over SLURM's when both are set (torchrun under an allocation).
+  CHECK(lf::parse_launch_env({{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "6"}}).launcher == "torchrun");
+}
+
+TEST_CASE("launch: SLURM node lists", "[dist]") {
+  CHECK(lf::first_slurm_host("node01") == "node01");
+  CHECK(lf::first_slurm_host("a,b,c") == "a");
+  CHECK(lf::first_slurm_host("gpu-[3,5-9]") == "gpu-3");
+  CHECK(lf::first_slurm_host("rack[1-2]-n[01-04],x") == "rack1-n[01-04]");
+  CHECK_THROWS_AS(lf::first_slurm_host("node[01-04"), lf::InputError);
+}
+
+TEST_CASE("launch: malformed or contradictory environments name the variable", "[dist]") {
+  auto error = [](std::map<std::string, std::string> env) {
+    return lf::test::error_text([&] { lf::parse_launch_env(env); });
+  };
+  CHECK_THAT(error({{"RANK", "x"}, {"WORLD_SIZE", "2"}}), Contains("RANK='x' is not an integer"));
+  CHECK_THAT(error({{"RANK", "2"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "h"}, {"MASTER_PORT", "1"}}),
+             Contains("rank 2 is not below the world size 2"));
+  CHECK_THAT(error({{"WORLD_SIZE", "2"}}), Contains("RANK is missing"));
+  CHECK_THAT(error({{"RANK", "0"}, {"WORLD_SIZE", "2"}}), Contains("MASTER_ADDR is missing"));
+  CHECK_THAT(error({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "h"}}), Contains("MASTER_PORT is missing"));
+  CHECK_THAT(error({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "2"}}), Contains("SLURM_JOB_NODELIST is missing"));
+  CHECK_THAT(error({{"RANK", "0"}, {"WORLD_SIZE", "0"}}), Contains("WORLD_SIZE=0 must be >= 1"));
+  CHECK_THAT(error({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "h"}, {"MASTER_PORT", "70000"}}),
+             Contains("is not a port"));
+}
