@@ -51,17 +51,14 @@ void add_bench(CLI::App& root) {
     at::Tensor ids = at::randint(model->config().vocab_size, {opt->batch, opt->seq}, generator,
                                  at::TensorOptions().dtype(at::kLong)).to(device);
     c10::InferenceMode inference;
-    auto sync = [&] {
-      if (device.is_cuda()) at::_local_scalar_dense(at::zeros({1}, at::TensorOptions().device(device)));
-    };
     double seconds = 0;
     int64_t tokens = 0;
     if (opt->mode == "prefill") {
       for (int64_t i = 0; i < opt->warmup; ++i) model->forward(ids);
-      sync();
+      synchronize(device);
       const auto start = std::chrono::steady_clock::now();
       for (int64_t i = 0; i < opt->iters; ++i) model->forward(ids);
-      sync();
+      synchronize(device);
       seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       tokens = opt->batch * opt->seq * opt->iters;
     } else {
@@ -70,10 +67,10 @@ void add_bench(CLI::App& root) {
         ForwardOptions forward;
         forward.cache = &cache;
         at::Tensor next = model->forward(ids, forward).select(1, -1).argmax(-1, true);
-        sync();
+        synchronize(device);
         const auto start = std::chrono::steady_clock::now();
         for (int64_t i = 0; i < opt->iters; ++i) next = model->forward(next, forward).select(1, -1).argmax(-1, true);
-        sync();
+        synchronize(device);
         seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       }
       tokens = opt->batch * opt->iters;

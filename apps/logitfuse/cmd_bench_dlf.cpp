@@ -55,10 +55,6 @@ void add_bench_dlf(CLI::App& bench) {
     if (opt->threads > 0) at::set_num_threads(static_cast<int>(opt->threads));
     const auto device = parse_device(opt->device);
     const auto grid = kernels::alpha_grid(opt->alpha_min, opt->alpha_max, opt->alpha_step);
-    const bool cuda = device.is_cuda();
-    auto sync = [&] {
-      if (cuda) at::_local_scalar_dense(at::zeros({1}, at::TensorOptions().device(device)));
-    };
     c10::InferenceMode inference;
     auto generator = at::detail::createCPUGenerator(opt->seed);
     auto randn = [&] { return (at::randn({opt->batch, opt->vocab}, generator, at::TensorOptions()) * 3.0).to(device); };
@@ -71,12 +67,12 @@ void add_bench_dlf(CLI::App& bench) {
     kernels::DlfSolve solve;
     auto time = [&](auto&& f) {
       f();  // warm-up
-      sync();
+      synchronize(device);
       double best = 1e300;
       for (int64_t i = 0; i < opt->iters; ++i) {
         const auto start = std::chrono::steady_clock::now();
         f();
-        sync();
+        synchronize(device);
         best = std::min(best, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
       }
       return best;
@@ -122,10 +118,10 @@ void add_bench_dlf(CLI::App& bench) {
         ForwardOptions forward;
         forward.cache = &cache;
         model->forward(prompt, forward);
-        sync();
+        synchronize(device);
         const auto start = std::chrono::steady_clock::now();
         model->forward(next, forward);
-        sync();
+        synchronize(device);
         const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
         if (i > 0) best = std::min(best, ms);  // the first is warm-up
       }

@@ -61,14 +61,11 @@ void add_bench_loss(CLI::App& bench) {
       if (t == "uld") loss = loss + loss::token_loss_rows(logits, teacher, uld_full, nullptr).mean();
       loss.backward();
     };
-    auto sync = [&] {
-      if (device.is_cuda()) at::_local_scalar_dense(at::zeros({1}, at::TensorOptions().device(device)));
-    };
     for (int64_t i = 0; i < opt->warmup; ++i) step();
-    sync();
+    synchronize(device);
     const auto start = std::chrono::steady_clock::now();
     for (int64_t i = 0; i < opt->iters; ++i) step();
-    sync();
+    synchronize(device);
     const double ms = 1000.0 * std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / opt->iters;
     nlohmann::json out = {{"bench", "loss"}, {"term", opt->term}, {"rows", opt->rows}, {"vocab", opt->vocab},
                           {"k", opt->k}, {"ms", ms}, {"device", device.str()}, {"threads", at::get_num_threads()}};

@@ -68,6 +68,11 @@ void load_weights_into(CausalLM& model, const std::string& dir) {
   }
 }
 
+void synchronize(const c10::Device& device) {
+  // A host read of a device scalar waits for the stream without needing the CUDA headers here.
+  if (device.is_cuda()) at::_local_scalar_dense(at::zeros({1}, at::TensorOptions().device(device)));
+}
+
 std::shared_ptr<CausalLM> load_model(const std::string& dir, const LoadOptions& options) {
   ModelConfig config = load_model_config(dir);
   const c10::ScalarType dtype =

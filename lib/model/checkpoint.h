@@ -35,5 +35,7 @@ void save_model(CausalLM& model, const std::string& dir, const SaveOptions& opti
 c10::ScalarType parse_dtype(const std::string& name, const std::string& what);
 std::string torch_dtype_name(c10::ScalarType type);  // "float32", "bfloat16", "float16"
 c10::Device parse_device(const std::string& name);
+// Waits for the device's queued work (a no-op on CPU): for timing.
+void synchronize(const c10::Device& device);
 
 }  // namespace lf

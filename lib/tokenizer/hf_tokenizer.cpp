@@ -133,12 +133,7 @@ class HfTokenizer final : public TokenizerBase {
       const int byte = parse_byte_piece(t);
       if (byte >= 0) return std::string(1, static_cast<char>(byte));
     }
-    std::string out;
-    size_t at = 0;
-    for (size_t hit; (hit = t.find(metaspace, at)) != std::string::npos; at = hit + metaspace.size())
-      out.append(t, at, hit - at) += ' ';
-    out.append(t, at, std::string::npos);
-    return out;
+    return metaspace_to_spaces(t, metaspace);
   }
 
   bool is_special(int64_t id) const override {
@@ -148,12 +143,6 @@ class HfTokenizer final : public TokenizerBase {
 
   std::string kind() const override { return "tokenizer.json"; }
 
- private:
-  void check_id(int64_t id) const {
-    if (id < 0 || id >= vocab_size())
-      throw InputError("token id " + std::to_string(id) + " is outside the vocabulary of " + source_ + " (size " +
-                       std::to_string(vocab_size()) + ")");
-  }
 };
 
 json read_json(const std::string& file) {

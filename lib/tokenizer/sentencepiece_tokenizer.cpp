@@ -84,13 +84,7 @@ class SentencePieceTokenizer final : public TokenizerBase {
       if (byte >= 0) return std::string(1, static_cast<char>(byte));
     }
     if (special[id]) return piece;
-    std::string out;
-    size_t at = 0;
-    static const std::string kSpace = "\xE2\x96\x81";  // '▁'
-    for (size_t hit; (hit = piece.find(kSpace, at)) != std::string::npos; at = hit + kSpace.size())
-      out.append(piece, at, hit - at) += ' ';
-    out.append(piece, at, std::string::npos);
-    return out;
+    return metaspace_to_spaces(piece);
   }
 
   bool is_special(int64_t id) const override {
@@ -100,12 +94,6 @@ class SentencePieceTokenizer final : public TokenizerBase {
 
   std::string kind() const override { return "sentencepiece"; }
 
- private:
-  void check_id(int64_t id) const {
-    if (id < 0 || id >= vocab_size())
-      throw InputError("token id " + std::to_string(id) + " is outside the vocabulary of " + source_ + " (size " +
-                       std::to_string(vocab_size()) + ")");
-  }
 };
 
 }  // namespace

@@ -86,5 +86,20 @@ void check_utf8(std::string_view text, const std::string& source) {
     throw InputError("text is not valid UTF-8 at byte " + std::to_string(bad) + " (tokenizer " + source + ")");
 }
 
+void TokenizerBase::check_id(int64_t id) const {
+  if (id < 0 || id >= vocab_size())
+    throw InputError("token id " + std::to_string(id) + " is outside the vocabulary of " + source_ + " (size " +
+                     std::to_string(vocab_size()) + ")");
+}
+
+std::string metaspace_to_spaces(std::string_view piece, std::string_view marker) {
+  std::string out;
+  size_t at = 0;
+  for (size_t hit; (hit = piece.find(marker, at)) != std::string_view::npos; at = hit + marker.size())
+    out.append(piece, at, hit - at) += ' ';
+  out.append(piece, at, std::string_view::npos);
+  return out;
+}
+
 }  // namespace tok
 }  // namespace lf

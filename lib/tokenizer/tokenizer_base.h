@@ -14,7 +14,15 @@ class TokenizerBase : public Tokenizer {
  public:
   void set_special_tokens(SpecialTokens s) { special_ = std::move(s); }
   void set_source(std::string s) { source_ = std::move(s); }
+
+ protected:
+  // InputError naming the tokenizer file when `id` is outside the vocabulary.
+  void check_id(int64_t id) const;
 };
+
+// The word marker of SentencePiece-style vocabularies ('▁' unless a tokenizer.json says otherwise)
+// back to the space it stands for.
+std::string metaspace_to_spaces(std::string_view piece, std::string_view marker = "\xE2\x96\x81");
 
 // Fills the tokenizer's special tokens from tokenizer_config.json, then special_tokens_map.json, in
 // the directory of `file`; tokens neither names keep the values of `fallback`.

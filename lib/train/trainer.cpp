@@ -179,6 +179,13 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
                      std::to_string(comm.world_size()), "resume with the same world size");
   Sampler sampler(data.lengths(), sampler_config, state.cursor);
   const loss::ObjectiveConfig objective = objective_config(recipe);
+  // Teacher mixing weights (uniform or normalised `weights`; min_ce re-weights per sequence later).
+  std::vector<double> mix_weights(teachers.size(), 1.0 / std::max<size_t>(1, teachers.size()));
+  if (recipe.loss.teacher_mix == "weights") {
+    double total = 0;
+    for (const auto& t : recipe.teachers) total += t.weight;
+    for (size_t s = 0; s < teachers.size(); ++s) mix_weights[s] = recipe.teachers[s].weight / total;
+  }
 
   spdlog::info("training {} for {} steps ({} micro-batches of {} per epoch, grad_accum {}, {} teacher(s), {}, {})",
                recipe.student.path, total_steps, batches_per_epoch, tc.micro_batch_size, tc.grad_accum, teachers.size(),
@@ -211,12 +218,7 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
       for (size_t s = 0; s < teachers.size(); ++s) {
         at::NoGradGuard no_grad;
         const auto& t = teachers[s];
-        double weight = 1.0 / static_cast<double>(teachers.size());
-        if (recipe.loss.teacher_mix == "weights") {
-          double total = 0;
-          for (const auto& tcfg : recipe.teachers) total += tcfg.weight;
-          weight = recipe.teachers[s].weight / total;
-        }
+        const double weight = mix_weights[s];
         if (caches[s]) {
           sides.push_back({at::Tensor(), nullptr, &mb.teachers[s], mb.pairs[s], kl_family ? &vocab_maps[s] : nullptr, weight,
                            cached_rows(*caches[s], mb, recipe)});
