@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   lf::app::add_version(app);
   lf::app::add_bench(app);
   lf::app::add_loss_eval(app);
+  lf::app::add_sweep(app);
 
   try {
     app.parse(argc, argv);

@@ -1,0 +1,139 @@
+#include "sweep/expand.h"
+
+#include <map>
+
+#include "core/error.h"
+#include "core/strings.h"
+
+namespace lf {
+
+namespace {
+
+bool name_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+         c == '=' || c == '+' || c == '-';
+}
+
+std::vector<std::string> keys_of(const std::vector<SweepAxis>& axes, const std::vector<std::vector<SweepSetting>>& listed) {
+  std::vector<std::string> keys;
+  auto add = [&](const std::string& key) {
+    for (const auto& k : keys)
+      if (k == key) return;
+    keys.push_back(key);
+  };
+  for (const auto& axis : axes) add(axis.key);
+  for (const auto& run : listed)
+    for (const auto& s : run) add(s.key);
+  return keys;
+}
+
+}  // namespace
+
+std::string sanitize_run_name(const std::string& text) {
+  std::string out;
+  for (char c : text) {
+    if (name_char(c)) out += c;
+    else if (out.empty() || out.back() != '-') out += '-';
+  }
+  size_t begin = out.find_first_not_of("-.");
+  if (begin == std::string::npos) return "run";
+  size_t end = out.find_last_not_of("-.");
+  return out.substr(begin, end - begin + 1);
+}
+
+std::string short_key(const std::string& key, const std::vector<std::string>& keys) {
+  const std::vector<std::string> parts = split(key, '.');
+  for (size_t take = 1; take < parts.size(); ++take) {
+    const std::string suffix = join({parts.end() - static_cast<long>(take), parts.end()}, ".");
+    bool shared = false;
+    for (const auto& other : keys)
+      if (other != key && (other == suffix || ends_with(other, "." + suffix))) shared = true;
+    if (!shared) return suffix;
+  }
+  return key;
+}
+
+std::string default_run_name(const std::vector<SweepSetting>& settings, const std::vector<std::string>& all_keys) {
+  std::vector<std::string> parts;
+  for (const auto& s : settings) parts.push_back(short_key(s.key, all_keys) + "=" + s.label);
+  return parts.empty() ? "base" : join(parts, "_");
+}
+
+std::string render_run_name(const std::string& name_template, const std::vector<SweepSetting>& settings, size_t index) {
+  std::string out;
+  size_t pos = 0;
+  while (pos < name_template.size()) {
+    const size_t open = name_template.find('{', pos);
+    if (open == std::string::npos) {
+      out += name_template.substr(pos);
+      break;
+    }
+    out += name_template.substr(pos, open - pos);
+    const size_t close = name_template.find('}', open);
+    if (close == std::string::npos)
+      throw InputError("name template '" + name_template + "': unclosed '{'", "placeholders look like {train.lr} or {index}");
+    const std::string key = name_template.substr(open + 1, close - open - 1);
+    bool found = false;
+    if (key == "index") {
+      out += std::to_string(index);
+      found = true;
+    }
+    for (const auto& s : settings)
+      if (!found && s.key == key) {
+        out += s.label;
+        found = true;
+      }
+    if (!found) {
+      std::vector<std::string> known{"index"};
+      for (const auto& s : settings) known.push_back(s.key);
+      throw InputError("name template '" + name_template + "': run " + std::to_string(index) + " sets no key '" + key + "'",
+                       "placeholders here: {" + join(known, "}, {") + "}");
+    }
+    pos = close + 1;
+  }
+  return out;
+}
+
+std::vector<SweepRun> expand_sweep(const std::vector<SweepAxis>& axes,
+                                   const std::vector<std::vector<SweepSetting>>& listed,
+                                   const std::string& name_template) {
+  std::vector<std::vector<SweepSetting>> combos;
+  if (!axes.empty()) {
+    // An odometer over the axes: the last axis turns fastest. An empty axis yields no runs.
+    std::vector<size_t> at(axes.size(), 0);
+    bool empty = false;
+    for (const auto& axis : axes) empty = empty || axis.values.empty();
+    while (!empty) {
+      std::vector<SweepSetting> combo;
+      for (size_t a = 0; a < axes.size(); ++a) combo.push_back(axes[a].values[at[a]]);
+      combos.push_back(std::move(combo));
+      size_t a = axes.size();
+      while (a > 0) {
+        --a;
+        if (++at[a] < axes[a].values.size()) break;
+        at[a] = 0;
+        if (a == 0) empty = true;  // every digit wrapped: done
+      }
+    }
+  }
+  combos.insert(combos.end(), listed.begin(), listed.end());
+
+  const std::vector<std::string> keys = keys_of(axes, listed);
+  std::vector<SweepRun> runs;
+  std::map<std::string, size_t> seen;
+  for (size_t i = 0; i < combos.size(); ++i) {
+    SweepRun run;
+    run.settings = combos[i];
+    run.name = sanitize_run_name(name_template.empty() ? default_run_name(run.settings, keys)
+                                                       : render_run_name(name_template, run.settings, i));
+    if (auto it = seen.find(run.name); it != seen.end())
+      throw InputError("runs " + std::to_string(it->second) + " and " + std::to_string(i) + " are both named '" + run.name + "'",
+                       name_template.empty() ? "two runs set the same values; remove the duplicate"
+                                             : "put every varying key into the name template, or add {index}");
+    seen[run.name] = i;
+    runs.push_back(std::move(run));
+  }
+  return runs;
+}
+
+}  // namespace lf
