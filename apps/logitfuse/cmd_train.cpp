@@ -12,10 +12,39 @@
 #include "core/error.h"
 #include "dist/communicator.h"
 #include "dist/launch_env.h"
+#include "model/checkpoint.h"
 #include "train/cache_logits.h"
 #include "train/trainer.h"
 
 namespace lf::app {
+
+namespace {
+
+// The communicator of this process, from the launcher's environment and recipe.dist, made once here
+// so nothing deeper reads the environment. One process per GPU: with NCCL and several ranks the
+// student goes on cuda:LOCAL_RANK unless the recipe names a device index.
+std::unique_ptr<Communicator> make_train_communicator(Recipe& recipe, const LaunchEnv& launch) {
+  if (recipe.dist.zero == 3) throw NotAvailable("dist.zero=3 (ZeRO-3 parameter sharding; use dist.zero 0, 1 or 2)");
+  const c10::Device device = parse_device(recipe.run.device);
+  const std::string backend = recipe.dist.backend == "auto" ? (device.is_cuda() ? "nccl" : "cpu") : recipe.dist.backend;
+  CommunicatorOptions options{backend, 0, recipe.dist.timeout_s};
+  if (backend == "nccl") {
+    if (!device.is_cuda())
+      throw InputError("dist.backend=nccl needs the student on CUDA (run.device=" + recipe.run.device + ")",
+                       "set run.device=cuda, or dist.backend=cpu");
+    if (launch.world_size > 1 && !device.has_index()) recipe.run.device = "cuda:" + std::to_string(launch.local_rank);
+    options.device_index = parse_device(recipe.run.device).index();
+    if (options.device_index < 0) options.device_index = 0;
+  }
+  auto comm = make_communicator(launch, options);
+  if (comm->name() == "single-process") return comm;  // nothing to tell (and data errors stay one line)
+  if (!comm->is_main()) spdlog::set_level(spdlog::level::warn);  // rank 0 tells the story
+  spdlog::info("communicator: {} ({}), student on {}, dist.zero {}", comm->name(), launch.describe(), recipe.run.device,
+               recipe.dist.zero);
+  return comm;
+}
+
+}  // namespace
 
 void add_train(CLI::App& root) {
   struct Options {
@@ -49,12 +78,18 @@ void add_train(CLI::App& root) {
     const char* user_home = std::getenv("HOME");
     options.vocab_cache_dir = home ? std::string(home) + "/vocab-maps"
                                    : std::string(user_home ? user_home : ".") + "/.cache/logitfuse/vocab-maps";
-    // Several processes (torchrun, srun) or NCCL need the multi-GPU engine, which is not built yet;
-    // running each process as its own single-process job would silently train N copies.
-    if (recipe.dist.backend == "nccl") throw NotAvailable("dist.backend=nccl (multi-GPU training)");
-    if (launch.world_size > 1) throw NotAvailable("multi-process training (" + launch.describe() + ")");
-    auto comm = make_single_process_communicator();
-    const int status = run_training(recipe, options, *comm);
+    auto comm = make_train_communicator(recipe, launch);
+    int status = 0;
+    try {
+      status = run_training(recipe, options, *comm);
+    } catch (const std::exception& e) {
+      if (comm->world_size() == 1) throw;
+      // The other ranks may wait in a collective for this one: end the whole job, with our status.
+      const auto* error = dynamic_cast<const Error*>(&e);
+      std::cerr << "error: rank " << comm->rank() << ": " << (error ? error->one_line() : std::string(e.what())) << "\n";
+      comm->abort(error ? error->exit_code() : kExitRuntime);
+    }
+    comm.reset();  // MPI_Finalize before exit
     if (status != 0) std::exit(status);
   });
 }

@@ -39,6 +39,17 @@ void add_version(CLI::App& root) {
 #endif
     std::cout << "CUDA " << (at::hasCUDA() ? "available" : "not available") << " (CUDA sources " << kernels << ")\n";
     std::cout << "NCCL " << nccl_version() << "\n";
+#ifdef LOGITFUSE_HAVE_MPI
+    const char* mpi = "built";
+#else
+    const char* mpi = "not built";
+#endif
+#ifdef LOGITFUSE_HAVE_NCCL
+    const char* nccl_backend = "built";
+#else
+    const char* nccl_backend = "not built";
+#endif
+    std::cout << "distributed: cpu (MPI) " << mpi << ", nccl (c10d) " << nccl_backend << "\n";
   });
 }
 

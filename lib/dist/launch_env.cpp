@@ -60,15 +60,28 @@ LaunchEnv parse_launch_env(const std::map<std::string, std::string>& env) {
     out.world_size = integer(env, "WORLD_SIZE", 1);
     out.rank = integer(env, "RANK", 0);
     out.local_rank = find(env, "LOCAL_RANK") ? integer(env, "LOCAL_RANK", 0) : 0;
+    const std::string* agent = find(env, "TORCHELASTIC_USE_AGENT_STORE");
+    out.agent_store = agent && (*agent == "True" || *agent == "true" || *agent == "1");
+  } else if (find(env, "OMPI_COMM_WORLD_SIZE") || find(env, "OMPI_COMM_WORLD_RANK")) {
+    // mpirun (before SLURM: mpirun inside an allocation sets both, and its own numbering is the job's).
+    out.launcher = "mpi";
+    for (const char* name : {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"})
+      if (!find(env, name)) throw InputError(std::string("environment variable ") + name + " is missing (mpirun sets OMPI_COMM_WORLD_RANK and OMPI_COMM_WORLD_SIZE together)");
+    out.world_size = integer(env, "OMPI_COMM_WORLD_SIZE", 1);
+    out.rank = integer(env, "OMPI_COMM_WORLD_RANK", 0);
+    out.local_rank = find(env, "OMPI_COMM_WORLD_LOCAL_RANK") ? integer(env, "OMPI_COMM_WORLD_LOCAL_RANK", 0) : 0;
   } else if (find(env, "SLURM_NTASKS") && find(env, "SLURM_PROCID")) {
     out.launcher = "slurm";
     out.world_size = integer(env, "SLURM_NTASKS", 1);
     out.rank = integer(env, "SLURM_PROCID", 0);
     out.local_rank = find(env, "SLURM_LOCALID") ? integer(env, "SLURM_LOCALID", 0) : 0;
   }
+  out.mpi_wired = out.launcher == "mpi" || find(env, "PMIX_RANK") || find(env, "PMI_RANK");
   if (out.rank >= out.world_size)
     throw InputError("rank " + std::to_string(out.rank) + " is not below the world size " + std::to_string(out.world_size));
   if (out.world_size == 1) return out;
+  if (out.launcher == "mpi" && !(find(env, "MASTER_ADDR") && find(env, "MASTER_PORT")))
+    return out;  // MPI wires its ranks up itself; NCCL under mpirun needs MASTER_ADDR/PORT (checked there)
   if (const auto* addr = find(env, "MASTER_ADDR")) out.master_addr = *addr;
   else if (out.launcher == "slurm") {
     const auto* nodes = find(env, "SLURM_JOB_NODELIST");
@@ -91,8 +104,10 @@ LaunchEnv parse_launch_env(const std::map<std::string, std::string>& env) {
 
 std::string LaunchEnv::describe() const {
   if (world_size == 1) return "single process";
-  return launcher + ": rank " + std::to_string(rank) + " of " + std::to_string(world_size) + " (local rank " +
-         std::to_string(local_rank) + "), rendezvous " + master_addr + ":" + std::to_string(master_port);
+  std::string text = launcher + ": rank " + std::to_string(rank) + " of " + std::to_string(world_size) + " (local rank " +
+                     std::to_string(local_rank) + ")";
+  if (!master_addr.empty()) text += ", rendezvous " + master_addr + ":" + std::to_string(master_port);
+  return text;
 }
 
 std::map<std::string, std::string> process_environment() {

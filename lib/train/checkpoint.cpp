@@ -78,42 +78,98 @@ std::vector<std::string> complete_checkpoints(const std::string& output_dir) {
   return out;
 }
 
-void write_checkpoint(const std::string& output_dir, CausalLM& model, const AdamW& optimizer, const TrainerState& state,
-                      int64_t rank, const std::string& tokenizer_dir, int64_t keep_last) {
-  const fs::path root = fs::path(output_dir) / "checkpoints";
-  fs::create_directories(root);
-  const fs::path final_dir = root / checkpoint_name(state.step);
-  const fs::path staging = root / (checkpoint_name(state.step) + ".tmp-" + std::to_string(::getpid()));
-  fs::remove_all(staging);
-  if (fs::exists(final_dir)) fs::remove_all(final_dir);  // an older, incomplete attempt at this step
-  SaveOptions save;
-  save.dtype = "fp32";  // master weights, so a resume continues bit for bit
-  save.tokenizer_from = tokenizer_dir;
-  save_model(model, staging.string(), save);
-  write_safetensors((staging / optimizer_file(rank)).string(), optimizer.state());
-  nlohmann::json j = {{"step", state.step},
-                      {"epoch", state.cursor.epoch},
-                      {"epoch_step", state.cursor.step},
-                      {"world_size", state.world_size},
-                      {"optimizer_steps", optimizer.steps()},
-                      {"recipe_hash", state.recipe_hash},
-                      {"tokens_seen", state.tokens_seen},
-                      {"rng_state", to_hex(at::detail::getDefaultCPUGenerator().get_state())}};
-  write_file_atomic((staging / "trainer_state.json").string(), j.dump(2) + "\n");
-  fsync_directory(staging.string());
-  fs::rename(staging, final_dir);
-  fsync_directory(root.string());
-  write_file_atomic((final_dir / "DONE").string(), "step " + std::to_string(state.step) + "\n");
+namespace {
 
-  auto complete = complete_checkpoints(output_dir);
-  for (size_t i = static_cast<size_t>(std::max<int64_t>(keep_last, 1)); i < complete.size(); ++i) {
-    std::error_code ignored;
-    fs::remove(fs::path(complete[i]) / "DONE", ignored);  // first, so a half-removed one is never taken
-    fs::remove_all(complete[i], ignored);
-  }
+void write_optimizer_shard(const fs::path& dir, const ShardedAdamW& optimizer, int64_t rank) {
+  const OptimizerShard shard = optimizer.owned_state();
+  at::Tensor range = at::tensor(std::vector<int64_t>{shard.begin, shard.end, shard.total}, at::kLong);
+  write_safetensors((dir / optimizer_file(rank)).string(),
+                    {{"exp_avg", shard.exp_avg.to(at::kCPU)}, {"exp_avg_sq", shard.exp_avg_sq.to(at::kCPU)}, {"range", range}});
 }
 
-TrainerState read_checkpoint(const std::string& dir, CausalLM& model, AdamW& optimizer, int64_t rank) {
+// Every optimizer.rankNNNNN file of a checkpoint as shards of the flat space. A file without `range`
+// is the per-parameter layout of single-process checkpoints from before the flat optimizer.
+std::vector<OptimizerShard> read_optimizer_shards(const fs::path& dir, const ShardedAdamW& optimizer) {
+  std::vector<OptimizerShard> shards;
+  for (int64_t rank = 0; fs::exists(dir / optimizer_file(rank)); ++rank) {
+    const std::string path = (dir / optimizer_file(rank)).string();
+    auto file = SafetensorsFile::open(path);
+    OptimizerShard shard;
+    if (file.contains("range")) {
+      at::Tensor range = file.tensor("range");
+      if (range.numel() != 3 || range.scalar_type() != at::kLong) throw InputError(path + ": 'range' is not 3 int64 values");
+      shard.begin = range[0].item<int64_t>();
+      shard.end = range[1].item<int64_t>();
+      shard.total = range[2].item<int64_t>();
+      shard.exp_avg = file.tensor("exp_avg");
+      shard.exp_avg_sq = file.tensor("exp_avg_sq");
+    } else {
+      std::vector<at::Tensor> avg, avg_sq;
+      for (const auto& [name, p] : optimizer.params()) {
+        for (auto [prefix, out] : {std::make_pair("exp_avg.", &avg), std::make_pair("exp_avg_sq.", &avg_sq)}) {
+          if (!file.contains(prefix + name)) throw InputError(path + ": optimizer state has no '" + prefix + name + "'");
+          out->push_back(file.tensor(prefix + name).reshape({-1}));
+        }
+      }
+      shard.exp_avg = at::cat(avg);
+      shard.exp_avg_sq = at::cat(avg_sq);
+      shard.end = shard.total = shard.exp_avg.numel();
+    }
+    if (shard.exp_avg.numel() != shard.end - shard.begin || shard.exp_avg_sq.numel() != shard.end - shard.begin)
+      throw InputError(path + ": optimizer state sizes do not match its range");
+    shards.push_back(std::move(shard));
+  }
+  if (shards.empty()) throw InputError((dir / optimizer_file(0)).string() + ": missing");
+  return shards;
+}
+
+}  // namespace
+
+void write_checkpoint(const std::string& output_dir, CausalLM& model, const ShardedAdamW& optimizer,
+                      const TrainerState& state, Communicator& comm, const std::string& tokenizer_dir, int64_t keep_last) {
+  const fs::path root = fs::path(output_dir) / "checkpoints";
+  const fs::path final_dir = root / checkpoint_name(state.step);
+  // Rank 0's pid names the staging directory on every rank.
+  const int64_t pid = static_cast<int64_t>(comm.all_reduce_sum(comm.is_main() ? static_cast<double>(::getpid()) : 0.0));
+  const fs::path staging = root / (checkpoint_name(state.step) + ".tmp-" + std::to_string(pid));
+  if (comm.is_main()) {
+    fs::create_directories(root);
+    fs::remove_all(staging);
+    if (fs::exists(final_dir)) fs::remove_all(final_dir);  // an older, incomplete attempt at this step
+    SaveOptions save;
+    save.dtype = "fp32";  // master weights, so a resume continues bit for bit
+    save.tokenizer_from = tokenizer_dir;
+    save_model(model, staging.string(), save);
+    nlohmann::json j = {{"step", state.step},
+                        {"epoch", state.cursor.epoch},
+                        {"epoch_step", state.cursor.step},
+                        {"world_size", state.world_size},
+                        {"global_micro_batch", state.global_micro_batch},
+                        {"optimizer_steps", optimizer.steps()},
+                        {"recipe_hash", state.recipe_hash},
+                        {"tokens_seen", state.tokens_seen},
+                        {"rng_state", to_hex(at::detail::getDefaultCPUGenerator().get_state())}};
+    write_file_atomic((staging / "trainer_state.json").string(), j.dump(2) + "\n");
+  }
+  comm.barrier();  // the staging directory exists
+  write_optimizer_shard(staging, optimizer, comm.rank());
+  comm.barrier();  // every shard is written
+  if (comm.is_main()) {
+    fsync_directory(staging.string());
+    fs::rename(staging, final_dir);
+    fsync_directory(root.string());
+    write_file_atomic((final_dir / "DONE").string(), "step " + std::to_string(state.step) + "\n");
+    auto complete = complete_checkpoints(output_dir);
+    for (size_t i = static_cast<size_t>(std::max<int64_t>(keep_last, 1)); i < complete.size(); ++i) {
+      std::error_code ignored;
+      fs::remove(fs::path(complete[i]) / "DONE", ignored);  // first, so a half-removed one is never taken
+      fs::remove_all(complete[i], ignored);
+    }
+  }
+  comm.barrier();  // no rank goes on before the checkpoint is complete
+}
+
+TrainerState read_checkpoint(const std::string& dir, CausalLM& model, ShardedAdamW& optimizer) {
   const fs::path root(dir);
   const fs::path state_path = root / "trainer_state.json";
   if (!fs::exists(root / "DONE")) throw InputError(dir + ": incomplete checkpoint (no DONE marker)");
@@ -129,14 +185,12 @@ TrainerState read_checkpoint(const std::string& dir, CausalLM& model, AdamW& opt
     state.cursor.epoch = j.at("epoch").get<int64_t>();
     state.cursor.step = j.at("epoch_step").get<int64_t>();
     state.world_size = j.at("world_size").get<int64_t>();
+    state.global_micro_batch = j.value("global_micro_batch", int64_t{0});
     state.recipe_hash = j.at("recipe_hash").get<std::string>();
     state.tokens_seen = j.at("tokens_seen").get<double>();
     state.rng_state = j.at("rng_state").get<std::string>();
     load_weights_into(model, dir);
-    auto file = SafetensorsFile::open((root / optimizer_file(rank)).string());
-    std::vector<std::pair<std::string, at::Tensor>> tensors;
-    for (const auto& e : file.entries()) tensors.emplace_back(e.name, file.tensor(e.name));
-    optimizer.load_state(tensors, j.at("optimizer_steps").get<int64_t>());
+    optimizer.load_state(read_optimizer_shards(root, optimizer), j.at("optimizer_steps").get<int64_t>());
   } catch (const nlohmann::json::exception& e) {
     throw InputError(state_path.string() + ": " + e.what());
   }

@@ -1,7 +1,9 @@
 // Training checkpoints (interface.md): OUTPUT_DIR/checkpoints/step_NNNNNN/ holds the model in
-// Hugging Face layout (float32 master weights), the optimizer state of each rank, the trainer state
-// (step, data cursor, RNG), and a DONE marker written last. A checkpoint is written to a temporary
-// directory, fsynced and renamed, so a crash never leaves a directory that looks complete.
+// Hugging Face layout (float32 master weights), the optimizer state of each rank (the slice of the
+// flat parameter space it owns, with its offsets), the trainer state (step, data cursor, RNG), and a
+// DONE marker written last. A checkpoint is written to a temporary directory, fsynced and renamed,
+// so a crash never leaves a directory that looks complete. With several ranks the directory is on a
+// file system they share.
 #pragma once
 
 #include <cstdint>
@@ -11,7 +13,8 @@
 
 #include "data/sampler.h"
 #include "model/transformer.h"
-#include "train/optimizer.h"
+#include "dist/communicator.h"
+#include "train/sharded_adamw.h"
 
 namespace lf {
 
@@ -19,6 +22,7 @@ struct TrainerState {
   int64_t step = 0;  // optimizer steps completed
   DataCursor cursor;
   int64_t world_size = 1;
+  int64_t global_micro_batch = 0;  // micro_batch_size × world size: the data cursor counts these (0: unknown)
   std::string recipe_hash;
   double tokens_seen = 0;
   std::string rng_state;  // the CPU generator's state, hex
@@ -27,13 +31,15 @@ struct TrainerState {
 std::string checkpoint_name(int64_t step);  // "step_000200"
 
 // Writes the checkpoint of `step` under output_dir/checkpoints and prunes complete checkpoints
-// beyond keep_last. Rank 0 writes the model and trainer state; every rank its optimizer shard.
-void write_checkpoint(const std::string& output_dir, CausalLM& model, const AdamW& optimizer, const TrainerState& state,
-                      int64_t rank, const std::string& tokenizer_dir, int64_t keep_last);
+// beyond keep_last. Collective: rank 0 writes the model and trainer state, every rank its optimizer
+// shard, and rank 0 marks it DONE once all shards are in.
+void write_checkpoint(const std::string& output_dir, CausalLM& model, const ShardedAdamW& optimizer,
+                      const TrainerState& state, Communicator& comm, const std::string& tokenizer_dir, int64_t keep_last);
 
-// Restores model weights, optimizer state and trainer state from a checkpoint directory; InputError
-// (naming the file) when anything is missing or malformed.
-TrainerState read_checkpoint(const std::string& dir, CausalLM& model, AdamW& optimizer, int64_t rank);
+// Restores model weights, optimizer state and trainer state from a checkpoint directory, whatever
+// world size wrote it (every rank reads the shards that overlap its slice); InputError (naming the
+// file) when anything is missing or malformed.
+TrainerState read_checkpoint(const std::string& dir, CausalLM& model, ShardedAdamW& optimizer);
 
 // Complete checkpoints (DONE present) under output_dir/checkpoints, newest first.
 std::vector<std::string> complete_checkpoints(const std::string& output_dir);

@@ -3,63 +3,18 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
-#include <map>
-
-#include "core/error.h"
 
 namespace lf {
 
-AdamW::AdamW(std::vector<std::pair<std::string, at::Tensor>> params, AdamWConfig config)
-    : params_(std::move(params)), config_(config) {
-  for (auto& [name, p] : params_) {
-    exp_avg_.push_back(at::zeros_like(p, at::MemoryFormat::Contiguous));
-    exp_avg_sq_.push_back(at::zeros_like(p, at::MemoryFormat::Contiguous));
-  }
-}
-
-void AdamW::step(double lr) {
-  at::NoGradGuard no_grad;
-  ++step_;
-  const double bias1 = 1.0 - std::pow(config_.beta1, static_cast<double>(step_));
-  const double bias2 = 1.0 - std::pow(config_.beta2, static_cast<double>(step_));
-  for (size_t i = 0; i < params_.size(); ++i) {
-    at::Tensor& p = params_[i].second;
-    if (!p.grad().defined()) continue;
-    const at::Tensor& g = p.grad();
-    if (config_.weight_decay != 0 && p.dim() >= 2) p.mul_(1.0 - lr * config_.weight_decay);
-    exp_avg_[i].lerp_(g, 1.0 - config_.beta1);
-    exp_avg_sq_[i].mul_(config_.beta2).addcmul_(g, g, 1.0 - config_.beta2);
-    at::Tensor denom = (exp_avg_sq_[i].sqrt() / std::sqrt(bias2)).add_(config_.eps);
-    p.addcdiv_(exp_avg_[i], denom, -lr / bias1);
-  }
-}
-
-void AdamW::zero_grad() {
-  for (auto& [name, p] : params_)
-    if (p.grad().defined()) p.mutable_grad() = at::Tensor();
-}
-
-std::vector<std::pair<std::string, at::Tensor>> AdamW::state() const {
-  std::vector<std::pair<std::string, at::Tensor>> out;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    out.emplace_back("exp_avg." + params_[i].first, exp_avg_[i]);
-    out.emplace_back("exp_avg_sq." + params_[i].first, exp_avg_sq_[i]);
-  }
-  return out;
-}
-
-void AdamW::load_state(const std::vector<std::pair<std::string, at::Tensor>>& state, int64_t steps) {
-  std::map<std::string, at::Tensor> by_name(state.begin(), state.end());
-  at::NoGradGuard no_grad;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    for (auto [prefix, target] : {std::make_pair("exp_avg.", &exp_avg_[i]), std::make_pair("exp_avg_sq.", &exp_avg_sq_[i])}) {
-      auto it = by_name.find(prefix + params_[i].first);
-      if (it == by_name.end()) throw InputError("optimizer state has no '" + std::string(prefix) + params_[i].first + "'");
-      if (it->second.sizes() != target->sizes()) throw InputError("optimizer state '" + it->first + "' has the wrong shape");
-      target->copy_(it->second);
-    }
-  }
-  step_ = steps;
+void adamw_update(at::Tensor& p, const at::Tensor& g, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, double lr,
+                  int64_t step, const AdamWConfig& config, bool decay) {
+  const double bias1 = 1.0 - std::pow(config.beta1, static_cast<double>(step));
+  const double bias2 = 1.0 - std::pow(config.beta2, static_cast<double>(step));
+  if (config.weight_decay != 0 && decay) p.mul_(1.0 - lr * config.weight_decay);
+  exp_avg.lerp_(g, 1.0 - config.beta1);
+  exp_avg_sq.mul_(config.beta2).addcmul_(g, g, 1.0 - config.beta2);
+  at::Tensor denom = (exp_avg_sq.sqrt() / std::sqrt(bias2)).add_(config.eps);
+  p.addcdiv_(exp_avg, denom, -lr / bias1);
 }
 
 double learning_rate(const ScheduleConfig& c, int64_t step) {

@@ -1,12 +1,10 @@
-// AdamW with decoupled weight decay (Loshchilov & Hutter), the update of torch.optim.AdamW, with its
-// state as plain named tensors so a checkpoint stores and restores it exactly; and the schedules.
+// AdamW with decoupled weight decay (Loshchilov & Hutter), the update of torch.optim.AdamW; and the
+// learning-rate schedules. Weight decay applies to matrices only (not biases or norm weights).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <string>
-#include <utility>
-#include <vector>
 
 namespace lf {
 
@@ -14,24 +12,11 @@ struct AdamWConfig {
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
 };
 
-class AdamW {
- public:
-  // Parameters by name; weight decay applies to matrices only (not biases or norm weights).
-  AdamW(std::vector<std::pair<std::string, at::Tensor>> params, AdamWConfig config);
-  void step(double lr);
-  void zero_grad();
-  int64_t steps() const { return step_; }
-  // exp_avg.<name>, exp_avg_sq.<name> — and restore from the same.
-  std::vector<std::pair<std::string, at::Tensor>> state() const;
-  void load_state(const std::vector<std::pair<std::string, at::Tensor>>& state, int64_t steps);
-  const std::vector<std::pair<std::string, at::Tensor>>& params() const { return params_; }
-
- private:
-  std::vector<std::pair<std::string, at::Tensor>> params_;
-  std::vector<at::Tensor> exp_avg_, exp_avg_sq_;
-  AdamWConfig config_;
-  int64_t step_ = 0;
-};
+// One AdamW update of `param` in place (torch.optim.AdamW's arithmetic), with its moments `exp_avg`
+// and `exp_avg_sq`; `step` is 1-based. Elementwise, so any slicing of a flat parameter space gives
+// the same numbers: the sharded optimizer (sharded_adamw.h) updates slices of parameters with it.
+void adamw_update(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, double lr,
+                  int64_t step, const AdamWConfig& config, bool decay);
 
 struct ScheduleConfig {
   std::string kind = "cosine";  // constant | linear | cosine

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <optional>
 
 #include "align/vocab_map.h"
 #include "core/error.h"
@@ -19,6 +20,7 @@
 #include "train/checkpoint.h"
 #include "train/fusion_data.h"
 #include "train/optimizer.h"
+#include "train/sharded_adamw.h"
 #include "train/run_support.h"
 
 namespace fs = std::filesystem;
@@ -44,14 +46,18 @@ loss::ObjectiveConfig objective_config(const Recipe& r) {
   return c;
 }
 
-// Token-mean cross entropy of the student on an evaluation set.
-double evaluate(const Participant& student, const std::vector<TokenizedSequence>& eval, int64_t batch_size, bool bf16) {
+// Token-mean cross entropy of the student on an evaluation set; each rank takes every world_size-th
+// example and the sums are reduced.
+double evaluate(const Participant& student, const std::vector<TokenizedSequence>& eval, int64_t batch_size, bool bf16,
+                Communicator& comm) {
   at::NoGradGuard no_grad;
   student.model->eval();
+  std::vector<const TokenizedSequence*> mine;
+  for (size_t i = static_cast<size_t>(comm.rank()); i < eval.size(); i += static_cast<size_t>(comm.world_size()))
+    mine.push_back(&eval[i]);
   double loss_sum = 0, tokens = 0;
-  for (size_t start = 0; start < eval.size(); start += batch_size) {
-    std::vector<const TokenizedSequence*> rows;
-    for (size_t i = start; i < std::min(eval.size(), start + batch_size); ++i) rows.push_back(&eval[i]);
+  for (size_t start = 0; start < mine.size(); start += batch_size) {
+    std::vector<const TokenizedSequence*> rows(mine.begin() + start, mine.begin() + std::min(mine.size(), start + batch_size));
     ModelBatch batch = collate(rows, student.pad_id());
     AutocastGuard autocast(student.device.type(), bf16);
     at::Tensor hidden = student.model->hidden_states(batch.input_ids.to(student.device));
@@ -63,14 +69,7 @@ double evaluate(const Participant& student, const std::vector<TokenizedSequence>
     tokens += static_cast<double>(where.size(0));
   }
   student.model->train();
-  return loss_sum / std::max(1.0, tokens);
-}
-
-double grad_norm(const AdamW& optimizer, Communicator& comm) {
-  double sq = 0;
-  for (const auto& [name, p] : optimizer.params())
-    if (p.grad().defined()) sq += p.grad().to(at::kDouble).pow(2).sum().item<double>();
-  return std::sqrt(comm.all_reduce_sum(sq));
+  return comm.all_reduce_sum(loss_sum) / std::max(1.0, comm.all_reduce_sum(tokens));
 }
 
 std::string resolve_resume(const Recipe& recipe, const TrainOptions& options) {
@@ -145,38 +144,53 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
     }
 
   // 4. Optimizer, schedule, sampler, and the state to resume from.
+  //    Each rank sees micro_batch_size examples of every global micro-batch; the optimizer reduces the
+  //    gradients over ranks and shards its state (sharded_adamw.h).
   std::vector<std::pair<std::string, at::Tensor>> params;
   for (auto& item : student.model->named_parameters()) params.emplace_back(item.key(), item.value());
-  AdamW optimizer(params, {tc.adam_beta1, tc.adam_beta2, tc.adam_eps, tc.weight_decay});
+  const ShardingConfig sharding{recipe.dist.zero, static_cast<int64_t>(recipe.dist.bucket_mb * (1 << 20) / 4)};
+  ShardedAdamW optimizer(params, {tc.adam_beta1, tc.adam_beta2, tc.adam_eps, tc.weight_decay}, sharding, comm);
   SamplerConfig sampler_config{tc.micro_batch_size, recipe.run.seed, comm.rank(), comm.world_size()};
   const int64_t batches_per_epoch = Sampler(data.lengths(), sampler_config).batches_per_epoch();
   const int64_t steps_per_epoch = std::max<int64_t>(1, batches_per_epoch / tc.grad_accum);
   const int64_t total_steps = tc.max_steps ? *tc.max_steps : tc.epochs * steps_per_epoch;
   const ScheduleConfig schedule{tc.schedule, tc.lr, static_cast<int64_t>(std::ceil(tc.warmup_ratio * total_steps)), total_steps};
 
-  TrainerState state;
-  state.world_size = comm.world_size();
-  state.recipe_hash = hex64(fnv1a64(recipe_text));
+  const int64_t global_micro_batch = tc.micro_batch_size * comm.world_size();
+  const TrainerState fresh{0, {}, comm.world_size(), global_micro_batch, hex64(fnv1a64(recipe_text)), 0, ""};
+  TrainerState state = fresh;
   if (resume == "auto") {
+    // Every rank must take the same checkpoint: one that fails to load on any rank is skipped by all.
     for (const auto& dir : complete_checkpoints(recipe.run.output_dir)) {
+      std::string failure;
       try {
-        state = read_checkpoint(dir, *student.model, optimizer, comm.rank());
+        state = read_checkpoint(dir, *student.model, optimizer);
+      } catch (const Error& e) {
+        failure = e.one_line();
+      }
+      if (comm.all_reduce_sum(failure.empty() ? 0.0 : 1.0) == 0) {
         spdlog::info("resuming from {} (step {})", dir, state.step);
         break;
-      } catch (const Error& e) {
-        spdlog::warn("skipping checkpoint {}: {}", dir, e.one_line());
-        load_weights_into(*student.model, recipe.student.path);  // undo a partial load
-        optimizer = AdamW(params, {tc.adam_beta1, tc.adam_beta2, tc.adam_eps, tc.weight_decay});
-        state = TrainerState{0, {}, comm.world_size(), state.recipe_hash, 0, ""};
       }
+      spdlog::warn("skipping checkpoint {}: {}", dir, failure.empty() ? "it failed to load on another rank" : failure);
+      load_weights_into(*student.model, recipe.student.path);  // undo a partial load
+      optimizer.reset_state();
+      state = fresh;
     }
   } else if (!resume.empty()) {
-    state = read_checkpoint(resume, *student.model, optimizer, comm.rank());
+    state = read_checkpoint(resume, *student.model, optimizer);
     spdlog::info("resuming from {} (step {})", resume, state.step);
   }
-  if (state.world_size != comm.world_size())
-    throw InputError("the checkpoint was written with " + std::to_string(state.world_size) + " rank(s), this run has " +
-                     std::to_string(comm.world_size()), "resume with the same world size");
+  // The data cursor counts global micro-batches: it means the same thing only for the same global
+  // micro-batch. The optimizer state itself reshards to any world size.
+  const int64_t saved_global = state.global_micro_batch > 0 ? state.global_micro_batch : global_micro_batch;
+  if (saved_global != global_micro_batch)
+    throw InputError("the checkpoint was written with a global micro-batch of " + std::to_string(saved_global) +
+                         " (micro_batch_size x ranks), this run has " + std::to_string(tc.micro_batch_size) + " x " +
+                         std::to_string(comm.world_size()),
+                     "set train.micro_batch_size so that micro_batch_size x ranks = " + std::to_string(saved_global));
+  state.world_size = comm.world_size();
+  state.global_micro_batch = global_micro_batch;
   Sampler sampler(data.lengths(), sampler_config, state.cursor);
   const loss::ObjectiveConfig objective = objective_config(recipe);
   // Teacher mixing weights (uniform or normalised `weights`; min_ce re-weights per sequence later).
@@ -187,14 +201,20 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
     for (size_t s = 0; s < teachers.size(); ++s) mix_weights[s] = recipe.teachers[s].weight / total;
   }
 
-  spdlog::info("training {} for {} steps ({} micro-batches of {} per epoch, grad_accum {}, {} teacher(s), {}, {})",
-               recipe.student.path, total_steps, batches_per_epoch, tc.micro_batch_size, tc.grad_accum, teachers.size(),
-               tc.precision, student.device.str());
-  MetricsLog metrics((fs::path(recipe.run.output_dir) / "metrics.jsonl").string(), total_steps, state.step);
+  spdlog::info("training {} for {} steps ({} micro-batches of {} x {} rank(s) per epoch, grad_accum {}, {} teacher(s), "
+               "{}, {}, zero {})",
+               recipe.student.path, total_steps, batches_per_epoch, tc.micro_batch_size, comm.world_size(), tc.grad_accum,
+               teachers.size(), tc.precision, student.device.str(), recipe.dist.zero);
+  // Rank 0 alone writes the logs.
+  std::optional<MetricsLog> metrics;
+  if (comm.is_main()) metrics.emplace((fs::path(recipe.run.output_dir) / "metrics.jsonl").string(), total_steps, state.step);
+  auto log_line = [&](const nlohmann::json& line) {
+    if (metrics) metrics->write(line.dump());
+  };
 
   // 5. The loop: one optimizer step per iteration, each over grad_accum micro-batches.
   auto checkpoint = [&] {
-    write_checkpoint(recipe.run.output_dir, *student.model, optimizer, state, comm.rank(), student.tokenizer_dir,
+    write_checkpoint(recipe.run.output_dir, *student.model, optimizer, state, comm, student.tokenizer_dir,
                      recipe.checkpoint.keep_last);
   };
   while (state.step < total_steps) {
@@ -231,9 +251,8 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
       parts += loss::backward_fusion_loss(side, sides, objective, counts);
     }
     for (double* term : {&parts.total, &parts.sft, &parts.token, &parts.graph}) *term = comm.all_reduce_sum(*term);
-    for (const auto& [name, p] : optimizer.params())
-      if (p.grad().defined()) comm.all_reduce_sum(p.mutable_grad());
-    const double norm = grad_norm(optimizer, comm);
+    optimizer.reduce_gradients();
+    const double norm = optimizer.grad_norm();
 
     // A non-finite loss or gradient never reaches the weights.
     std::string bad;
@@ -250,12 +269,7 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
       spdlog::warn("step {}: non-finite {}; step skipped (train.skip_nonfinite)", state.step + 1, bad);
       skipped = true;
     } else {
-      if (tc.clip_grad > 0 && norm > tc.clip_grad) {
-        at::NoGradGuard no_grad;
-        const double scale = tc.clip_grad / (norm + 1e-6);
-        for (const auto& [name, p] : optimizer.params())
-          if (p.grad().defined()) p.mutable_grad().mul_(scale);
-      }
+      if (tc.clip_grad > 0 && norm > tc.clip_grad) optimizer.scale_gradients(tc.clip_grad / (norm + 1e-6));
       optimizer.step(lr);
     }
     optimizer.zero_grad();
@@ -264,34 +278,37 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
     state.tokens_seen += counts.tokens;
 
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
-    if (comm.is_main() && (state.step % recipe.log.every_steps == 0 || state.step == total_steps || state.step == 1)) {
+    if (state.step % recipe.log.every_steps == 0 || state.step == total_steps || state.step == 1) {
+      const double all_input_tokens = comm.all_reduce_sum(input_tokens);  // collective: every rank calls it
       nlohmann::json line = {{"step", state.step}, {"epoch", state.cursor.epoch}, {"lr", lr}, {"loss", parts.total},
                              {"sft", parts.sft}, {"token", parts.token}, {"graph", parts.graph}, {"grad_norm", norm},
-                             {"tokens_per_s", comm.all_reduce_sum(input_tokens) / seconds},
+                             {"tokens_per_s", all_input_tokens / seconds},
                              {"peak_memory_bytes", peak_memory_bytes(student.device)}, {"skipped", skipped}};
-      metrics.write(line.dump());
-      metrics.progress(state.step, parts.total, lr);
+      log_line(line);
+      if (metrics) metrics->progress(state.step, parts.total, lr);
       spdlog::debug("{}", line.dump());
     }
     if (!eval_set.empty() && tc.eval_every_steps > 0 && state.step % tc.eval_every_steps == 0 && state.step < total_steps) {
-      const double eval_loss = evaluate(student, eval_set, tc.micro_batch_size, bf16);
-      metrics.write(nlohmann::json({{"step", state.step}, {"eval_loss", eval_loss}, {"eval_ppl", std::exp(eval_loss)}}).dump());
+      const double eval_loss = evaluate(student, eval_set, tc.micro_batch_size, bf16, comm);
+      log_line({{"step", state.step}, {"eval_loss", eval_loss}, {"eval_ppl", std::exp(eval_loss)}});
     }
     if (recipe.checkpoint.every_steps > 0 && state.step % recipe.checkpoint.every_steps == 0 && state.step < total_steps)
       checkpoint();
-    if (const int signal = stop_requested()) {
-      metrics.finish_progress();
+    // Ranks stop together: a signal that reached any rank stops all of them after this step.
+    if (comm.all_reduce_sum(stop_requested() ? 1.0 : 0.0) > 0) {
+      const int signal = stop_requested();  // 0 on a rank that the signal did not reach
+      if (metrics) metrics->finish_progress();
       checkpoint();
       spdlog::warn("stopped by signal {} after step {}; checkpoint written, continue with --resume auto", signal, state.step);
       return kExitPreempted;
     }
   }
-  metrics.finish_progress();
+  if (metrics) metrics->finish_progress();
 
   // 6. Evaluation and the final model, in the student's dtype and Hugging Face layout.
   if (!eval_set.empty()) {
-    const double eval_loss = evaluate(student, eval_set, tc.micro_batch_size, bf16);
-    metrics.write(nlohmann::json({{"step", state.step}, {"eval_loss", eval_loss}, {"eval_ppl", std::exp(eval_loss)}}).dump());
+    const double eval_loss = evaluate(student, eval_set, tc.micro_batch_size, bf16, comm);
+    log_line({{"step", state.step}, {"eval_loss", eval_loss}, {"eval_ppl", std::exp(eval_loss)}});
     spdlog::info("eval loss {:.4f} (perplexity {:.3f})", eval_loss, std::exp(eval_loss));
   }
   if (comm.is_main()) {

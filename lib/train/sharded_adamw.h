@@ -1,0 +1,79 @@
+// Data-parallel AdamW over one flat parameter space, with ZeRO-style sharding of its state.
+//
+// The student's parameters and their gradients become views into two flat float32 buffers (padded
+// to a multiple of the world size), so autograd accumulates every micro-batch's gradient straight
+// into the buffer that the collectives reduce, in buckets, with no copies. Rank r owns the slice
+// [r*S, (r+1)*S) of the flat space (S = padded / world size):
+//   zero 0: gradients all-reduced; every rank keeps all AdamW state and updates all parameters (DDP).
+//   zero 1: gradients all-reduced; each rank keeps AdamW state for its slice only, updates its slice
+//           of the parameters, and the slices are all-gathered.
+//   zero 2: as 1, but gradients are reduce-scattered (each rank receives only its slice's sum: half
+//           the traffic of an all-reduce).
+// Every rank checkpoints the state of its owned slice with the slice's flat offsets, so a checkpoint
+// can be reassembled at any world size and stage.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "dist/communicator.h"
+#include "train/optimizer.h"
+
+namespace lf {
+
+struct ShardingConfig {
+  int64_t zero_stage = 0;              // 0, 1 or 2
+  int64_t bucket_numel = 25 << 18;     // elements per collective call (25 MiB of float32)
+};
+
+// The AdamW state of one contiguous range [begin, end) of the flat space of `total` elements.
+struct OptimizerShard {
+  int64_t begin = 0, end = 0, total = 0;
+  at::Tensor exp_avg, exp_avg_sq;  // float32, end - begin elements
+};
+
+class ShardedAdamW {
+ public:
+  // `params` (name, tensor) in a fixed order, all float32 on one device; they are re-pointed into the
+  // flat buffer here and their .grad set to views of the flat gradient.
+  ShardedAdamW(std::vector<std::pair<std::string, at::Tensor>> params, AdamWConfig config, ShardingConfig sharding,
+               Communicator& comm);
+
+  // After the backward passes of a step: sums the gradients over ranks (all of them at zero 0/1, this
+  // rank's slice at zero 2).
+  void reduce_gradients();
+  // L2 norm of the summed gradient (every rank gets the same number).
+  double grad_norm();
+  void scale_gradients(double factor);
+  // AdamW on this rank's slice (all of it at zero 0), then the updated slices are all-gathered.
+  void step(double lr);
+  void zero_grad();
+
+  int64_t steps() const { return step_; }
+  int64_t numel() const { return total_; }
+  // The state of the slice this rank owns, for its checkpoint file.
+  OptimizerShard owned_state() const;
+  // Restores from the shards of a checkpoint written at any world size; InputError when they do not
+  // cover what this rank needs or were written for another parameter layout.
+  void load_state(const std::vector<OptimizerShard>& shards, int64_t steps);
+  void reset_state();  // back to a fresh optimizer (after a checkpoint that failed to load)
+  const std::vector<std::pair<std::string, at::Tensor>>& params() const { return params_; }
+
+ private:
+  at::Tensor owned(const at::Tensor& flat) const { return flat.narrow(0, comm_.rank() * shard_, shard_); }
+
+  std::vector<std::pair<std::string, at::Tensor>> params_;
+  std::vector<int64_t> offsets_;
+  AdamWConfig config_;
+  ShardingConfig sharding_;
+  Communicator& comm_;
+  int64_t total_ = 0, shard_ = 0, padded_ = 0;
+  int64_t state_begin_ = 0;  // the flat offset of exp_avg_[0]: 0 at zero 0, rank * shard at 1 and 2
+  at::Tensor flat_params_, flat_grads_, exp_avg_, exp_avg_sq_;
+  int64_t step_ = 0;
+};
+
+}  // namespace lf

@@ -1,0 +1,196 @@
+"""Data-parallel training on CPU under mpirun (2 and 3 ranks): the loss curve and final weights equal
+one process with the same global batch; ZeRO-1/2 runs equal the unsharded one; a rank killed mid-run
+ends the job instead of hanging it; and a resume after the kill reproduces the uninterrupted run, at
+the same world size and (through resharded optimizer state) at another."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import BINARY
+from test_train_e2e import metrics, recipe, weights, workspace  # noqa: F401 (workspace is a fixture)
+
+MPIRUN = shutil.which("mpirun")
+
+
+def _built_with_mpi():
+    if not BINARY.exists():
+        return False
+    out = subprocess.run([str(BINARY), "version"], capture_output=True, text=True).stdout
+    return "cpu (MPI) built" in out
+
+
+pytestmark = [
+    pytest.mark.skipif(MPIRUN is None, reason="mpirun is missing (scripts/setup.sh installs openmpi-bin)"),
+    pytest.mark.skipif(not _built_with_mpi(), reason="logitfuse was built without MPI (LOGITFUSE_MPI)"),
+]
+
+# Six examples per global micro-batch, two micro-batches per step: 1×6, 2×3 and 3×2 see the same data.
+GLOBAL = 6
+COMMON = {"train.grad_accum": 2, "train.max_steps": 6, "checkpoint.every_steps": 0, "data.eval": "null"}
+
+
+def mpirun_command(ranks, args, run_id):
+    # As root mpirun needs --allow-run-as-root; the machine may have fewer cores than ranks.
+    return [MPIRUN, "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-np", str(ranks),
+            "--mca", "btl_vader_single_copy_mechanism", "none", "-x", "OMP_NUM_THREADS=1",
+            "-x", f"LOGITFUSE_TEST_RUN={run_id}", str(BINARY), *map(str, args)]
+
+
+def train(ranks, root, out, resume=False, expect=0, **overrides):
+    path, args = recipe(root, out, **{**COMMON, "train.micro_batch_size": GLOBAL // ranks, **overrides})
+    command = ["train", path, *args, *(["--resume", "auto"] if resume else [])]
+    if ranks == 1:
+        proc = subprocess.run([str(BINARY), *map(str, command)], capture_output=True, text=True, timeout=600)
+    else:
+        proc = subprocess.run(mpirun_command(ranks, command, uuid.uuid4().hex), capture_output=True, text=True,
+                              timeout=600)
+    assert proc.returncode == expect, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
+
+
+def losses(out):
+    return [x for x in metrics(out) if "loss" in x]
+
+
+def assert_same_run(a, b, rel=1e-4):
+    """Same losses to `rel`, and the same weights to float rounding. AdamW divides by the root of the
+    gradient's second moment, so in the few elements whose gradient is near zero (LM-head rows of
+    rare tokens) rounding differences of the summation order grow to a fraction of one update (lr 3e-3):
+    the bound is on the worst element (a tenth of an update) and on the mean (1e-4 of an update)."""
+    ma, mb = losses(a), losses(b)
+    assert [x["step"] for x in ma] == [x["step"] for x in mb]
+    for x, y in zip(ma, mb):
+        for term in ("loss", "sft", "token", "graph", "grad_norm", "lr"):
+            assert x[term] == pytest.approx(y[term], rel=rel, abs=1e-7), (x["step"], term)
+    wa, wb = weights(Path(a) / "final"), weights(Path(b) / "final")
+    assert wa.keys() == wb.keys()
+    worst = max((wa[n] - wb[n]).abs().max().item() for n in wa)
+    mean = max((wa[n] - wb[n]).abs().mean().item() for n in wa)
+    assert worst < 3e-4 and mean < 3e-7, f"final weights differ by {worst:.3g} at most, {mean:.3g} on average"
+
+
+@pytest.fixture(scope="module")
+def single(workspace, tmp_path_factory):
+    out = tmp_path_factory.mktemp("single") / "run"
+    train(1, workspace, out)
+    return out
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_data_parallel_equals_one_process_with_the_same_global_batch(workspace, single, tmp_path, ranks):
+    proc = train(ranks, workspace, tmp_path / "dp")
+    assert f"mpi (CPU) (mpi: rank 0 of {ranks}" in proc.stderr  # the communicator is logged once, by rank 0
+    assert len(losses(tmp_path / "dp")) == 6  # rank 0 alone writes the metrics
+    assert_same_run(single, tmp_path / "dp")
+
+
+@pytest.mark.parametrize("zero", [1, 2])
+def test_zero_sharded_optimizer_equals_the_unsharded_run(workspace, single, tmp_path, zero):
+    # Weight decay on, so the per-parameter decay rule is exercised on the shards too.
+    train(2, workspace, tmp_path / "zero", **{"dist.zero": zero, "train.weight_decay": 0.1})
+    train(1, workspace, tmp_path / "plain", **{"train.weight_decay": 0.1})
+    assert_same_run(tmp_path / "plain", tmp_path / "zero")
+
+
+def rank_pid(run_id, rank):
+    """The pid of one rank of an mpirun job, found by the job's marker in its environment."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+            cmd = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if (f"LOGITFUSE_TEST_RUN={run_id}".encode() in env and f"OMPI_COMM_WORLD_RANK={rank}".encode() in env
+                and b"logitfuse" in cmd and b"mpirun" not in cmd):
+            return int(entry.name)
+    return None
+
+
+def start_and_kill_rank(ranks, root, out, until, victim=1, **overrides):
+    """Starts an mpirun job, SIGKILLs rank `victim` once `until()` holds, and returns the job's exit
+    status and how long the other ranks took to end."""
+    path, args = recipe(root, out, **{**COMMON, "train.micro_batch_size": GLOBAL // ranks, **overrides})
+    run_id = uuid.uuid4().hex
+    proc = subprocess.Popen(mpirun_command(ranks, ["train", path, *args], run_id), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and not until() and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the job ended before the kill: " + proc.communicate()[1].decode()[-2000:]
+    pid = rank_pid(run_id, victim)
+    assert pid is not None, "rank process not found"
+    os.kill(pid, signal.SIGKILL)
+    killed = time.time()
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the surviving ranks hung for 60 s after a peer was killed")
+    survivors = [r for r in range(ranks) if r != victim and rank_pid(run_id, r) is not None]
+    return proc.returncode, time.time() - killed, survivors, err.decode()
+
+
+def test_killing_one_rank_ends_the_job_with_an_error(workspace, tmp_path):
+    out = tmp_path / "run"
+    status, seconds, survivors, err = start_and_kill_rank(
+        3, workspace, out, lambda: len(losses(out)) >= 2 if (out / "metrics.jsonl").exists() else False,
+        **{"train.max_steps": 200})
+    print(f"killed rank 1 of 3: mpirun exited {status} after {seconds:.1f} s")
+    assert status != 0, err
+    assert not survivors, f"ranks {survivors} are still running"
+    assert seconds < 60
+    assert not (out / "final").exists()
+
+
+def test_resume_after_a_killed_rank_reproduces_the_uninterrupted_run(workspace, tmp_path):
+    every = {"checkpoint.every_steps": 2, "checkpoint.keep_last": 3}
+    train(2, workspace, tmp_path / "ref", **every)
+    cut = tmp_path / "cut"
+    status, _, _, err = start_and_kill_rank(
+        2, workspace, cut, lambda: (cut / "checkpoints" / "step_000004" / "DONE").exists(), **every)
+    assert status != 0, err
+    step4 = cut / "checkpoints" / "step_000004"
+    assert (step4 / "optimizer.rank00000.safetensors").exists() and (step4 / "optimizer.rank00001.safetensors").exists()
+    # Another copy of the checkpoint, for the resume at another world size below.
+    resharded = tmp_path / "resharded"
+    (resharded / "checkpoints").mkdir(parents=True)
+    shutil.copytree(step4, resharded / "checkpoints" / "step_000004")
+    (resharded / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in metrics(cut) if x["step"] <= 4))
+
+    train(2, workspace, cut, resume=True, **every)
+    wr, wc = weights(tmp_path / "ref" / "final"), weights(cut / "final")
+    for name in wr:
+        assert torch.equal(wr[name], wc[name]), f"{name} differs after the resume"
+    # Three ranks (ZeRO-1) continue the two-rank checkpoint: the optimizer state is resharded.
+    proc = train(3, workspace, resharded, resume=True, **every, **{"dist.zero": 1})
+    assert "resuming from" in proc.stderr and "step_000004" in proc.stderr
+    assert_same_run(tmp_path / "ref", resharded)
+
+
+def test_a_changed_global_batch_is_refused_on_resume(workspace, tmp_path):
+    every = {"checkpoint.every_steps": 2, "train.max_steps": 3}
+    train(2, workspace, tmp_path / "run", **every)
+    shutil.rmtree(tmp_path / "run" / "final")
+    path, args = recipe(workspace, tmp_path / "run", **{**COMMON, **every, "train.micro_batch_size": 2,
+                                                         "train.max_steps": 4})
+    proc = subprocess.run([str(BINARY), "train", path, *args, "--resume", "auto"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "global micro-batch of 6" in proc.stderr, proc.stderr
+
+
+def test_cpu_backend_with_several_ranks_needs_mpirun(workspace, tmp_path):
+    path, args = recipe(workspace, tmp_path / "run", **COMMON)
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533"}
+    proc = subprocess.run([str(BINARY), "train", path, *args, "dist.backend=cpu"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and "mpirun" in proc.stderr, proc.stderr
+    proc = subprocess.run([str(BINARY), "train", path, *args, "dist.zero=3"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "ZeRO-3" in proc.stderr and "not yet available" in proc.stderr, proc.stderr
