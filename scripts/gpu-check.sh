@@ -3,7 +3,8 @@
 # torch 2.11.0+cu130, transformers and tokenizers). Run scripts/fetch-gpu-deps.sh here first and
 # carry .deps. It unpacks the Debian packages into a prefix, builds with CUDA for Hopper, runs the
 # unit tests, the oracle tests (CPU and CUDA device), and the benchmarks on the GPU.
-#   device run: bash scripts/gpu-check.sh      (carry: [".deps"])
+#   device run: bash scripts/gpu-check.sh      (carry: [".deps/debs", ".deps/wheels"])
+# Order: the CUDA kernels' tests and benchmark first (they need the GPU most), then everything else.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -35,8 +36,33 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a}
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLOGITFUSE_CUDA=ON \
   -DCMAKE_PREFIX_PATH="$torch_prefix;$PREFIX/usr;$PREFIX/usr/lib/x86_64-linux-gnu/cmake;$PREFIX/usr/share/cmake" \
   -DCMAKE_INCLUDE_PATH="$PREFIX/usr/include" -DCMAKE_LIBRARY_PATH="$PREFIX/usr/lib/x86_64-linux-gnu" >/dev/null || exit 1
-ninja -C "$BUILD" -j "$(nproc)" > "$BUILD.log" 2>&1 || { tail -40 "$BUILD.log"; exit 1; }
+ninja -C "$BUILD" -j "$(nproc)" > "$BUILD.log" 2>&1 || { grep -B2 -A12 -m3 "error" "$BUILD.log" | head -60; tail -20 "$BUILD.log"; exit 1; }
 "$BUILD/bin/logitfuse" version
+
+step "CUDA kernel tests (issue 7)"
+"$BUILD/bin/logitfuse_tests" "[cuda]" 2>&1 | tail -60 || status=1
+if command -v compute-sanitizer >/dev/null || [ -x /usr/local/cuda/bin/compute-sanitizer ]; then
+  sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  step "CUDA kernel tests under compute-sanitizer memcheck (small shapes)"
+  LOGITFUSE_KERNEL_TEST_SMALL=1 timeout 150 "$sanitizer" --tool memcheck --error-exitcode 1 \
+    "$BUILD/bin/logitfuse_tests" "[cuda]" 2>&1 | tail -30
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+else
+  echo "compute-sanitizer not found: memcheck skipped"
+fi
+
+step "kernel benchmark (fused vs copy bandwidth vs LibTorch)"
+"$BUILD/bin/logitfuse" --log-level warn bench kernels --device cuda || status=1
+"$BUILD/bin/logitfuse" --log-level warn bench kernels --device cuda --rows 1024 --dlf-dtype bf16 --skip-aten 2>&1 \
+  | tail -3 || status=1
+
+for extra in scripts/gpu-check.d/*.sh; do
+  [ -e "$extra" ] || continue
+  step "$extra"
+  BUILD=$BUILD timeout 120 bash "$extra" || status=1
+done
+
+if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then step "GPU_CHECK_QUICK=1: stopping before the full test suites (status $status)"; exit $status; fi
 
 step "unit tests"
 ctest --test-dir "$BUILD" -j 8 --output-on-failure 2>&1 | tail -5 || status=1
@@ -44,9 +70,9 @@ ctest --test-dir "$BUILD" -j 8 --output-on-failure 2>&1 | tail -5 || status=1
 step "oracle tests (models on CPU and CUDA)"
 export LOGITFUSE_BIN=$BUILD/bin/logitfuse LOGITFUSE_TEST_DEVICES=cpu,cuda
 # test_gld_pot.py needs POT (not carried; CPU-only checks that CI runs).
-python3 -m pytest tests/oracle -q -p no:cacheprovider --ignore=tests/oracle/test_gld_pot.py 2>&1 | tail -8 || status=1
+python3 -m pytest tests/oracle -q -p no:cacheprovider -x --ignore=tests/oracle/test_gld_pot.py 2>&1 | tail -8 || status=1
 
-step "benchmarks on the GPU"
+step "loss-term benchmark on the GPU (ratios to cross entropy)"
 python3 bench/loss_terms.py --device cuda --dtype bf16 --rows 4096 --vocab 151936 --k 10 --iters 20 --binary "$BUILD/bin/logitfuse" || status=1
 
 step "done (status $status)"

@@ -25,6 +25,7 @@ void add_bench(CLI::App& root) {
   add_bench_tokenize(*bench);
   add_bench_dlf(*bench);
   add_bench_loss(*bench);
+  add_bench_kernels(*bench);
   CLI::App* cmd = bench->add_subcommand("forward", "Forward-pass throughput of a model on random token ids");
   cmd->add_option("--model", opt->model, "model directory")->required();
   cmd->add_option("--batch", opt->batch)->capture_default_str();

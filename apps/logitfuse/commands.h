@@ -25,5 +25,7 @@ void add_bench_tokenize(CLI::App& bench);
 void add_bench_dlf(CLI::App& bench);
 // `bench loss`, likewise.
 void add_bench_loss(CLI::App& bench);
+// `bench kernels`: the fused logit kernels vs copy bandwidth and LibTorch.
+void add_bench_kernels(CLI::App& bench);
 
 }  // namespace lf::app

@@ -7,6 +7,10 @@
 
 #include "core/error.h"
 
+#ifdef LOGITFUSE_HAVE_CUDA
+#include "kernels/cuda/kernels_cuda.h"
+#endif
+
 namespace lf::kernels {
 
 namespace {
@@ -120,10 +124,19 @@ DlfSolve dlf_solve(const at::Tensor& z_large, const at::Tensor& z_small, const s
                    const std::vector<double>& grid, const DlfOptions& options) {
   check_inputs(z_large, z_small, experts, grid);
   at::NoGradGuard no_grad;
+#ifdef LOGITFUSE_HAVE_CUDA
+  if (options.backend == Backend::automatic && cuda::supports(z_large) &&
+      static_cast<int64_t>(experts.size()) <= cuda::kMaxDlfExperts && grid.size() <= 256 && z_large.size(0) <= 65535) {
+    cuda::DlfSolveCuda c = cuda::dlf_solve(z_large, z_small, experts, grid, options.fused);
+    return {c.expert, c.alpha, c.objective, c.fused, c.all_objectives,
+            c.kl_forward, c.kl_reverse, c.small_kl_forward, c.small_kl_reverse};
+  }
+#endif
   const auto type = compute_type(z_large);
   const int64_t rows = z_large.size(0), vocab = z_large.size(1);
   const int64_t block = options.row_block > 0 ? options.row_block : std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(vocab, 1));
-  std::vector<at::Tensor> expert_parts, alpha_parts, objective_parts, fused_parts, all_parts;
+  std::vector<at::Tensor> expert_parts, alpha_parts, objective_parts, fused_parts, all_parts, kf_parts, kr_parts, k1_parts,
+      k2_parts;
   for (int64_t start = 0; start < rows; start += block) {
     const int64_t n = std::min(block, rows - start);
     const at::Tensor zl = widen(z_large.narrow(0, start, n), type);
@@ -137,19 +150,27 @@ DlfSolve dlf_solve(const at::Tensor& z_large, const at::Tensor& z_small, const s
       kf.push_back(kls.forward);
       kr.push_back(kls.reverse);
     }
-    Choice c = choose(at::stack(kf, 1), at::stack(kr, 1), k1, k2, grid_tensor(grid, zl));
+    kf_parts.push_back(at::stack(kf, 1));
+    kr_parts.push_back(at::stack(kr, 1));
+    k1_parts.push_back(k1);
+    k2_parts.push_back(k2);
+    Choice c = choose(kf_parts.back(), kr_parts.back(), k1, k2, grid_tensor(grid, zl));
     expert_parts.push_back(c.expert);
     alpha_parts.push_back(c.alpha);
     objective_parts.push_back(c.objective);
     all_parts.push_back(c.objectives);
-    fused_parts.push_back(fuse(zl, zs, ze, c.expert, c.alpha));
+    if (options.fused) fused_parts.push_back(fuse(zl, zs, ze, c.expert, c.alpha));
   }
   DlfSolve out;
   out.expert = at::cat(expert_parts);
   out.alpha = at::cat(alpha_parts);
   out.objective = at::cat(objective_parts);
   out.all_objectives = at::cat(all_parts);
-  out.fused = at::cat(fused_parts);
+  if (options.fused) out.fused = at::cat(fused_parts);
+  out.kl_forward = at::cat(kf_parts);
+  out.kl_reverse = at::cat(kr_parts);
+  out.small_kl_forward = at::cat(k1_parts);
+  out.small_kl_reverse = at::cat(k2_parts);
   return out;
 }
 

@@ -1,6 +1,7 @@
 // The Dynamic Logit Fusion α solve (method.md §4), behind the same narrow "logit hot path" interface
-// as logit_stats.h: this is the LibTorch implementation (CPU and CUDA through ATen); a fused CUDA
-// kernel can replace the body of dlf_solve without the decoder changing.
+// as logit_stats.h: CUDA tensors take the fused kernel of lib/kernels/cuda (each row of every input
+// read once, masked −inf vocabulary entries left out); everything else takes the LibTorch
+// implementation below, which is also the kernel's test oracle.
 //
 // Per row, with Δ_t = z_t − z_S and A(α) = logsumexp(z_L + αΔ_t):
 //   KL(P̃_α‖P) = α·E_{P̃_α}[Δ_t] − A(α) + A(0)      KL(P‖P̃_α) = −α·E_P[Δ_t] + A(α) − A(0)
@@ -13,6 +14,8 @@
 
 #include <vector>
 
+#include "kernels/logit_stats.h"
+
 namespace lf::kernels {
 
 struct DlfSolve {
@@ -21,6 +24,8 @@ struct DlfSolve {
   at::Tensor objective;  // [N] J at that (expert, α)
   at::Tensor fused;      // [N, V] z_L + α·(z_expert − z_S) (compute dtype)
   at::Tensor all_objectives;  // [N, m, G] J for every expert and grid point (for tests and traces)
+  at::Tensor kl_forward, kl_reverse;              // [N, m, G] KL(P̃_α‖P), KL(P‖P̃_α) per expert and α
+  at::Tensor small_kl_forward, small_kl_reverse;  // [N, m] KL(Q_u‖Q), KL(Q‖Q_u)
 };
 
 struct DlfOptions {
@@ -28,6 +33,8 @@ struct DlfOptions {
   // dtype besides inputs and output, whatever G is (never [N, G, V]); 0 = automatic: as many rows as
   // fit 2^20 values (4 MiB per buffer in float32).
   int64_t row_block = 0;
+  Backend backend = Backend::automatic;  // aten forces the LibTorch path (benchmarks, tests)
+  bool fused = true;                     // also compute the fused logits
 };
 
 // z_large, z_small and every expert are [N, V] logits over one shared vocabulary (any float dtype,

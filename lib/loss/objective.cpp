@@ -48,10 +48,10 @@ RowSummary summarise(const at::Tensor& hidden, const LogitsFn& logits_fn, const 
     const int64_t n = std::min(chunk, L - start);
     at::Tensor h = hidden.index({rows.batch.narrow(0, start, n), rows.time.narrow(0, start, n)});
     at::Tensor logits = logits_fn(h);
-    auto top = kernels::softmax_topk(logits, k, temperature);
+    auto top = kernels::ce_and_softmax_topk(logits, rows.labels.narrow(0, start, n), k, temperature);
     probs.push_back(top.probs);
     ids.push_back(top.ids);
-    ce.push_back(kernels::cross_entropy_rows(logits, rows.labels.narrow(0, start, n)));
+    ce.push_back(top.ce);
   }
   return {at::cat(probs), at::cat(ids), at::cat(ce)};
 }
@@ -197,13 +197,19 @@ LossParts backward_fusion_loss(const StudentSide& student, const std::vector<Tea
     const int64_t n = std::min(c.chunk_rows, L - start);
     at::Tensor h = hidden.index({rows.batch.narrow(0, start, n), rows.time.narrow(0, start, n)});
     at::Tensor logits = student.logits(h);
-    at::Tensor ce = kernels::cross_entropy_rows(logits, rows.labels.narrow(0, start, n));
+    // CE and the graph term's top-k come from one read of the logits (one fused kernel on CUDA).
+    at::Tensor ce, graph_probs;
+    if (graph_grad.defined()) {
+      auto both = kernels::ce_and_softmax_topk(logits, rows.labels.narrow(0, start, n), c.graph_top_k, c.graph_temperature);
+      ce = both.ce;
+      graph_probs = both.probs;
+    } else {
+      ce = kernels::cross_entropy_rows(logits, rows.labels.narrow(0, start, n));
+    }
     sft_sum += ce.detach().sum().item<double>();
     at::Tensor chunk_loss = ce.sum() * ((1.0 - lambda) * inv_tokens);
-    if (graph_grad.defined()) {
-      at::Tensor x = kernels::softmax_topk(logits, c.graph_top_k, c.graph_temperature).probs;
-      chunk_loss = chunk_loss + (x * graph_grad.narrow(0, start, n)).sum() * (lambda * c.graph_weight);
-    }
+    if (graph_probs.defined())
+      chunk_loss = chunk_loss + (graph_probs * graph_grad.narrow(0, start, n)).sum() * (lambda * c.graph_weight);
     for (int64_t s = 0; use_token && s < S; ++s) {
       const auto& a = aligned[s];
       const size_t begin = cursor[s];
