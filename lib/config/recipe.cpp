@@ -140,6 +140,7 @@ void visit(V& v, DistConfig& c) {
   v("zero", c.zero, in_range<int64_t>(0, 3));
   v("bucket_mb", c.bucket_mb, in_range(0.001, 4096.0));
   v("timeout_s", c.timeout_s, greater_than(0.0));
+  v("overlap", c.overlap);
 }
 
 template <class V>

@@ -112,6 +112,7 @@ struct DistConfig {
   int64_t zero = 0;              // optimizer-state sharding: 0 none, 1 AdamW state, 2 also gradients (3: not built)
   double bucket_mb = 25.0;       // gradient all-reduce / reduce-scatter bucket, MiB of float32
   double timeout_s = 600.0;      // a collective that waits longer ends the job (NCCL's watchdog)
+  bool overlap = true;           // start bucket reductions during the last backward pass (zero 0/1)
 };
 
 struct Recipe {

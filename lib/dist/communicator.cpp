@@ -8,6 +8,17 @@
 
 namespace lf {
 
+namespace {
+struct FinishedCollective final : PendingCollective {
+  void wait() override {}
+};
+}  // namespace
+
+std::unique_ptr<PendingCollective> Communicator::all_reduce_sum_async(at::Tensor& tensor) {
+  all_reduce_sum(tensor);
+  return std::make_unique<FinishedCollective>();
+}
+
 double Communicator::all_reduce_sum(double value) {
   if (world_size() == 1) return value;
   at::Tensor t = at::scalar_tensor(value, at::TensorOptions().dtype(at::kDouble)).reshape({1});

@@ -14,6 +14,14 @@
 
 namespace lf {
 
+// A collective in flight: wait() returns once its result is in place (on a GPU: once the current
+// stream is ordered after it). Waiting twice is harmless.
+class PendingCollective {
+ public:
+  virtual ~PendingCollective() = default;
+  virtual void wait() = 0;
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -21,6 +29,10 @@ class Communicator {
   virtual int64_t world_size() const = 0;
   // In-place sum over ranks (a contiguous tensor of any device the backend accepts).
   virtual void all_reduce_sum(at::Tensor& tensor) = 0;
+  // Starts an in-place sum over ranks and returns without waiting, so it can run while the backward
+  // pass goes on. Every rank must start its collectives in the same order. The default runs the
+  // blocking all_reduce_sum and returns a finished handle.
+  virtual std::unique_ptr<PendingCollective> all_reduce_sum_async(at::Tensor& tensor);
   // In place: every rank ends with root's values.
   virtual void broadcast(at::Tensor& tensor, int64_t root) = 0;
   // `input` holds world_size() equal contiguous chunks; `output` (one chunk) receives the sum over

@@ -5,6 +5,8 @@
 #include <mpi.h>
 #include <spdlog/spdlog.h>
 
+#include <vector>
+
 #include <climits>
 #include <cstdlib>
 
@@ -42,6 +44,15 @@ void check_cpu_contiguous(const at::Tensor& t, const char* what) {
 // MPI counts are int: larger tensors go in pieces (all-reduce), or are refused (the trainer's buckets
 // stay far below this).
 constexpr int64_t kMaxCount = INT_MAX / 2;
+
+struct MpiPending final : PendingCollective {
+  std::vector<MPI_Request> requests;
+  void wait() override {
+    if (requests.empty()) return;
+    check(MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE), "MPI_Waitall");
+    requests.clear();
+  }
+};
 
 class MpiCommunicator final : public Communicator {
  public:
@@ -81,6 +92,21 @@ class MpiCommunicator final : public Communicator {
       check(MPI_Allreduce(MPI_IN_PLACE, data + start * element, count, mpi_type(tensor), MPI_SUM, MPI_COMM_WORLD),
             "MPI_Allreduce");
     }
+  }
+
+  std::unique_ptr<PendingCollective> all_reduce_sum_async(at::Tensor& tensor) override {
+    check_cpu_contiguous(tensor, "all_reduce_sum_async");
+    auto pending = std::make_unique<MpiPending>();
+    const int64_t element = tensor.element_size();
+    char* data = static_cast<char*>(tensor.data_ptr());
+    for (int64_t start = 0; start < tensor.numel(); start += kMaxCount) {
+      const int count = static_cast<int>(std::min(kMaxCount, tensor.numel() - start));
+      pending->requests.emplace_back();
+      check(MPI_Iallreduce(MPI_IN_PLACE, data + start * element, count, mpi_type(tensor), MPI_SUM, MPI_COMM_WORLD,
+                           &pending->requests.back()),
+            "MPI_Iallreduce");
+    }
+    return pending;
   }
 
   void broadcast(at::Tensor& tensor, int64_t root) override {

@@ -19,6 +19,16 @@ namespace lf {
 
 namespace {
 
+// c10d's work handle: wait() orders the current stream after the NCCL kernel (and surfaces errors).
+struct NcclPending final : PendingCollective {
+  explicit NcclPending(c10::intrusive_ptr<c10d::Work> work) : work_(std::move(work)) {}
+  void wait() override {
+    if (work_) work_->wait();
+    work_.reset();
+  }
+  c10::intrusive_ptr<c10d::Work> work_;
+};
+
 class NcclCommunicator final : public Communicator {
  public:
   NcclCommunicator(const LaunchEnv& launch, const CommunicatorOptions& options)
@@ -66,6 +76,15 @@ class NcclCommunicator final : public Communicator {
       opts.reduceOp = c10d::ReduceOp::SUM;
       pg_->allreduce(list, opts)->wait();
     });
+  }
+
+  // The gradient buckets are CUDA tensors of this rank's device; anything else takes the blocking path.
+  std::unique_ptr<PendingCollective> all_reduce_sum_async(at::Tensor& tensor) override {
+    if (tensor.device() != device_ || !tensor.is_contiguous()) return Communicator::all_reduce_sum_async(tensor);
+    std::vector<at::Tensor> list{tensor};
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = c10d::ReduceOp::SUM;
+    return std::make_unique<NcclPending>(pg_->allreduce(list, opts));
   }
 
   void broadcast(at::Tensor& tensor, int64_t root) override {

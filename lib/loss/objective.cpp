@@ -256,7 +256,10 @@ LossParts backward_fusion_loss(const StudentSide& student, const std::vector<Tea
   parts.sft = sft_sum * inv_tokens;
   parts.token = token_sum * inv_tokens;
   parts.total = (1.0 - lambda) * parts.sft + lambda * (parts.token + c.graph_weight * parts.graph);
-  if (hidden.grad().defined()) student.hidden.backward(hidden.grad());
+  if (hidden.grad().defined()) {
+    if (student.before_body_backward) student.before_body_backward();
+    student.hidden.backward(hidden.grad());
+  }
   return parts;
 }
 

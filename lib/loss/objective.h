@@ -29,6 +29,9 @@ struct StudentSide {
   at::Tensor hidden;  // [B, T, d], part of the autograd graph
   LogitsFn logits;    // differentiable
   const ModelBatch* batch = nullptr;
+  // Called once the chunked loss is done, right before the backward through the transformer (the
+  // optimizer arms its overlapped gradient reduction there).
+  std::function<void()> before_body_backward;
 };
 
 // A teacher read from a logits cache instead of run: per batch row, the top-k probabilities and

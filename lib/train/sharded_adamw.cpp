@@ -1,6 +1,9 @@
 #include "train/sharded_adamw.h"
 
 #include <ATen/ATen.h>
+#include <spdlog/spdlog.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
 
 #include <algorithm>
 
@@ -44,9 +47,101 @@ ShardedAdamW::ShardedAdamW(std::vector<std::pair<std::string, at::Tensor>> param
   exp_avg_sq_ = at::zeros({state_size}, options);
 }
 
+namespace {
+struct ReadyHook final : torch::autograd::PostAccumulateGradHook {
+  ReadyHook(ShardedAdamW* owner, size_t index) : owner(owner), index(index) {}
+  void operator()(const torch::autograd::Variable&) override { owner->parameter_ready(index); }
+  ShardedAdamW* owner;
+  size_t index;
+};
+}  // namespace
+
+void ShardedAdamW::enable_overlap(const std::vector<std::string>& complete_before) {
+  if (comm_.world_size() == 1 || sharding_.zero_stage == 2) {
+    if (comm_.world_size() > 1) spdlog::info("gradient reduction not overlapped with backward at dist.zero=2");
+    return;
+  }
+  const int64_t buckets = (padded_ + sharding_.bucket_numel - 1) / sharding_.bucket_numel;
+  bucket_params_.assign(buckets, 0);
+  param_buckets_.assign(params_.size(), {});
+  complete_before_.assign(params_.size(), false);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const int64_t numel = params_[i].second.numel();
+    if (numel == 0) continue;
+    for (int64_t b = offsets_[i] / sharding_.bucket_numel; b <= (offsets_[i] + numel - 1) / sharding_.bucket_numel; ++b) {
+      param_buckets_[i].push_back(b);
+      ++bucket_params_[b];
+    }
+    complete_before_[i] =
+        std::find(complete_before.begin(), complete_before.end(), params_[i].first) != complete_before.end();
+    torch::autograd::impl::set_post_acc_grad_hooks(params_[i].second, std::make_unique<ReadyHook>(this, i));
+  }
+  overlap_ = true;
+}
+
+void ShardedAdamW::arm_overlap() {
+  if (!overlap_) return;
+  std::lock_guard<std::mutex> lock(mutex_);
+  bucket_pending_ = bucket_params_;
+  seen_.assign(params_.size(), false);
+  launched_.assign(bucket_params_.size(), false);
+  next_bucket_ = static_cast<int64_t>(bucket_params_.size()) - 1;
+  overlapped_ = 0;
+  in_flight_.clear();
+  armed_ = true;
+  for (size_t i = 0; i < params_.size(); ++i)
+    if (complete_before_[i]) {
+      seen_[i] = true;
+      for (int64_t b : param_buckets_[i]) --bucket_pending_[b];
+    }
+  const int64_t before = next_bucket_;
+  launch_ready_buckets();
+  overlapped_ += before - next_bucket_;
+}
+
+void ShardedAdamW::parameter_ready(size_t index) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!armed_) return;
+  if (seen_[index]) {
+    // A second gradient for a parameter whose bucket is already being summed would be lost.
+    for (int64_t b : param_buckets_[index])
+      if (launched_[b])
+        throw RuntimeFailure("optimizer: gradient of " + params_[index].first +
+                             " arrived after its bucket was reduced (overlapped reduction)",
+                             "set dist.overlap=false and report this");
+    return;
+  }
+  seen_[index] = true;
+  for (int64_t b : param_buckets_[index]) --bucket_pending_[b];
+  const int64_t before = next_bucket_;
+  launch_ready_buckets();
+  overlapped_ += before - next_bucket_;
+}
+
+void ShardedAdamW::launch_ready_buckets() {
+  at::NoGradGuard no_grad;
+  while (next_bucket_ >= 0 && bucket_pending_[next_bucket_] <= 0) {
+    const int64_t start = next_bucket_ * sharding_.bucket_numel;
+    at::Tensor bucket = flat_grads_.narrow(0, start, std::min(sharding_.bucket_numel, padded_ - start));
+    in_flight_.push_back(comm_.all_reduce_sum_async(bucket));
+    launched_[next_bucket_] = true;
+    --next_bucket_;
+  }
+}
+
 void ShardedAdamW::reduce_gradients() {
   if (comm_.world_size() == 1) return;
   at::NoGradGuard no_grad;
+  if (armed_) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    // What the backward did not complete (parameters without a gradient this step), in the same order.
+    for (auto& pending : bucket_pending_) pending = 0;
+    launch_ready_buckets();
+    for (auto& collective : in_flight_) collective->wait();
+    in_flight_.clear();
+    armed_ = false;
+    return;
+  }
   const int64_t world = comm_.world_size();
   if (sharding_.zero_stage < 2) {
     for (int64_t start = 0; start < padded_; start += sharding_.bucket_numel) {

@@ -15,6 +15,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -42,8 +44,22 @@ class ShardedAdamW {
   ShardedAdamW(std::vector<std::pair<std::string, at::Tensor>> params, AdamWConfig config, ShardingConfig sharding,
                Communicator& comm);
 
+  // Overlap of the gradient reduction with the last backward pass of a step (zero 0/1, several ranks;
+  // elsewhere a no-op). Once enabled, gradient hooks watch the parameters; arm_overlap(), called
+  // right before the step's last backward, makes every bucket start its all-reduce as soon as autograd
+  // has accumulated all of its parameters, while the backward goes on. Buckets start in descending
+  // order on every rank (the order gradients arrive in), whatever the timing. `complete_before` names
+  // parameters whose gradient is already final when that backward starts (an untied LM head, fed by
+  // the chunked loss before the body's backward).
+  void enable_overlap(const std::vector<std::string>& complete_before);
+  void arm_overlap();
+  // Called by the gradient hooks: parameter `index` has its gradient of this backward pass.
+  void parameter_ready(size_t index);
+  // Buckets of the last step whose reduction started during the backward pass.
+  int64_t buckets_overlapped() const { return overlapped_; }
+
   // After the backward passes of a step: sums the gradients over ranks (all of them at zero 0/1, this
-  // rank's slice at zero 2).
+  // rank's slice at zero 2); with an armed overlap, starts what is left and waits for all of it.
   void reduce_gradients();
   // L2 norm of the summed gradient (every rank gets the same number).
   double grad_norm();
@@ -74,6 +90,16 @@ class ShardedAdamW {
   int64_t state_begin_ = 0;  // the flat offset of exp_avg_[0]: 0 at zero 0, rank * shard at 1 and 2
   at::Tensor flat_params_, flat_grads_, exp_avg_, exp_avg_sq_;
   int64_t step_ = 0;
+
+  // Overlap state: per bucket the parameters still expected, per parameter its buckets.
+  void launch_ready_buckets();
+  bool overlap_ = false, armed_ = false;
+  std::vector<int64_t> bucket_params_, bucket_pending_;
+  std::vector<std::vector<int64_t>> param_buckets_;
+  std::vector<bool> complete_before_, seen_, launched_;
+  int64_t next_bucket_ = -1, overlapped_ = 0;
+  std::vector<std::unique_ptr<PendingCollective>> in_flight_;
+  std::mutex mutex_;  // hooks run on autograd's device thread on GPUs
 };
 
 }  // namespace lf

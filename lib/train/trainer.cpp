@@ -150,6 +150,8 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
   for (auto& item : student.model->named_parameters()) params.emplace_back(item.key(), item.value());
   const ShardingConfig sharding{recipe.dist.zero, static_cast<int64_t>(recipe.dist.bucket_mb * (1 << 20) / 4)};
   ShardedAdamW optimizer(params, {tc.adam_beta1, tc.adam_beta2, tc.adam_eps, tc.weight_decay}, sharding, comm);
+  // An untied LM head has its final gradient before the transformer's backward starts.
+  if (recipe.dist.overlap) optimizer.enable_overlap({"lm_head.weight"});
   SamplerConfig sampler_config{tc.micro_batch_size, recipe.run.seed, comm.rank(), comm.world_size()};
   const int64_t batches_per_epoch = Sampler(data.lengths(), sampler_config).batches_per_epoch();
   const int64_t steps_per_epoch = std::max<int64_t>(1, batches_per_epoch / tc.grad_accum);
@@ -233,7 +235,8 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
     for (MicroBatch& mb : micro) {
       AutocastGuard autocast(student.device.type(), bf16);
       loss::StudentSide side{student.model->hidden_states(mb.student.input_ids.to(student.device)),
-                             [&](const at::Tensor& h) { return student.logits(h); }, &mb.student};
+                             [&](const at::Tensor& h) { return student.logits(h); }, &mb.student, nullptr};
+      if (&mb == &micro.back()) side.before_body_backward = [&optimizer] { optimizer.arm_overlap(); };
       std::vector<loss::TeacherSide> sides;
       for (size_t s = 0; s < teachers.size(); ++s) {
         at::NoGradGuard no_grad;
@@ -283,6 +286,7 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
       nlohmann::json line = {{"step", state.step}, {"epoch", state.cursor.epoch}, {"lr", lr}, {"loss", parts.total},
                              {"sft", parts.sft}, {"token", parts.token}, {"graph", parts.graph}, {"grad_norm", norm},
                              {"tokens_per_s", all_input_tokens / seconds},
+                             {"buckets_overlapped", optimizer.buckets_overlapped()},
                              {"peak_memory_bytes", peak_memory_bytes(student.device)}, {"skipped", skipped}};
       log_line(line);
       if (metrics) metrics->progress(state.step, parts.total, lr);

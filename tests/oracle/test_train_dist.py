@@ -100,6 +100,21 @@ def test_zero_sharded_optimizer_equals_the_unsharded_run(workspace, single, tmp_
     assert_same_run(tmp_path / "plain", tmp_path / "zero")
 
 
+def test_overlapped_reduction_equals_the_reduction_after_backward(workspace, tmp_path):
+    # Small buckets, so that most start while the backward pass is still running.
+    small = {"dist.bucket_mb": 0.01}
+    train(2, workspace, tmp_path / "overlap", **small)
+    train(2, workspace, tmp_path / "after", **small, **{"dist.overlap": "false"})
+    overlapped = [x["buckets_overlapped"] for x in losses(tmp_path / "overlap")]
+    assert all(n > 0 for n in overlapped), overlapped
+    assert all(x["buckets_overlapped"] == 0 for x in losses(tmp_path / "after"))
+    # The same buckets summed in the same order: identical numbers, not just close ones.
+    for x, y in zip(losses(tmp_path / "overlap"), losses(tmp_path / "after")):
+        assert x["loss"] == y["loss"] and x["grad_norm"] == y["grad_norm"], (x, y)
+    wa, wb = weights(tmp_path / "overlap" / "final"), weights(tmp_path / "after" / "final")
+    assert all(torch.equal(wa[n], wb[n]) for n in wa)
+
+
 def rank_pid(run_id, rank):
     """The pid of one rank of an mpirun job, found by the job's marker in its environment."""
     for entry in Path("/proc").iterdir():
