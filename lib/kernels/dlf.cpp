@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "core/error.h"
 
@@ -37,13 +38,39 @@ at::Tensor row_dot(const at::Tensor& a, const at::Tensor& b) {
   return at::bmm(a.unsqueeze(1), b.unsqueeze(2)).view({a.size(0)});
 }
 
+// A masked vocabulary (entries that are −inf in a model, the same ones in all of them) is left out
+// of every distribution, as the CUDA kernel does: −inf in all the models, and Δ = 0 there instead of
+// −inf − (−inf). Returns the inputs unchanged when nothing is masked.
+struct Masked {
+  at::Tensor zl, zs;
+  std::vector<at::Tensor> experts;
+  at::Tensor keep;  // [rows, V] bool, undefined when nothing is masked
+};
+Masked mask_vocabulary(const at::Tensor& zl, const at::Tensor& zs, const std::vector<at::Tensor>& experts) {
+  at::Tensor keep = zl.isfinite() & zs.isfinite();
+  for (const auto& z : experts) keep = keep & z.isfinite();
+  if (keep.all().item<bool>()) return {zl, zs, experts, at::Tensor()};
+  const at::Tensor minus_inf = at::full({}, -std::numeric_limits<double>::infinity(), zl.options());
+  Masked out{at::where(keep, zl, minus_inf), at::where(keep, zs, minus_inf), {}, keep};
+  for (const auto& z : experts) out.experts.push_back(at::where(keep, z, minus_inf));
+  return out;
+}
+
+// z_t − z_S, 0 at masked entries.
+at::Tensor expert_delta(const at::Tensor& z, const at::Tensor& zs, const at::Tensor& keep) {
+  at::Tensor d = z - zs;
+  return keep.defined() ? at::where(keep, d, at::zeros({}, d.options())) : d;
+}
+
 // KL(Q_u‖Q) and KL(Q‖Q_u) of the small models, [rows, m] each: the shifts the large model should match.
-std::pair<at::Tensor, at::Tensor> small_model_targets(const at::Tensor& log_q, const std::vector<at::Tensor>& experts_blk) {
+std::pair<at::Tensor, at::Tensor> small_model_targets(const at::Tensor& log_q, const std::vector<at::Tensor>& experts_blk,
+                                                      const at::Tensor& keep) {
   const at::Tensor q = log_q.exp();
   std::vector<at::Tensor> fwd, rev;
   for (const auto& z : experts_blk) {
     at::Tensor log_qu = at::log_softmax(z, -1);
     at::Tensor diff = log_qu - log_q;
+    if (keep.defined()) diff = at::where(keep, diff, at::zeros({}, diff.options()));
     fwd.push_back(row_dot(log_qu.exp(), diff));
     rev.push_back(-row_dot(q, diff));
   }
@@ -71,11 +98,11 @@ Choice choose(const at::Tensor& kf, const at::Tensor& kr, const at::Tensor& k1, 
 
 // z_L + α·(z_t − z_S) with t the chosen expert of each row; rows whose expert is not t add exactly 0.
 at::Tensor fuse(const at::Tensor& zl, const at::Tensor& zs, const std::vector<at::Tensor>& experts_blk,
-                const at::Tensor& expert, const at::Tensor& alpha) {
+                const at::Tensor& expert, const at::Tensor& alpha, const at::Tensor& keep) {
   at::Tensor fused = zl.clone();
   for (size_t t = 0; t < experts_blk.size(); ++t) {
     at::Tensor w = at::where(expert == static_cast<int64_t>(t), alpha, at::zeros_like(alpha));
-    fused.add_((experts_blk[t] - zs) * w.unsqueeze(1));
+    fused.add_(expert_delta(experts_blk[t], zs, keep) * w.unsqueeze(1));
   }
   return fused;
 }
@@ -139,14 +166,15 @@ DlfSolve dlf_solve(const at::Tensor& z_large, const at::Tensor& z_small, const s
       k2_parts;
   for (int64_t start = 0; start < rows; start += block) {
     const int64_t n = std::min(block, rows - start);
-    const at::Tensor zl = widen(z_large.narrow(0, start, n), type);
-    const at::Tensor zs = widen(z_small.narrow(0, start, n), type);
-    std::vector<at::Tensor> ze;
-    for (const auto& e : experts) ze.push_back(widen(e.narrow(0, start, n), type));
-    auto [k1, k2] = small_model_targets(at::log_softmax(zs, -1), ze);
+    std::vector<at::Tensor> ze_in;
+    for (const auto& e : experts) ze_in.push_back(widen(e.narrow(0, start, n), type));
+    const Masked masked = mask_vocabulary(widen(z_large.narrow(0, start, n), type), widen(z_small.narrow(0, start, n), type), ze_in);
+    const at::Tensor &zl = masked.zl, &zs = masked.zs;
+    const std::vector<at::Tensor>& ze = masked.experts;
+    auto [k1, k2] = small_model_targets(at::log_softmax(zs, -1), ze, masked.keep);
     std::vector<at::Tensor> kf, kr;
     for (const auto& z : ze) {
-      DlfKls kls = dlf_closed_form_kls(zl, z - zs, grid);
+      DlfKls kls = dlf_closed_form_kls(zl, expert_delta(z, zs, masked.keep), grid);
       kf.push_back(kls.forward);
       kr.push_back(kls.reverse);
     }
@@ -159,7 +187,7 @@ DlfSolve dlf_solve(const at::Tensor& z_large, const at::Tensor& z_small, const s
     alpha_parts.push_back(c.alpha);
     objective_parts.push_back(c.objective);
     all_parts.push_back(c.objectives);
-    if (options.fused) fused_parts.push_back(fuse(zl, zs, ze, c.expert, c.alpha));
+    if (options.fused) fused_parts.push_back(fuse(zl, zs, ze, c.expert, c.alpha, masked.keep));
   }
   DlfSolve out;
   out.expert = at::cat(expert_parts);
@@ -179,21 +207,29 @@ DlfSolve dlf_solve_reference(const at::Tensor& z_large, const at::Tensor& z_smal
   check_inputs(z_large, z_small, experts, grid);
   at::NoGradGuard no_grad;
   const auto type = compute_type(z_large);
-  const at::Tensor zl = widen(z_large, type), zs = widen(z_small, type);
-  std::vector<at::Tensor> ze;
-  for (const auto& e : experts) ze.push_back(widen(e, type));
-  const at::Tensor log_p = at::log_softmax(zl, -1), p = log_p.exp();
-  const at::Tensor log_q = at::log_softmax(zs, -1), q = log_q.exp();
+  std::vector<at::Tensor> ze_in;
+  for (const auto& e : experts) ze_in.push_back(widen(e, type));
+  const Masked masked = mask_vocabulary(widen(z_large, type), widen(z_small, type), ze_in);
+  const at::Tensor &zl = masked.zl, &zs = masked.zs;
+  const std::vector<at::Tensor>& ze = masked.experts;
+  // Σ p·(log p − log p') over the kept entries only (0·(−inf − −inf) would be NaN).
+  auto kl = [&](const at::Tensor& log_a, const at::Tensor& log_b) {
+    at::Tensor terms = log_a.exp() * (log_a - log_b);
+    if (masked.keep.defined()) terms = at::where(masked.keep, terms, at::zeros({}, terms.options()));
+    return terms.sum(-1);
+  };
+  const at::Tensor log_p = at::log_softmax(zl, -1);
+  const at::Tensor log_q = at::log_softmax(zs, -1);
   std::vector<at::Tensor> k1, k2, kf, kr;
   for (const auto& z : ze) {
     const at::Tensor log_qu = at::log_softmax(z, -1);
-    k1.push_back((log_qu.exp() * (log_qu - log_q)).sum(-1));
-    k2.push_back((q * (log_q - log_qu)).sum(-1));
+    k1.push_back(kl(log_qu, log_q));
+    k2.push_back(kl(log_q, log_qu));
     std::vector<at::Tensor> f, r;
     for (double alpha : grid) {
-      const at::Tensor log_pt = at::log_softmax(zl + alpha * (z - zs), -1);
-      f.push_back((log_pt.exp() * (log_pt - log_p)).sum(-1));
-      r.push_back((p * (log_p - log_pt)).sum(-1));
+      const at::Tensor log_pt = at::log_softmax(zl + alpha * expert_delta(z, zs, masked.keep), -1);
+      f.push_back(kl(log_pt, log_p));
+      r.push_back(kl(log_p, log_pt));
     }
     kf.push_back(at::stack(f, 1));
     kr.push_back(at::stack(r, 1));
@@ -204,7 +240,7 @@ DlfSolve dlf_solve_reference(const at::Tensor& z_large, const at::Tensor& z_smal
   out.alpha = c.alpha;
   out.objective = c.objective;
   out.all_objectives = c.objectives;
-  out.fused = fuse(zl, zs, ze, c.expert, c.alpha);
+  out.fused = fuse(zl, zs, ze, c.expert, c.alpha, masked.keep);
   return out;
 }
 

@@ -1,7 +1,7 @@
 // The Dynamic Logit Fusion α solve (method.md §4), behind the same narrow "logit hot path" interface
 // as logit_stats.h: CUDA tensors take the fused kernel of lib/kernels/cuda (each row of every input
-// read once, masked −inf vocabulary entries left out); everything else takes the LibTorch
-// implementation below, which is also the kernel's test oracle.
+// read once); everything else takes the LibTorch implementation below, which is also the kernel's
+// test oracle. Both leave out vocabulary entries that are −inf in any of the models (a mask).
 //
 // Per row, with Δ_t = z_t − z_S and A(α) = logsumexp(z_L + αΔ_t):
 //   KL(P̃_α‖P) = α·E_{P̃_α}[Δ_t] − A(α) + A(0)      KL(P‖P̃_α) = −α·E_P[Δ_t] + A(α) − A(0)

@@ -3,6 +3,8 @@
 // strings, sampling), the shared-vocabulary check and the generate/eval configs.
 #include <catch2/catch.hpp>
 
+#include <limits>
+
 #include <ATen/ATen.h>
 
 #include "core/error.h"
@@ -118,6 +120,31 @@ TEST_CASE("dlf: the alpha solve equals the brute-force reference for one and sev
   const auto solve = lf::kernels::dlf_solve(zl, zs, ze, grid);
   CHECK(at::equal(solve.expert, (at::arange(32) >= 16).to(at::kLong)));
   CHECK(solve.alpha.min().item<double>() > 0);
+}
+
+TEST_CASE("dlf: a masked vocabulary is left out of every distribution", "[decode]") {
+  // Columns that are -inf in the models (a vocabulary mask) give the result of the unmasked columns
+  // alone, in the solve and in the brute-force reference, and stay -inf in the fused logits.
+  const auto grid = lf::kernels::alpha_grid(0.0, 2.0, 0.1);
+  const at::Tensor keep = at::arange(300) % 7 != 3;
+  const at::Tensor cols = keep.nonzero().squeeze(1);
+  auto masked = [&](at::Tensor z) { return z.masked_fill(~keep.unsqueeze(0), -std::numeric_limits<double>::infinity()); };
+  const at::Tensor zl = random_logits(6, 300, 41), zs = random_logits(6, 300, 42);
+  std::vector<at::Tensor> ze = {zs + random_logits(6, 300, 43, 0.4), zs + random_logits(6, 300, 44, 0.8)};
+  std::vector<at::Tensor> ze_masked, ze_kept;
+  for (const auto& z : ze) {
+    ze_masked.push_back(masked(z));
+    ze_kept.push_back(z.index_select(1, cols));
+  }
+  const auto full = lf::kernels::dlf_solve(masked(zl), masked(zs), ze_masked, grid);
+  const auto kept = lf::kernels::dlf_solve(zl.index_select(1, cols), zs.index_select(1, cols), ze_kept, grid);
+  const auto ref = lf::kernels::dlf_solve_reference(masked(zl), masked(zs), ze_masked, grid);
+  CHECK(at::isfinite(full.all_objectives).all().item<bool>());
+  CHECK((full.all_objectives - kept.all_objectives).abs().max().item<double>() < 1e-9);
+  CHECK((ref.all_objectives - kept.all_objectives).abs().max().item<double>() < 1e-6);
+  CHECK(at::equal(full.expert, kept.expert));
+  CHECK(at::allclose(full.fused.index_select(1, cols), kept.fused));
+  CHECK(at::isinf(full.fused.index_select(1, (~keep).nonzero().squeeze(1))).all().item<bool>());
 }
 
 TEST_CASE("dlf: float32 logits give the double result to float precision", "[decode]") {
