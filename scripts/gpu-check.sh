@@ -56,6 +56,21 @@ step "kernel benchmark (fused vs copy bandwidth vs LibTorch)"
 "$BUILD/bin/logitfuse" --log-level warn bench kernels --device cuda --rows 1024 --dlf-dtype bf16 --skip-aten 2>&1 \
   | tail -3 || status=1
 
+# GPU_CHECK_PROFILE=1: Nsight Compute's view of the DLF kernel (speed of light, occupancy, warp
+# stalls), for the work on its speed; skipped when ncu is missing or has no counter permission.
+if [ "${GPU_CHECK_PROFILE:-0}" = 1 ]; then
+  step "ncu profile of the DLF solve kernel"
+  ncu_bin=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  if [ -x "$ncu_bin" ]; then
+    timeout 120 "$ncu_bin" --kernel-name regex:dlf_kl_kernel --launch-skip 2 --launch-count 1 \
+      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      "$BUILD/bin/logitfuse" --log-level warn bench kernels --device cuda --rows 8 --vocab 1000 --iters 3 \
+      --warmup 1 --skip-aten 2>&1 | grep -v '^{' | tail -80 || true
+  else
+    echo "ncu not found"
+  fi
+fi
+
 for extra in scripts/gpu-check.d/*.sh; do
   [ -e "$extra" ] || continue
   step "$extra"
