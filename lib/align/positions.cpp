@@ -27,7 +27,13 @@ bool is_label_position(const TokenizedSequence& s, int64_t p) {
   return p >= s.first_label_position() && p + 1 < s.length();
 }
 
-PositionPairs by_offsets(const TokenizedSequence& student, const TokenizedSequence& teacher) {
+// The byte where the token predicted at position p ends; -1 when it is past the content (end of turn).
+int64_t next_token_end(const TokenizedSequence& s, int64_t p) {
+  const int64_t k = p + 1 - s.prompt_length;
+  return k >= 0 && k < s.content_tokens ? s.content_offsets[k].second : -1;
+}
+
+PositionPairs by_offsets(const TokenizedSequence& student, const TokenizedSequence& teacher, bool exact) {
   const auto a = boundary_positions(student), b = boundary_positions(teacher);
   PositionPairs pairs;
   for (const auto& [byte, ps] : a) {
@@ -35,6 +41,7 @@ PositionPairs by_offsets(const TokenizedSequence& student, const TokenizedSequen
     if (it == b.end()) continue;
     const int64_t pt = it->second;
     if (!is_label_position(student, ps) || !is_label_position(teacher, pt)) continue;
+    if (exact && next_token_end(student, ps) != next_token_end(teacher, pt)) continue;
     if (!pairs.empty() && (ps <= pairs.back().first || pt <= pairs.back().second)) continue;
     pairs.emplace_back(ps, pt);
   }
@@ -90,7 +97,7 @@ PositionPairs by_dtw(const TokenizedSequence& student, const TokenizedSequence& 
 
 PositionPairs align_positions(const TokenizedSequence& student, const TokenizedSequence& teacher, const std::string& method,
                               const Tokenizer& student_tokenizer, const Tokenizer& teacher_tokenizer) {
-  if (method == "offsets") return by_offsets(student, teacher);
+  if (method == "offsets" || method == "exact") return by_offsets(student, teacher, method == "exact");
   if (method == "index") return by_index(student, teacher);
   if (method == "dtw") return by_dtw(student, teacher, student_tokenizer, teacher_tokenizer);
   throw InputError("alignment.positions: unknown method '" + method + "'");

@@ -16,9 +16,12 @@ namespace lf {
 // position of its sequence (its next-token target is a response token).
 using PositionPairs = std::vector<std::pair<int64_t, int64_t>>;
 
-// method: offsets | dtw | index.
+// method: offsets | exact | dtw | index.
 //  offsets: positions align where the two tokenizations have a token boundary at the same byte of
 //           the response text (0 included); the last token before each common boundary predicts it.
+//  exact:   the offsets pairs whose predicted tokens are also the same text (they end at the same
+//           byte too, or both are the end of the turn), so a teacher→student vocabulary map points
+//           at the student's own next token; what the KL family needs across tokenizers.
 //  dtw:     FuseLLM's dynamic-programming alignment of the response tokens' byte strings with edit
 //           distance as the cost; each student token is paired with its first matched teacher token.
 //  index:   the i-th response prediction of both (DSKD/ULD style).

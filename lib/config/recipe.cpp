@@ -83,7 +83,7 @@ void visit(V& v, LossConfig& c) {
 
 template <class V>
 void visit(V& v, AlignmentConfig& c) {
-  v("positions", c.positions, one_of({"offsets", "dtw", "index"}));
+  v("positions", c.positions, one_of({"offsets", "exact", "dtw", "index"}));
   v("vocab", c.vocab, one_of({"exact", "mined"}));
   v("cache_dir", c.cache_dir);
 }

@@ -73,7 +73,7 @@ struct LossConfig {
 };
 
 struct AlignmentConfig {
-  std::string positions = "offsets";  // offsets | dtw | index
+  std::string positions = "offsets";  // offsets | exact | dtw | index
   std::string vocab = "exact";        // exact | mined
   std::optional<std::string> cache_dir;  // vocabulary-map cache; default $LOGITFUSE_HOME/vocab-maps
 };

@@ -37,6 +37,13 @@ TEST_CASE("align: offsets pair positions at common token boundaries", "[align]")
   // Identical tokenizers align every label position but the last (its next token is past the end).
   auto self = lf::align_positions(s, s, "offsets", pairs, pairs);
   CHECK(static_cast<int64_t>(self.size()) == s.content_tokens + 1);
+  // exact keeps the pairs whose next tokens are the same text: not 0 ("ab" vs "abc"), but 6 ("g")
+  // and 7 (end of turn); with identical tokenizers it keeps everything.
+  auto exact = lf::align_positions(s, t, "exact", pairs, triples);
+  REQUIRE(exact.size() == 2);
+  CHECK(exact[0] == aligned[1]);
+  CHECK(exact[1] == aligned[2]);
+  CHECK(lf::align_positions(s, s, "exact", pairs, pairs) == self);
 }
 
 TEST_CASE("align: index and dtw alignments are monotone label positions", "[align]") {
