@@ -100,14 +100,14 @@ def init_model(out_dir, arch, tokenizer, size, seed):
               "--layers", layers, "--heads", 4, "--kv-heads", 2, "--intermediate", 2 * hidden, "--seed", seed)
 
 
-def train(run_dir, student, teachers, data_file, loss, steps, seed, lr, batch, resume=True):
+def train(run_dir, student, teachers, data_file, loss, steps, seed, lr, batch, resume=True, positions="exact"):
     teacher_lines = "".join(f"\n  - {{name: {n}, path: {p}, dtype: fp32, chat_template: plain}}" for n, p in teachers)
     recipe = f"""run: {{name: {run_dir.name}, output_dir: {run_dir}, seed: {seed}, device: cpu}}
 student: {{path: {student}, dtype: fp32, chat_template: plain}}
 teachers: {"[]" if not teachers else ""}{teacher_lines}
 data: {{train: {data_file}, max_length: 96, max_prompt_length: 48}}
 loss: {loss}
-alignment: {{positions: offsets, vocab: mined, cache_dir: {run_dir.parent / "vocab-maps"}}}
+alignment: {{positions: {positions}, vocab: mined, cache_dir: {run_dir.parent / "vocab-maps"}}}
 train: {{max_steps: {steps}, micro_batch_size: {batch}, lr: {lr}, schedule: cosine, warmup_ratio: 0.05, precision: fp32, clip_grad: 1.0, weight_decay: 0.01}}
 checkpoint: {{every_steps: 0}}
 log: {{every_steps: 10}}
@@ -176,6 +176,8 @@ def main():
     parser.add_argument("--variants", default="sft,fused,uld+sft,gld+sft",
                         help="students to train, from: " + ", ".join(VARIANTS))
     parser.add_argument("--student-size", default="128x4", help="hidden x layers of the student")
+    parser.add_argument("--positions", default="exact", choices=["exact", "offsets", "dtw", "index"],
+                        help="alignment.positions of the fused students (exact: the next tokens are the same text)")
     parser.add_argument("--quick", action="store_true", help="small sizes for the test suite")
     parser.add_argument("--fresh", action="store_true", help="retrain the students")
     args = parser.parse_args()
@@ -222,7 +224,7 @@ def main():
             t0 = time.time()
             run = students / f"{variant}-seed{seed}"
             final = train(run, student_init, teacher_list if use_teachers else [], data / "fusion.jsonl",
-                          loss, args.student_steps, 100 + seed, 2e-3, 16)
+                          loss, args.student_steps, 100 + seed, 2e-3, 16, positions=args.positions)
             results[variant].append(evaluate(final, out / "eval" / "students" / run.name, data))
             r = results[variant][-1]
             log(f"student {variant} seed {seed}: " + ", ".join(
@@ -230,7 +232,7 @@ def main():
                 f" ({time.time() - t0:.0f}s)")
 
     report = {"wall_seconds": time.time() - start, "seeds": args.seeds, "teacher_steps": args.teacher_steps,
-              "student_steps": args.student_steps, "fusion_size_per_skill": args.fusion_size,
+              "student_steps": args.student_steps, "positions": args.positions, "fusion_size_per_skill": args.fusion_size,
               "pool_size_per_skill": args.pool_size, "eval_size_per_skill": args.eval_size, "models": {}}
     columns = [(skill, f"{skill} EM %", 100.0) for skill in tasks.SKILLS]
     columns += [(f"{skill}-ppl", f"{skill} ppl", 1.0) for skill in tasks.SKILLS]
