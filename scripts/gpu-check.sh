@@ -4,7 +4,8 @@
 # carry .deps. It unpacks the Debian packages into a prefix, builds with CUDA for Hopper, runs the
 # unit tests, the oracle tests (CPU and CUDA device), and the benchmarks on the GPU.
 #   device run: bash scripts/gpu-check.sh      (carry: [".deps/debs", ".deps/wheels"])
-# Order: the CUDA kernels' tests and benchmark first (they need the GPU most), then everything else.
+# Order: what needs the GPU most first (the CUDA kernels' tests and benchmark, NCCL, the oracle tests
+# on CUDA), then the CPU unit tests that CI also runs.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -79,13 +80,17 @@ done
 
 if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then step "GPU_CHECK_QUICK=1: stopping before the full test suites (status $status)"; exit $status; fi
 
+step "oracle tests: model logits against transformers on CPU and CUDA"
+export LOGITFUSE_BIN=$BUILD/bin/logitfuse LOGITFUSE_TEST_DEVICES=cpu,cuda
+python3 -m pytest tests/oracle/test_model_logits.py -q -p no:cacheprovider 2>&1 | tail -8 || status=1
+
+step "the other oracle tests"
+# test_gld_pot.py needs POT (not carried; CPU-only checks that CI runs).
+python3 -m pytest tests/oracle -q -p no:cacheprovider --ignore=tests/oracle/test_gld_pot.py \
+  --ignore=tests/oracle/test_model_logits.py 2>&1 | tail -12 || status=1
+
 step "unit tests"
 ctest --test-dir "$BUILD" -j 8 --output-on-failure 2>&1 | tail -5 || status=1
-
-step "oracle tests (models on CPU and CUDA)"
-export LOGITFUSE_BIN=$BUILD/bin/logitfuse LOGITFUSE_TEST_DEVICES=cpu,cuda
-# test_gld_pot.py needs POT (not carried; CPU-only checks that CI runs).
-python3 -m pytest tests/oracle -q -p no:cacheprovider -x --ignore=tests/oracle/test_gld_pot.py 2>&1 | tail -8 || status=1
 
 step "loss-term benchmark on the GPU (ratios to cross entropy)"
 python3 bench/loss_terms.py --device cuda --dtype bf16 --rows 4096 --vocab 151936 --k 10 --iters 20 --binary "$BUILD/bin/logitfuse" || status=1
