@@ -74,7 +74,6 @@ void add_bench_kernels(CLI::App& bench) {
     const double logits_bytes = static_cast<double>(opt->rows) * opt->vocab * element;
     at::Tensor logits = (at::randn({opt->rows, opt->vocab}, at::TensorOptions().device(device)) * 3).to(dtype);
     at::Tensor labels = at::randint(opt->vocab, {opt->rows}, at::TensorOptions().dtype(at::kLong).device(device));
-    std::vector<Row> rows;
     std::printf("device %s; top-k/GLD logits [%lld, %lld] %s, k=%lld; DLF [%lld, %lld] %s; %lld iterations\n",
                 device.str().c_str(), static_cast<long long>(opt->rows), static_cast<long long>(opt->vocab),
                 opt->dtype.c_str(), static_cast<long long>(opt->k), static_cast<long long>(opt->dlf_batch),
@@ -103,8 +102,7 @@ void add_bench_kernels(CLI::App& bench) {
     {
       at::Tensor dst = at::empty_like(logits);
       const double ms = time([&] { dst.copy_(logits); });
-      rows.push_back({"copy (read+write)", 2 * logits_bytes, ms, 0});
-      report(rows.back());
+      report({"copy (read+write)", 2 * logits_bytes, ms, 0});
     }
 
     // Forward statistics: top-k, log-sum-exp, tail (a logits cache's pass).
@@ -113,7 +111,6 @@ void add_bench_kernels(CLI::App& bench) {
       Row row{"top-k stats forward", logits_bytes};
       row.fused_ms = time([&] { kernels::softmax_topk_stats(logits, opt->k, 1.0); });
       if (!opt->skip_aten) row.aten_ms = time([&] { kernels::softmax_topk_stats(logits, opt->k, 1.0, Backend::aten); });
-      rows.push_back(row);
       report(row);
     }
 
@@ -141,7 +138,6 @@ void add_bench_kernels(CLI::App& bench) {
       Row row{with_ce ? "CE + GLD fwd+bwd" : "GLD fwd+bwd", 3 * logits_bytes};
       row.fused_ms = time([&] { gld_step(Backend::automatic, with_ce); });
       if (!opt->skip_aten) row.aten_ms = time([&] { gld_step(Backend::aten, with_ce); });
-      rows.push_back(row);
       report(row);
     }
     logits = at::Tensor();
@@ -165,7 +161,6 @@ void add_bench_kernels(CLI::App& bench) {
         aten.backend = Backend::aten;
         row.aten_ms = time([&] { kernels::dlf_solve(zl, zs, experts, grid, aten); });
       }
-      rows.push_back(row);
       report(row);
     }
 

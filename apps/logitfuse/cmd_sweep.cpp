@@ -83,24 +83,24 @@ std::string log_tail(const std::string& path, size_t lines) {
 }
 
 void write_slurm(const SweepPlan& plan) {
-  std::vector<size_t> todo;
+  std::vector<size_t> unfinished;
   std::vector<RunOutcome> outcomes(plan.runs.size());
   for (size_t i = 0; i < plan.runs.size(); ++i) {
     if (run_finished(plan.runs[i].output_dir)) outcomes[i].status = "skipped";
-    else todo.push_back(i);
+    else unfinished.push_back(i);
   }
   fs::create_directories(fs::path(plan.root) / "slurm");
   write_file_atomic((fs::path(plan.root) / "runs.tsv").string(), runs_manifest(plan));
   write_sweep_record(plan, outcomes, "slurm");
-  if (todo.empty()) {
+  if (unfinished.empty()) {
     std::cout << "all " << plan.runs.size() << " runs have finished; nothing to submit (" << plan.root << "/sweep.json)\n";
     return;
   }
   const std::string script = (fs::path(plan.root) / "sweep.sbatch").string();
-  write_file_atomic(script, slurm_array_script(plan, todo, self_executable(), fs::current_path().string()));
+  write_file_atomic(script, slurm_array_script(plan, unfinished, self_executable(), fs::current_path().string()));
   fs::permissions(script, fs::perms::owner_exec | fs::perms::group_exec, fs::perm_options::add);
-  std::cout << "wrote " << script << " (" << todo.size() << " of " << plan.runs.size() << " runs, array "
-            << array_ranges(todo) << ") and " << plan.root << "/runs.tsv\n"
+  std::cout << "wrote " << script << " (" << unfinished.size() << " of " << plan.runs.size() << " runs, array "
+            << array_ranges(unfinished) << ") and " << plan.root << "/runs.tsv\n"
             << "sbatch " << script << "\n";
 }
 

@@ -118,8 +118,20 @@ CeTopK ce_and_softmax_topk(const at::Tensor& logits, const at::Tensor& labels, i
     return {out[2], out[0], out[1]};
   }
 #endif
-  TopK top = softmax_topk(logits, k, temperature, labels.defined() ? Backend::aten : backend);
-  return {labels.defined() ? cross_entropy_rows(logits, labels) : at::Tensor(), top.probs, top.ids};
+  if (!labels.defined()) {
+    TopK top = softmax_topk(logits, k, temperature, backend);
+    return {at::Tensor(), top.probs, top.ids};
+  }
+  if (temperature != 1.0) {
+    TopK top = softmax_topk(logits, k, temperature, Backend::aten);
+    return {cross_entropy_rows(logits, labels), top.probs, top.ids};
+  }
+  // At temperature 1 both terms read one log-softmax: CE is −log p[label] (0 for label −100).
+  const at::Tensor logp = log_softmax(logits, 1.0);
+  auto [values, ids] = logp.topk(std::min<int64_t>(k, logits.size(-1)), -1, /*largest=*/true, /*sorted=*/true);
+  const at::Tensor ignored = labels == -100;
+  const at::Tensor picked = logp.gather(1, labels.masked_fill(ignored, 0).unsqueeze(1)).squeeze(1);
+  return {-picked.masked_fill(ignored, 0.0), values.exp(), ids};
 }
 
 RowStats softmax_topk_stats(const at::Tensor& logits, int64_t k, double temperature, Backend backend) {

@@ -84,7 +84,6 @@ void ShardedAdamW::arm_overlap() {
   std::lock_guard<std::mutex> lock(mutex_);
   bucket_pending_ = bucket_params_;
   seen_.assign(params_.size(), false);
-  launched_.assign(bucket_params_.size(), false);
   next_bucket_ = static_cast<int64_t>(bucket_params_.size()) - 1;
   overlapped_ = 0;
   in_flight_.clear();
@@ -105,7 +104,7 @@ void ShardedAdamW::parameter_ready(size_t index) {
   if (seen_[index]) {
     // A second gradient for a parameter whose bucket is already being summed would be lost.
     for (int64_t b : param_buckets_[index])
-      if (launched_[b])
+      if (b > next_bucket_)
         throw RuntimeFailure("optimizer: gradient of " + params_[index].first +
                              " arrived after its bucket was reduced (overlapped reduction)",
                              "set dist.overlap=false and report this");
@@ -124,7 +123,6 @@ void ShardedAdamW::launch_ready_buckets() {
     const int64_t start = next_bucket_ * sharding_.bucket_numel;
     at::Tensor bucket = flat_grads_.narrow(0, start, std::min(sharding_.bucket_numel, padded_ - start));
     in_flight_.push_back(comm_.all_reduce_sum_async(bucket));
-    launched_[next_bucket_] = true;
     --next_bucket_;
   }
 }

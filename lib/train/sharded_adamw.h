@@ -96,7 +96,8 @@ class ShardedAdamW {
   bool overlap_ = false, armed_ = false;
   std::vector<int64_t> bucket_params_, bucket_pending_;
   std::vector<std::vector<int64_t>> param_buckets_;
-  std::vector<bool> complete_before_, seen_, launched_;
+  std::vector<bool> complete_before_, seen_;
+  // Buckets start in descending order: bucket b has started once b > next_bucket_.
   int64_t next_bucket_ = -1, overlapped_ = 0;
   std::vector<std::unique_ptr<PendingCollective>> in_flight_;
   std::mutex mutex_;  // hooks run on autograd's device thread on GPUs

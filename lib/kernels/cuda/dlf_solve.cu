@@ -26,6 +26,7 @@ using namespace dev;
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxGrid = 256;
+constexpr int64_t kMaxRows = 65535;  // gridDim.y
 
 struct DlfParams {
   const void* experts[kMaxDlfExperts];
@@ -214,6 +215,11 @@ __global__ void dlf_fuse_kernel(const T* __restrict__ z_large, const T* __restri
 
 }  // namespace
 
+bool dlf_supports(const at::Tensor& z_large, size_t experts, size_t grid_size) {
+  return supports(z_large) && z_large.dim() == 2 && experts >= 1 && static_cast<int64_t>(experts) <= kMaxDlfExperts &&
+         grid_size >= 1 && grid_size <= static_cast<size_t>(kMaxGrid) && z_large.size(0) <= kMaxRows;
+}
+
 DlfSolveCuda dlf_solve(const at::Tensor& z_large_in, const at::Tensor& z_small_in, const std::vector<at::Tensor>& experts_in,
                        const std::vector<double>& grid, bool want_fused) {
   const c10::cuda::CUDAGuard guard(z_large_in.device());
@@ -245,7 +251,7 @@ DlfSolveCuda dlf_solve(const at::Tensor& z_large_in, const at::Tensor& z_small_i
   out.objective = at::empty({N}, f32);
   if (want_fused) out.fused = at::empty({N, V}, f32);
   if (N == 0) return out;
-  if (N > 65535) throw RuntimeFailure("CUDA DLF solve: at most 65535 rows per call");
+  if (N > kMaxRows) throw RuntimeFailure("CUDA DLF solve: at most 65535 rows per call");
 
   auto stream = at::cuda::getCurrentCUDAStream();
   dispatch_dtype(z_large, "the CUDA DLF solve", [&](auto tag) {

@@ -43,6 +43,9 @@ struct DlfSolveCuda {
   at::Tensor kl_forward, kl_reverse;                           // [N, m, G] KL(P̃_α‖P), KL(P‖P̃_α)
   at::Tensor small_kl_forward, small_kl_reverse;               // [N, m] KL(Q_u‖Q), KL(Q‖Q_u)
 };
+// True when the fused solve takes these inputs: supports(z_large), 1 to 16 experts, 1 to 256 grid
+// values, at most 65535 rows.
+bool dlf_supports(const at::Tensor& z_large, size_t experts, size_t grid_size);
 DlfSolveCuda dlf_solve(const at::Tensor& z_large, const at::Tensor& z_small, const std::vector<at::Tensor>& experts,
                        const std::vector<double>& grid, bool want_fused);
 
