@@ -1,6 +1,7 @@
 // `logitfuse bench dlf`: cost of the Dynamic Logit Fusion α solve per decoding step, against one
-// decoding step of a large model (random weights of a given shape, or --model DIR) and against the
-// naive approach that materialises a softmax per α. Prints one JSON line.
+// decoding step of a large model (random weights of a given shape, or --model DIR), against the
+// LibTorch implementation of the same closed form (Backend::aten, the kernels' oracle) and against
+// the naive approach that materialises a softmax per α. Prints one JSON line.
 #include <CLI/CLI.hpp>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -24,7 +25,7 @@ void add_bench_dlf(CLI::App& bench) {
     double alpha_min = 0.0, alpha_max = 2.0, alpha_step = 0.1;
     int64_t hidden = 1024, layers = 8, heads = 16, kv_heads = 16, intermediate = 2816;
     std::string model, dtype = "fp32", device = "cpu";
-    bool skip_naive = false, skip_model = false;
+    bool skip_naive = false, skip_model = false, skip_aten = false;
   };
   auto opt = std::make_shared<Options>();
   CLI::App* cmd = bench.add_subcommand("dlf", "Time of the DLF alpha solve vs one large-model decoding step and vs the naive per-alpha softmax");
@@ -34,7 +35,7 @@ void add_bench_dlf(CLI::App& bench) {
   cmd->add_option("--alpha-min", opt->alpha_min)->capture_default_str();
   cmd->add_option("--alpha-max", opt->alpha_max)->capture_default_str();
   cmd->add_option("--alpha-step", opt->alpha_step)->capture_default_str();
-  cmd->add_option("--row-block", opt->row_block, "rows the solve processes together (0 = automatic)")->capture_default_str();
+  cmd->add_option("--row-block", opt->row_block, "rows the LibTorch path processes together (0 = automatic)")->capture_default_str();
   cmd->add_option("--iters", opt->iters, "timed repetitions; the fastest is reported")->capture_default_str();
   cmd->add_option("--threads", opt->threads, "intra-op threads (0 = LibTorch default)")->capture_default_str();
   cmd->add_option("--device", opt->device)->capture_default_str();
@@ -48,6 +49,7 @@ void add_bench_dlf(CLI::App& bench) {
   cmd->add_option("--kv-heads", opt->kv_heads)->capture_default_str();
   cmd->add_option("--intermediate", opt->intermediate)->capture_default_str();
   cmd->add_flag("--skip-naive", opt->skip_naive, "do not time the naive per-alpha softmax");
+  cmd->add_flag("--skip-aten", opt->skip_aten, "do not time the LibTorch implementation of the closed form");
   cmd->add_flag("--skip-model", opt->skip_model, "do not time the large model's decoding step");
   cmd->callback([opt] {
     if (opt->batch < 1 || opt->vocab < 2 || opt->experts < 1 || opt->iters < 1 || opt->context < 1)
@@ -77,11 +79,23 @@ void add_bench_dlf(CLI::App& bench) {
       }
       return best;
     };
-    const double solve_ms = time([&] { solve = kernels::dlf_solve(zl, zs, experts, grid, {opt->row_block}); });
+    const double solve_ms = time([&] { solve = kernels::dlf_solve(zl, zs, experts, grid); });
     out["solve_ms"] = solve_ms;
-    const int64_t block = opt->row_block > 0 ? opt->row_block : std::max<int64_t>(1, (int64_t{1} << 20) / opt->vocab);
-    out["row_block"] = block;
-    out["solve_scratch_mib"] = (opt->experts + 6.0) * std::min(block, opt->batch) * opt->vocab * 4 / 1048576.0;
+    if (!opt->skip_aten) {
+      kernels::DlfOptions aten_options;
+      aten_options.backend = kernels::Backend::aten;
+      aten_options.row_block = opt->row_block;
+      kernels::DlfSolve aten;
+      const double aten_ms = time([&] { aten = kernels::dlf_solve(zl, zs, experts, grid, aten_options); });
+      const int64_t block = opt->row_block > 0 ? opt->row_block : std::max<int64_t>(1, (int64_t{1} << 20) / opt->vocab);
+      out["aten_ms"] = aten_ms;
+      out["aten_over_solve"] = aten_ms / solve_ms;
+      out["aten_row_block"] = block;
+      out["aten_scratch_mib"] = (opt->experts + 6.0) * std::min(block, opt->batch) * opt->vocab * 4 / 1048576.0;
+      out["aten_same_choice"] = at::equal(aten.expert, solve.expert) && at::allclose(aten.alpha, solve.alpha);
+      out["aten_max_kl_diff"] = std::max((aten.kl_forward - solve.kl_forward).abs().max().item<double>(),
+                                         (aten.kl_reverse - solve.kl_reverse).abs().max().item<double>());
+    }
     if (!opt->skip_naive) {
       kernels::DlfSolve naive;
       const double naive_ms = time([&] { naive = kernels::dlf_solve_reference(zl, zs, experts, grid); });

@@ -1,12 +1,14 @@
 #include "kernels/dlf.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>  // at::get_num_threads
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
 #include "core/error.h"
+#include "kernels/dlf_rows.h"
 
 #ifdef LOGITFUSE_HAVE_CUDA
 #include "kernels/cuda/kernels_cuda.h"
@@ -111,6 +113,42 @@ at::Tensor grid_tensor(const std::vector<double>& grid, const at::Tensor& like) 
   return at::tensor(grid, at::TensorOptions().dtype(at::kDouble)).to(like.options());
 }
 
+// The CPU path: every row solved by the vectorised row kernel of dlf_rows.h (chained exponentials
+// over a uniform grid), rows spread over LibTorch's intra-op threads; no [rows, V] temporaries
+// besides the fused logits.
+template <class T>
+DlfSolve solve_rows(const at::Tensor& z_large, const at::Tensor& z_small, const std::vector<at::Tensor>& experts_in,
+                    const std::vector<double>& grid, bool want_fused) {
+  const auto type = c10::CppTypeToScalarType<T>::value;
+  const at::Tensor zl = widen(z_large, type), zs = widen(z_small, type);
+  std::vector<at::Tensor> experts;
+  std::vector<const T*> expert_data;
+  for (const auto& e : experts_in) {
+    experts.push_back(widen(e, type));
+    expert_data.push_back(experts.back().template data_ptr<T>());
+  }
+  const int64_t N = zl.size(0), V = zl.size(1), m = static_cast<int64_t>(experts.size()), G = static_cast<int64_t>(grid.size());
+  const auto options = zl.options();
+  DlfSolve out;
+  out.kl_forward = at::empty({N, m, G}, options);
+  out.kl_reverse = at::empty({N, m, G}, options);
+  out.small_kl_forward = at::empty({N, m}, options);
+  out.small_kl_reverse = at::empty({N, m}, options);
+  out.all_objectives = at::empty({N, m, G}, options);
+  out.expert = at::empty({N}, options.dtype(at::kLong));
+  out.alpha = at::empty({N}, options);
+  out.objective = at::empty({N}, options);
+  if (want_fused) out.fused = at::empty({N, V}, options);
+  const rows::DlfRowsOutput<T> into{out.kl_forward.data_ptr<T>(), out.kl_reverse.data_ptr<T>(),
+                                    out.small_kl_forward.data_ptr<T>(), out.small_kl_reverse.data_ptr<T>(),
+                                    out.all_objectives.data_ptr<T>(), out.expert.data_ptr<int64_t>(),
+                                    out.alpha.data_ptr<T>(), out.objective.data_ptr<T>(),
+                                    want_fused ? out.fused.data_ptr<T>() : nullptr};
+  rows::dlf_solve_rows(zl.data_ptr<T>(), zs.data_ptr<T>(), expert_data.data(), N, m, V,
+                       rows::describe_grid(grid.data(), G), into, at::get_num_threads());
+  return out;
+}
+
 }  // namespace
 
 std::vector<double> alpha_grid(double min, double max, double step) {
@@ -159,6 +197,9 @@ DlfSolve dlf_solve(const at::Tensor& z_large, const at::Tensor& z_small, const s
   }
 #endif
   const auto type = compute_type(z_large);
+  if (options.backend == Backend::automatic && z_large.device().is_cpu() && z_large.size(0) > 0 && z_large.size(1) > 0)
+    return type == at::kDouble ? solve_rows<double>(z_large, z_small, experts, grid, options.fused)
+                               : solve_rows<float>(z_large, z_small, experts, grid, options.fused);
   const int64_t rows = z_large.size(0), vocab = z_large.size(1);
   const int64_t block = options.row_block > 0 ? options.row_block : std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(vocab, 1));
   std::vector<at::Tensor> expert_parts, alpha_parts, objective_parts, fused_parts, all_parts, kf_parts, kr_parts, k1_parts,

@@ -1,7 +1,7 @@
 // The Dynamic Logit Fusion α solve (method.md §4), behind the same narrow "logit hot path" interface
 // as logit_stats.h: CUDA tensors take the fused kernel of lib/kernels/cuda (each row of every input
-// read once); everything else takes the LibTorch implementation below, which is also the kernel's
-// test oracle. Both leave out vocabulary entries that are −inf in any of the models (a mask).
+// read once), CPU tensors the vectorised row kernel of dlf_rows.h (chained exponentials over the
+// grid); Backend::aten takes the LibTorch implementation, which is also the kernels' test oracle. Both leave out vocabulary entries that are −inf in any of the models (a mask).
 //
 // Per row, with Δ_t = z_t − z_S and A(α) = logsumexp(z_L + αΔ_t):
 //   KL(P̃_α‖P) = α·E_{P̃_α}[Δ_t] − A(α) + A(0)      KL(P‖P̃_α) = −α·E_P[Δ_t] + A(α) − A(0)
@@ -29,9 +29,9 @@ struct DlfSolve {
 };
 
 struct DlfOptions {
-  // Rows processed together. Peak scratch memory is about (m + 6)·row_block·V values of the compute
-  // dtype besides inputs and output, whatever G is (never [N, G, V]); 0 = automatic: as many rows as
-  // fit 2^20 values (4 MiB per buffer in float32).
+  // Rows the LibTorch path (Backend::aten) processes together. Its peak scratch memory is about
+  // (m + 6)·row_block·V values of the compute dtype besides inputs and output, whatever G is (never
+  // [N, G, V]); 0 = automatic: as many rows as fit 2^20 values (4 MiB per buffer in float32).
   int64_t row_block = 0;
   Backend backend = Backend::automatic;  // aten forces the LibTorch path (benchmarks, tests)
   bool fused = true;                     // also compute the fused logits

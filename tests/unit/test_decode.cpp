@@ -3,9 +3,11 @@
 // strings, sampling), the shared-vocabulary check and the generate/eval configs.
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <limits>
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include "core/error.h"
 #include "decode/config.h"
@@ -16,6 +18,7 @@
 #include "eval/tasks.h"
 #include "fake_tokenizer.h"
 #include "kernels/dlf.h"
+#include "kernels/dlf_rows.h"
 #include "model/transformer.h"
 #include "test_helpers.h"
 
@@ -94,6 +97,9 @@ TEST_CASE("dlf: the alpha solve equals the brute-force reference for one and sev
     for (int t = 0; t < experts; ++t) ze.push_back(zs + random_logits(9, 500, 30 + t, 0.3 * (t + 1)));
     lf::kernels::DlfOptions blocked;
     blocked.row_block = 2;  // several row blocks, one of them partial
+    for (auto backend : {lf::kernels::Backend::automatic, lf::kernels::Backend::aten}) {
+    blocked.backend = backend;
+    INFO("experts " << experts << (backend == lf::kernels::Backend::aten ? " LibTorch path" : " row kernel"));
     const auto solve = lf::kernels::dlf_solve(zl, zs, ze, grid, blocked);
     const auto ref = lf::kernels::dlf_solve_reference(zl, zs, ze, grid);
     REQUIRE(solve.all_objectives.sizes() == at::IntArrayRef({9, experts, 21}));
@@ -109,6 +115,7 @@ TEST_CASE("dlf: the alpha solve equals the brute-force reference for one and sev
       const int64_t t = solve.expert[r].item<int64_t>();
       const double a = solve.alpha[r].item<double>();
       CHECK(at::allclose(solve.fused[r], zl[r] + a * (ze[t][r] - zs[r])));
+    }
     }
   }
   // Several experts: rows whose shift comes from expert 0 pick expert 0, the others expert 1 (the
@@ -369,4 +376,75 @@ output: o.jsonl
   CHECK_THAT(lf::test::error_text([&] { lf::load_eval_config(eval); }), Contains("tasks.0.regex"));
   CHECK_THAT(lf::test::error_text([&] { lf::load_eval_config(eval, {"tasks.0.regex=(["}); }), Contains("tasks.0.regex"));
   CHECK(lf::load_eval_config(eval, {"tasks.0.extract=last_number"}).tasks[0].name == "exact_match0");
+}
+
+
+TEST_CASE("dlf: the CPU row kernel against the double reference in float, for any grid and spread", "[decode]") {
+  // The row kernel chains exponentials along a uniform grid in segments no longer than its error
+  // budget allows; a non-uniform grid takes exact exponentials. Every case is compared with the
+  // brute-force reference in double, the float kernel within float tolerance, the double kernel
+  // to 1e-9.
+  struct Case {
+    const char* name;
+    std::vector<double> grid;
+    double delta_scale;
+  };
+  const std::vector<Case> cases = {{"uniform, one segment", lf::kernels::alpha_grid(0.0, 2.0, 0.1), 0.5},
+                                   {"uniform, several segments", lf::kernels::alpha_grid(0.0, 2.0, 0.1), 8.0},
+                                   {"uniform, no chaining", lf::kernels::alpha_grid(0.0, 2.0, 0.5), 60.0},
+                                   {"negative step", {1.0, 0.75, 0.5, 0.25, 0.0, -0.25}, 1.0},
+                                   {"non-uniform", {0.0, 0.1, 0.3, 0.35, 1.0, 2.5}, 1.0}};
+  for (const auto& c : cases) {
+    INFO(c.name);
+    at::Tensor zl = random_logits(7, 777, 61);
+    const at::Tensor zs = random_logits(7, 777, 62);
+    std::vector<at::Tensor> ze = {zs + random_logits(7, 777, 63, c.delta_scale), zs + random_logits(7, 777, 64, 0.3)};
+    // An entry far below the rest at α = 0 that dominates at the largest α: it underflows at the
+    // start of a segment, so the segment length must keep its growth within the budget.
+    ze[0].index_put_({0, 5}, ze[0][0][5] + 50.0);
+    zl.index_put_({0, 5}, -90.0);
+    const auto ref = lf::kernels::dlf_solve_reference(zl, zs, ze, c.grid);
+    const auto d = lf::kernels::dlf_solve(zl, zs, ze, c.grid);
+    CHECK((d.all_objectives - ref.all_objectives).abs().max().item<double>() < 1e-9 * std::max(1.0, ref.all_objectives.abs().max().item<double>()));
+    CHECK(at::equal(d.expert, ref.expert));
+    std::vector<at::Tensor> ze_f = {ze[0].to(at::kFloat), ze[1].to(at::kFloat)};
+    const auto f = lf::kernels::dlf_solve(zl.to(at::kFloat), zs.to(at::kFloat), ze_f, c.grid);
+    lf::kernels::DlfOptions aten;
+    aten.backend = lf::kernels::Backend::aten;
+    const auto kls = lf::kernels::dlf_solve(zl, zs, ze, c.grid, aten);
+    const double scale = std::max(1.0, kls.kl_forward.abs().max().item<double>());
+    CHECK((f.kl_forward.to(at::kDouble) - kls.kl_forward).abs().max().item<double>() <= 2e-5 * scale + 1e-5);
+    CHECK((f.kl_reverse.to(at::kDouble) - kls.kl_reverse).abs().max().item<double>() <= 2e-5 * scale + 1e-5);
+    CHECK((f.small_kl_forward.to(at::kDouble) - kls.small_kl_forward).abs().max().item<double>() <= 1e-5 * scale);
+    const double j_scale = std::max(1.0, ref.all_objectives.abs().max().item<double>());
+    CHECK((f.all_objectives.to(at::kDouble) - ref.all_objectives).abs().max().item<double>() <= 1e-4 * j_scale);
+  }
+}
+
+TEST_CASE("dlf: the CPU row kernel gives the same bits on one thread and on several", "[decode]") {
+  const auto grid = lf::kernels::alpha_grid(0.0, 2.0, 0.1);
+  const at::Tensor zl = random_logits(13, 1000, 71).to(at::kFloat), zs = random_logits(13, 1000, 72).to(at::kFloat);
+  std::vector<at::Tensor> ze = {zs + random_logits(13, 1000, 73, 0.7).to(at::kFloat)};
+  const int saved = at::get_num_threads();
+  at::set_num_threads(1);
+  const auto one = lf::kernels::dlf_solve(zl, zs, ze, grid);
+  at::set_num_threads(2);
+  const auto two = lf::kernels::dlf_solve(zl, zs, ze, grid);
+  at::set_num_threads(saved);
+  CHECK(at::equal(one.all_objectives, two.all_objectives));
+  CHECK(at::equal(one.fused, two.fused));
+  CHECK(at::equal(one.expert, two.expert));
+}
+
+TEST_CASE("dlf: the vectorisable exponential", "[decode]") {
+  double worst = 0;
+  for (double x = -87.0; x <= 88.0; x += 0.001) {
+    const float ours = lf::kernels::rows::exp_vectorizable(static_cast<float>(x));
+    const double exact = std::exp(static_cast<double>(static_cast<float>(x)));
+    worst = std::max(worst, std::abs(ours - exact) / exact);
+  }
+  CHECK(worst < 4e-7);
+  CHECK(lf::kernels::rows::exp_vectorizable(-88.0f) == 0.0f);
+  CHECK(lf::kernels::rows::exp_vectorizable(-std::numeric_limits<float>::infinity()) == 0.0f);
+  CHECK(lf::kernels::rows::exp_vectorizable(0.0f) == 1.0f);
 }
