@@ -156,12 +156,25 @@ void add_bench_kernels(CLI::App& bench) {
       Row row{"DLF solve " + std::to_string(opt->experts) + "x" + std::to_string(grid.size()) + " alpha", (opt->experts + 2) * in +
                                                                    static_cast<double>(opt->dlf_batch) * opt->dlf_vocab * 4};
       row.fused_ms = time([&] { kernels::dlf_solve(zl, zs, experts, grid); });
-      if (!opt->skip_aten) {
-        kernels::DlfOptions aten;
-        aten.backend = Backend::aten;
-        row.aten_ms = time([&] { kernels::dlf_solve(zl, zs, experts, grid, aten); });
-      }
+      kernels::DlfOptions aten;
+      aten.backend = Backend::aten;
+      if (!opt->skip_aten) row.aten_ms = time([&] { kernels::dlf_solve(zl, zs, experts, grid, aten); });
       report(row);
+      // The chained-exponential kernel (DlfOptions::cuda_chained), and how far its J is from the
+      // default kernel's, so one run shows whether it is both faster and correct.
+      kernels::DlfOptions chained;
+      chained.cuda_chained = true;
+      Row chain_row{"DLF solve chained", row.bytes};
+      chain_row.fused_ms = time([&] { kernels::dlf_solve(zl, zs, experts, grid, chained); });
+      chain_row.aten_ms = row.aten_ms;
+      report(chain_row);
+      const auto base = kernels::dlf_solve(zl, zs, experts, grid);
+      const auto other = kernels::dlf_solve(zl, zs, experts, grid, chained);
+      const double j_scale = std::max(1.0, base.all_objectives.abs().max().item<double>());
+      std::printf("  chained vs default: max |J diff| / max(1, |J|) = %.3g, same choice on %.1f%% of rows\n",
+                  (other.all_objectives - base.all_objectives).abs().max().item<double>() / j_scale,
+                  100.0 * ((other.expert == base.expert) & ((other.alpha - base.alpha).abs() < 1e-6))
+                              .to(at::kFloat).mean().item<double>());
     }
 
   });

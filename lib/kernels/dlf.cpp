@@ -191,7 +191,7 @@ DlfSolve dlf_solve(const at::Tensor& z_large, const at::Tensor& z_small, const s
   at::NoGradGuard no_grad;
 #ifdef LOGITFUSE_HAVE_CUDA
   if (options.backend == Backend::automatic && cuda::dlf_supports(z_large, experts.size(), grid.size())) {
-    cuda::DlfSolveCuda c = cuda::dlf_solve(z_large, z_small, experts, grid, options.fused);
+    cuda::DlfSolveCuda c = cuda::dlf_solve(z_large, z_small, experts, grid, options.fused, options.cuda_chained);
     return {c.expert, c.alpha, c.objective, c.fused, c.all_objectives,
             c.kl_forward, c.kl_reverse, c.small_kl_forward, c.small_kl_reverse};
   }

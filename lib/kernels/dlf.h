@@ -35,6 +35,11 @@ struct DlfOptions {
   int64_t row_block = 0;
   Backend backend = Backend::automatic;  // aten forces the LibTorch path (benchmarks, tests)
   bool fused = true;                     // also compute the fused logits
+  // CUDA only: on a uniform grid, the kernel with chained exponentials (the CPU row kernel's method).
+  // Off by default: it was written without a GPU at hand; `bench kernels` and the [cuda] tests run
+  // it beside the default kernel so a device run can show it correct and faster before it becomes
+  // the default.
+  bool cuda_chained = false;
 };
 
 // z_large, z_small and every expert are [N, V] logits over one shared vocabulary (any float dtype,

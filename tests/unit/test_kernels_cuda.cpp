@@ -190,22 +190,30 @@ TEST_CASE("kernels: fused DLF solve matches LibTorch on CUDA", "[cuda][kernels][
     double step;
     at::ScalarType dtype;
     bool masked, misaligned;
+    double delta_scale = 0.3;  // experts = small + this·randn·3; 60 makes Δ too wide for the chained kernel
   };
   const std::vector<Case> cases = {{1, 9, 1, 0.5, at::kFloat, false, false},     {7, 1001, 3, 0.1, at::kFloat, false, true},
                                    {7, 1001, 3, 0.05, at::kFloat, false, false}, {5, 4099, 2, 0.1, at::kBFloat16, false, false},
-                                   {6, 3001, 4, 0.1, at::kFloat, true, false},   {256, 32000, 4, 0.1, at::kFloat, false, false}};
-  uint64_t seed = 500;
-  for (const auto& c : cases) {
+                                   {6, 3001, 4, 0.1, at::kFloat, true, false},   {256, 32000, 4, 0.1, at::kFloat, false, false},
+                                   {5, 2003, 2, 0.1, at::kFloat, false, false, 60.0}};
+  // Both CUDA kernels: the default one and the chained-exponential one (DlfOptions::cuda_chained).
+  for (const bool chained : {false, true})
+  for (size_t index = 0; index < cases.size(); ++index) {
+    const Case& c = cases[index];
+    uint64_t seed = 500 + 10 * index;
     if (!fits_small_run(c.N, c.V)) continue;
-    INFO("N=" << c.N << " V=" << c.V << " m=" << c.m << " step=" << c.step << " dtype=" << c.dtype << " masked=" << c.masked);
+    INFO("N=" << c.N << " V=" << c.V << " m=" << c.m << " step=" << c.step << " dtype=" << c.dtype << " masked=" << c.masked
+              << " delta_scale=" << c.delta_scale << " chained=" << chained);
     try {
     const auto grid = lf::kernels::alpha_grid(0.0, 2.0, c.step);
     const at::Tensor zl = make_logits(c.N, c.V, c.dtype, c.masked ? "masked" : "random", c.misaligned, seed++);
     const at::Tensor zs = make_logits(c.N, c.V, c.dtype, c.masked ? "masked" : "random", false, seed++);
     std::vector<at::Tensor> experts;
     for (int64_t u = 0; u < c.m; ++u)
-      experts.push_back((zs.to(at::kFloat) + make_logits(c.N, c.V, at::kFloat, "random", false, seed++).mul(0.3)).to(c.dtype));
-    const auto fused = lf::kernels::dlf_solve(zl, zs, experts, grid);
+      experts.push_back((zs.to(at::kFloat) + make_logits(c.N, c.V, at::kFloat, "random", false, seed++).mul(c.delta_scale)).to(c.dtype));
+    lf::kernels::DlfOptions options;
+    options.cuda_chained = chained;
+    const auto fused = lf::kernels::dlf_solve(zl, zs, experts, grid, options);
     // The reference sees only the unmasked columns (the kernel leaves masked ones out).
     at::Tensor keep = at::arange(c.V, at::TensorOptions().dtype(at::kLong).device(kCuda));
     if (c.masked) keep = keep.masked_select(keep % 5 != 2);

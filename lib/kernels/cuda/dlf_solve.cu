@@ -8,6 +8,14 @@
 // Kernel 2, one warp per row: J for every (expert, α), and the argmin (first expert, then the
 // smallest grid index on ties, as the ATen path). Kernel 3: the fused logits of the chosen expert.
 // Vocabulary entries that are −inf in any of the three models (a masked vocabulary) are left out.
+//
+// Kernel 1b (DlfOptions::cuda_chained, uniform grids; written without a GPU at hand and off by
+// default until a device run shows it correct and faster): the CPU row kernel's chained
+// exponentials (dlf_rows.h). Per thread, every kSegment grid points share one exponential per
+// element at the segment start; the others multiply by exp2(h·Δ·log2e − σ), σ the thread's running
+// max of h·Δ·log2e, against normalisers base_k + j·σ that rescale when base or σ rise. Per element
+// and expert that is 4 + ⌈G/8⌉ exponentials instead of G + 3. A row whose range of Δ is too wide
+// for that (7·|h|·range > 50 nats) is marked NaN and recomputed by kernel 1.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -16,6 +24,7 @@
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/dispatch.cuh"
 #include "kernels/cuda/kernels_cuda.h"
+#include "kernels/dlf_rows.h"
 
 namespace lf::kernels::cuda {
 
@@ -51,75 +60,35 @@ __device__ __forceinline__ void accumulate(Lse2& acc, const float (&y)[N], const
   }
 }
 
-template <class T, int G>
-__global__ void __launch_bounds__(kThreads) dlf_kl_kernel(const T* __restrict__ z_large, const T* __restrict__ z_small,
-                                                         const DlfParams params, int64_t V, int g_offset, int g_count,
-                                                         float* __restrict__ kl_forward, float* __restrict__ kl_reverse,
-                                                         float* __restrict__ small_forward, float* __restrict__ small_reverse) {
-  constexpr int kVec = 16 / sizeof(T);
-  constexpr int kAcc = G + 3;  // grid points, then P, Q, Q_u
+// Online log-sum-exps (with Σ w·Δ) of softmax(z_L), softmax(z_S) and softmax(z_u): P, Q and Q_u,
+// kept by both KL kernels.
+struct ModelStats {
+  Lse2 p, q, qu;
+  __device__ __forceinline__ void reset() {
+    p.reset();
+    q.reset();
+    qu.reset();
+  }
+  template <int N>
+  __device__ __forceinline__ void add(const float (&yl)[N], const float (&ys)[N], const float (&yu)[N], const float (&delta)[N]) {
+    accumulate(p, yl, delta);
+    accumulate(q, ys, delta);
+    accumulate(qu, yu, delta);
+  }
+};
+
+// Merges the threads' accumulators of one block (grid points, then P, Q, Q_u) and writes the closed
+// forms: kernel 1 and kernel 1b end the same way.
+template <int G>
+__device__ __forceinline__ void finish_kls(Lse2 (&acc)[G], ModelStats& models, const DlfParams& params,
+                                           int64_t r, int u, int g_offset, int g_count, float* __restrict__ kl_forward,
+                                           float* __restrict__ kl_reverse, float* __restrict__ small_forward,
+                                           float* __restrict__ small_reverse) {
+  constexpr int kAcc = G + 3;
   __shared__ float partial[3][kWarps][kAcc];
   __shared__ float final_acc[3][kAcc];
-
-  const int u = blockIdx.x, m = params.experts_count;
-  const int64_t r = blockIdx.y;
-  const T* row_l = z_large + r * V;
-  const T* row_s = z_small + r * V;
-  const T* row_u = static_cast<const T*>(params.experts[u]) + r * V;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-
-  float alpha2[G];  // α·log2 e
-#pragma unroll
-  for (int g = 0; g < G; ++g) alpha2[g] = g < g_count ? params.alpha[g_offset + g] * kLog2e : 0.f;
-  Lse2 acc[G], p_acc, q_acc, qu_acc;
-#pragma unroll
-  for (int g = 0; g < G; ++g) acc[g].reset();
-  p_acc.reset();
-  q_acc.reset();
-  qu_acc.reset();
-
-  auto consume = [&](const auto& l, const auto& s, const auto& e) {
-    constexpr int n = sizeof(l) / sizeof(float);
-    float delta[n], yl[n], ys[n], yu[n];
-#pragma unroll
-    for (int i = 0; i < n; ++i) {
-      const bool finite = l[i] > -INFINITY && s[i] > -INFINITY && e[i] > -INFINITY;
-      delta[i] = finite ? e[i] - s[i] : 0.f;
-      yl[i] = finite ? l[i] * kLog2e : -INFINITY;
-      ys[i] = finite ? s[i] * kLog2e : -INFINITY;
-      yu[i] = finite ? e[i] * kLog2e : -INFINITY;
-    }
-    accumulate(p_acc, yl, delta);
-    accumulate(q_acc, ys, delta);
-    accumulate(qu_acc, yu, delta);
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-      if (g >= g_count) break;
-      float y[n];
-#pragma unroll
-      for (int i = 0; i < n; ++i) y[i] = fmaf(alpha2[g], delta[i], yl[i]);
-      accumulate(acc[g], y, delta);
-    }
-  };
-
-  const RowSplit<T> split(row_l, V);
-  const bool same_split = RowSplit<T>(row_s, V).head == split.head && RowSplit<T>(row_u, V).head == split.head;
-  const int64_t vectors = same_split ? split.vectors : 0;
-  const int64_t head = same_split ? split.head : V;
-  const int64_t tail = same_split ? split.tail : 0;
-  for (int64_t i = threadIdx.x; i < vectors; i += kThreads) {
-    float l[kVec], s[kVec], e[kVec];
-    load_vector(row_l + head + i * kVec, l);
-    load_vector(row_s + head + i * kVec, s);
-    load_vector(row_u + head + i * kVec, e);
-    consume(l, s, e);
-  }
-  for (int64_t j = threadIdx.x; j < head + tail; j += kThreads) {
-    const int64_t id = j < head ? j : V - tail + (j - head);
-    const float l[1] = {to_float(row_l[id])}, s[1] = {to_float(row_s[id])}, e[1] = {to_float(row_u[id])};
-    consume(l, s, e);
-  }
-
+  const int m = params.experts_count;
   auto publish = [&](Lse2& a, int slot) {
     a.warp_merge();
     if (lane == 0) {
@@ -130,9 +99,9 @@ __global__ void __launch_bounds__(kThreads) dlf_kl_kernel(const T* __restrict__ 
   };
 #pragma unroll
   for (int g = 0; g < G; ++g) publish(acc[g], g);
-  publish(p_acc, G);
-  publish(q_acc, G + 1);
-  publish(qu_acc, G + 2);
+  publish(models.p, G);
+  publish(models.q, G + 1);
+  publish(models.qu, G + 2);
   __syncthreads();
   for (int slot = threadIdx.x; slot < kAcc; slot += kThreads) {
     Lse2 a;
@@ -155,6 +124,230 @@ __global__ void __launch_bounds__(kThreads) dlf_kl_kernel(const T* __restrict__ 
     small_forward[r * m + u] = mean_qu - lse_qu + lse_q;
     small_reverse[r * m + u] = -mean_q - lse_q + lse_qu;
   }
+}
+
+// Calls consume(l, s, e) on float arrays of one 16-byte vector of each of the three rows (or on
+// single elements where the rows are not equally aligned, and at the ends), over this thread's share.
+template <class T, class F>
+__device__ __forceinline__ void walk_rows(const T* row_l, const T* row_s, const T* row_u, int64_t V, F&& consume) {
+  constexpr int kVec = 16 / sizeof(T);
+  const RowSplit<T> split(row_l, V);
+  const bool same_split = RowSplit<T>(row_s, V).head == split.head && RowSplit<T>(row_u, V).head == split.head;
+  const int64_t vectors = same_split ? split.vectors : 0;
+  const int64_t head = same_split ? split.head : V;
+  const int64_t tail = same_split ? split.tail : 0;
+  for (int64_t i = threadIdx.x; i < vectors; i += kThreads) {
+    float l[kVec], s[kVec], e[kVec];
+    load_vector(row_l + head + i * kVec, l);
+    load_vector(row_s + head + i * kVec, s);
+    load_vector(row_u + head + i * kVec, e);
+    consume(l, s, e);
+  }
+  for (int64_t j = threadIdx.x; j < head + tail; j += kThreads) {
+    const int64_t id = j < head ? j : V - tail + (j - head);
+    const float l[1] = {to_float(row_l[id])}, s[1] = {to_float(row_s[id])}, e[1] = {to_float(row_u[id])};
+    consume(l, s, e);
+  }
+}
+
+// Δ = e − s and the three rows in log2 units; an entry that is −inf in any of them is left out
+// (−inf in all three, Δ = 0).
+template <int N>
+__device__ __forceinline__ void prepare(const float (&l)[N], const float (&s)[N], const float (&e)[N], float (&delta)[N],
+                                        float (&yl)[N], float (&ys)[N], float (&yu)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    const bool finite = l[i] > -INFINITY && s[i] > -INFINITY && e[i] > -INFINITY;
+    delta[i] = finite ? e[i] - s[i] : 0.f;
+    yl[i] = finite ? l[i] * kLog2e : -INFINITY;
+    ys[i] = finite ? s[i] * kLog2e : -INFINITY;
+    yu[i] = finite ? e[i] * kLog2e : -INFINITY;
+  }
+}
+
+// only_marked: recompute just the (expert, row) blocks that kernel 1b marked (kl_forward NaN).
+template <class T, int G>
+__global__ void __launch_bounds__(kThreads) dlf_kl_kernel(const T* __restrict__ z_large, const T* __restrict__ z_small,
+                                                         const DlfParams params, int64_t V, int g_offset, int g_count,
+                                                         bool only_marked, float* __restrict__ kl_forward,
+                                                         float* __restrict__ kl_reverse, float* __restrict__ small_forward,
+                                                         float* __restrict__ small_reverse) {
+  const int u = blockIdx.x;
+  const int64_t r = blockIdx.y;
+  if (only_marked && !isnan(kl_forward[(r * params.experts_count + u) * params.grid_size + g_offset])) return;
+  const T* row_l = z_large + r * V;
+  const T* row_s = z_small + r * V;
+  const T* row_u = static_cast<const T*>(params.experts[u]) + r * V;
+
+  float alpha2[G];  // α·log2 e
+#pragma unroll
+  for (int g = 0; g < G; ++g) alpha2[g] = g < g_count ? params.alpha[g_offset + g] * kLog2e : 0.f;
+  Lse2 acc[G];
+#pragma unroll
+  for (int g = 0; g < G; ++g) acc[g].reset();
+  ModelStats models;
+  models.reset();
+
+  walk_rows(row_l, row_s, row_u, V, [&](const auto& l, const auto& s, const auto& e) {
+    constexpr int n = sizeof(l) / sizeof(float);
+    float delta[n], yl[n], ys[n], yu[n];
+    prepare(l, s, e, delta, yl, ys, yu);
+    models.add(yl, ys, yu, delta);
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      if (g >= g_count) break;
+      float y[n];
+#pragma unroll
+      for (int i = 0; i < n; ++i) y[i] = fmaf(alpha2[g], delta[i], yl[i]);
+      accumulate(acc[g], y, delta);
+    }
+  });
+
+  finish_kls<G>(acc, models, params, r, u, g_offset, g_count, kl_forward, kl_reverse, small_forward,
+                small_reverse);
+}
+
+constexpr int kSegment = 8;                 // grid points per chained segment
+constexpr float kSegmentBudgetNats = 50.f;  // (kSegment − 1)·|h|·range Δ above this: kernel 1 instead
+
+// Kernel 1b: as kernel 1 on a uniform grid (α_g = α_{g_offset} + (g − g_offset)·step), with chained
+// exponentials (see the top of this file). Normaliser of grid point g = k·kSegment + j: base[k] + j·σ.
+template <class T, int G>
+__global__ void __launch_bounds__(kThreads) dlf_kl_chain_kernel(const T* __restrict__ z_large, const T* __restrict__ z_small,
+                                                               const DlfParams params, int64_t V, int g_offset, int g_count,
+                                                               float step, float* __restrict__ kl_forward,
+                                                               float* __restrict__ kl_reverse, float* __restrict__ small_forward,
+                                                               float* __restrict__ small_reverse) {
+  constexpr int kSegments = (G + kSegment - 1) / kSegment;
+  __shared__ float spread[2][kWarps];
+  const int u = blockIdx.x;
+  const int64_t r = blockIdx.y;
+  const T* row_l = z_large + r * V;
+  const T* row_s = z_small + r * V;
+  const T* row_u = static_cast<const T*>(params.experts[u]) + r * V;
+
+  const float step2 = step * kLog2e;
+  float start2[kSegments], base[kSegments];  // α at each segment start (log2 units); its running max
+#pragma unroll
+  for (int k = 0; k < kSegments; ++k) {
+    start2[k] = k * kSegment < g_count ? params.alpha[g_offset + k * kSegment] * kLog2e : 0.f;
+    base[k] = -INFINITY;
+  }
+  float sum[G], moment[G];  // Σ w and Σ w·Δ against the normaliser of each grid point
+#pragma unroll
+  for (int g = 0; g < G; ++g) sum[g] = moment[g] = 0.f;
+  float sigma = -INFINITY, d_min = 0.f, d_max = 0.f;
+  ModelStats models;
+  models.reset();
+
+  walk_rows(row_l, row_s, row_u, V, [&](const auto& l, const auto& s, const auto& e) {
+    constexpr int n = sizeof(l) / sizeof(float);
+    float delta[n], yl[n], ys[n], yu[n];
+    prepare(l, s, e, delta, yl, ys, yu);
+    models.add(yl, ys, yu, delta);
+    float hd[n], chunk_sigma = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < n; ++i) {
+      d_min = fminf(d_min, delta[i]);
+      d_max = fmaxf(d_max, delta[i]);
+      hd[i] = step2 * delta[i];
+      chunk_sigma = fmaxf(chunk_sigma, hd[i]);
+    }
+    if (chunk_sigma > sigma) {  // σ rises: point j of a segment rescales by exp2(−j·rise)
+      if (sigma > -INFINITY) {
+        const float f = fast_exp2(sigma - chunk_sigma);
+#pragma unroll
+        for (int k = 0; k < kSegments; ++k) {
+          float factor = 1.f;
+#pragma unroll
+          for (int j = 1; j < kSegment; ++j) {
+            const int g = k * kSegment + j;
+            if (g < G) {
+              factor *= f;
+              sum[g] *= factor;
+              moment[g] *= factor;
+            }
+          }
+        }
+      }
+      sigma = chunk_sigma;
+    }
+    float ratio[n];
+#pragma unroll
+    for (int i = 0; i < n; ++i) ratio[i] = fast_exp2(hd[i] - sigma);
+#pragma unroll
+    for (int k = 0; k < kSegments; ++k) {
+      if (k * kSegment >= g_count) break;
+      float w[n], chunk_max = -INFINITY;
+#pragma unroll
+      for (int i = 0; i < n; ++i) {
+        w[i] = fmaf(start2[k], delta[i], yl[i]);
+        chunk_max = fmaxf(chunk_max, w[i]);
+      }
+      if (chunk_max > base[k]) {  // the segment's normalisers rise together
+        const float scale = fast_exp2(base[k] - chunk_max);
+#pragma unroll
+        for (int j = 0; j < kSegment; ++j) {
+          const int g = k * kSegment + j;
+          if (g < G) {
+            sum[g] *= scale;
+            moment[g] *= scale;
+          }
+        }
+        base[k] = chunk_max;
+      }
+      if (base[k] == -INFINITY) continue;
+#pragma unroll
+      for (int i = 0; i < n; ++i) w[i] = fast_exp2(w[i] - base[k]);
+#pragma unroll
+      for (int j = 0; j < kSegment; ++j) {
+        const int g = k * kSegment + j;
+        if (g >= G || g >= g_count) break;
+        float ss = 0.f, tt = 0.f;
+#pragma unroll
+        for (int i = 0; i < n; ++i) {
+          if (j > 0) w[i] *= ratio[i];
+          ss += w[i];
+          tt = fmaf(w[i], delta[i], tt);
+        }
+        sum[g] += ss;
+        moment[g] += tt;
+      }
+    }
+  });
+
+  // The range of Δ over the row decides whether the chains stayed within the budget.
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    d_min = fminf(d_min, __shfl_xor_sync(kFullMask, d_min, offset));
+    d_max = fmaxf(d_max, __shfl_xor_sync(kFullMask, d_max, offset));
+  }
+  if ((threadIdx.x & 31) == 0) {
+    spread[0][threadIdx.x >> 5] = d_min;
+    spread[1][threadIdx.x >> 5] = d_max;
+  }
+  __syncthreads();
+  float row_min = spread[0][0], row_max = spread[1][0];
+#pragma unroll
+  for (int w = 1; w < kWarps; ++w) {
+    row_min = fminf(row_min, spread[0][w]);
+    row_max = fmaxf(row_max, spread[1][w]);
+  }
+  if (!((kSegment - 1) * fabsf(step) * (row_max - row_min) <= kSegmentBudgetNats)) {
+    const int64_t out_row = (r * params.experts_count + u) * params.grid_size + g_offset;
+    for (int g = threadIdx.x; g < g_count; g += kThreads) kl_forward[out_row + g] = NAN;  // kernel 1 redoes it
+    return;
+  }
+  Lse2 acc[G];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    const int k = g / kSegment, j = g % kSegment;
+    acc[g].m = base[k] == -INFINITY ? -INFINITY : base[k] + j * sigma;
+    acc[g].s = sum[g];
+    acc[g].t = moment[g];
+  }
+  finish_kls<G>(acc, models, params, r, u, g_offset, g_count, kl_forward, kl_reverse, small_forward,
+                small_reverse);
 }
 
 // One warp per row: J[t, g] = Σ_u (KL_f[t, g] − K1[u])² + (KL_r[t, g] − K2[u])² and its argmin.
@@ -221,7 +414,7 @@ bool dlf_supports(const at::Tensor& z_large, size_t experts, size_t grid_size) {
 }
 
 DlfSolveCuda dlf_solve(const at::Tensor& z_large_in, const at::Tensor& z_small_in, const std::vector<at::Tensor>& experts_in,
-                       const std::vector<double>& grid, bool want_fused) {
+                       const std::vector<double>& grid, bool want_fused, bool chained) {
   const c10::cuda::CUDAGuard guard(z_large_in.device());
   const int64_t m = static_cast<int64_t>(experts_in.size()), G = static_cast<int64_t>(grid.size());
   if (m < 1 || m > kMaxDlfExperts) throw RuntimeFailure("CUDA DLF solve: 1 to 16 experts");
@@ -253,6 +446,8 @@ DlfSolveCuda dlf_solve(const at::Tensor& z_large_in, const at::Tensor& z_small_i
   if (N == 0) return out;
   if (N > kMaxRows) throw RuntimeFailure("CUDA DLF solve: at most 65535 rows per call");
 
+  const rows::DlfGrid shape = rows::describe_grid(grid.data(), G);
+  const bool use_chain = chained && shape.uniform;
   auto stream = at::cuda::getCurrentCUDAStream();
   dispatch_dtype(z_large, "the CUDA DLF solve", [&](auto tag) {
     using T = decltype(tag);
@@ -261,15 +456,28 @@ DlfSolveCuda dlf_solve(const at::Tensor& z_large_in, const at::Tensor& z_small_i
     for (int64_t offset = 0; offset < G; offset += kMaxDlfGridPerLaunch) {
       const int count = static_cast<int>(std::min<int64_t>(kMaxDlfGridPerLaunch, G - offset));
       const dim3 blocks(static_cast<unsigned>(m), static_cast<unsigned>(N));
-      auto launch = [&](auto kernel) {
-        kernel<<<blocks, kThreads, 0, stream>>>(zl, zs, params, V, static_cast<int>(offset), count,
-                                                out.kl_forward.data_ptr<float>(), out.kl_reverse.data_ptr<float>(),
-                                                out.small_kl_forward.data_ptr<float>(), out.small_kl_reverse.data_ptr<float>());
+      float* kf = out.kl_forward.data_ptr<float>();
+      float* kr = out.kl_reverse.data_ptr<float>();
+      float* k1 = out.small_kl_forward.data_ptr<float>();
+      float* k2 = out.small_kl_reverse.data_ptr<float>();
+      auto exact = [&](auto kernel, bool only_marked) {
+        kernel<<<blocks, kThreads, 0, stream>>>(zl, zs, params, V, static_cast<int>(offset), count, only_marked, kf, kr, k1, k2);
       };
-      if (count <= 8) launch(dlf_kl_kernel<T, 8>);
-      else if (count <= 16) launch(dlf_kl_kernel<T, 16>);
-      else if (count <= 24) launch(dlf_kl_kernel<T, 24>);
-      else launch(dlf_kl_kernel<T, 32>);
+      auto chain = [&](auto kernel) {
+        kernel<<<blocks, kThreads, 0, stream>>>(zl, zs, params, V, static_cast<int>(offset), count,
+                                                static_cast<float>(shape.step), kf, kr, k1, k2);
+      };
+      if (use_chain) {
+        if (count <= 8) chain(dlf_kl_chain_kernel<T, 8>);
+        else if (count <= 16) chain(dlf_kl_chain_kernel<T, 16>);
+        else if (count <= 24) chain(dlf_kl_chain_kernel<T, 24>);
+        else chain(dlf_kl_chain_kernel<T, 32>);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+      if (count <= 8) exact(dlf_kl_kernel<T, 8>, use_chain);
+      else if (count <= 16) exact(dlf_kl_kernel<T, 16>, use_chain);
+      else if (count <= 24) exact(dlf_kl_kernel<T, 24>, use_chain);
+      else exact(dlf_kl_kernel<T, 32>, use_chain);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     constexpr int kRowsPerBlock = 4;

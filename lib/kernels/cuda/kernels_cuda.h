@@ -46,7 +46,8 @@ struct DlfSolveCuda {
 // True when the fused solve takes these inputs: supports(z_large), 1 to 16 experts, 1 to 256 grid
 // values, at most 65535 rows.
 bool dlf_supports(const at::Tensor& z_large, size_t experts, size_t grid_size);
+// chained: on a uniform grid, the kernel with chained exponentials (DlfOptions::cuda_chained).
 DlfSolveCuda dlf_solve(const at::Tensor& z_large, const at::Tensor& z_small, const std::vector<at::Tensor>& experts,
-                       const std::vector<double>& grid, bool want_fused);
+                       const std::vector<double>& grid, bool want_fused, bool chained = false);
 
 }  // namespace lf::kernels::cuda
