@@ -89,7 +89,12 @@ python3 -m pytest tests/oracle -q -p no:cacheprovider --ignore=tests/oracle/test
   --ignore=tests/oracle/test_model_logits.py 2>&1 | tail -12 || status=1
 
 step "unit tests"
-ctest --test-dir "$BUILD" -j 8 --output-on-failure 2>&1 | tail -5 || status=1
+# The whole log goes to a file (and to $OUT when the device tool provides it); failed tests' own
+# output, crash stacks included, is printed here.
+unit_log=${OUT:-$BUILD}/unit-tests.log
+ctest --test-dir "$BUILD" -j 8 --output-on-failure > "$unit_log" 2>&1 || status=1
+tail -5 "$unit_log"
+grep -q "tests failed" "$unit_log" && grep -E -A40 "^[0-9]+/[0-9]+ Test +#[0-9]+: .*(Failed|Exception|SEGFAULT|Subprocess aborted)" "$unit_log" | head -150
 
 step "loss-term benchmark on the GPU (ratios to cross entropy)"
 python3 bench/loss_terms.py --device cuda --dtype bf16 --rows 4096 --vocab 151936 --k 10 --iters 20 --binary "$BUILD/bin/logitfuse" || status=1
