@@ -1,9 +1,11 @@
 """The embedded benchmark (docs/benchmark.md): two teachers, each trained by logitfuse on one skill
 with its own tokenizer, fused into a student on a small mixed set; the students (SFT-only, fused
 GLD+ULD+SFT, and the ULD+SFT / GLD+SFT ablations, several seeds) and the teachers are evaluated by
-exact match on held-out sets of each skill.
+exact match on held-out sets of each skill. Then Dynamic Logit Fusion on the same skills: a small
+base and the larger model trained on the mixed set, an expert per skill fine-tuned from the base on
+its pool, and decoding with dynamic, static (α = 1) and large-only fusion.
 
-    python demo/run_demo.py [--out runs/demo] [--seeds 3] [--quick] [--fresh]
+    python demo/run_demo.py [--out runs/demo] [--seeds 3] [--quick] [--fresh] [--skip-dlf]
 
 Teachers and finished runs are kept under --out and reused by a rerun (--fresh retrains students).
 """
@@ -137,16 +139,19 @@ VARIANTS = {
 ANSWER_REGEX = "The answer is ([^.]*)[.]"
 
 
-def evaluate(model_dir, out_dir, data):
-    """Exact match on each skill's held-out set, through `logitfuse eval`."""
+def evaluate(model_dir, out_dir, data, fusion=None, perplexity=True, skills=tuple(tasks.SKILLS)):
+    """Exact match (and perplexity) on each skill's held-out set, through `logitfuse eval`; with
+    `fusion` (the models and fusion sections of a DLF config), of fused decoding instead of one model."""
     if not (out_dir / "metrics.json").exists():
         out_dir.mkdir(parents=True, exist_ok=True)
         tasks_yaml = "".join(
             f"\n  - {{name: {skill}, type: exact_match, data: {data / f'eval_{skill}.jsonl'}, extract: regex, "
-            f"regex: '{ANSWER_REGEX}'}}"
-            f"\n  - {{name: {skill}-ppl, type: perplexity, data: {data / f'eval_{skill}.jsonl'}}}" for skill in tasks.SKILLS)
+            f"regex: '{ANSWER_REGEX}'}}" +
+            (f"\n  - {{name: {skill}-ppl, type: perplexity, data: {data / f'eval_{skill}.jsonl'}}}" if perplexity else "")
+            for skill in tasks.SKILLS)
         config = out_dir / "eval.yaml"
-        config.write_text(f"""model: {{path: {model_dir}, device: cpu}}
+        models = fusion if fusion else f"model: {{path: {model_dir}, device: cpu}}"
+        config.write_text(f"""{models}
 generation: {{max_new_tokens: 40, batch_size: 50, chat_template: plain}}
 sampling: {{temperature: 0}}
 output_dir: {out_dir}
@@ -154,9 +159,56 @@ tasks:{tasks_yaml}
 """)
         logitfuse("eval", config)
     metrics = json.loads((out_dir / "metrics.json").read_text())
-    scores = {skill: metrics["tasks"][skill]["exact_match"] for skill in tasks.SKILLS}
-    scores.update({f"{skill}-ppl": metrics["tasks"][f"{skill}-ppl"]["perplexity"] for skill in tasks.SKILLS})
+    scores = {skill: metrics["tasks"][skill]["exact_match"] for skill in skills}
+    if perplexity:
+        scores.update({f"{skill}-ppl": metrics["tasks"][f"{skill}-ppl"]["perplexity"] for skill in skills})
     return scores
+
+
+DLF_STRATEGIES = ["large_only", "static", "dynamic"]
+
+
+def dlf_benchmark(out, data, toks, args, large):
+    """Dynamic Logit Fusion on the demo's skills (docs/benchmark.md). One shared tokenizer (the
+    students'); the small base and the large model know the skills only from the mixed fusion set,
+    each expert is the base fine-tuned on its skill's pool. Each skill's held-out set is decoded with
+    that skill's expert (the paper's single-task setting) by every strategy, and with both experts
+    (multi-task: one active expert per step, J summed over both, method.md §4).
+    Returns {row name: {skill: EM}}."""
+    models = out / "models"
+    hidden, layers = (int(x) for x in args.dlf_base_size.split("x"))
+    base_init = models / f"dlf_base_init_{args.dlf_base_size}"
+    init_model(base_init, "llama", toks["bpe300"], (hidden, layers), 21)
+    dlf = out / "dlf"
+    t0 = time.time()
+    base = train(dlf / "base", base_init, [], data / "fusion.jsonl", "{}", args.student_steps, 1, 3e-3, 16)
+    experts = {}
+    for skill in tasks.SKILLS:
+        experts[skill] = train(dlf / f"expert_{skill}", base, [], data / f"pool_{skill}.jsonl", "{}",
+                               args.expert_steps, 1, 2e-3, 32)
+    log(f"DLF base and experts ready ({time.time() - t0:.0f}s); large model: {large}")
+
+    def run(name, strategy, expert_skills, skills, only=None):
+        t0 = time.time()
+        fusion = f"""models:
+  large: {{path: {large}, device: cpu}}
+  base: {{path: {base}}}
+  experts: [{", ".join(f"{{name: {s}, path: {experts[s]}}}" for s in expert_skills)}]
+fusion: {{strategy: {strategy}, alpha: {{min: 0.0, max: 2.0, step: 0.1}}, static_alpha: 1.0{f", expert: {only}" if only else ""}}}"""
+        scores = evaluate(None, out / "eval" / "dlf" / name, data, fusion, perplexity=False, skills=skills)
+        log(f"DLF {name}: " + ", ".join(f"{s} EM {100 * scores[s]:.0f}%" for s in skills) + f" ({time.time() - t0:.0f}s)")
+        return scores
+
+    results = {}
+    for strategy in DLF_STRATEGIES:  # single task: each skill with its own expert
+        results[strategy] = {}
+        for skill in tasks.SKILLS:
+            results[strategy].update(run(f"{strategy}-{skill}", strategy, [skill], [skill]))
+    results["dynamic, both experts"] = run("dynamic-both", "dynamic", list(tasks.SKILLS), list(tasks.SKILLS))
+    results["expert alone"] = {}
+    for skill in tasks.SKILLS:
+        results["expert alone"].update(run(f"expert-{skill}", "expert_only", [skill], [skill], only=skill))
+    return results
 
 
 def mean_spread(values):
@@ -178,12 +230,16 @@ def main():
     parser.add_argument("--student-size", default="128x4", help="hidden x layers of the student")
     parser.add_argument("--positions", default="exact", choices=["exact", "offsets", "dtw", "index"],
                         help="alignment.positions of the fused students (exact: the next tokens are the same text)")
+    parser.add_argument("--dlf-base-size", default="64x2", help="hidden x layers of the DLF small base and experts")
+    parser.add_argument("--expert-steps", type=int, default=400, help="fine-tuning steps of each DLF expert")
+    parser.add_argument("--skip-dlf", action="store_true", help="leave out the Dynamic Logit Fusion part")
     parser.add_argument("--quick", action="store_true", help="small sizes for the test suite")
     parser.add_argument("--fresh", action="store_true", help="retrain the students")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.pool_size, args.fusion_size, args.eval_size = 1, 300, 40, 20
         args.teacher_steps, args.student_steps, args.variants, args.student_size = 40, 20, "sft,fused", "64x2"
+        args.dlf_base_size, args.expert_steps = "32x2", 20
     variants = args.variants.split(",")
     for v in variants:
         if v not in VARIANTS:
@@ -216,6 +272,7 @@ def main():
     if args.fresh and students.exists():
         shutil.rmtree(students)
         shutil.rmtree(out / "eval" / "students", ignore_errors=True)
+        shutil.rmtree(out / "eval" / "dlf", ignore_errors=True)  # its large model is the SFT student
     teacher_list = [(skill, teachers[skill]) for skill in tasks.SKILLS]
     for variant in variants:
         use_teachers, loss = VARIANTS[variant]
@@ -230,6 +287,16 @@ def main():
             log(f"student {variant} seed {seed}: " + ", ".join(
                 f"{skill} EM {100 * r[skill]:.0f}% ppl {r[skill + '-ppl']:.2f}" for skill in tasks.SKILLS) +
                 f" ({time.time() - t0:.0f}s)")
+
+    dlf = None
+    if not args.skip_dlf:
+        # The large model: the SFT student of seed 0 (trained on the mixed set only), or one trained
+        # the same way when the SFT variant was not run.
+        large = students / "sft-seed0" / "final"
+        if not large.exists():
+            large = train(out / "dlf" / "large", student_init, [], data / "fusion.jsonl", "{}", args.student_steps,
+                          100, 2e-3, 16)
+        dlf = dlf_benchmark(out, data, toks, args, large)
 
     report = {"wall_seconds": time.time() - start, "seeds": args.seeds, "teacher_steps": args.teacher_steps,
               "student_steps": args.student_steps, "positions": args.positions, "fusion_size_per_skill": args.fusion_size,
@@ -246,6 +313,8 @@ def main():
             row += f"{cell:>20}"
         report["models"][name] = entry
         lines.append(row)
+    if dlf:
+        report["dlf"] = {"strategies": dlf, "dlf_base_size": args.dlf_base_size, "expert_steps": args.expert_steps}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print()
     print(f"Fusion benchmark: exact match (%) and response perplexity on {args.eval_size} held-out examples per skill; "
@@ -258,6 +327,16 @@ def main():
         ppl = [s for s in tasks.SKILLS if fused[f"{s}-ppl"]["mean"] < sft[f"{s}-ppl"]["mean"]]
         print(f"fused beats SFT-only on: exact match: {', '.join(em) if em else 'no skill'}; "
               f"perplexity: {', '.join(ppl) if ppl else 'no skill'}")
+    if dlf:
+        print()
+        print(f"Dynamic Logit Fusion: exact match (%) on the same held-out sets. Large: the SFT student; small base "
+              f"{args.dlf_base_size} trained on the mixed set; each skill decoded with its own expert (the base "
+              f"fine-tuned on that skill's pool), and with both experts")
+        print(f"{'decoding':<24}" + "".join(f"{skill + ' EM %':>20}" for skill in tasks.SKILLS))
+        for name, scores in dlf.items():
+            print(f"{name:<24}" + "".join(f"{100 * scores[s]:>20.1f}" for s in tasks.SKILLS))
+        order = [s for s in tasks.SKILLS if dlf["dynamic"][s] >= dlf["static"][s] >= dlf["large_only"][s]]
+        print(f"dynamic >= static >= large-only on: {', '.join(order) if order else 'no skill'}")
     print(f"wall time {report['wall_seconds']:.0f}s; report: {out / 'report.json'}")
 
 
