@@ -74,11 +74,18 @@ void visit(V& v, GraphLossConfig& c) {
 }
 
 template <class V>
+void visit(V& v, OnPolicyConfig& c) {
+  v("weight", c.weight, in_range(0.0, 1.0));
+  v("max_new_tokens", c.max_new_tokens, at_least<int64_t>(1));
+}
+
+template <class V>
 void visit(V& v, LossConfig& c) {
   v("distill_weight", c.distill_weight, in_range(0.0, 1.0));
   v("teacher_mix", c.teacher_mix, one_of({"uniform", "weights", "min_ce"}));
   v("token", c.token);
   v("graph", c.graph);
+  v("on_policy", c.on_policy);
 }
 
 template <class V>
@@ -192,6 +199,13 @@ void check_cross_keys(Recipe& recipe, const schema::Reader& reader, const YAML::
     double total = 0;
     for (const auto& t : recipe.teachers) total += t.weight;
     if (total <= 0) fail("loss.teacher_mix", "'weights' needs a positive teachers.N.weight on some teacher");
+  }
+  if (recipe.loss.on_policy.weight > 0) {
+    if (recipe.teachers.empty()) fail("loss.on_policy.weight", "on-policy distillation needs teachers");
+    for (size_t i = 0; i < recipe.teachers.size(); ++i)
+      if (recipe.teachers[i].logits_cache)
+        fail("loss.on_policy.weight", "teachers." + std::to_string(i) + " reads a logits cache, which holds only the data's responses",
+             "run the teachers online (drop logits_cache) or set loss.on_policy.weight: 0");
   }
   for (auto& [name, t] : recipe.chat_templates) t.name = name;
   if (recipe.loss.graph.type == "gld" && recipe.loss.graph.nodes == "vocab" && recipe.loss.graph.solver == "entropic")

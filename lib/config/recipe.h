@@ -65,11 +65,20 @@ struct GraphLossConfig {
   double epsilon = 0.005;
 };
 
+// On-policy distillation (an extension of method.md §1, as in GKD / MiniLLM): a share of the
+// distillation terms is taken on the student's own greedy completions of the batch's prompts, where
+// the teachers say what should follow what the student actually wrote.
+struct OnPolicyConfig {
+  double weight = 0.0;           // ρ: that share (0 = off); the SFT term stays on the data's responses
+  int64_t max_new_tokens = 128;  // length of each completion
+};
+
 struct LossConfig {
   double distill_weight = 0.5;
   std::string teacher_mix = "uniform";  // uniform | weights | min_ce
   TokenLossConfig token;
   GraphLossConfig graph;
+  OnPolicyConfig on_policy;
 };
 
 struct AlignmentConfig {

@@ -77,6 +77,7 @@ LossParts backward_fusion_loss(const StudentSide& student, const std::vector<Tea
   const int64_t B = student.batch->input_ids.size(0);
   const int64_t S = static_cast<int64_t>(teachers.size());
   const double lambda = S > 0 ? c.distill_weight : 0.0;
+  const double sft_weight = c.sft_weight ? *c.sft_weight : 1.0 - lambda;
   const bool use_graph = S > 0 && c.graph && c.graph_weight > 0 && lambda > 0;
   const bool use_token = S > 0 && c.token.type != "none" && lambda > 0;
   if (counts.tokens <= 0) throw RuntimeFailure("no response tokens in the global batch");
@@ -207,7 +208,7 @@ LossParts backward_fusion_loss(const StudentSide& student, const std::vector<Tea
       ce = kernels::cross_entropy_rows(logits, rows.labels.narrow(0, start, n));
     }
     sft_sum += ce.detach().sum().item<double>();
-    at::Tensor chunk_loss = ce.sum() * ((1.0 - lambda) * inv_tokens);
+    at::Tensor chunk_loss = ce.sum() * (sft_weight * inv_tokens);
     if (graph_probs.defined())
       chunk_loss = chunk_loss + (graph_probs * graph_grad.narrow(0, start, n)).sum() * (lambda * c.graph_weight);
     for (int64_t s = 0; use_token && s < S; ++s) {
@@ -255,7 +256,7 @@ LossParts backward_fusion_loss(const StudentSide& student, const std::vector<Tea
   }
   parts.sft = sft_sum * inv_tokens;
   parts.token = token_sum * inv_tokens;
-  parts.total = (1.0 - lambda) * parts.sft + lambda * (parts.token + c.graph_weight * parts.graph);
+  parts.total = sft_weight * parts.sft + lambda * (parts.token + c.graph_weight * parts.graph);
   if (hidden.grad().defined()) {
     if (student.before_body_backward) student.before_body_backward();
     student.hidden.backward(hidden.grad());

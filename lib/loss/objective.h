@@ -10,6 +10,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -64,6 +65,9 @@ struct ObjectiveConfig {
   GldOptions gld;
   EntropicGwOptions entropic;
   int64_t chunk_rows = 1024;  // logit rows alive at once
+  // The SFT coefficient; unset: 1 − λ. On-policy distillation sets it apart from λ: its batch of
+  // the student's own completions has no SFT term (0), the data's batch keeps 1 − λ.
+  std::optional<double> sft_weight;
 };
 
 // Global normalisers: response tokens and sequences of the whole step (all micro-batches, all ranks).

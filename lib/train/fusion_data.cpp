@@ -30,6 +30,7 @@ FusionData::FusionData(const ExampleSet& examples, const Participant& student, c
       teachers_[s].push_back(std::move(mine[s + 1]));
     }
     student_.push_back(std::move(mine[0]));
+    examples_.push_back(ex);
     lines_.push_back(ex.line);
   }
   if (skipped > 0) spdlog::warn("{}: skipped {} example(s) that truncation left without a response", examples.path, skipped);

@@ -32,9 +32,11 @@ class FusionData {
   std::vector<int64_t> lengths() const;  // the student's, for length bucketing
   MicroBatch batch(const std::vector<int64_t>& indices) const;
   const TokenizedSequence& student_sequence(int64_t i) const { return student_[i]; }
+  const Example& example(int64_t i) const { return examples_[i]; }
 
  private:
   std::vector<TokenizedSequence> student_;
+  std::vector<Example> examples_;
   std::vector<int64_t> lines_;
   std::vector<std::vector<TokenizedSequence>> teachers_;  // [teacher][example]
   std::vector<std::vector<PositionPairs>> pairs_;          // [teacher][example]

@@ -19,6 +19,7 @@
 #include "train/cache_logits.h"
 #include "train/checkpoint.h"
 #include "train/fusion_data.h"
+#include "train/on_policy.h"
 #include "train/optimizer.h"
 #include "train/sharded_adamw.h"
 #include "train/run_support.h"
@@ -194,7 +195,18 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
   state.world_size = comm.world_size();
   state.global_micro_batch = global_micro_batch;
   Sampler sampler(data.lengths(), sampler_config, state.cursor);
-  const loss::ObjectiveConfig objective = objective_config(recipe);
+  loss::ObjectiveConfig objective = objective_config(recipe);
+  // On-policy distillation splits the distillation weight λ: λ·(1 − ρ) on the data's responses (whose
+  // SFT weight stays 1 − λ), λ·ρ on the student's own completions (no SFT term there).
+  const double on_policy = recipe.loss.on_policy.weight;
+  loss::ObjectiveConfig on_policy_objective = objective;
+  if (on_policy > 0) {
+    objective.sft_weight = 1.0 - recipe.loss.distill_weight;
+    objective.distill_weight = recipe.loss.distill_weight * (1.0 - on_policy);
+    on_policy_objective.sft_weight = 0.0;
+    on_policy_objective.distill_weight = recipe.loss.distill_weight * on_policy;
+  }
+  const OnPolicyOptions on_policy_options{recipe.loss.on_policy.max_new_tokens, truncation, recipe.alignment.positions};
   // Teacher mixing weights (uniform or normalised `weights`; min_ce re-weights per sequence later).
   std::vector<double> mix_weights(teachers.size(), 1.0 / std::max<size_t>(1, teachers.size()));
   if (recipe.loss.teacher_mix == "weights") {
@@ -222,21 +234,33 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
   while (state.step < total_steps) {
     const auto step_start = std::chrono::steady_clock::now();
     std::vector<MicroBatch> micro;
-    double local_tokens = 0, local_sequences = 0, input_tokens = 0;
+    std::vector<std::unique_ptr<OnPolicyBatch>> completions;  // per micro-batch; null: none
+    double local_tokens = 0, local_sequences = 0, input_tokens = 0, policy_tokens = 0, policy_sequences = 0;
     for (int64_t a = 0; a < tc.grad_accum; ++a) {
-      micro.push_back(data.batch(sampler.next()));
+      const std::vector<int64_t> indices = sampler.next();
+      micro.push_back(data.batch(indices));
       local_tokens += static_cast<double>(micro.back().student.label_tokens);
       local_sequences += static_cast<double>(micro.back().sequences());
       for (const auto* row : micro.back().student.rows) input_tokens += static_cast<double>(row->length());
+      if (on_policy > 0) {
+        completions.push_back(make_on_policy_batch(data, indices, student, teacher_ptrs, on_policy_options));
+        if (completions.back()) {
+          policy_tokens += static_cast<double>(completions.back()->micro.student.label_tokens);
+          policy_sequences += static_cast<double>(completions.back()->micro.sequences());
+        }
+      }
     }
     const loss::GlobalCounts counts{comm.all_reduce_sum(local_tokens), comm.all_reduce_sum(local_sequences)};
+    loss::GlobalCounts policy_counts;
+    if (on_policy > 0) policy_counts = {comm.all_reduce_sum(policy_tokens), comm.all_reduce_sum(policy_sequences)};
 
-    loss::LossParts parts;
-    for (MicroBatch& mb : micro) {
+    // One micro-batch's objective: the student's hidden states, each teacher's (or its cached rows).
+    auto backward = [&](MicroBatch& mb, const loss::ObjectiveConfig& config, const loss::GlobalCounts& global,
+                        bool arm_overlap) {
       AutocastGuard autocast(student.device.type(), bf16);
       loss::StudentSide side{student.model->hidden_states(mb.student.input_ids.to(student.device)),
                              [&](const at::Tensor& h) { return student.logits(h); }, &mb.student, nullptr};
-      if (&mb == &micro.back()) side.before_body_backward = [&optimizer] { optimizer.arm_overlap(); };
+      if (arm_overlap) side.before_body_backward = [&optimizer] { optimizer.arm_overlap(); };
       std::vector<loss::TeacherSide> sides;
       for (size_t s = 0; s < teachers.size(); ++s) {
         at::NoGradGuard no_grad;
@@ -251,9 +275,21 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
                          [&t](const at::Tensor& h) { return t.logits(h); }, &mb.teachers[s], mb.pairs[s],
                          kl_family ? &vocab_maps[s] : nullptr, weight, nullptr});
       }
-      parts += loss::backward_fusion_loss(side, sides, objective, counts);
+      return loss::backward_fusion_loss(side, sides, config, global);
+    };
+    loss::LossParts parts, policy_parts;
+    for (size_t a = 0; a < micro.size(); ++a) {
+      // The completions first: the data's last micro-batch, which every rank has, arms the
+      // overlapped gradient reduction.
+      if (on_policy > 0 && completions[a] && policy_counts.tokens > 0)
+        policy_parts += backward(completions[a]->micro, on_policy_objective, policy_counts, false);
+      parts += backward(micro[a], objective, counts, a + 1 == micro.size());
     }
     for (double* term : {&parts.total, &parts.sft, &parts.token, &parts.graph}) *term = comm.all_reduce_sum(*term);
+    if (on_policy > 0) {
+      for (double* term : {&policy_parts.total, &policy_parts.token, &policy_parts.graph}) *term = comm.all_reduce_sum(*term);
+      parts.total += policy_parts.total;  // its SFT weight is 0
+    }
     optimizer.reduce_gradients();
     const double norm = optimizer.grad_norm();
 
@@ -262,6 +298,7 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
     if (!std::isfinite(parts.sft)) bad = "SFT loss";
     else if (!std::isfinite(parts.token)) bad = "token distillation loss (" + recipe.loss.token.type + ")";
     else if (!std::isfinite(parts.graph)) bad = "graph (GLD) loss";
+    else if (!std::isfinite(policy_parts.token + policy_parts.graph)) bad = "on-policy distillation loss";
     else if (!std::isfinite(norm)) bad = "gradient norm";
     const double lr = learning_rate(schedule, state.step);
     bool skipped = false;
@@ -288,6 +325,11 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
                              {"tokens_per_s", all_input_tokens / seconds},
                              {"buckets_overlapped", optimizer.buckets_overlapped()},
                              {"peak_memory_bytes", peak_memory_bytes(student.device)}, {"skipped", skipped}};
+      if (on_policy > 0) {
+        line["on_policy_token"] = policy_parts.token;
+        line["on_policy_graph"] = policy_parts.graph;
+        line["on_policy_tokens"] = policy_counts.tokens;  // response tokens the student wrote this step
+      }
       log_line(line);
       if (metrics) metrics->progress(state.step, parts.total, lr);
       spdlog::debug("{}", line.dump());

@@ -87,6 +87,20 @@ def assert_same_weights(a, b):
         assert torch.equal(wa[name], wb[name]), f"{name} differs"
 
 
+def stop_after_six_steps(out, path, overrides):
+    """Starts `train`, sends SIGTERM once six steps are logged, and checks it stopped with a checkpoint (75)."""
+    proc = subprocess.Popen([str(BINARY), "train", path, *overrides], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        log = Path(out) / "metrics.jsonl"
+        if log.exists() and sum(1 for l in log.read_text().splitlines() if '"loss"' in l) >= 6:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err.decode()
+
+
 def test_fusion_training_lowers_the_loss_and_loads_in_transformers(workspace, tmp_path, logitfuse):
     path, overrides = recipe(workspace, tmp_path / "run", **{"train.max_steps": 30, "checkpoint.every_steps": 0})
     logitfuse("train", path, *overrides)
@@ -124,16 +138,7 @@ def test_sigterm_writes_a_checkpoint_and_resume_is_exact(workspace, tmp_path, lo
     logitfuse("train", path, *overrides)
 
     path2, overrides2 = recipe(workspace, tmp_path / "cut")
-    proc = subprocess.Popen([str(BINARY), "train", path2, *overrides2], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        log = tmp_path / "cut" / "metrics.jsonl"
-        if log.exists() and sum(1 for l in log.read_text().splitlines() if '"loss"' in l) >= 6:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 75, err.decode()
+    stop_after_six_steps(tmp_path / "cut", path2, overrides2)
     assert not (tmp_path / "cut" / "final").exists()
     logitfuse("train", path2, *overrides2, "--resume", "auto")
     assert_same_weights(tmp_path / "ref" / "final", tmp_path / "cut" / "final")
@@ -159,6 +164,51 @@ def test_hard_kill_then_resume_auto_is_exact_and_skips_a_corrupt_checkpoint(work
     assert "skipping checkpoint" in proc.stderr and "step_000008" in proc.stderr
     assert "resuming from" in proc.stderr and "step_000004" in proc.stderr
     assert_same_weights(tmp_path / "ref" / "final", tmp_path / "cut" / "final")
+
+
+ON_POLICY = {"loss.on_policy.weight": 0.5, "loss.on_policy.max_new_tokens": 12}
+
+
+def test_on_policy_distillation_uses_the_students_completions_and_resumes_exactly(workspace, tmp_path, logitfuse):
+    path, overrides = recipe(workspace, tmp_path / "ref", **ON_POLICY)
+    logitfuse("train", path, *overrides)
+    m = [x for x in metrics(tmp_path / "ref") if "loss" in x]
+    assert len(m) == 12
+    # The student wrote completions every step and both distillation terms ran on them.
+    assert all(x["on_policy_tokens"] > 0 for x in m)
+    assert all(x["on_policy_token"] > 0 and x["on_policy_graph"] > 0 for x in m)
+
+    # Greedy completions depend only on the weights, so a run stopped and resumed is exact.
+    path2, overrides2 = recipe(workspace, tmp_path / "cut", **ON_POLICY)
+    stop_after_six_steps(tmp_path / "cut", path2, overrides2)
+    logitfuse("train", path2, *overrides2, "--resume", "auto")
+    assert_same_weights(tmp_path / "ref" / "final", tmp_path / "cut" / "final")
+
+    # And it trains a different student than the same recipe without it.
+    path3, overrides3 = recipe(workspace, tmp_path / "off")
+    logitfuse("train", path3, *overrides3)
+    a, b = weights(tmp_path / "ref" / "final"), weights(tmp_path / "off" / "final")
+    assert any(not torch.equal(a[name], b[name]) for name in a)
+
+
+def test_on_policy_without_distillation_is_plain_sft(workspace, tmp_path, logitfuse):
+    # λ = 0: the completions carry no SFT term and no distillation weight, so the student is the SFT
+    # student bit for bit (generating in eval mode leaves nothing behind).
+    common = {"loss.distill_weight": 0.0, "train.max_steps": 4, "checkpoint.every_steps": 0}
+    path, overrides = recipe(workspace, tmp_path / "on", **common, **ON_POLICY)
+    logitfuse("train", path, *overrides)
+    assert all(x["on_policy_tokens"] > 0 for x in metrics(tmp_path / "on") if "loss" in x)
+    path2, overrides2 = recipe(workspace, tmp_path / "off", **common)
+    logitfuse("train", path2, *overrides2)
+    assert_same_weights(tmp_path / "on" / "final", tmp_path / "off" / "final")
+
+
+def test_on_policy_recipe_errors(workspace, tmp_path, logitfuse):
+    path, overrides = recipe(workspace, tmp_path / "run")
+    proc = logitfuse("train", path, "loss.on_policy.weight=1.5", expect=2)
+    assert "loss.on_policy.weight" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = logitfuse("train", path, "loss.on_policy.weight=0.5", f"teachers.0.logits_cache={tmp_path}/cache", expect=2)
+    assert "loss.on_policy.weight" in proc.stderr and "logits cache" in proc.stderr
 
 
 def test_an_output_dir_with_checkpoints_needs_resume(workspace, tmp_path, logitfuse):

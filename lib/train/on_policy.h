@@ -1,0 +1,36 @@
+// On-policy distillation data (loss.on_policy, recipe.h): the student's own greedy completions of a
+// micro-batch's prompts, tokenized by the student and by every teacher and aligned exactly as the
+// fusion data is, so the distillation terms run on them unchanged.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "train/fusion_data.h"
+#include "train/participants.h"
+
+namespace lf {
+
+struct OnPolicyBatch {
+  // Owned sequences: `micro` points into them (the struct is heap-allocated and never moved).
+  std::vector<TokenizedSequence> student;
+  std::vector<std::vector<TokenizedSequence>> teachers;  // [teacher][row]
+  MicroBatch micro;
+  int64_t dropped = 0;  // completions that were empty (the student ended at once)
+};
+
+struct OnPolicyOptions {
+  int64_t max_new_tokens = 128;
+  Truncation truncation;
+  std::string position_alignment;
+};
+
+// Generates (greedy, under no-grad, the student in eval mode and back in train mode afterwards) a
+// completion of each example's prompt and prepares it for every model. Null when every completion
+// was empty.
+std::unique_ptr<OnPolicyBatch> make_on_policy_batch(const FusionData& data, const std::vector<int64_t>& indices,
+                                                    const Participant& student,
+                                                    const std::vector<const Participant*>& teachers,
+                                                    const OnPolicyOptions& options);
+
+}  // namespace lf
