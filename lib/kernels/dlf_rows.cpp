@@ -113,8 +113,8 @@ LF_INLINE T log_sum_exp(const T* x, int64_t n, T* out) {
 }
 
 template <class T>
-LF_INLINE void solve_row(const T* zl_in, const T* zs_in, const T* const* experts, int64_t m, int64_t V, const DlfGrid& grid,
-               Scratch<T>& sc, const RowOutput<T>& out) {
+LF_INLINE void solve_row(const T* zl_in, const T* zs_in, const T* const* experts, int64_t m, int64_t V,
+                         const DlfGrid& grid, Scratch<T>& sc, const RowOutput<T>& out) {
   const FlushDenormals flush;
   constexpr T kMinusInf = -std::numeric_limits<T>::infinity();
   // The kept vocabulary: finite in every model (x − x is 0 only for finite x).
