@@ -115,6 +115,18 @@ def test_overlapped_reduction_equals_the_reduction_after_backward(workspace, tmp
     assert all(torch.equal(wa[n], wb[n]) for n in wa)
 
 
+def test_on_policy_distillation_with_two_ranks_equals_one_process(workspace, tmp_path):
+    # Each rank completes its own prompts; the completions' token and sequence counts are global, and
+    # the overlapped reduction is armed by the data's last micro-batch, after the completions' backward.
+    on_policy = {"loss.on_policy.weight": 0.5, "loss.on_policy.max_new_tokens": 8}
+    train(1, workspace, tmp_path / "one", **on_policy)
+    train(2, workspace, tmp_path / "two", **on_policy)
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    for x, y in zip(losses(tmp_path / "one"), losses(tmp_path / "two")):
+        assert x["on_policy_tokens"] == y["on_policy_tokens"] > 0
+        assert x["on_policy_token"] == pytest.approx(y["on_policy_token"], rel=1e-4)
+
+
 def rank_pid(run_id, rank):
     """The pid of one rank of an mpirun job, found by the job's marker in its environment."""
     for entry in Path("/proc").iterdir():
