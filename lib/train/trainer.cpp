@@ -219,6 +219,9 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
                "{}, {}, zero {})",
                recipe.student.path, total_steps, batches_per_epoch, tc.micro_batch_size, comm.world_size(), tc.grad_accum,
                teachers.size(), tc.precision, student.device.str(), recipe.dist.zero);
+  if (on_policy > 0)
+    spdlog::info("on-policy distillation: {:.0f}% of the distillation weight on the student's own greedy completions "
+                 "(up to {} tokens each)", 100 * on_policy, recipe.loss.on_policy.max_new_tokens);
   // Rank 0 alone writes the logs.
   std::optional<MetricsLog> metrics;
   if (comm.is_main()) metrics.emplace((fs::path(recipe.run.output_dir) / "metrics.jsonl").string(), total_steps, state.step);
