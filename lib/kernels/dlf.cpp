@@ -128,17 +128,7 @@ DlfSolve solve_rows(const at::Tensor& z_large, const at::Tensor& z_small, const 
     expert_data.push_back(experts.back().template data_ptr<T>());
   }
   const int64_t N = zl.size(0), V = zl.size(1), m = static_cast<int64_t>(experts.size()), G = static_cast<int64_t>(grid.size());
-  const auto options = zl.options();
-  DlfSolve out;
-  out.kl_forward = at::empty({N, m, G}, options);
-  out.kl_reverse = at::empty({N, m, G}, options);
-  out.small_kl_forward = at::empty({N, m}, options);
-  out.small_kl_reverse = at::empty({N, m}, options);
-  out.all_objectives = at::empty({N, m, G}, options);
-  out.expert = at::empty({N}, options.dtype(at::kLong));
-  out.alpha = at::empty({N}, options);
-  out.objective = at::empty({N}, options);
-  if (want_fused) out.fused = at::empty({N, V}, options);
+  DlfSolve out = allocate_dlf_solve(N, m, G, V, zl.options(), want_fused);
   const rows::DlfRowsOutput<T> into{out.kl_forward.data_ptr<T>(), out.kl_reverse.data_ptr<T>(),
                                     out.small_kl_forward.data_ptr<T>(), out.small_kl_reverse.data_ptr<T>(),
                                     out.all_objectives.data_ptr<T>(), out.expert.data_ptr<int64_t>(),
@@ -150,6 +140,20 @@ DlfSolve solve_rows(const at::Tensor& z_large, const at::Tensor& z_small, const 
 }
 
 }  // namespace
+
+DlfSolve allocate_dlf_solve(int64_t N, int64_t m, int64_t G, int64_t V, const at::TensorOptions& options, bool fused) {
+  DlfSolve out;
+  out.kl_forward = at::empty({N, m, G}, options);
+  out.kl_reverse = at::empty({N, m, G}, options);
+  out.small_kl_forward = at::empty({N, m}, options);
+  out.small_kl_reverse = at::empty({N, m}, options);
+  out.all_objectives = at::empty({N, m, G}, options);
+  out.expert = at::empty({N}, options.dtype(at::kLong));
+  out.alpha = at::empty({N}, options);
+  out.objective = at::empty({N}, options);
+  if (fused) out.fused = at::empty({N, V}, options);
+  return out;
+}
 
 std::vector<double> alpha_grid(double min, double max, double step) {
   if (!(step > 0) || !(max >= min)) throw InputError("alpha grid: needs step > 0 and max >= min");
@@ -191,9 +195,7 @@ DlfSolve dlf_solve(const at::Tensor& z_large, const at::Tensor& z_small, const s
   at::NoGradGuard no_grad;
 #ifdef LOGITFUSE_HAVE_CUDA
   if (options.backend == Backend::automatic && cuda::dlf_supports(z_large, experts.size(), grid.size())) {
-    cuda::DlfSolveCuda c = cuda::dlf_solve(z_large, z_small, experts, grid, options.fused, options.cuda_chained);
-    return {c.expert, c.alpha, c.objective, c.fused, c.all_objectives,
-            c.kl_forward, c.kl_reverse, c.small_kl_forward, c.small_kl_reverse};
+    return cuda::dlf_solve(z_large, z_small, experts, grid, options.fused, options.cuda_chained);
   }
 #endif
   const auto type = compute_type(z_large);

@@ -28,6 +28,10 @@ struct DlfSolve {
   at::Tensor small_kl_forward, small_kl_reverse;  // [N, m] KL(Q_u‖Q), KL(Q‖Q_u)
 };
 
+// The outputs of a solve of N rows, m experts and G grid values, allocated (not filled) with
+// `options`; `expert` is int64, `fused` [N, V] only when wanted. Every backend fills these.
+DlfSolve allocate_dlf_solve(int64_t N, int64_t m, int64_t G, int64_t V, const at::TensorOptions& options, bool fused);
+
 struct DlfOptions {
   // Rows the LibTorch path (Backend::aten) processes together. Its peak scratch memory is about
   // (m + 6)·row_block·V values of the compute dtype besides inputs and output, whatever G is (never

@@ -244,25 +244,17 @@ LF_INLINE void solve_row(const T* zl_in, const T* zs_in, const T* const* experts
   }
 }
 
+// One clone set per element type (target_clones takes no templates).
 LF_ISA_CLONES
-void row_float(const float* zl, const float* zs, const float* const* experts, int64_t m, int64_t V, const DlfGrid& grid,
-               Scratch<float>& scratch, const RowOutput<float>& out) {
+void solve_row_isa(const float* zl, const float* zs, const float* const* experts, int64_t m, int64_t V,
+                   const DlfGrid& grid, Scratch<float>& scratch, const RowOutput<float>& out) {
   solve_row(zl, zs, experts, m, V, grid, scratch, out);
 }
 
 LF_ISA_CLONES
-void row_double(const double* zl, const double* zs, const double* const* experts, int64_t m, int64_t V,
-                const DlfGrid& grid, Scratch<double>& scratch, const RowOutput<double>& out) {
+void solve_row_isa(const double* zl, const double* zs, const double* const* experts, int64_t m, int64_t V,
+                   const DlfGrid& grid, Scratch<double>& scratch, const RowOutput<double>& out) {
   solve_row(zl, zs, experts, m, V, grid, scratch, out);
-}
-
-void solve_row_dispatch(const float* zl, const float* zs, const float* const* experts, int64_t m, int64_t V,
-                        const DlfGrid& grid, Scratch<float>& scratch, const RowOutput<float>& out) {
-  row_float(zl, zs, experts, m, V, grid, scratch, out);
-}
-void solve_row_dispatch(const double* zl, const double* zs, const double* const* experts, int64_t m, int64_t V,
-                        const DlfGrid& grid, Scratch<double>& scratch, const RowOutput<double>& out) {
-  row_double(zl, zs, experts, m, V, grid, scratch, out);
 }
 
 template <class T>
@@ -279,7 +271,7 @@ void solve_rows(const T* zl, const T* zs, const T* const* experts, int64_t N, in
       const RowOutput<T> row{out.kl_forward + r * m * G, out.kl_reverse + r * m * G, out.small_forward + r * m,
                              out.small_reverse + r * m,  out.objectives + r * m * G, out.expert + r,
                              out.alpha + r,              out.objective + r,          out.fused ? out.fused + r * V : nullptr};
-      solve_row_dispatch(zl + r * V, zs + r * V, row_experts.data(), m, V, grid, scratch, row);
+      solve_row_isa(zl + r * V, zs + r * V, row_experts.data(), m, V, grid, scratch, row);
     }
   }
 }

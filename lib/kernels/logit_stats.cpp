@@ -50,7 +50,7 @@ struct FusedForward {
     const at::Tensor grad_probs = grads[0];
     const at::Tensor grad_ce = with_labels ? grads[2] : at::Tensor();
     if (!grad_probs.defined() && !grad_ce.defined()) return {};
-    return cuda::topk_stats_backward(saved[0], labels, stats, grad_probs, grad_ce, ctx->saved_data["temperature"].toDouble());
+    return cuda::topk_stats_backward(saved[0], labels, stats, grad_probs, grad_ce, ctx->saved_data["temperature"].to<double>());
   }
 };
 

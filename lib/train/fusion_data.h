@@ -21,6 +21,23 @@ struct MicroBatch {
   int64_t sequences() const { return static_cast<int64_t>(student.rows.size()); }
 };
 
+// One example tokenized by the student and by each teacher, each teacher aligned to the student.
+struct PreparedExample {
+  TokenizedSequence student;
+  std::vector<TokenizedSequence> teachers;  // [teacher]
+  std::vector<PositionPairs> pairs;         // [teacher]
+  int64_t line = 0;
+};
+
+// A response that truncation empties (for any model) is an InputError without the location.
+PreparedExample prepare_example(const Example& example, const Participant& student,
+                                const std::vector<const Participant*>& teachers, const Truncation& truncation,
+                                const std::string& position_alignment);
+
+// The micro-batch of these rows; it points into them, so they must outlive it.
+MicroBatch assemble_batch(const std::vector<const PreparedExample*>& rows, int64_t student_pad,
+                          const std::vector<int64_t>& teacher_pads);
+
 class FusionData {
  public:
   // An example that a model's truncation empties is an InputError naming file and line, or skipped
@@ -28,18 +45,15 @@ class FusionData {
   FusionData(const ExampleSet& examples, const Participant& student, const std::vector<const Participant*>& teachers,
              const Truncation& truncation, const std::string& position_alignment, bool skip_invalid);
 
-  int64_t size() const { return static_cast<int64_t>(student_.size()); }
+  int64_t size() const { return static_cast<int64_t>(prepared_.size()); }
   std::vector<int64_t> lengths() const;  // the student's, for length bucketing
   MicroBatch batch(const std::vector<int64_t>& indices) const;
-  const TokenizedSequence& student_sequence(int64_t i) const { return student_[i]; }
+  const TokenizedSequence& student_sequence(int64_t i) const { return prepared_[i].student; }
   const Example& example(int64_t i) const { return examples_[i]; }
 
  private:
-  std::vector<TokenizedSequence> student_;
-  std::vector<Example> examples_;
-  std::vector<int64_t> lines_;
-  std::vector<std::vector<TokenizedSequence>> teachers_;  // [teacher][example]
-  std::vector<std::vector<PositionPairs>> pairs_;          // [teacher][example]
+  std::vector<PreparedExample> prepared_;
+  std::vector<Example> examples_;  // the source of each prepared example (on-policy completions rewrite it)
   int64_t student_pad_ = 0;
   std::vector<int64_t> teacher_pad_;
 };

@@ -4,7 +4,6 @@
 
 #include "core/error.h"
 #include "decode/generate.h"
-#include "decode/session.h"
 
 namespace lf {
 
@@ -31,7 +30,7 @@ std::unique_ptr<OnPolicyBatch> make_on_policy_batch(const FusionData& data, cons
     GenerateOptions o;
     o.max_new_tokens = options.max_new_tokens;
     o.batch_size = static_cast<int64_t>(prompts.size());
-    o.eos_ids = stop_token_ids(*student.tokenizer, student.chat_template);
+    o.eos_ids = options.eos_ids;
     o.pad_id = student.pad_id();
     o.tokenizer = student.tokenizer.get();
     completions = generate(set, prompts, o);
@@ -39,43 +38,26 @@ std::unique_ptr<OnPolicyBatch> make_on_policy_batch(const FusionData& data, cons
   }
 
   auto out = std::make_unique<OnPolicyBatch>();
-  const size_t S = teachers.size();
-  out->teachers.resize(S);
-  std::vector<int64_t> lines;
   for (size_t r = 0; r < indices.size(); ++r) {
-    Example ex = data.example(indices[r]);
-    ex.messages.back().content = completions[r].text;
-    std::vector<TokenizedSequence> mine;
-    try {
-      if (completions[r].text.empty()) throw InputError("empty completion");
-      mine.push_back(tokenize_example(ex, *student.tokenizer, student.chat_template, options.truncation));
-      for (const auto* t : teachers) mine.push_back(tokenize_example(ex, *t->tokenizer, t->chat_template, options.truncation));
-    } catch (const InputError&) {
+    if (completions[r].text.empty()) {
       ++out->dropped;  // nothing to distil on this row
       continue;
     }
-    out->student.push_back(std::move(mine[0]));
-    for (size_t s = 0; s < S; ++s) out->teachers[s].push_back(std::move(mine[s + 1]));
-    lines.push_back(ex.line);
-  }
-  if (out->student.empty()) return nullptr;
-
-  // Collate only now: the vectors above no longer grow, so the row pointers stay valid.
-  std::vector<const TokenizedSequence*> rows;
-  for (const auto& seq : out->student) rows.push_back(&seq);
-  out->micro.student = collate(rows, student.pad_id());
-  out->micro.lines = lines;
-  for (size_t s = 0; s < S; ++s) {
-    std::vector<const TokenizedSequence*> teacher_rows;
-    std::vector<PositionPairs> pairs;
-    for (size_t r = 0; r < out->student.size(); ++r) {
-      teacher_rows.push_back(&out->teachers[s][r]);
-      pairs.push_back(align_positions(out->student[r], out->teachers[s][r], options.position_alignment,
-                                      *student.tokenizer, *teachers[s]->tokenizer));
+    Example ex = data.example(indices[r]);
+    ex.messages.back().content = completions[r].text;
+    try {
+      out->rows.push_back(prepare_example(ex, student, teachers, options.truncation, options.position_alignment));
+    } catch (const InputError&) {
+      ++out->dropped;  // truncation left no response
     }
-    out->micro.teachers.push_back(collate(teacher_rows, teachers[s]->pad_id()));
-    out->micro.pairs.push_back(std::move(pairs));
   }
+  if (out->rows.empty()) return nullptr;
+  // Assembled only now: the rows no longer grow, so the batch's pointers into them stay valid.
+  std::vector<const PreparedExample*> rows;
+  for (const auto& row : out->rows) rows.push_back(&row);
+  std::vector<int64_t> teacher_pads;
+  for (const auto* t : teachers) teacher_pads.push_back(t->pad_id());
+  out->micro = assemble_batch(rows, student.pad_id(), teacher_pads);
   return out;
 }
 

@@ -12,9 +12,7 @@
 namespace lf {
 
 struct OnPolicyBatch {
-  // Owned sequences: `micro` points into them (the struct is heap-allocated and never moved).
-  std::vector<TokenizedSequence> student;
-  std::vector<std::vector<TokenizedSequence>> teachers;  // [teacher][row]
+  std::vector<PreparedExample> rows;  // owned: `micro` points into them (the struct is never moved)
   MicroBatch micro;
   int64_t dropped = 0;  // completions that were empty (the student ended at once)
 };
@@ -23,6 +21,7 @@ struct OnPolicyOptions {
   int64_t max_new_tokens = 128;
   Truncation truncation;
   std::string position_alignment;
+  std::vector<int64_t> eos_ids;  // the student's stop tokens (decode/session.h stop_token_ids)
 };
 
 // Generates (greedy, under no-grad, the student in eval mode and back in train mode afterwards) a

@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "core/hash.h"
 #include "core/strings.h"
+#include "decode/session.h"
 #include "io/file.h"
 #include "loss/objective.h"
 #include "model/checkpoint.h"
@@ -206,7 +207,8 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
     on_policy_objective.sft_weight = 0.0;
     on_policy_objective.distill_weight = recipe.loss.distill_weight * on_policy;
   }
-  const OnPolicyOptions on_policy_options{recipe.loss.on_policy.max_new_tokens, truncation, recipe.alignment.positions};
+  const OnPolicyOptions on_policy_options{recipe.loss.on_policy.max_new_tokens, truncation, recipe.alignment.positions,
+                                          stop_token_ids(*student.tokenizer, student.chat_template)};
   // Teacher mixing weights (uniform or normalised `weights`; min_ce re-weights per sequence later).
   std::vector<double> mix_weights(teachers.size(), 1.0 / std::max<size_t>(1, teachers.size()));
   if (recipe.loss.teacher_mix == "weights") {

@@ -413,8 +413,9 @@ bool dlf_supports(const at::Tensor& z_large, size_t experts, size_t grid_size) {
          grid_size >= 1 && grid_size <= static_cast<size_t>(kMaxGrid) && z_large.size(0) <= kMaxRows;
 }
 
-DlfSolveCuda dlf_solve(const at::Tensor& z_large_in, const at::Tensor& z_small_in, const std::vector<at::Tensor>& experts_in,
-                       const std::vector<double>& grid, bool want_fused, bool chained) {
+kernels::DlfSolve dlf_solve(const at::Tensor& z_large_in, const at::Tensor& z_small_in,
+                            const std::vector<at::Tensor>& experts_in, const std::vector<double>& grid, bool want_fused,
+                            bool chained) {
   const c10::cuda::CUDAGuard guard(z_large_in.device());
   const int64_t m = static_cast<int64_t>(experts_in.size()), G = static_cast<int64_t>(grid.size());
   if (m < 1 || m > kMaxDlfExperts) throw RuntimeFailure("CUDA DLF solve: 1 to 16 experts");
@@ -432,17 +433,7 @@ DlfSolveCuda dlf_solve(const at::Tensor& z_large_in, const at::Tensor& z_small_i
   params.experts_count = static_cast<int>(m);
 
   const int64_t N = z_large.size(0), V = z_large.size(1);
-  const auto f32 = z_large.options().dtype(at::kFloat);
-  DlfSolveCuda out;
-  out.kl_forward = at::empty({N, m, G}, f32);
-  out.kl_reverse = at::empty({N, m, G}, f32);
-  out.small_kl_forward = at::empty({N, m}, f32);
-  out.small_kl_reverse = at::empty({N, m}, f32);
-  out.all_objectives = at::empty({N, m, G}, f32);
-  out.expert = at::empty({N}, z_large.options().dtype(at::kLong));
-  out.alpha = at::empty({N}, f32);
-  out.objective = at::empty({N}, f32);
-  if (want_fused) out.fused = at::empty({N, V}, f32);
+  kernels::DlfSolve out = kernels::allocate_dlf_solve(N, m, G, V, z_large.options().dtype(at::kFloat), want_fused);
   if (N == 0) return out;
   if (N > kMaxRows) throw RuntimeFailure("CUDA DLF solve: at most 65535 rows per call");
 

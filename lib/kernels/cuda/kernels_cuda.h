@@ -8,6 +8,8 @@
 
 #include <vector>
 
+#include "kernels/dlf.h"
+
 namespace lf::kernels::cuda {
 
 // Largest k the top-k kernels hold (4 slots per warp lane); larger k stays on the ATen path.
@@ -37,17 +39,13 @@ TopKStats topk_stats_forward(const at::Tensor& logits, const at::Tensor& labels,
 at::Tensor topk_stats_backward(const at::Tensor& logits, const at::Tensor& labels, const TopKStats& saved,
                                const at::Tensor& grad_probs, const at::Tensor& grad_ce, double temperature);
 
-// The DLF α-grid solve of method.md §4 (see dlf.h), reading each row of every input once.
-struct DlfSolveCuda {
-  at::Tensor expert, alpha, objective, fused, all_objectives;  // as kernels::DlfSolve
-  at::Tensor kl_forward, kl_reverse;                           // [N, m, G] KL(P̃_α‖P), KL(P‖P̃_α)
-  at::Tensor small_kl_forward, small_kl_reverse;               // [N, m] KL(Q_u‖Q), KL(Q‖Q_u)
-};
+// The DLF α-grid solve of method.md §4 (see dlf.h), reading each row of every input once; the
+// statistics are float32 whatever the logits' dtype.
 // True when the fused solve takes these inputs: supports(z_large), 1 to 16 experts, 1 to 256 grid
 // values, at most 65535 rows.
 bool dlf_supports(const at::Tensor& z_large, size_t experts, size_t grid_size);
 // chained: on a uniform grid, the kernel with chained exponentials (DlfOptions::cuda_chained).
-DlfSolveCuda dlf_solve(const at::Tensor& z_large, const at::Tensor& z_small, const std::vector<at::Tensor>& experts,
-                       const std::vector<double>& grid, bool want_fused, bool chained = false);
+kernels::DlfSolve dlf_solve(const at::Tensor& z_large, const at::Tensor& z_small, const std::vector<at::Tensor>& experts,
+                            const std::vector<double>& grid, bool want_fused, bool chained = false);
 
 }  // namespace lf::kernels::cuda
