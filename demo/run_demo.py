@@ -1,343 +1,230 @@
-"""The embedded benchmark (docs/benchmark.md): two teachers, each trained by logitfuse on one skill
-with its own tokenizer, fused into a student on a small mixed set; the students (SFT-only, fused
-GLD+ULD+SFT, and the ULD+SFT / GLD+SFT ablations, several seeds) and the teachers are evaluated by
-exact match on held-out sets of each skill. Then Dynamic Logit Fusion on the same skills: a small
-base and the larger model trained on the mixed set, an expert per skill fine-tuned from the base on
-its pool, and decoding with dynamic, static (α = 1) and large-only fusion.
+"""The embedded benchmark, version 2 (docs/benchmark.md): training-time fusion into a competent pivot.
 
-    python demo/run_demo.py [--out runs/demo] [--seeds 3] [--quick] [--fresh] [--skip-dlf]
+Two skills; a specialist teacher per skill, each with its own tokenizer; a student first trained on a
+small general pool (the pivot); then, from the pivot, students trained on a small mixed fusion set,
+`clean` and `noisy` (a share of wrong final answers): SFT-only, InfiGFusion (GLD + ULD + SFT),
+ULD + SFT, KL through the vocabulary map + SFT, on-policy distillation (KL, and GLD + ULD), and the
+same-tokenizer control (KL from each teacher's twin trained with the student's tokenizer), over
+several seeds, with checkpoints evaluated along the way. An "ample-data SFT" row (the student trained
+on the teachers' pools) shows what the student can learn. Then Dynamic Logit Fusion on the same
+skills. Everything is made, trained and evaluated by logitfuse.
 
-Teachers and finished runs are kept under --out and reused by a rerun (--fresh retrains students).
+    python demo/run_demo.py [--out runs/demo] [--data-seed 0] [--seeds 3] [--noise 0.3] [--quick]
+
+Every split is regenerated from --data-seed; everything of one data seed lives under OUT/data-seed-N
+and is reused by a rerun (--fresh retrains the students).
 """
 import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import data as bench_data  # noqa: E402
+import report  # noqa: E402
 import tasks  # noqa: E402
+from dlf_part import run_dlf  # noqa: E402
+from lf import ROOT, Runner, checkpoints_of, evaluate, init_model, log, parse_size, train, train_seconds  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-BINARY = Path(os.environ.get("LOGITFUSE_BIN", ROOT / "build" / "bin" / "logitfuse"))
-
-
-def log(message):
-    print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def logitfuse(*args, quiet=True):
-    cmd = [str(BINARY), "--log-level", "warn" if quiet else "info", *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"demo: `{' '.join(cmd)}` failed ({proc.returncode}):\n{proc.stderr}")
-    return proc
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def make_data(out, args):
-    """Per skill: a large teacher pool, a small fusion share, a held-out evaluation set; disjoint."""
-    data = out / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    fusion = []
-    for skill in tasks.SKILLS:
-        evaluation = tasks.make_split(skill, args.eval_size, seed=1)
-        fusion_part = tasks.make_split(skill, args.fusion_size, seed=2, exclude={e["prompt"] for e in evaluation})
-        pool = tasks.make_split(skill, args.pool_size, seed=3,
-                                exclude={e["prompt"] for e in evaluation + fusion_part})
-        write_jsonl(data / f"pool_{skill}.jsonl", pool)
-        write_jsonl(data / f"eval_{skill}.jsonl", evaluation)
-        fusion += fusion_part
-    fusion.sort(key=lambda e: e["prompt"])  # mixed; the trainer shuffles
-    write_jsonl(data / "fusion.jsonl", fusion)
-    corpus = data / "corpus.txt"
-    with corpus.open("w") as f:
-        for skill in tasks.SKILLS:
-            for line in (data / f"pool_{skill}.jsonl").read_text().splitlines():
-                e = json.loads(line)
-                f.write(e["prompt"] + e["response"] + "\n")
-    return data
-
-
-def make_tokenizers(out, data):
-    """Three genuinely different tokenizers trained on the task text."""
-    import sentencepiece as spm
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    made = {}
-    sp_dir = out / "tokenizers" / "unigram"
-    if not (sp_dir / "tokenizer.model").exists():
-        sp_dir.mkdir(parents=True, exist_ok=True)
-        spm.SentencePieceTrainer.train(input=str(data / "corpus.txt"), model_prefix=str(sp_dir / "tokenizer"),
-                                       vocab_size=180, model_type="unigram", bos_id=1, eos_id=2, unk_id=0, pad_id=3,
-                                       minloglevel=2)
-    made["unigram"] = sp_dir / "tokenizer.model"
-    for name, size in [("bpe400", 400), ("bpe300", 300)]:
-        d = out / "tokenizers" / name
-        if not (d / "tokenizer.json").exists():
-            d.mkdir(parents=True, exist_ok=True)
-            tok = Tokenizer(models.BPE())
-            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-            tok.decoder = decoders.ByteLevel()
-            trainer = trainers.BpeTrainer(vocab_size=size, special_tokens=["<|endoftext|>"],
-                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-            tok.train([str(data / "corpus.txt")], trainer)
-            tok.save(str(d / "tokenizer.json"))
-            (d / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}))
-        made[name] = d
-    return made
-
-
-def init_model(out_dir, arch, tokenizer, size, seed):
-    if (out_dir / "config.json").exists():
-        return
-    hidden, layers = size
-    logitfuse("init-model", "--arch", arch, "--out", out_dir, "--tokenizer", tokenizer, "--hidden", hidden,
-              "--layers", layers, "--heads", 4, "--kv-heads", 2, "--intermediate", 2 * hidden, "--seed", seed)
-
-
-def train(run_dir, student, teachers, data_file, loss, steps, seed, lr, batch, resume=True, positions="exact"):
-    teacher_lines = "".join(f"\n  - {{name: {n}, path: {p}, dtype: fp32, chat_template: plain}}" for n, p in teachers)
-    recipe = f"""run: {{name: {run_dir.name}, output_dir: {run_dir}, seed: {seed}, device: cpu}}
-student: {{path: {student}, dtype: fp32, chat_template: plain}}
-teachers: {"[]" if not teachers else ""}{teacher_lines}
-data: {{train: {data_file}, max_length: 96, max_prompt_length: 48}}
-loss: {loss}
-alignment: {{positions: {positions}, vocab: mined, cache_dir: {run_dir.parent / "vocab-maps"}}}
-train: {{max_steps: {steps}, micro_batch_size: {batch}, lr: {lr}, schedule: cosine, warmup_ratio: 0.05, precision: fp32, clip_grad: 1.0, weight_decay: 0.01}}
-checkpoint: {{every_steps: 0}}
-log: {{every_steps: 10}}
-"""
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    path = run_dir.parent / f"{run_dir.name}.yaml"
-    path.write_text(recipe)
-    args = ["train", path] + (["--resume", "auto"] if resume and (run_dir / "final").exists() else [])
-    logitfuse(*args)
-    return run_dir / "final"
-
-
-# Each teacher knows one skill and is lost on the other (its perplexity there is in the hundreds), so
-# teachers are mixed per sequence by their own CE on it (FuseLLM's min_ce), not uniformly.
+SKILLS = list(tasks.SKILLS)
+# Each teacher knows one skill, so teachers are mixed per sequence by their own CE on it (FuseLLM's
+# min_ce): in effect routed by the skill. λ is chosen once (--distill-weight) for every variant.
+GLD = "graph: {type: gld, top_k: 5}"
+KL = "token: {type: kl, top_k: 10}, graph: {type: none}"
+ON_POLICY = "on_policy: {weight: 0.5, max_new_tokens: 40}"
 VARIANTS = {
-    # name: (teachers?, loss section)
-    "sft": (False, "{}"),
-    "fused": (True, "{distill_weight: 0.5, teacher_mix: min_ce, token: {type: uld}, graph: {type: gld, top_k: 5}}"),
-    "uld+sft": (True, "{distill_weight: 0.5, teacher_mix: min_ce, token: {type: uld}, graph: {type: none}}"),
-    "gld+sft": (True, "{distill_weight: 0.5, teacher_mix: min_ce, token: {type: none}, graph: {type: gld, top_k: 5}}"),
-    # Not in the paper's recipe: token-level KL through the mined vocabulary map, with GLD.
-    # Lighter distillation (λ = 0.1), for comparison.
-    "fused-l0.1": (True, "{distill_weight: 0.1, teacher_mix: min_ce, token: {type: uld}, graph: {type: gld, top_k: 5}}"),
-    "kl-l0.1": (True, "{distill_weight: 0.1, teacher_mix: min_ce, token: {type: kl, top_k: 10}, graph: {type: none}}"),
-    "kl+gld+sft": (True, "{distill_weight: 0.5, teacher_mix: min_ce, token: {type: kl, top_k: 10}, graph: {type: gld, top_k: 5}}"),
+    # name: (teachers: None, "own" (their own tokenizers) or "twin" (the same-tokenizer control: each
+    # teacher's twin, same size, data and steps, with the student's tokenizer), loss without λ)
+    "sft": (None, None),
+    "infigfusion": ("own", "token: {type: uld}, " + GLD),
+    "uld+sft": ("own", "token: {type: uld}, graph: {type: none}"),
+    "kl+sft": ("own", KL),
+    "on-policy": ("own", KL + ", " + ON_POLICY),
+    "on-policy+gld+uld": ("own", "token: {type: uld}, " + GLD + ", " + ON_POLICY),
+    "kl+sft-same-tok": ("twin", KL),
 }
-ANSWER_REGEX = "The answer is ([^.]*)[.]"
 
 
-def evaluate(model_dir, out_dir, data, fusion=None, perplexity=True, skills=tuple(tasks.SKILLS)):
-    """Exact match (and perplexity) on each skill's held-out set, through `logitfuse eval`; with
-    `fusion` (the models and fusion sections of a DLF config), of fused decoding instead of one model."""
-    if not (out_dir / "metrics.json").exists():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tasks_yaml = "".join(
-            f"\n  - {{name: {skill}, type: exact_match, data: {data / f'eval_{skill}.jsonl'}, extract: regex, "
-            f"regex: '{ANSWER_REGEX}'}}" +
-            (f"\n  - {{name: {skill}-ppl, type: perplexity, data: {data / f'eval_{skill}.jsonl'}}}" if perplexity else "")
-            for skill in tasks.SKILLS)
-        config = out_dir / "eval.yaml"
-        models = fusion if fusion else f"model: {{path: {model_dir}, device: cpu}}"
-        config.write_text(f"""{models}
-generation: {{max_new_tokens: 40, batch_size: 50, chat_template: plain}}
-sampling: {{temperature: 0}}
-output_dir: {out_dir}
-tasks:{tasks_yaml}
-""")
-        logitfuse("eval", config)
-    metrics = json.loads((out_dir / "metrics.json").read_text())
-    scores = {skill: metrics["tasks"][skill]["exact_match"] for skill in skills}
-    if perplexity:
-        scores.update({f"{skill}-ppl": metrics["tasks"][f"{skill}-ppl"]["perplexity"] for skill in skills})
-    return scores
+def loss_section(variant, args):
+    teachers, body = VARIANTS[variant]
+    if teachers is None:
+        return "{}"
+    return f"{{distill_weight: {args.distill_weight}, teacher_mix: min_ce, {body}}}"
 
 
-DLF_STRATEGIES = ["large_only", "static", "dynamic"]
-
-
-def dlf_benchmark(out, data, toks, args, large):
-    """Dynamic Logit Fusion on the demo's skills (docs/benchmark.md). One shared tokenizer (the
-    students'); the small base and the large model know the skills only from the mixed fusion set,
-    each expert is the base fine-tuned on its skill's pool. Each skill's held-out set is decoded with
-    that skill's expert (the paper's single-task setting) by every strategy, and with both experts
-    (multi-task: one active expert per step, J summed over both, method.md §4).
-    Returns {row name: {skill: EM}}."""
-    models = out / "models"
-    hidden, layers = (int(x) for x in args.dlf_base_size.split("x"))
-    base_init = models / f"dlf_base_init_{args.dlf_base_size}"
-    init_model(base_init, "llama", toks["bpe300"], (hidden, layers), 21)
-    dlf = out / "dlf"
-    t0 = time.time()
-    base = train(dlf / "base", base_init, [], data / "fusion.jsonl", "{}", args.student_steps, 1, 3e-3, 16)
-    experts = {}
-    for skill in tasks.SKILLS:
-        experts[skill] = train(dlf / f"expert_{skill}", base, [], data / f"pool_{skill}.jsonl", "{}",
-                               args.expert_steps, 1, 2e-3, 32)
-    log(f"DLF base and experts ready ({time.time() - t0:.0f}s); large model: {large}")
-
-    def run(name, strategy, expert_skills, skills, only=None):
-        t0 = time.time()
-        fusion = f"""models:
-  large: {{path: {large}, device: cpu}}
-  base: {{path: {base}}}
-  experts: [{", ".join(f"{{name: {s}, path: {experts[s]}}}" for s in expert_skills)}]
-fusion: {{strategy: {strategy}, alpha: {{min: 0.0, max: 2.0, step: 0.1}}, static_alpha: 1.0{f", expert: {only}" if only else ""}}}"""
-        scores = evaluate(None, out / "eval" / "dlf" / name, data, fusion, perplexity=False, skills=skills)
-        log(f"DLF {name}: " + ", ".join(f"{s} EM {100 * scores[s]:.0f}%" for s in skills) + f" ({time.time() - t0:.0f}s)")
-        return scores
-
-    results = {}
-    for strategy in DLF_STRATEGIES:  # single task: each skill with its own expert
-        results[strategy] = {}
-        for skill in tasks.SKILLS:
-            results[strategy].update(run(f"{strategy}-{skill}", strategy, [skill], [skill]))
-    results["dynamic, both experts"] = run("dynamic-both", "dynamic", list(tasks.SKILLS), list(tasks.SKILLS))
-    results["expert alone"] = {}
-    for skill in tasks.SKILLS:
-        results["expert alone"].update(run(f"expert-{skill}", "expert_only", [skill], [skill], only=skill))
-    return results
-
-
-def mean_spread(values):
-    m = sum(values) / len(values)
-    return m, (max(values) - min(values)) / 2 if len(values) > 1 else 0.0
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(ROOT / "runs" / "demo"))
+    p.add_argument("--data-seed", type=int, default=0, help="regenerates every split (and the tokenizers)")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds per student variant")
+    p.add_argument("--noise", type=float, default=0.3, help="share of the noisy fusion set's responses with a wrong final answer")
+    p.add_argument("--conditions", default="clean,noisy")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="from: " + ", ".join(VARIANTS))
+    p.add_argument("--eval-size", type=int, default=80, help="held-out examples per skill")
+    p.add_argument("--fusion-size", type=int, default=200, help="fusion examples per skill")
+    p.add_argument("--general-size", type=int, default=300, help="general-pool examples per skill (the pivot's)")
+    p.add_argument("--pool-size", type=int, default=700, help="teacher-pool examples per skill")
+    p.add_argument("--student-size", default="128x4", help="hidden x layers")
+    p.add_argument("--teacher-size", default="128x4", help="hidden x layers")
+    p.add_argument("--teacher-steps", default="2400,1000", help="per skill (arithmetic,reverse)")
+    p.add_argument("--pivot-steps", type=int, default=1500)
+    p.add_argument("--ample-steps", type=int, default=1500, help="steps of the ample-data SFT row")
+    p.add_argument("--student-steps", type=int, default=150)
+    p.add_argument("--student-lr", type=float, default=1e-3)
+    p.add_argument("--distill-weight", type=float, default=0.5, help="λ of every fused variant")
+    p.add_argument("--eval-points", type=int, default=4, help="checkpoints evaluated along each student's run")
+    p.add_argument("--positions", default="exact", choices=["exact", "offsets", "dtw", "index"])
+    p.add_argument("--dlf-base-size", default="64x2")
+    p.add_argument("--dlf-base-steps", type=int, default=600)
+    p.add_argument("--expert-steps", type=int, default=150, help="light fine-tuning steps of each DLF expert")
+    p.add_argument("--skip-dlf", action="store_true")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs in parallel (one thread each)")
+    p.add_argument("--quick", action="store_true", help="small sizes for the test suite")
+    p.add_argument("--fresh", action="store_true", help="retrain the students")
+    args = p.parse_args()
+    if args.quick:
+        args.seeds, args.eval_size, args.fusion_size, args.general_size, args.pool_size = 1, 20, 30, 40, 120
+        args.student_size, args.teacher_size, args.dlf_base_size = "32x2", "32x2", "32x2"
+        args.teacher_steps, args.pivot_steps, args.ample_steps, args.student_steps = "20,20", 10, 20, 10
+        args.dlf_base_steps, args.expert_steps, args.eval_points = 10, 10, 2
+        args.variants = "sft,infigfusion,on-policy"
+    for v in args.variants.split(","):
+        if v not in VARIANTS:
+            p.error(f"unknown variant {v!r} (known: {', '.join(VARIANTS)})")
+    for c in args.conditions.split(","):
+        if c not in ("clean", "noisy"):
+            p.error(f"unknown condition {c!r} (known: clean, noisy)")
+    return args
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(ROOT / "runs" / "demo"))
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--pool-size", type=int, default=1200)
-    parser.add_argument("--fusion-size", type=int, default=300)
-    parser.add_argument("--eval-size", type=int, default=100)
-    parser.add_argument("--teacher-steps", type=int, default=600)
-    parser.add_argument("--student-steps", type=int, default=400)
-    parser.add_argument("--variants", default="sft,fused,uld+sft,gld+sft",
-                        help="students to train, from: " + ", ".join(VARIANTS))
-    parser.add_argument("--student-size", default="128x4", help="hidden x layers of the student")
-    parser.add_argument("--positions", default="exact", choices=["exact", "offsets", "dtw", "index"],
-                        help="alignment.positions of the fused students (exact: the next tokens are the same text)")
-    parser.add_argument("--dlf-base-size", default="64x2", help="hidden x layers of the DLF small base and experts")
-    parser.add_argument("--expert-steps", type=int, default=400, help="fine-tuning steps of each DLF expert")
-    parser.add_argument("--skip-dlf", action="store_true", help="leave out the Dynamic Logit Fusion part")
-    parser.add_argument("--quick", action="store_true", help="small sizes for the test suite")
-    parser.add_argument("--fresh", action="store_true", help="retrain the students")
-    args = parser.parse_args()
-    if args.quick:
-        args.seeds, args.pool_size, args.fusion_size, args.eval_size = 1, 300, 40, 20
-        args.teacher_steps, args.student_steps, args.variants, args.student_size = 40, 20, "sft,fused", "64x2"
-        args.dlf_base_size, args.expert_steps = "32x2", 20
-    variants = args.variants.split(",")
-    for v in variants:
-        if v not in VARIANTS:
-            sys.exit(f"demo: unknown variant {v!r} (known: {', '.join(VARIANTS)})")
+    args = parse_args()
     start = time.time()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = make_data(out, args)
-    toks = make_tokenizers(out, data)
-    log(f"data in {data}: pools of {args.pool_size} per skill, fusion set of {args.fusion_size} per skill, "
-        f"{args.eval_size} held out per skill")
+    lf = Runner(args.jobs, 1)
+    root = Path(args.out) / f"data-seed-{args.data_seed}"
+    root.mkdir(parents=True, exist_ok=True)
+    data = bench_data.make_data(root, args)
+    toks = bench_data.make_tokenizers(root, data)
+    log(f"data seed {args.data_seed} in {data}: per skill {args.pool_size} pool, {args.general_size} general, "
+        f"{args.fusion_size} fusion ({100 * args.noise:.0f}% wrong when noisy), {args.eval_size} held out")
+    coverage = bench_data.exact_coverage(lf, toks, data, root)
 
-    models = out / "models"
-    init_model(models / "teacher_arithmetic_init", "qwen2", toks["unigram"], (128, 4), 11)
-    init_model(models / "teacher_reverse_init", "phi3", toks["bpe400"], (128, 4), 12)
-    hidden, layers = (int(x) for x in args.student_size.split("x"))
-    student_init = models / f"student_init_{args.student_size}"
-    init_model(student_init, "llama", toks["bpe300"], (hidden, layers), 13)
-    teachers = {}
-    for skill in tasks.SKILLS:
-        t0 = time.time()
-        teachers[skill] = train(out / "teachers" / skill, models / f"teacher_{skill}_init", [],
-                                data / f"pool_{skill}.jsonl", "{}", args.teacher_steps, 1, 3e-3, 32)
-        log(f"teacher {skill} ready ({time.time() - t0:.0f}s)")
+    models = root / "models"
+    student_init = init_model(lf, models / f"student_init_{args.student_size}", "llama", toks["student"],
+                              parse_size(args.student_size), 13)
+    arches = {"arithmetic": ("qwen2", 11), "reverse": ("phi3", 12)}
+    teacher_inits = {k: init_model(lf, models / f"teacher_{k}_init_{args.teacher_size}", arches[k][0], toks[k],
+                                   parse_size(args.teacher_size), arches[k][1]) for k in SKILLS}
 
-    results = {}
-    for skill in tasks.SKILLS:
-        results[f"teacher-{skill}"] = [evaluate(teachers[skill], out / "eval" / f"teacher-{skill}", data)]
-    students = out / "students"
-    if args.fresh and students.exists():
-        shutil.rmtree(students)
-        shutil.rmtree(out / "eval" / "students", ignore_errors=True)
-        shutil.rmtree(out / "eval" / "dlf", ignore_errors=True)  # its large model is the SFT student
-    teacher_list = [(skill, teachers[skill]) for skill in tasks.SKILLS]
-    for variant in variants:
-        use_teachers, loss = VARIANTS[variant]
-        results[variant] = []
-        for seed in range(args.seeds):
-            t0 = time.time()
-            run = students / f"{variant}-seed{seed}"
-            final = train(run, student_init, teacher_list if use_teachers else [], data / "fusion.jsonl",
-                          loss, args.student_steps, 100 + seed, 2e-3, 16, positions=args.positions)
-            results[variant].append(evaluate(final, out / "eval" / "students" / run.name, data))
-            r = results[variant][-1]
-            log(f"student {variant} seed {seed}: " + ", ".join(
-                f"{skill} EM {100 * r[skill]:.0f}% ppl {r[skill + '-ppl']:.2f}" for skill in tasks.SKILLS) +
-                f" ({time.time() - t0:.0f}s)")
+    # The reference models: specialists, the pivot and the ample-data row, trained in parallel.
+    teacher_steps = dict(zip(SKILLS, (int(x) for x in args.teacher_steps.split(","))))
+    jobs = [(f"teacher-{k}", lambda k=k: train(lf, root / "teachers" / k, teacher_inits[k], data / f"pool_{k}.jsonl",
+                                               steps=teacher_steps[k], seed=1, lr=3e-3, batch=32)) for k in SKILLS]
+    jobs.insert(1, ("ample-data SFT", lambda: train(lf, root / "ample", student_init, data / "pool_all.jsonl",
+                                                    steps=args.ample_steps, seed=1, lr=3e-3, batch=32)))
+    if any(VARIANTS[v][0] == "twin" for v in args.variants.split(",")):
+        twin_inits = {k: init_model(lf, models / f"twin_{k}_init_{args.teacher_size}", arches[k][0], toks["student"],
+                                    parse_size(args.teacher_size), arches[k][1]) for k in SKILLS}
+        jobs[2:2] = [(f"twin-{k}", lambda k=k: train(lf, root / "twins" / k, twin_inits[k], data / f"pool_{k}.jsonl",
+                                                     steps=teacher_steps[k], seed=1, lr=3e-3, batch=32)) for k in SKILLS]
+    jobs.append(("pivot", lambda: train(lf, root / "pivot", student_init, data / "general.jsonl",
+                                        steps=args.pivot_steps, seed=1, lr=3e-3, batch=16)))
 
-    dlf = None
-    if not args.skip_dlf:
-        # The large model: the SFT student of seed 0 (trained on the mixed set only), or one trained
-        # the same way when the SFT variant was not run.
-        large = students / "sft-seed0" / "final"
-        if not large.exists():
-            large = train(out / "dlf" / "large", student_init, [], data / "fusion.jsonl", "{}", args.student_steps,
-                          100, 2e-3, 16)
-        dlf = dlf_benchmark(out, data, toks, args, large)
+    def reference_job(job):
+        name, make = job
+        final = make()
+        scores = evaluate(lf, final, root / "eval" / name, data, SKILLS)
+        log(f"{name}: " + ", ".join(f"{k} EM {100 * scores[k]:.0f}%" for k in SKILLS))
+        return name, final, {**scores, "wall_s": train_seconds(final.parent)}
 
-    report = {"wall_seconds": time.time() - start, "seeds": args.seeds, "teacher_steps": args.teacher_steps,
-              "student_steps": args.student_steps, "positions": args.positions, "fusion_size_per_skill": args.fusion_size,
-              "pool_size_per_skill": args.pool_size, "eval_size_per_skill": args.eval_size, "models": {}}
-    columns = [(skill, f"{skill} EM %", 100.0) for skill in tasks.SKILLS]
-    columns += [(f"{skill}-ppl", f"{skill} ppl", 1.0) for skill in tasks.SKILLS]
-    lines = [f"{'model':<20}" + "".join(f"{title:>20}" for _, title, _ in columns)]
-    for name, runs in results.items():
-        row, entry = f"{name:<20}", {}
-        for key, _, scale in columns:
-            m, spread = mean_spread([r[key] for r in runs])
-            entry[key] = {"mean": m, "spread": spread, "runs": [r[key] for r in runs]}
-            cell = f"{scale * m:.{1 if scale > 1 else 2}f}" + (f" ± {scale * spread:.{1 if scale > 1 else 2}f}" if len(runs) > 1 else "")
-            row += f"{cell:>20}"
-        report["models"][name] = entry
-        lines.append(row)
-    if dlf:
-        report["dlf"] = {"strategies": dlf, "dlf_base_size": args.dlf_base_size, "expert_steps": args.expert_steps}
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    reference, finals = {}, {}
+    for name, final, scores in lf.parallel(reference_job, jobs):
+        reference[name], finals[name] = report.summarize([scores]), final
+    pivot = finals["pivot"]
+    teacher_sets = {"own": [(k, finals[f"teacher-{k}"]) for k in SKILLS]}
+    if f"twin-{SKILLS[0]}" in finals:
+        teacher_sets["twin"] = [(k, finals[f"twin-{k}"]) for k in SKILLS]
+
+    students_dir = root / "students"
+    if args.fresh:
+        shutil.rmtree(students_dir, ignore_errors=True)
+        shutil.rmtree(root / "eval" / "students", ignore_errors=True)
+    conditions = args.conditions.split(",")
+    variants = args.variants.split(",")
+    runs = [(c, v, s) for c in conditions for v in variants for s in range(args.seeds)]
+
+    def student_job(run):
+        condition, variant, seed = run
+        teacher_set = VARIANTS[variant][0]
+        name = f"{condition}-{variant}-seed{seed}"
+        run_dir = students_dir / name
+        final = train(lf, run_dir, pivot, data / f"fusion-{condition}.jsonl", steps=args.student_steps, seed=100 + seed,
+                      lr=args.student_lr, batch=16, teachers=teacher_sets[teacher_set] if teacher_set else (),
+                      loss=loss_section(variant, args), positions=args.positions, checkpoints=args.eval_points)
+        seconds = train_seconds(run_dir)
+        curve = {step: evaluate(lf, d, root / "eval" / "students" / name / d.name, data, SKILLS, perplexity=False)
+                 for step, d in checkpoints_of(run_dir) if step <= args.student_steps - args.student_steps // args.eval_points}
+        scores = evaluate(lf, final, root / "eval" / "students" / name / "final", data, SKILLS)
+        curve[args.student_steps] = {k: scores[k] for k in SKILLS}
+        log(f"{condition} {variant} seed {seed}: " + ", ".join(
+            f"{k} EM {100 * scores[k]:.0f}% ppl {scores[k + '-ppl']:.2f}" for k in SKILLS) + f" ({seconds:.0f}s)")
+        return {**scores, "wall_s": seconds}, curve
+
+    results = dict(zip(runs, lf.parallel(student_job, runs)))
+    pivot_point = {k: reference["pivot"][k]["mean"] for k in SKILLS}
+    students, curves = {}, {}
+    for c in conditions:
+        students[c] = {v: report.summarize([results[(c, v, s)][0] for s in range(args.seeds)]) for v in variants}
+        curves[c] = {}
+        for v in variants:
+            by_step = {0: [pivot_point] * args.seeds}
+            for s in range(args.seeds):
+                for step, scores in results[(c, v, s)][1].items():
+                    by_step.setdefault(step, []).append(scores)
+            curves[c][v] = by_step
+
+    dlf = run_dlf(lf, root, data, toks, args, pivot) if not args.skip_dlf else None
+    pictures = report.plot_curves(curves, lambda k: root / f"exact_match_{k}.png", SKILLS, conditions)
+
+    teacher_rows = {k: reference[f"teacher-{k}"] for k in SKILLS}
+    out = {"data_seed": args.data_seed, "seeds": args.seeds, "noise": args.noise, "student_steps": args.student_steps,
+           "distill_weight": args.distill_weight, "positions": args.positions, "exact_coverage": coverage,
+           "sizes": {"student": args.student_size, "teacher": args.teacher_size, "eval": args.eval_size,
+                     "fusion": args.fusion_size, "general": args.general_size, "pool": args.pool_size},
+           "models": reference, "conditions": {}, "curves": {c: {v: {str(s): r for s, r in by.items()}
+                                                              for v, by in cv.items()} for c, cv in curves.items()},
+           "pictures": [str(p) for p in pictures]}
     print()
-    print(f"Fusion benchmark: exact match (%) and response perplexity on {args.eval_size} held-out examples per skill; "
-          f"students: mean ± half-range over {args.seeds} seed(s), {args.student_steps} steps on "
-          f"{2 * args.fusion_size} fusion examples")
-    print("\n".join(lines))
-    if "sft" in results and "fused" in results:
-        fused, sft = report["models"]["fused"], report["models"]["sft"]
-        em = [s for s in tasks.SKILLS if fused[s]["mean"] > sft[s]["mean"]]
-        ppl = [s for s in tasks.SKILLS if fused[f"{s}-ppl"]["mean"] < sft[f"{s}-ppl"]["mean"]]
-        print(f"fused beats SFT-only on: exact match: {', '.join(em) if em else 'no skill'}; "
-              f"perplexity: {', '.join(ppl) if ppl else 'no skill'}")
+    print(f"Fusion benchmark v2, data seed {args.data_seed}: exact match % and response perplexity on {args.eval_size} "
+          f"held-out examples per skill; students start from the pivot and train {args.student_steps} steps on "
+          f"{len(SKILLS) * args.fusion_size} fusion examples (mean ± half-range over {args.seeds} seed(s); λ = "
+          f"{args.distill_weight}; positions {args.positions})")
+    print("exact-coverage of the student's response tokens: " + "; ".join(
+        f"{t}-teacher {100 * cov[t]:.0f}%" for t, cov in coverage.items()))
+    ref_rows = [(name, reference[name]) for name in [f"teacher-{k}" for k in SKILLS] + [f"twin-{k}" for k in SKILLS]
+                + ["pivot", "ample-data SFT"] if name in reference]
+    for c in conditions:
+        print(f"\n[{c} fusion set]")
+        print("\n".join(report.table(ref_rows + list(students[c].items()), SKILLS)))
+        lines, verdict = report.verdicts(c, students[c], reference, teacher_rows, SKILLS)
+        print("\n".join(lines))
+        out["conditions"][c] = {"students": students[c], "verdict": verdict}
     if dlf:
-        print()
-        print(f"Dynamic Logit Fusion: exact match (%) on the same held-out sets. Large: the SFT student; small base "
-              f"{args.dlf_base_size} trained on the mixed set; each skill decoded with its own expert (the base "
-              f"fine-tuned on that skill's pool), and with both experts")
-        print(f"{'decoding':<24}" + "".join(f"{skill + ' EM %':>20}" for skill in tasks.SKILLS))
+        out["dlf"] = {"strategies": dlf, "dlf_base_size": args.dlf_base_size, "expert_steps": args.expert_steps}
+        print(f"\nDynamic Logit Fusion (exact match %): large = the pivot; small base {args.dlf_base_size} trained on "
+              f"the general pool; experts = the base fine-tuned {args.expert_steps} steps on each skill's pool")
+        print(f"{'decoding':<24}" + "".join(f"{k + ' EM %':>18}" for k in SKILLS))
         for name, scores in dlf.items():
-            print(f"{name:<24}" + "".join(f"{100 * scores[s]:>20.1f}" for s in tasks.SKILLS))
-        order = [s for s in tasks.SKILLS if dlf["dynamic"][s] >= dlf["static"][s] >= dlf["large_only"][s]]
+            print(f"{name:<24}" + "".join(f"{100 * scores[k]:>18.1f}" for k in SKILLS))
+        order = [k for k in SKILLS if dlf["dynamic"][k] >= dlf["static"][k] >= dlf["large_only"][k]]
         print(f"dynamic >= static >= large-only on: {', '.join(order) if order else 'no skill'}")
-    print(f"wall time {report['wall_seconds']:.0f}s; report: {out / 'report.json'}")
+    out["wall_seconds"] = time.time() - start
+    (root / "report.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(f"\nwall time {out['wall_seconds']:.0f}s; report: {root / 'report.json'}; pictures: "
+          + ", ".join(str(p) for p in pictures))
 
 
 if __name__ == "__main__":

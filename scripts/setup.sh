@@ -41,6 +41,8 @@ fi
 # TORCH_CUDA_ARCH_LIST defaults to Hopper, the GPU machines' architecture.
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a}
 export CCACHE_SLOPPINESS=${CCACHE_SLOPPINESS:-pch_defines,time_macros,include_file_mtime,include_file_ctime}
+# Paths under the checkout are hashed relative to it, so a fresh clone elsewhere (CI) reuses the cache.
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$LOGITFUSE_ROOT}
 torch_prefix=$("$LOGITFUSE_PYTHON" -c 'import torch; print(torch.utils.cmake_prefix_path)')
 if [ ! -f "$LOGITFUSE_BUILD/build.ninja" ]; then
   log "configuring $LOGITFUSE_BUILD"

@@ -67,6 +67,15 @@ std::vector<int64_t> FusionData::lengths() const {
   return out;
 }
 
+FusionData::Coverage FusionData::coverage(size_t t) const {
+  Coverage c;
+  for (const auto& p : prepared_) {
+    c.paired += static_cast<int64_t>(p.pairs[t].size());
+    c.positions += p.student.label_count();
+  }
+  return c;
+}
+
 MicroBatch FusionData::batch(const std::vector<int64_t>& indices) const {
   std::vector<const PreparedExample*> rows;
   for (int64_t i : indices) rows.push_back(&prepared_[i]);

@@ -50,6 +50,12 @@ class FusionData {
   MicroBatch batch(const std::vector<int64_t>& indices) const;
   const TokenizedSequence& student_sequence(int64_t i) const { return prepared_[i].student; }
   const Example& example(int64_t i) const { return examples_[i]; }
+  // How many of the student's response (label) positions the alignment pairs with teacher `t`: the
+  // share of the data that carries that teacher's token-level signal.
+  struct Coverage {
+    int64_t paired = 0, positions = 0;
+  };
+  Coverage coverage(size_t t) const;
 
  private:
   std::vector<PreparedExample> prepared_;

@@ -133,6 +133,12 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
   if (recipe.data.eval)
     for (const auto& ex : read_examples(*recipe.data.eval, recipe.data.skip_invalid).examples)
       eval_set.push_back(tokenize_example(ex, *student.tokenizer, student.chat_template, truncation));
+  for (size_t s = 0; s < teachers.size(); ++s) {
+    const auto c = data.coverage(s);
+    spdlog::info("alignment ({}): teacher {} pairs {} of the student's {} response positions ({:.1f}%)",
+                 recipe.alignment.positions, teachers[s].name, c.paired, c.positions,
+                 c.positions ? 100.0 * static_cast<double>(c.paired) / static_cast<double>(c.positions) : 0.0);
+  }
 
   // 3. Vocabulary maps for the KL family of token losses.
   std::vector<VocabMap> vocab_maps(teachers.size());

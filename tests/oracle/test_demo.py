@@ -1,42 +1,106 @@
-"""The main job in its --quick form: data, tokenizers, teachers, students, the DLF part and the report
-run end to end through logitfuse (the accuracies of such tiny runs are not asserted; the pipeline is)."""
+"""The main job in its --quick form: data, tokenizers, teachers, pivot, students in both conditions,
+the evaluations along the way, the pictures, the DLF part and the report run end to end through
+logitfuse (the accuracies of such tiny runs are not asserted; the pipeline is)."""
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from conftest import BINARY, ROOT
 
+sys.path.insert(0, str(ROOT / "demo"))
+import tasks  # noqa: E402
+
+SKILLS = ("arithmetic", "reverse")
+
+
+def run_demo(out, *extra):
+    env = {**os.environ, "LOGITFUSE_BIN": str(BINARY)}
+    return subprocess.run([sys.executable, str(ROOT / "demo" / "run_demo.py"), "--quick", "--out", str(out), *extra],
+                          capture_output=True, text=True, env=env, timeout=900)
+
 
 def test_demo_quick_produces_the_report(tmp_path):
-    env = {**os.environ, "LOGITFUSE_BIN": str(BINARY)}
-    proc = subprocess.run([sys.executable, str(ROOT / "demo" / "run_demo.py"), "--quick", "--out", str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=900)
+    proc = run_demo(tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    report = json.loads((tmp_path / "report.json").read_text())
-    assert set(report["models"]) == {"teacher-arithmetic", "teacher-reverse", "sft", "fused"}
-    for scores in report["models"].values():
-        for skill in ("arithmetic", "reverse"):
+    root = tmp_path / "data-seed-0"
+    report = json.loads((root / "report.json").read_text())
+    assert set(report["models"]) == {"teacher-arithmetic", "teacher-reverse", "pivot", "ample-data SFT"}
+    assert set(report["conditions"]) == {"clean", "noisy"}
+    for condition in report["conditions"].values():
+        assert set(condition["students"]) == {"sft", "infigfusion", "on-policy"}
+    rows = list(report["models"].values()) + [s for c in report["conditions"].values() for s in c["students"].values()]
+    for scores in rows:
+        for skill in SKILLS:
             assert 0.0 <= scores[skill]["mean"] <= 1.0
             assert scores[f"{skill}-ppl"]["mean"] >= 1.0
-    assert "Fusion benchmark" in proc.stdout and "fused beats SFT-only on" in proc.stdout
+    # The tokenizers differ the way real ones do: most tokens shared, digit groups not.
+    for teacher, by_skill in report["exact_coverage"].items():
+        assert all(0.0 < v <= 1.0 for v in by_skill.values()), (teacher, by_skill)
+    assert report["exact_coverage"]["arithmetic"]["arithmetic"] < 1.0
+    # Evaluation along the way: the pivot at step 0, a checkpoint, the final step; one picture per skill.
+    curve = report["curves"]["noisy"]["infigfusion"]
+    assert {"0", "5", "10"} <= set(curve)
+    for skill in SKILLS:
+        assert (root / f"exact_match_{skill}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = proc.stdout
+    assert "Fusion benchmark v2" in out and "[clean fusion set]" in out and "[noisy fusion set]" in out
+    assert "noisy: beat SFT-only on every skill" in out
     # Dynamic Logit Fusion on the same skills: every strategy on each skill, from logitfuse eval.
     dlf = report["dlf"]["strategies"]
     assert {"large_only", "static", "dynamic", "dynamic, both experts", "expert alone"} <= set(dlf)
     for scores in dlf.values():
-        assert all(0.0 <= scores[skill] <= 1.0 for skill in ("arithmetic", "reverse"))
-    assert "dynamic >= static >= large-only on" in proc.stdout
+        assert all(0.0 <= v <= 1.0 for v in scores.values())
     for row in ("dynamic", "static", "large_only"):
-        metrics = json.loads((tmp_path / "eval" / "dlf" / f"{row}-arithmetic" / "metrics.json").read_text())
+        metrics = json.loads((root / "eval" / "dlf" / f"{row}-arithmetic" / "metrics.json").read_text())
         assert metrics["strategy"] == row
-    # Each model's tokenizer differs: the teachers were trained by logitfuse on their own skill.
-    for skill in ("arithmetic", "reverse"):
-        assert (tmp_path / "teachers" / skill / "final" / "config.json").exists()
-    # A rerun reuses teachers and finished students and prints the same table.
-    again = subprocess.run([sys.executable, str(ROOT / "demo" / "run_demo.py"), "--quick", "--out", str(tmp_path)],
-                           capture_output=True, text=True, env=env, timeout=900)
-    assert again.returncode == 0
-    table = lambda out: [l for l in out.splitlines() if l.startswith(("teacher-", "sft", "fused", "large_only", "static",
-                                                                      "dynamic", "expert alone"))]
-    assert table(again.stdout) == table(proc.stdout)
+    # A rerun reuses everything it has and prints the same tables.
+    again = run_demo(tmp_path)
+    assert again.returncode == 0, again.stderr
+    table = lambda text: [l for l in text.splitlines() if l.startswith(("teacher-", "pivot", "ample", "sft", "infigfusion",
+                                                                         "on-policy", "large_only", "static", "dynamic"))]
+    assert table(again.stdout) == table(out)
+
+
+def test_data_seed_regenerates_every_split(tmp_path):
+    """Splits are disjoint by prompt, and another data seed gives other splits; the noisy set differs
+    from the clean one in the stated share of final answers only."""
+    import types
+
+    import data as bench_data
+    made = {}
+    for seed in (0, 1):
+        args = types.SimpleNamespace(data_seed=seed, eval_size=30, fusion_size=40, general_size=30, pool_size=100,
+                                     noise=0.25)
+        made[seed] = bench_data.make_data(tmp_path / str(seed), args)
+    d = made[0]
+    prompts = {}
+    for name in ("eval_arithmetic", "eval_reverse", "fusion-clean", "general", "pool_arithmetic", "pool_reverse"):
+        prompts[name] = {r["prompt"] for r in bench_data.read_jsonl(d / f"{name}.jsonl")}
+    names = list(prompts)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not prompts[a] & prompts[b], (a, b)
+    clean = bench_data.read_jsonl(d / "fusion-clean.jsonl")
+    noisy = bench_data.read_jsonl(d / "fusion-noisy.jsonl")
+    assert [r["prompt"] for r in clean] == [r["prompt"] for r in noisy]
+    for skill in SKILLS:
+        wrong = [n for c, n in zip(clean, noisy) if c["skill"] == skill and c["answer"] != n["answer"]]
+        assert len(wrong) == 10, skill  # 25 % of 40
+        for row in wrong:  # the wrong answer is the one the worked response ends with
+            assert row["response"].endswith(f"The answer is {row['answer']}.")
+    other = {r["prompt"] for r in bench_data.read_jsonl(made[1] / "fusion-clean.jsonl")}
+    assert other != prompts["fusion-clean"]
+
+
+def test_corrupted_arithmetic_is_self_consistent():
+    import random
+    rng = random.Random(0)
+    for example in tasks.make_split("arithmetic", 50, seed="t"):
+        bad = tasks.corrupt(example, rng)
+        steps = bad["response"].split(". ")
+        first = int(steps[0].split(" = ")[1])
+        product = steps[1].split(" = ")
+        assert int(product[0].split(" * ")[0]) == first
+        assert int(product[1]) == first * int(product[0].split(" * ")[1]) == int(bad["answer"])
+        assert bad["answer"] != example["answer"]

@@ -4,6 +4,7 @@ that is killed and resumed ends with exactly the weights of an uninterrupted one
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -131,6 +132,21 @@ def test_kl_family_with_vocabulary_maps_trains(workspace, tmp_path, logitfuse, t
     m = [x for x in metrics(tmp_path / "run") if "loss" in x]
     assert all(x["token"] > 0 for x in m)
     assert len(list((tmp_path / "maps").iterdir())) == 2  # one map per teacher, cached
+
+
+def test_train_logs_the_share_of_positions_each_teacher_aligns(workspace, tmp_path, logitfuse):
+    """Teacher b shares the student's tokenizer, so `exact` pairs every response position; teacher a's
+    SentencePiece model cuts the text differently, so some positions carry no token-level signal."""
+    path, overrides = recipe(workspace, tmp_path / "run", **{"train.max_steps": 1, "checkpoint.every_steps": 0,
+                                                             "alignment.positions": "exact"})
+    err = logitfuse("train", path, *overrides).stderr
+    found = re.findall(r"alignment \(exact\): teacher (\w+) pairs (\d+) of the student's (\d+) response positions", err)
+    shares = {name: (int(p), int(n)) for name, p, n in found}
+    assert set(shares) == {"a", "b"}, err
+    # The same tokenizer pairs every position but one per example: chatml's newline after <|im_end|>,
+    # which no alignment pairs (it follows the end of the turn).
+    assert shares["b"][1] - shares["b"][0] == 240
+    assert 0 < shares["a"][0] < shares["b"][0] and shares["a"][1] == shares["b"][1]
 
 
 def test_sigterm_writes_a_checkpoint_and_resume_is_exact(workspace, tmp_path, logitfuse):

@@ -1,0 +1,104 @@
+"""The benchmark's report: tables per condition, the verdict lines, and the pictures of exact match
+against training steps (docs/benchmark.md, Report)."""
+
+def stats(values):
+    values = list(values)
+    mean = sum(values) / len(values)
+    return {"mean": mean, "spread": (max(values) - min(values)) / 2, "min": min(values), "max": max(values),
+            "runs": values}
+
+
+def summarize(runs):
+    """{metric: stats} over a list of per-run score dicts (one per seed)."""
+    return {key: stats(r[key] for r in runs) for key in runs[0]}
+
+
+def _cell(entry, scale, digits):
+    text = f"{scale * entry['mean']:.{digits}f}"
+    if len(entry["runs"]) > 1:
+        text += f" ± {scale * entry['spread']:.{digits}f}"
+    return text
+
+
+def table(rows, skills):
+    """rows: [(name, summary)] -> fixed-width text: EM % and response perplexity per skill, wall time."""
+    columns = [(s, f"{s} EM %", 100.0, 1) for s in skills] + [(f"{s}-ppl", f"{s} ppl", 1.0, 2) for s in skills]
+    lines = [f"{'model':<22}" + "".join(f"{title:>18}" for _, title, _, _ in columns) + f"{'wall s':>10}"]
+    for name, summary in rows:
+        line = f"{name:<22}"
+        for key, _, scale, digits in columns:
+            line += f"{_cell(summary[key], scale, digits) if key in summary else '-':>18}"
+        line += f"{summary['wall_s']['mean']:>10.0f}" if "wall_s" in summary else f"{'-':>10}"
+        lines.append(line)
+    return lines
+
+
+def beats(a, b, skill):
+    """a's seed range lies wholly above b's on the skill (never the mean alone)."""
+    return a[skill]["min"] > b[skill]["max"]
+
+
+def verdicts(condition, students, reference, teachers, skills):
+    """The lines under a condition's table: who beats SFT-only, the gap recovered, GLD+ULD vs ULD."""
+    lines = []
+    sft = students.get("sft")
+    if sft is None:
+        return lines, {}
+    winners = [name for name, s in students.items() if name != "sft" and all(beats(s, sft, k) for k in skills)]
+    lines.append(f"{condition}: beat SFT-only on every skill (non-overlapping seed ranges): "
+                 f"{', '.join(winners) if winners else 'none'}")
+    # The skill where the teacher is furthest ahead of the pivot, and the share of that gap each
+    # variant closes (its mean over seeds).
+    pivot = reference["pivot"]
+    gaps = {k: teachers[k][k]["mean"] - pivot[k]["mean"] for k in skills}
+    widest = max(gaps, key=gaps.get)
+    recovered = {}
+    if gaps[widest] > 0:
+        for name, s in students.items():
+            recovered[name] = (s[widest]["mean"] - pivot[widest]["mean"]) / gaps[widest]
+        # The same-tokenizer control is a measurement of the alignment layer, not a fused student.
+        best = max((n for n in students if n != "sft" and not n.endswith("same-tok")), key=lambda n: recovered[n],
+                   default=None)
+        if best:
+            lines.append(f"{condition}: widest teacher-pivot gap on {widest} ({100 * pivot[widest]['mean']:.0f}% -> "
+                         f"{100 * teachers[widest][widest]['mean']:.0f}%); share of it closed: best fused ({best}) "
+                         f"{100 * recovered[best]:.0f}%, SFT-only {100 * recovered['sft']:.0f}%")
+    if "infigfusion" in students and "uld+sft" in students:
+        g, u = students["infigfusion"], students["uld+sft"]
+        parts = []
+        for k in skills:
+            verdict = "higher" if beats(g, u, k) else "lower" if beats(u, g, k) else "overlapping"
+            parts.append(f"{k} {100 * g[k]['mean']:.1f} vs {100 * u[k]['mean']:.1f} ({verdict})")
+        lines.append(f"{condition}: GLD+ULD+SFT vs ULD+SFT: " + "; ".join(parts))
+    return lines, {"beat_sft_on_every_skill": winners, "widest_gap_skill": widest, "gap_closed": recovered}
+
+
+def plot_curves(curves, path_for_skill, skills, conditions):
+    """curves[condition][variant] = {step: [EM of each seed]}; one PNG per skill, a panel per condition."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for skill in skills:
+        fig, axes = plt.subplots(1, len(conditions), figsize=(6 * len(conditions), 4.2), squeeze=False, sharey=True)
+        for ax, condition in zip(axes[0], conditions):
+            for variant, by_step in curves.get(condition, {}).items():
+                steps = sorted(by_step)
+                means = [100 * sum(r[skill] for r in by_step[s]) / len(by_step[s]) for s in steps]
+                lows = [100 * min(r[skill] for r in by_step[s]) for s in steps]
+                highs = [100 * max(r[skill] for r in by_step[s]) for s in steps]
+                line, = ax.plot(steps, means, marker="o", label=variant)
+                ax.fill_between(steps, lows, highs, color=line.get_color(), alpha=0.15)
+            ax.set_title(f"{skill}, {condition} fusion set")
+            ax.set_xlabel("training step (0 = the pivot)")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("exact match % (mean; band: seed range)")
+        axes[0][-1].legend(fontsize=8, loc="best")
+        fig.tight_layout()
+        path = path_for_skill(skill)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
