@@ -39,7 +39,7 @@ def make_data(root, args):
     data.mkdir(parents=True, exist_ok=True)
     s = args.data_seed
     rng = random.Random(f"noise-{s}")
-    fusion_clean, fusion_noisy, general = [], [], []
+    fusion_clean, fusion_noisy, general, pools = [], [], [], []
     for skill in tasks.SKILLS:
         taken = set()
 
@@ -54,14 +54,14 @@ def make_data(root, args):
         fusion_clean += fusion
         fusion_noisy += [tasks.corrupt(r, rng) if i in wrong else r for i, r in enumerate(fusion)]
         general += split("general", args.general_size)
-        write_jsonl(data / f"pool_{skill}.jsonl", split("pool", args.pool_size))
+        pool = split("pool", args.pool_size)
+        write_jsonl(data / f"pool_{skill}.jsonl", pool)
+        pools += pool
     for name, rows in [("fusion-clean", fusion_clean), ("fusion-noisy", fusion_noisy), ("general", general)]:
         random.Random(f"{name.split('-')[0]}-{s}").shuffle(rows)  # mixed, both fusion sets alike
         write_jsonl(data / f"{name}.jsonl", rows)
-    write_jsonl(data / "pool_all.jsonl", sum((read_jsonl(data / f"pool_{k}.jsonl") for k in tasks.SKILLS), []))
-    with (data / "corpus.txt").open("w") as f:
-        for row in read_jsonl(data / "pool_all.jsonl") + general:
-            f.write(row["prompt"] + row["response"] + "\n")
+    write_jsonl(data / "pool_all.jsonl", pools)
+    (data / "corpus.txt").write_text("".join(row["prompt"] + row["response"] + "\n" for row in pools + general))
     (data / "DONE").write_text("")
     return data
 

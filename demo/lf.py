@@ -59,7 +59,7 @@ def parse_size(text):
 
 
 def train(lf, run_dir, student, data_file, *, steps, seed, lr, batch, teachers=(), loss="{}",
-          positions="exact", checkpoints=0, warmup=0.05):
+          positions="exact", checkpoints=0):
     """One `logitfuse train` run (kept: a finished run is not trained again). `checkpoints` > 0 keeps
     that many evenly spaced checkpoints for the evaluation along the way. Returns final/."""
     final = run_dir / "final"
@@ -73,7 +73,7 @@ teachers: {"[]" if not teachers else ""}{teacher_lines}
 data: {{train: {data_file}, max_length: 96, max_prompt_length: 48}}
 loss: {loss}
 alignment: {{positions: {positions}, vocab: mined, cache_dir: {run_dir.parent / "vocab-maps"}}}
-train: {{max_steps: {steps}, micro_batch_size: {batch}, lr: {lr}, schedule: cosine, warmup_ratio: {warmup}, precision: fp32, clip_grad: 1.0, weight_decay: 0.01}}
+train: {{max_steps: {steps}, micro_batch_size: {batch}, lr: {lr}, schedule: cosine, warmup_ratio: 0.05, precision: fp32, clip_grad: 1.0, weight_decay: 0.01}}
 checkpoint: {{every_steps: {every}, keep_last: {max(checkpoints, 1) + 1}}}
 log: {{every_steps: 10}}
 """
@@ -93,7 +93,7 @@ def train_seconds(run_dir):
 
 
 def checkpoints_of(run_dir):
-    """(step, model dir) of each kept checkpoint, then of final/ (at the run's last step)."""
+    """(step, model dir) of each complete checkpoint the run kept, oldest first (final/ is not one)."""
     out = []
     for d in sorted((run_dir / "checkpoints").glob("step_*")):
         if (d / "DONE").exists() and (d / "config.json").exists():

@@ -38,7 +38,7 @@ def beats(a, b, skill):
     return a[skill]["min"] > b[skill]["max"]
 
 
-def verdicts(condition, students, reference, teachers, skills):
+def verdicts(condition, students, pivot, teachers, skills):
     """The lines under a condition's table: who beats SFT-only, the gap recovered, GLD+ULD vs ULD."""
     lines = []
     sft = students.get("sft")
@@ -49,7 +49,6 @@ def verdicts(condition, students, reference, teachers, skills):
                  f"{', '.join(winners) if winners else 'none'}")
     # The skill where the teacher is furthest ahead of the pivot, and the share of that gap each
     # variant closes (its mean over seeds).
-    pivot = reference["pivot"]
     gaps = {k: teachers[k][k]["mean"] - pivot[k]["mean"] for k in skills}
     widest = max(gaps, key=gaps.get)
     recovered = {}

@@ -209,7 +209,7 @@ def main():
     for c in conditions:
         print(f"\n[{c} fusion set]")
         print("\n".join(report.table(ref_rows + list(students[c].items()), SKILLS)))
-        lines, verdict = report.verdicts(c, students[c], reference, teacher_rows, SKILLS)
+        lines, verdict = report.verdicts(c, students[c], reference["pivot"], teacher_rows, SKILLS)
         print("\n".join(lines))
         out["conditions"][c] = {"students": students[c], "verdict": verdict}
     if dlf:
