@@ -20,7 +20,11 @@ QWEN_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
 # GPT-2's: a leading space joins digits as it joins letters, and digit runs stay whole.
 GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 # name: (split pattern, BPE vocabulary size). The corpus is small, so 1024 means "every merge it has".
-TOKENIZERS = {"student": (LLAMA3_SPLIT, 1024), "arithmetic": (QWEN_SPLIT, 1024), "reverse": (GPT2_SPLIT, 1024)}
+# A harsh one for --harsh-teachers: no pre-tokenizer split inside a line, so merges cross words,
+# spaces and digits (" = 22." as one piece), as a SentencePiece model without whitespace splitting can.
+WHOLE_LINE = r"[^\n]+|\n"
+TOKENIZERS = {"student": (LLAMA3_SPLIT, 1024), "arithmetic": (QWEN_SPLIT, 1024), "reverse": (GPT2_SPLIT, 1024),
+              "harsh": (WHOLE_LINE, 1024)}
 
 
 def write_jsonl(path, rows):
@@ -117,6 +121,6 @@ def exact_coverage(lf, toks, data, root):
                     same += sum(sp in t_set for sp in s_spans)
             coverage[teacher][skill] = same / total
     for teacher, by_skill in coverage.items():
-        log(f"tokenizers: {100 * by_skill[teacher]:.0f}% of the student's {teacher} response tokens have an identical "
-            f"{teacher}-teacher token (" + ", ".join(f"{k} {100 * v:.0f}%" for k, v in by_skill.items()) + ")")
+        log(f"tokenizers: share of the student's response tokens with an identical {teacher}-tokenizer token: "
+            + ", ".join(f"{k} {100 * v:.0f}%" for k, v in by_skill.items()))
     return coverage

@@ -69,7 +69,20 @@ def verdicts(condition, students, pivot, teachers, skills):
             verdict = "higher" if beats(g, u, k) else "lower" if beats(u, g, k) else "overlapping"
             parts.append(f"{k} {100 * g[k]['mean']:.1f} vs {100 * u[k]['mean']:.1f} ({verdict})")
         lines.append(f"{condition}: GLD+ULD+SFT vs ULD+SFT: " + "; ".join(parts))
-    return lines, {"beat_sft_on_every_skill": winners, "widest_gap_skill": widest, "gap_closed": recovered}
+    # The alignment layer's loss: each cross-tokenizer KL student against the same-tokenizer control.
+    alignment = {}
+    control = students.get("kl+sft-same-tok")
+    for name in ("kl+sft", "kl+sft-span"):
+        if control is None or name not in students:
+            continue
+        s = students[name]
+        per_skill = {k: "below" if beats(control, s, k) else "above" if beats(s, control, k) else "within" for k in skills}
+        alignment[name] = per_skill
+        lines.append(f"{condition}: {name} vs the same-tokenizer control: " + "; ".join(
+            f"{k} {100 * s[k]['mean']:.1f} vs {100 * control[k]['mean']:.1f} ({per_skill[k]} its seed range)"
+            for k in skills))
+    return lines, {"beat_sft_on_every_skill": winners, "widest_gap_skill": widest, "gap_closed": recovered,
+                   "vs_same_tokenizer_control": alignment}
 
 
 def plot_curves(curves, path_for_skill, skills, conditions):

@@ -37,11 +37,13 @@ KL = "token: {type: kl, top_k: 10}, graph: {type: none}"
 ON_POLICY = "on_policy: {weight: 0.5, max_new_tokens: 40}"
 VARIANTS = {
     # name: (teachers: None, "own" (their own tokenizers) or "twin" (the same-tokenizer control: each
-    # teacher's twin, same size, data and steps, with the student's tokenizer), loss without λ)
+    # teacher's twin, same size, data and steps, with the student's tokenizer), loss without λ[,
+    # position alignment when not --positions: kl+sft-span is the span-level alignment of docs/training.md])
     "sft": (None, None),
     "infigfusion": ("own", "token: {type: uld}, " + GLD),
     "uld+sft": ("own", "token: {type: uld}, graph: {type: none}"),
     "kl+sft": ("own", KL),
+    "kl+sft-span": ("own", KL, "span"),
     "on-policy": ("own", KL + ", " + ON_POLICY),
     "on-policy+gld+uld": ("own", "token: {type: uld}, " + GLD + ", " + ON_POLICY),
     "kl+sft-same-tok": ("twin", KL),
@@ -49,10 +51,14 @@ VARIANTS = {
 
 
 def loss_section(variant, args):
-    teachers, body = VARIANTS[variant]
+    teachers, body = VARIANTS[variant][:2]
     if teachers is None:
         return "{}"
     return f"{{distill_weight: {args.distill_weight}, teacher_mix: min_ce, {body}}}"
+
+
+def positions_of(variant, args):
+    return VARIANTS[variant][2] if len(VARIANTS[variant]) > 2 else args.positions
 
 
 def parse_args():
@@ -81,6 +87,9 @@ def parse_args():
     p.add_argument("--dlf-base-steps", type=int, default=600)
     p.add_argument("--expert-steps", type=int, default=150, help="light fine-tuning steps of each DLF expert")
     p.add_argument("--skip-dlf", action="store_true")
+    p.add_argument("--harsh-teachers", action="store_true",
+                   help="teachers with a tokenizer that merges across words and digits (data.WHOLE_LINE); its own "
+                        "teachers, students, report-harsh.json and pictures; the twins and the pivot are shared")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs in parallel (one thread each)")
     p.add_argument("--quick", action="store_true", help="small sizes for the test suite")
     p.add_argument("--fresh", action="store_true", help="retrain the students")
@@ -116,12 +125,14 @@ def main():
     student_init = init_model(lf, models / f"student_init_{args.student_size}", "llama", toks["student"],
                               parse_size(args.student_size), 13)
     arches = {"arithmetic": ("qwen2", 11), "reverse": ("phi3", 12)}
-    teacher_inits = {k: init_model(lf, models / f"teacher_{k}_init_{args.teacher_size}", arches[k][0], toks[k],
+    tag = "-harsh" if args.harsh_teachers else ""
+    teacher_tok = {k: toks["harsh" if args.harsh_teachers else k] for k in SKILLS}
+    teacher_inits = {k: init_model(lf, models / f"teacher_{k}{tag}_init_{args.teacher_size}", arches[k][0], teacher_tok[k],
                                    parse_size(args.teacher_size), arches[k][1]) for k in SKILLS}
 
     # The reference models: specialists, the pivot and the ample-data row, trained in parallel.
     teacher_steps = dict(zip(SKILLS, (int(x) for x in args.teacher_steps.split(","))))
-    jobs = [(f"teacher-{k}", lambda k=k: train(lf, root / "teachers" / k, teacher_inits[k], data / f"pool_{k}.jsonl",
+    jobs = [(f"teacher-{k}", lambda k=k: train(lf, root / f"teachers{tag}" / k, teacher_inits[k], data / f"pool_{k}.jsonl",
                                                steps=teacher_steps[k], seed=1, lr=3e-3, batch=32)) for k in SKILLS]
     jobs.insert(1, ("ample-data SFT", lambda: train(lf, root / "ample", student_init, data / "pool_all.jsonl",
                                                     steps=args.ample_steps, seed=1, lr=3e-3, batch=32)))
@@ -136,7 +147,8 @@ def main():
     def reference_job(job):
         name, make = job
         final = make()
-        scores = evaluate(lf, final, root / "eval" / name, data, SKILLS)
+        # The harsh teachers are other models than the usual ones: their own evaluation folders.
+        scores = evaluate(lf, final, root / "eval" / (name + tag if name.startswith("teacher-") else name), data, SKILLS)
         log(f"{name}: " + ", ".join(f"{k} EM {100 * scores[k]:.0f}%" for k in SKILLS))
         return name, final, {**scores, "wall_s": train_seconds(final.parent)}
 
@@ -148,10 +160,11 @@ def main():
     if f"twin-{SKILLS[0]}" in finals:
         teacher_sets["twin"] = [(k, finals[f"twin-{k}"]) for k in SKILLS]
 
-    students_dir = root / "students"
+    students_dir = root / f"students{tag}"
+    students_eval = root / "eval" / f"students{tag}"
     if args.fresh:
         shutil.rmtree(students_dir, ignore_errors=True)
-        shutil.rmtree(root / "eval" / "students", ignore_errors=True)
+        shutil.rmtree(students_eval, ignore_errors=True)
     conditions = args.conditions.split(",")
     variants = args.variants.split(",")
     runs = [(c, v, s) for c in conditions for v in variants for s in range(args.seeds)]
@@ -163,11 +176,11 @@ def main():
         run_dir = students_dir / name
         final = train(lf, run_dir, pivot, data / f"fusion-{condition}.jsonl", steps=args.student_steps, seed=100 + seed,
                       lr=args.student_lr, batch=16, teachers=teacher_sets[teacher_set] if teacher_set else (),
-                      loss=loss_section(variant, args), positions=args.positions, checkpoints=args.eval_points)
+                      loss=loss_section(variant, args), positions=positions_of(variant, args), checkpoints=args.eval_points)
         seconds = train_seconds(run_dir)
-        curve = {step: evaluate(lf, d, root / "eval" / "students" / name / d.name, data, SKILLS, perplexity=False)
+        curve = {step: evaluate(lf, d, students_eval / name / d.name, data, SKILLS, perplexity=False)
                  for step, d in checkpoints_of(run_dir) if step <= args.student_steps - args.student_steps // args.eval_points}
-        scores = evaluate(lf, final, root / "eval" / "students" / name / "final", data, SKILLS)
+        scores = evaluate(lf, final, students_eval / name / "final", data, SKILLS)
         curve[args.student_steps] = {k: scores[k] for k in SKILLS}
         log(f"{condition} {variant} seed {seed}: " + ", ".join(
             f"{k} EM {100 * scores[k]:.0f}% ppl {scores[k + '-ppl']:.2f}" for k in SKILLS) + f" ({seconds:.0f}s)")
@@ -187,7 +200,7 @@ def main():
             curves[c][v] = by_step
 
     dlf = run_dlf(lf, root, data, toks, args, pivot) if not args.skip_dlf else None
-    pictures = report.plot_curves(curves, lambda k: root / f"exact_match_{k}.png", SKILLS, conditions)
+    pictures = report.plot_curves(curves, lambda k: root / f"exact_match_{k}{tag}.png", SKILLS, conditions)
 
     teacher_rows = {k: reference[f"teacher-{k}"] for k in SKILLS}
     out = {"data_seed": args.data_seed, "seeds": args.seeds, "noise": args.noise, "student_steps": args.student_steps,
@@ -202,8 +215,8 @@ def main():
           f"held-out examples per skill; students start from the pivot and train {args.student_steps} steps on "
           f"{len(SKILLS) * args.fusion_size} fusion examples (mean ± half-range over {args.seeds} seed(s); λ = "
           f"{args.distill_weight}; positions {args.positions})")
-    print("exact-coverage of the student's response tokens: " + "; ".join(
-        f"{t}-teacher {100 * cov[t]:.0f}%" for t, cov in coverage.items()))
+    print("student response tokens with an identical teacher token (what `exact` pairs): " + "; ".join(
+        f"{k}-teacher on {k} {100 * coverage[teacher_tok[k].name][k]:.0f}%" for k in SKILLS))
     ref_rows = [(name, reference[name]) for name in [f"teacher-{k}" for k in SKILLS] + [f"twin-{k}" for k in SKILLS]
                 + ["pivot", "ample-data SFT"] if name in reference]
     for c in conditions:
@@ -222,8 +235,8 @@ def main():
         order = [k for k in SKILLS if dlf["dynamic"][k] >= dlf["static"][k] >= dlf["large_only"][k]]
         print(f"dynamic >= static >= large-only on: {', '.join(order) if order else 'no skill'}")
     out["wall_seconds"] = time.time() - start
-    (root / "report.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nwall time {out['wall_seconds']:.0f}s; report: {root / 'report.json'}; pictures: "
+    (root / f"report{tag}.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(f"\nwall time {out['wall_seconds']:.0f}s; report: {root / f'report{tag}.json'}; pictures: "
           + ", ".join(str(p) for p in pictures))
 
 

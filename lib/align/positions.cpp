@@ -4,6 +4,7 @@
 #include <limits>
 #include <map>
 
+#include "align/span.h"
 #include "core/error.h"
 #include "core/strings.h"
 
@@ -100,6 +101,7 @@ PositionPairs align_positions(const TokenizedSequence& student, const TokenizedS
   if (method == "offsets" || method == "exact") return by_offsets(student, teacher, method == "exact");
   if (method == "index") return by_index(student, teacher);
   if (method == "dtw") return by_dtw(student, teacher, student_tokenizer, teacher_tokenizer);
+  if (method == "span") return span_pairs(student, teacher);
   throw InputError("alignment.positions: unknown method '" + method + "'");
 }
 

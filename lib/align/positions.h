@@ -16,7 +16,7 @@ namespace lf {
 // position of its sequence (its next-token target is a response token).
 using PositionPairs = std::vector<std::pair<int64_t, int64_t>>;
 
-// method: offsets | exact | dtw | index.
+// method: offsets | exact | dtw | index | span.
 //  offsets: positions align where the two tokenizations have a token boundary at the same byte of
 //           the response text (0 included); the last token before each common boundary predicts it.
 //  exact:   the offsets pairs whose predicted tokens are also the same text (they end at the same
@@ -25,6 +25,9 @@ using PositionPairs = std::vector<std::pair<int64_t, int64_t>>;
 //  dtw:     FuseLLM's dynamic-programming alignment of the response tokens' byte strings with edit
 //           distance as the cost; each student token is paired with its first matched teacher token.
 //  index:   the i-th response prediction of both (DSKD/ULD style).
+//  span:    every student label position with the teacher position whose token contains the
+//           student token's first byte (span.h); the KL family then projects the teacher's
+//           distribution onto the student's next token there.
 PositionPairs align_positions(const TokenizedSequence& student, const TokenizedSequence& teacher,
                               const std::string& method, const Tokenizer& student_tokenizer,
                               const Tokenizer& teacher_tokenizer);

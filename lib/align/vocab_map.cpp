@@ -19,8 +19,9 @@ namespace {
 
 bool is_byte_token(const std::string& token) { return token.size() == 6 && starts_with(token, "<0x") && token[5] == '>'; }
 
-// Student bytes -> id. A byte-fallback token (<0x41>) yields to a real token with the same bytes.
-std::unordered_map<std::string, int64_t> student_index(const Tokenizer& student) {
+}  // namespace
+
+std::unordered_map<std::string, int64_t> bytes_index(const Tokenizer& student) {
   std::unordered_map<std::string, int64_t> index;
   std::unordered_map<std::string, bool> from_byte_token;
   for (int64_t id = 0; id < student.vocab_size(); ++id) {
@@ -36,6 +37,8 @@ std::unordered_map<std::string, int64_t> student_index(const Tokenizer& student)
   }
   return index;
 }
+
+namespace {
 
 void map_special_tokens(const Tokenizer& teacher, const Tokenizer& student, VocabMap& map) {
   const SpecialTokens& t = teacher.special_tokens();
@@ -67,7 +70,7 @@ VocabMap build_vocab_map(const Tokenizer& teacher, const Tokenizer& student, con
     throw InputError("alignment.vocab: unknown method '" + method + "'", "use exact or mined");
   VocabMap map;
   map.to_student.assign(teacher.vocab_size(), -1);
-  const auto index = student_index(student);
+  const auto index = bytes_index(student);
   for (int64_t id = 0; id < teacher.vocab_size(); ++id) {
     if (teacher.is_special(id)) continue;
     auto it = index.find(teacher.id_to_bytes(id));

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "tokenizer/tokenizer.h"
@@ -17,6 +18,10 @@ struct VocabMap {
   int64_t exact = 0;                // teacher ids mapped by identical bytes
   int64_t mined = 0;                // teacher ids mapped by edit distance
 };
+
+// A tokenizer's non-special tokens by their bytes; a byte-fallback token (<0x41>) yields to a real
+// token with the same bytes.
+std::unordered_map<std::string, int64_t> bytes_index(const Tokenizer& tokenizer);
 
 // method: exact | mined.
 VocabMap build_vocab_map(const Tokenizer& teacher, const Tokenizer& student, const std::string& method);

@@ -90,7 +90,7 @@ void visit(V& v, LossConfig& c) {
 
 template <class V>
 void visit(V& v, AlignmentConfig& c) {
-  v("positions", c.positions, one_of({"offsets", "exact", "dtw", "index"}));
+  v("positions", c.positions, one_of({"offsets", "exact", "dtw", "index", "span"}));
   v("vocab", c.vocab, one_of({"exact", "mined"}));
   v("cache_dir", c.cache_dir);
 }
@@ -207,6 +207,9 @@ void check_cross_keys(Recipe& recipe, const schema::Reader& reader, const YAML::
         fail("loss.on_policy.weight", "teachers." + std::to_string(i) + " reads a logits cache, which holds only the data's responses",
              "run the teachers online (drop logits_cache) or set loss.on_policy.weight: 0");
   }
+  if (recipe.alignment.positions == "span" && recipe.loss.token.type == "uld")
+    fail("alignment.positions", "'span' projects the teacher onto the student's token ids, which ULD does not use",
+         "use span with loss.token.type kl, rkl or jsd, or offsets/exact/dtw/index with uld");
   for (auto& [name, t] : recipe.chat_templates) t.name = name;
   if (recipe.loss.graph.type == "gld" && recipe.loss.graph.nodes == "vocab" && recipe.loss.graph.solver == "entropic")
     fail("loss.graph.solver", "'entropic' is defined on rank nodes", "use loss.graph.nodes=rank with the entropic solver");

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -61,7 +62,17 @@ void fsync_directory(const std::string& dir) {
   ::close(fd);
 }
 
-AtomicFileWriter::AtomicFileWriter(std::string path) : path_(std::move(path)), tmp_path_(path_ + ".tmp") {
+namespace {
+// A temporary name of its own per writer: runs that share a cache directory (parallel seeds, a
+// sweep's array jobs) may write the same file at once, and a shared ".tmp" would be renamed away
+// under the other writer's feet.
+std::string unique_tmp_path(const std::string& path) {
+  static std::atomic<uint64_t> counter{0};
+  return path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter.fetch_add(1));
+}
+}  // namespace
+
+AtomicFileWriter::AtomicFileWriter(std::string path) : path_(std::move(path)), tmp_path_(unique_tmp_path(path_)) {
   fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0) throw RuntimeFailure(tmp_path_ + ": cannot create: " + errno_text());
 }

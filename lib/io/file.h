@@ -32,7 +32,8 @@ std::string read_text_file(const std::string& path);
 // Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename, fsync the folder.
 void write_file_atomic(const std::string& path, const std::string& bytes);
 
-// Streams into `path + ".tmp"`; commit() fsyncs and renames into place. If destroyed without
+// Streams into a temporary file beside `path` (`path.tmp.<pid>.<n>`, unique to this writer, so
+// concurrent writers of one path never collide); commit() fsyncs and renames into place. If destroyed without
 // commit() the temporary file is removed, so a failure never leaves a partial file under `path`.
 class AtomicFileWriter {
  public:

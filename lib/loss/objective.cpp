@@ -56,6 +56,32 @@ RowSummary summarise(const at::Tensor& hidden, const LogitsFn& logits_fn, const 
   return {at::cat(probs), at::cat(ids), at::cat(ce)};
 }
 
+// A teacher's token-level distributions at its label rows for span alignment, on the CPU: top-k
+// probabilities and ids at the token temperature, or the full distribution (ids undefined).
+struct TokenRows {
+  at::Tensor probs, ids;
+};
+
+TokenRows teacher_token_rows(const at::Tensor& hidden, const LogitsFn& logits_fn, const LabelRows& rows,
+                             const TokenLossOptions& o, int64_t chunk) {
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> probs, ids;
+  const int64_t L = rows.batch.size(0);
+  for (int64_t start = 0; start < L; start += chunk) {
+    const int64_t n = std::min(chunk, L - start);
+    at::Tensor logits = logits_fn(hidden.index({rows.batch.narrow(0, start, n), rows.time.narrow(0, start, n)}));
+    if (o.top_k) {
+      auto top = kernels::softmax_topk(logits, *o.top_k, o.temperature);
+      probs.push_back(top.probs.to(at::kDouble).cpu());
+      ids.push_back(top.ids.to(at::kLong).cpu());
+    } else {
+      probs.push_back(kernels::log_softmax(logits, o.temperature).exp().to(at::kDouble).cpu());
+    }
+  }
+  if (probs.empty()) return {};
+  return {at::cat(probs).contiguous(), ids.empty() ? at::Tensor() : at::cat(ids).contiguous()};
+}
+
 at::Tensor graph_distance(const at::Tensor& xs, const at::Tensor& ids_s, const at::Tensor& xt, const at::Tensor& ids_t,
                           const ObjectiveConfig& c) {
   if (c.graph_solver == "entropic") {
@@ -161,6 +187,7 @@ LossParts backward_fusion_loss(const StudentSide& student, const std::vector<Tea
   // Aligned pairs as (student label row, teacher batch row, teacher position), sorted by student row.
   struct Aligned {
     std::vector<int64_t> student_row, teacher_b, teacher_t;
+    std::vector<SpanTarget> targets;  // span alignment: the teacher's mass on student ids, per pair
   };
   std::vector<Aligned> aligned(S);
   if (use_token) {
@@ -176,18 +203,47 @@ LossParts backward_fusion_loss(const StudentSide& student, const std::vector<Tea
         offset += rows.per_sequence[b];
       }
     }
-    for (int64_t s = 0; s < S; ++s)
+    for (int64_t s = 0; s < S; ++s) {
+      const auto& t = teachers[s];
+      // Span alignment reads the teacher's rows on the CPU: the cache's, or computed here.
+      TokenRows live;
+      if (t.span && !t.cached) live = teacher_token_rows(t.hidden, t.logits, teacher_labels[s], c.token, c.chunk_rows);
+      std::vector<at::Tensor> cached_probs(B), cached_ids(B);
+      int64_t teacher_offset = 0;
       for (int64_t b = 0; b < B; ++b) {
+        const int64_t teacher_count = teacher_labels[s].per_sequence[b];
+        const int64_t row_offset = teacher_offset;
+        teacher_offset += teacher_count;
         if (weight[s][b] <= 0) continue;
-        for (const auto& [ps, pt] : teachers[s].pairs[b]) {
+        TeacherRows teacher_rows_b;
+        if (t.span) {
+          if (t.cached) {
+            cached_probs[b] = t.cached->token_probs[b].to(at::kDouble).contiguous();
+            cached_ids[b] = t.cached->token_ids[b].to(at::kLong).contiguous();
+            teacher_rows_b = {cached_probs[b].data_ptr<double>(), cached_ids[b].data_ptr<int64_t>(), cached_probs[b].size(0),
+                              cached_probs[b].size(1)};
+          } else if (live.probs.defined()) {
+            const int64_t width = live.probs.size(1);
+            teacher_rows_b = {live.probs.data_ptr<double>() + row_offset * width,
+                              live.ids.defined() ? live.ids.data_ptr<int64_t>() + row_offset * width : nullptr,
+                              teacher_count, width};
+          }
+        }
+        for (const auto& [ps, pt] : t.pairs[b]) {
           // Label positions of a sequence are contiguous, so the row is an offset from the first.
           const int64_t r = first_row[b] + (ps - first_time[b]);
           if (ps < first_time[b] || ps - first_time[b] >= rows.per_sequence[b]) continue;
+          if (t.span) {
+            SpanTarget target = t.span->project(*student.batch->rows[b], *t.batch->rows[b], ps, pt, teacher_rows_b);
+            if (target.ids.empty()) continue;
+            aligned[s].targets.push_back(std::move(target));
+          }
           aligned[s].student_row.push_back(r);
           aligned[s].teacher_b.push_back(b);
           aligned[s].teacher_t.push_back(pt);
         }
       }
+    }
   }
 
   // The main pass: one chunk of student logits at a time, every term, backward, freed.
@@ -228,7 +284,22 @@ LossParts backward_fusion_loss(const StudentSide& student, const std::vector<Tea
       std::vector<double> w;
       for (size_t i = begin; i < end; ++i) w.push_back(weight[s][a.teacher_b[i]]);
       at::Tensor row_loss;
-      if (t.cached) {
+      if (t.span) {
+        // Span targets, padded to the widest row with mass 0.
+        size_t width = 1;
+        for (size_t i = begin; i < end; ++i) width = std::max(width, a.targets[i].ids.size());
+        const int64_t m = static_cast<int64_t>(end - begin);
+        at::Tensor ids = at::zeros({m, static_cast<int64_t>(width)}, at::TensorOptions().dtype(at::kLong));
+        at::Tensor mass = at::zeros({m, static_cast<int64_t>(width)}, at::TensorOptions().dtype(at::kDouble));
+        auto ia = ids.accessor<int64_t, 2>();
+        auto ma = mass.accessor<double, 2>();
+        for (size_t i = begin; i < end; ++i)
+          for (size_t j = 0; j < a.targets[i].ids.size(); ++j) {
+            ia[i - begin][j] = a.targets[i].ids[j];
+            ma[i - begin][j] = a.targets[i].mass[j];
+          }
+        row_loss = kl_family_on_student_ids(student_logits, ids.to(device), mass.to(device), c.token);
+      } else if (t.cached) {
         // Cached rows are the teacher's label rows in order: row = position − first label position.
         std::vector<at::Tensor> probs, ids;
         for (size_t i = begin; i < end; ++i) {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "align/positions.h"
+#include "align/span.h"
 #include "align/vocab_map.h"
 #include "data/batch.h"
 #include "loss/gld.h"
@@ -48,6 +49,9 @@ struct TeacherSide {
   const ModelBatch* batch = nullptr;
   std::vector<PositionPairs> pairs;  // per row: (student position, teacher position)
   const VocabMap* vocab_map = nullptr;
+  // Span alignment (pairs from span_pairs): the KL family compares the student with the teacher's
+  // distribution over the student's next token, projected from the teacher's rows; vocab_map unused.
+  const SpanProjector* span = nullptr;
   double weight = 1.0;  // normalised mixing weight (uniform / weights)
   std::shared_ptr<CachedTeacherRows> cached;  // set for an offline teacher
 };

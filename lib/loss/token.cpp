@@ -46,18 +46,31 @@ at::Tensor kl_rows(const at::Tensor& p, const at::Tensor& log_p, const at::Tenso
   return (p * (log_p - log_q)).masked_fill(p <= 0, 0.0).sum(1);
 }
 
-// The KL family against a teacher given as probabilities over its ids ([P, n] each, no grad).
+// The KL family against a teacher given as probabilities over its ids ([P, n] each, no grad),
+// moved onto student ids through the vocabulary map.
 at::Tensor kl_family_rows(const at::Tensor& s, at::Tensor probs, const at::Tensor& ids, const TokenLossOptions& o,
                           const VocabMap& map) {
-  const int64_t vs = s.size(1);
-  at::Tensor teacher;  // the teacher distribution moved onto student ids [P, Vs]
+  at::Tensor mapped;
   {
     at::NoGradGuard no_grad;
     at::Tensor table = at::tensor(map.to_student, at::TensorOptions().dtype(at::kLong)).to(ids.device());
-    at::Tensor mapped = table.index_select(0, ids.flatten().to(at::kLong).clamp(0, table.size(0) - 1)).view(ids.sizes());
-    at::Tensor keep = (mapped >= 0).logical_and(mapped < vs).logical_and(ids < table.size(0));
-    probs = probs.to(s.device()).to(s.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).masked_fill(keep.logical_not().to(s.device()), 0.0);
-    teacher = at::zeros({s.size(0), vs}, probs.options()).scatter_add(1, mapped.clamp(0, vs - 1).to(s.device()), probs);
+    mapped = table.index_select(0, ids.flatten().to(at::kLong).clamp(0, table.size(0) - 1)).view(ids.sizes());
+    at::Tensor keep = (mapped >= 0).logical_and(mapped < s.size(1)).logical_and(ids < table.size(0));
+    probs = probs.to(s.device()).masked_fill(keep.logical_not().to(s.device()), 0.0);
+  }
+  return kl_family_on_student_ids(s, mapped.to(s.device()), probs, o);
+}
+
+}  // namespace
+
+at::Tensor kl_family_on_student_ids(const at::Tensor& s, const at::Tensor& student_ids, const at::Tensor& mass,
+                                    const TokenLossOptions& o) {
+  const int64_t vs = s.size(1);
+  at::Tensor teacher;  // the teacher distribution on student ids [P, Vs]
+  {
+    at::NoGradGuard no_grad;
+    at::Tensor probs = mass.to(s.device()).to(s.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+    teacher = at::zeros({s.size(0), vs}, probs.options()).scatter_add(1, student_ids.to(s.device()).clamp(0, vs - 1), probs);
     teacher = teacher / teacher.sum(1, true).clamp_min(1e-30);
   }
   at::Tensor log_teacher = teacher.clamp_min(1e-30).log();
@@ -65,7 +78,7 @@ at::Tensor kl_family_rows(const at::Tensor& s, at::Tensor probs, const at::Tenso
   at::Tensor rows;
   if (o.type == "kl") {
     rows = kl_rows(teacher, log_teacher, log_student);
-  } else {
+  } else if (o.type == "rkl" || o.type == "jsd") {
     // rkl and jsd compare on the teacher's support, with the student renormalised there: outside
     // it the (top-k) teacher has no probability and KL(p_S ‖ p_T) would be infinite.
     at::Tensor support = teacher > 0;
@@ -79,13 +92,14 @@ at::Tensor kl_family_rows(const at::Tensor& s, at::Tensor probs, const at::Tenso
       at::Tensor log_mix = mix.clamp_min(1e-30).log();
       rows = o.beta * kl_rows(teacher, log_teacher, log_mix) + (1.0 - o.beta) * kl_rows(student, log_s, log_mix);
     }
+  } else {
+    throw InputError("loss.token.type=" + o.type + " does not compare token identities (use kl, rkl or jsd)");
   }
   // A row whose teacher mass mapped nowhere has an all-zero teacher and contributes nothing.
   rows = rows.masked_fill(teacher.sum(1) <= 0, 0.0);
   return rows * (o.temperature * o.temperature);
 }
 
-}  // namespace
 
 at::Tensor token_loss_rows(const at::Tensor& student_logits, const at::Tensor& teacher_logits,
                            const TokenLossOptions& options, const VocabMap* map) {

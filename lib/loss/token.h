@@ -29,6 +29,12 @@ at::Tensor token_loss_rows(const at::Tensor& student_logits, const at::Tensor& t
 at::Tensor token_loss_rows_topk(const at::Tensor& student_logits, const at::Tensor& teacher_probs,
                                 const at::Tensor& teacher_ids, const TokenLossOptions& options, const VocabMap* map);
 
+// The KL family against a teacher given as mass on student ids ([P, n] each, no grad), as span
+// alignment produces it: each row is normalised to a distribution here; a row without mass
+// contributes 0. Padding entries carry mass 0.
+at::Tensor kl_family_on_student_ids(const at::Tensor& student_logits, const at::Tensor& student_ids, const at::Tensor& mass,
+                                    const TokenLossOptions& options);
+
 // ULD from sorted probabilities directly (used by the cached-teacher path too): rows of student
 // probabilities sorted descending [P, a] and teacher ones [P, b]; the shorter is zero-padded.
 at::Tensor uld_sorted_rows(const at::Tensor& student_sorted, const at::Tensor& teacher_sorted);

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <optional>
 
+#include "align/span.h"
 #include "align/vocab_map.h"
 #include "core/error.h"
 #include "core/hash.h"
@@ -141,14 +142,19 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
   }
 
   // 3. Vocabulary maps for the KL family of token losses.
+  //    Span alignment projects through the student's tokenizer, with the exact map for whole tokens.
   std::vector<VocabMap> vocab_maps(teachers.size());
+  std::vector<std::unique_ptr<SpanProjector>> projectors(teachers.size());
   const bool kl_family = recipe.loss.token.type == "kl" || recipe.loss.token.type == "rkl" || recipe.loss.token.type == "jsd";
+  const bool span = kl_family && recipe.alignment.positions == "span";
   if (kl_family)
     for (size_t s = 0; s < teachers.size(); ++s) {
-      vocab_maps[s] = load_or_build_vocab_map(*teachers[s].tokenizer, *student.tokenizer, recipe.alignment.vocab,
+      vocab_maps[s] = load_or_build_vocab_map(*teachers[s].tokenizer, *student.tokenizer, span ? "exact" : recipe.alignment.vocab,
                                               recipe.alignment.cache_dir.value_or(options.vocab_cache_dir));
-      spdlog::info("vocabulary map {} -> student: {} exact, {} mined of {}", teachers[s].name, vocab_maps[s].exact,
-                   vocab_maps[s].mined, vocab_maps[s].to_student.size());
+      spdlog::info("vocabulary map {} -> student: {} exact, {} mined of {}{}", teachers[s].name, vocab_maps[s].exact,
+                   vocab_maps[s].mined, vocab_maps[s].to_student.size(),
+                   span ? " (span alignment: the rest through the student's tokenizer; alignment.vocab unused)" : "");
+      if (span) projectors[s] = std::make_unique<SpanProjector>(*student.tokenizer, *teachers[s].tokenizer, vocab_maps[s]);
     }
 
   // 4. Optimizer, schedule, sampler, and the state to resume from.
@@ -278,13 +284,13 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
         const auto& t = teachers[s];
         const double weight = mix_weights[s];
         if (caches[s]) {
-          sides.push_back({at::Tensor(), nullptr, &mb.teachers[s], mb.pairs[s], kl_family ? &vocab_maps[s] : nullptr, weight,
-                           cached_rows(*caches[s], mb, recipe)});
+          sides.push_back({at::Tensor(), nullptr, &mb.teachers[s], mb.pairs[s], kl_family ? &vocab_maps[s] : nullptr,
+                           projectors[s].get(), weight, cached_rows(*caches[s], mb, recipe)});
           continue;
         }
         sides.push_back({t.model->hidden_states(mb.teachers[s].input_ids.to(t.device)),
                          [&t](const at::Tensor& h) { return t.logits(h); }, &mb.teachers[s], mb.pairs[s],
-                         kl_family ? &vocab_maps[s] : nullptr, weight, nullptr});
+                         kl_family ? &vocab_maps[s] : nullptr, projectors[s].get(), weight, nullptr});
       }
       return loss::backward_fusion_loss(side, sides, config, global);
     };

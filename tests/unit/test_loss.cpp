@@ -139,7 +139,7 @@ TEST_CASE("loss: streamed chunks give the same loss and gradients as one chunk",
     at::Tensor h = (head_value.defined() ? head_value : head).clone().requires_grad_(true);
     lf::loss::StudentSide student{at::embedding(e, sb.input_ids), [&](const at::Tensor& x) { return at::linear(x, h); }, &sb, nullptr};
     lf::loss::TeacherSide teacher{at::embedding(t_embed, tb.input_ids), [&](const at::Tensor& x) { return at::linear(x, t_head); },
-                                  &tb, pairs, &map, 1.0};
+                                  &tb, pairs, &map, nullptr, 1.0};
     lf::loss::TeacherSide teacher2 = teacher;
     teacher2.weight = 0.5;
     teacher.weight = 0.5;

@@ -2,9 +2,12 @@
 
 #include <ATen/ATen.h>
 
+#include <atomic>
 #include <filesystem>
+#include <thread>
 
 #include "core/error.h"
+#include "io/file.h"
 #include "io/safetensors.h"
 #include "test_helpers.h"
 
@@ -53,7 +56,10 @@ TEST_CASE("safetensors: round trip of every common dtype", "[safetensors]") {
     CHECK(back.sizes() == t.sizes());
     CHECK(at::equal(back, t));
   }
-  CHECK_FALSE(std::filesystem::exists(path + ".tmp"));
+  // Nothing but the file itself is left in the directory (no temporary file).
+  int64_t entries = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dir.path)) ++entries;
+  CHECK(entries == 1);
 }
 
 TEST_CASE("safetensors: sharded checkpoints with an index", "[safetensors]") {
@@ -110,4 +116,31 @@ TEST_CASE("safetensors: index pointing at a shard that lacks the tensor", "[safe
   } catch (const lf::InputError& e) {
     CHECK_THAT(e.one_line(), Contains("'b'"));
   }
+}
+
+TEST_CASE("io: concurrent atomic writers of one path never collide", "[io]") {
+  // Runs sharing a cache directory write the same vocabulary map at once; each writer has its own
+  // temporary file, so every commit succeeds and the file is always one writer's whole content.
+  lf::test::TempDir dir;
+  const std::string path = (dir.path / "shared.bin").string();
+  const std::string a(4096, 'a'), b(8192, 'b');
+  std::vector<std::thread> writers;
+  std::atomic<int> failures{0};
+  for (const std::string* content : {&a, &b, &a, &b})
+    writers.emplace_back([&, content] {
+      for (int i = 0; i < 25; ++i) {
+        try {
+          lf::write_file_atomic(path, *content);
+        } catch (const std::exception&) {
+          ++failures;
+        }
+      }
+    });
+  for (auto& w : writers) w.join();
+  CHECK(failures == 0);
+  const std::string back = lf::read_text_file(path);
+  CHECK((back == a || back == b));
+  int64_t entries = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dir.path)) ++entries;
+  CHECK(entries == 1);
 }
