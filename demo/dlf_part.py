@@ -24,6 +24,12 @@ def run_dlf(lf, root, data, toks, args, large):
     experts = dict(zip(skills, lf.parallel(
         lambda skill: train(lf, dlf / f"expert_{skill}", base, data / f"pool_{skill}.jsonl", steps=args.expert_steps,
                             seed=1, lr=1e-3, batch=16), skills)))
+    # Task arithmetic (method.md §4b): one small model from both experts, used as a single expert.
+    merged = dlf / "merged"
+    if not (merged / "config.json").exists():
+        lf("merge", "--base", base, *[a for s in skills for a in ("--expert", experts[s], "--weight", args.merge_weight)],
+           "--out", merged)
+    experts["merged"] = merged
     log(f"DLF base and experts ready ({time.time() - t0:.0f}s); large model: the pivot")
 
     def run(job):
@@ -41,6 +47,9 @@ fusion: {{strategy: {strategy}, alpha: {{min: 0.0, max: 2.0, step: 0.1}}, static
     jobs.append(("dynamic, both experts", "dynamic-both", "dynamic", skills, skills, None))
     jobs.append(("static, both experts", "static-both", "static", skills, skills, None))
     jobs += [("expert alone", f"expert-{skill}", "expert_only", [skill], [skill], skill) for skill in skills]
+    jobs.append(("dynamic, merged expert", "dynamic-merged", "dynamic", ["merged"], skills, None))
+    jobs.append(("static, merged expert", "static-merged", "static", ["merged"], skills, None))
+    jobs.append(("merged expert alone", "expert-merged", "expert_only", ["merged"], skills, "merged"))
     scores = lf.parallel(lambda job: run(job[1:]), jobs)
     results = {}
     for job, score in zip(jobs, scores):

@@ -86,6 +86,8 @@ def parse_args():
     p.add_argument("--dlf-base-size", default="64x2")
     p.add_argument("--dlf-base-steps", type=int, default=600)
     p.add_argument("--expert-steps", type=int, default=150, help="light fine-tuning steps of each DLF expert")
+    p.add_argument("--merge-weight", type=float, default=1.0,
+                   help="λ of each expert's task vector in the merged DLF expert (logitfuse merge)")
     p.add_argument("--skip-dlf", action="store_true")
     p.add_argument("--harsh-teachers", action="store_true",
                    help="teachers with a tokenizer that merges across words and digits (data.WHOLE_LINE); its own "

@@ -16,6 +16,7 @@ void add_init_model(CLI::App& root);
 void add_logits(CLI::App& root);
 void add_tokenize(CLI::App& root);
 void add_align(CLI::App& root);
+void add_merge(CLI::App& root);
 void add_version(CLI::App& root);
 void add_bench(CLI::App& root);
 void add_loss_eval(CLI::App& root);

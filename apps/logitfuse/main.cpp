@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   lf::app::add_logits(app);
   lf::app::add_tokenize(app);
   lf::app::add_align(app);
+  lf::app::add_merge(app);
   lf::app::add_version(app);
   lf::app::add_bench(app);
   lf::app::add_loss_eval(app);

@@ -48,7 +48,7 @@ def test_demo_quick_produces_the_report(tmp_path):
     assert "noisy: beat SFT-only on every skill" in out
     # Dynamic Logit Fusion on the same skills: every strategy on each skill, from logitfuse eval.
     dlf = report["dlf"]["strategies"]
-    assert {"large_only", "static", "dynamic", "dynamic, both experts", "expert alone"} <= set(dlf)
+    assert {"large_only", "static", "dynamic", "dynamic, both experts", "expert alone", "dynamic, merged expert"} <= set(dlf)
     for scores in dlf.values():
         assert all(0.0 <= v <= 1.0 for v in scores.values())
     for row in ("dynamic", "static", "large_only"):

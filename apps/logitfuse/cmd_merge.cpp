@@ -1,0 +1,23 @@
+// `logitfuse merge`: task arithmetic over Hugging Face directories (method.md §4b), for a merged
+// expert that `generate`/`eval` take like any other.
+#include <CLI/CLI.hpp>
+
+#include "commands.h"
+#include "model/merge.h"
+
+namespace lf::app {
+
+void add_merge(CLI::App& root) {
+  auto opt = std::make_shared<MergeOptions>();
+  CLI::App* cmd = root.add_subcommand("merge", "Task arithmetic: base + Σ λ_t (expert_t − base), streamed tensor by tensor");
+  cmd->add_option("--base", opt->base, "the model the experts were fine-tuned from (Hugging Face directory)")->required();
+  cmd->add_option("--expert", opt->experts, "an expert directory (repeat for several)")->required();
+  cmd->add_option("--weight", opt->weights, "λ of each expert, in --expert order (default 1.0 each)");
+  cmd->add_option("--out", opt->out, "the merged model's directory (must not exist or be empty)")->required();
+  cmd->callback([opt] {
+    if (opt->weights.empty()) opt->weights.assign(opt->experts.size(), 1.0);
+    merge_task_arithmetic(*opt);
+  });
+}
+
+}  // namespace lf::app

@@ -1,0 +1,105 @@
+"""`logitfuse merge` (task arithmetic, method.md §4b) against a NumPy reference on the safetensors
+files, bit for bit in float32; the base's shard layout kept; error cases exit 2 naming the tensor
+and leave nothing behind; the merged model loads in transformers."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+
+def tensors_of(model_dir):
+    index = model_dir / "model.safetensors.index.json"
+    if not index.exists():
+        return load_file(str(model_dir / "model.safetensors"))
+    out = {}
+    for f in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+        out.update(load_file(str(model_dir / f)))
+    return out
+
+
+def write_model(src, dst, tensors, shards):
+    """A copy of model directory `src` holding `tensors`, in one file or in `shards` files with an index."""
+    shutil.copytree(src, dst)
+    (dst / "model.safetensors").unlink()
+    names = sorted(tensors)
+    if shards == 1:
+        save_file(tensors, str(dst / "model.safetensors"), metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i in range(shards):
+        part = names[i::shards]
+        file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        save_file({n: tensors[n] for n in part}, str(dst / file), metadata={"format": "pt"})
+        weight_map.update({n: file for n in part})
+    (dst / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, logitfuse):
+    root = tmp_path_factory.mktemp("merge")
+    logitfuse("init-model", "--arch", "qwen2", "--out", root / "init", "--vocab-size", 64, "--hidden", 32,
+                     "--layers", 2, "--heads", 4, "--kv-heads", 2, "--intermediate", 48, "--seed", 3)
+    base = load_file(str(root / "init" / "model.safetensors"))
+    rng = np.random.default_rng(0)
+    write_model(root / "init", root / "base", base, shards=2)
+    experts = []
+    for i, shards in enumerate([2, 1]):  # the experts' layouts need not be the base's
+        tuned = {n: (t + rng.normal(0, 0.02, t.shape)).astype(t.dtype) for n, t in base.items()}
+        write_model(root / "init", root / f"expert{i}", tuned, shards=shards)
+        experts.append(tuned)
+    return root, base, experts
+
+
+def test_merge_is_task_arithmetic_bit_for_bit_and_keeps_the_layout(models, logitfuse, tmp_path):
+    root, base, experts = models
+    weights = [0.5, 0.3]
+    logitfuse("merge", "--base", root / "base", "--expert", root / "expert0", "--expert", root / "expert1",
+              "--weight", weights[0], "--weight", weights[1], "--out", tmp_path / "merged")
+    merged = tensors_of(tmp_path / "merged")
+    assert sorted(merged) == sorted(base)
+    for name, b in base.items():
+        want = b.astype(np.float32).copy()
+        for w, e in zip(weights, experts):
+            want = want + (e[name].astype(np.float32) - b.astype(np.float32)) * np.float32(w)
+        assert merged[name].dtype == b.dtype
+        assert np.array_equal(merged[name], want.astype(b.dtype)), name
+    # The base's two shards and its index, its config and tokenizer-side files.
+    assert (tmp_path / "merged" / "model.safetensors.index.json").read_text() == \
+        (root / "base" / "model.safetensors.index.json").read_text()
+    assert sorted(p.name for p in (tmp_path / "merged").iterdir()) == sorted(p.name for p in (root / "base").iterdir())
+    from transformers import AutoModelForCausalLM
+    AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+
+
+def test_merge_with_one_expert_and_weight_one_is_the_expert(models, logitfuse, tmp_path):
+    root, base, experts = models
+    logitfuse("merge", "--base", root / "base", "--expert", root / "expert1", "--out", tmp_path / "m")
+    merged = tensors_of(tmp_path / "m")
+    for name in base:  # b + (e - b) in float32: the expert up to one rounding
+        assert np.allclose(merged[name], experts[1][name], rtol=0, atol=1e-6), name
+
+
+def test_merge_errors_name_the_tensor_and_leave_nothing(models, logitfuse, tmp_path):
+    root, base, experts = models
+    name = sorted(base)[3]
+    broken = {
+        "missing": {n: t for n, t in experts[1].items() if n != name},
+        "shape": {**experts[1], name: np.zeros((3, 3), dtype=np.float32)},
+        "dtype": {**experts[1], name: experts[1][name].astype(np.float16)},
+    }
+    for kind, tensors in broken.items():
+        write_model(root / "init", tmp_path / kind, tensors, shards=1)
+        proc = logitfuse("merge", "--base", root / "base", "--expert", tmp_path / kind, "--out", tmp_path / f"out-{kind}",
+                         expect=2)
+        assert name in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert not (tmp_path / f"out-{kind}").exists()
+        assert not list(tmp_path.glob(f"out-{kind}.tmp*"))
+    proc = logitfuse("merge", "--base", root / "base", "--expert", root / "expert0", "--weight", 1, "--weight", 2,
+                     "--out", tmp_path / "w", expect=2)
+    assert "weight" in proc.stderr
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("keep")
+    logitfuse("merge", "--base", root / "base", "--expert", root / "expert0", "--out", tmp_path / "full", expect=2)
+    assert (tmp_path / "full" / "x").read_text() == "keep"
