@@ -3,8 +3,10 @@ model; a small base with the student's tokenizer is trained on the general pool,
 the base fine-tuned lightly on its skill's pool. Each skill's held-out set is decoded with that
 skill's expert by every strategy (single task), and with both experts (multi-task: one active expert
 per step, J summed over both experts, method.md §4)."""
+import json
 import time
 
+import report
 import tasks
 from lf import evaluate, init_model, log, parse_size, train
 
@@ -32,28 +34,76 @@ def run_dlf(lf, root, data, toks, args, large):
     experts["merged"] = merged
     log(f"DLF base and experts ready ({time.time() - t0:.0f}s); large model: the pivot")
 
-    def run(job):
-        name, strategy, expert_skills, eval_skills, only = job
+    # Shots for the in-context rows: the first worked examples of each skill's pool (not held out).
+    for skill in skills:
+        pool = (data / f"pool_{skill}.jsonl").read_text().splitlines(keepends=True)
+        (data / f"shots_{skill}.jsonl").write_text("".join(pool[:args.shots]))
+
+    def job(label, name, strategy, expert_skills, eval_skills, only=None, criterion="sum", shots=0):
+        return label, name, strategy, expert_skills, eval_skills, only, criterion, shots
+
+    def run(spec):
+        _, name, strategy, expert_skills, eval_skills, only, criterion, shots = spec
         fusion = f"""models:
   large: {{path: {large}, device: cpu}}
   base: {{path: {base}}}
   experts: [{", ".join(f"{{name: {s}, path: {experts[s]}}}" for s in expert_skills)}]
-fusion: {{strategy: {strategy}, alpha: {{min: 0.0, max: 2.0, step: 0.1}}, static_alpha: 1.0{f", expert: {only}" if only else ""}}}"""
-        return evaluate(lf, None, root / "eval" / "dlf" / name, data, eval_skills, fusion=fusion, perplexity=False)
+fusion: {{strategy: {strategy}, alpha: {{min: 0.0, max: 2.0, step: 0.1}}, static_alpha: 1.0, multi_expert: {criterion}{f", expert: {only}" if only else ""}}}"""
+        return evaluate(lf, None, root / "eval" / "dlf" / name, data, eval_skills, fusion=fusion, perplexity=False,
+                        shots=shots)
 
     jobs = []
     for strategy in STRATEGIES:  # single task: each skill with its own expert
-        jobs += [(strategy, f"{strategy}-{skill}", strategy, [skill], [skill], None) for skill in skills]
-    jobs.append(("dynamic, both experts", "dynamic-both", "dynamic", skills, skills, None))
-    jobs.append(("static, both experts", "static-both", "static", skills, skills, None))
-    jobs += [("expert alone", f"expert-{skill}", "expert_only", [skill], [skill], skill) for skill in skills]
-    jobs.append(("dynamic, merged expert", "dynamic-merged", "dynamic", ["merged"], skills, None))
-    jobs.append(("static, merged expert", "static-merged", "static", ["merged"], skills, None))
-    jobs.append(("merged expert alone", "expert-merged", "expert_only", ["merged"], skills, "merged"))
-    scores = lf.parallel(lambda job: run(job[1:]), jobs)
+        jobs += [job(strategy, f"{strategy}-{skill}", strategy, [skill], [skill]) for skill in skills]
+    jobs.append(job("dynamic, both experts", "dynamic-both", "dynamic", skills, skills))
+    jobs.append(job("static, both experts", "static-both", "static", skills, skills))
+    # The multi-expert criteria besides the paper's sum (docs/decoding.md).
+    for criterion in ("active", "closest"):
+        jobs.append(job(f"dynamic, both, {criterion}", f"dynamic-both-{criterion}", "dynamic", skills, skills,
+                        criterion=criterion))
+    jobs += [job("expert alone", f"expert-{skill}", "expert_only", [skill], [skill], skill) for skill in skills]
+    jobs.append(job("dynamic, merged expert", "dynamic-merged", "dynamic", ["merged"], skills))
+    jobs.append(job("static, merged expert", "static-merged", "static", ["merged"], skills))
+    jobs.append(job("merged expert alone", "expert-merged", "expert_only", ["merged"], skills, "merged"))
+    # In-context learning: the same k worked examples before every question, for every model.
+    if args.shots:
+        k = args.shots
+        jobs += [job(f"large_only, {k}-shot", f"large_only-{skill}-{k}shot", "large_only", [skill], [skill], shots=k)
+                 for skill in skills]
+        jobs += [job(f"dynamic, {k}-shot", f"dynamic-{skill}-{k}shot", "dynamic", [skill], [skill], shots=k)
+                 for skill in skills]
+        jobs.append(job(f"dynamic, both experts, {k}-shot", f"dynamic-both-{k}shot", "dynamic", skills, skills, shots=k))
+    scores = lf.parallel(run, jobs)
     results = {}
     for job, score in zip(jobs, scores):
         results.setdefault(job[0], {}).update(score)
     for name, score in results.items():
         log(f"DLF {name}: " + ", ".join(f"{s} EM {100 * v:.0f}%" for s, v in score.items()))
+    trace_picture(lf, root, data, skills, large, base, experts)
     return results
+
+
+def trace_picture(lf, root, data, skills, large, base, experts):
+    """`generate --trace` with both experts on the first held-out question of each skill, drawn as α
+    and the active expert per step (OUT/data-seed-N/dlf_trace.png)."""
+    out = root / "eval" / "dlf" / "trace"
+    trace = out / "trace.jsonl"
+    if not trace.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        questions = [json.loads((data / f"eval_{s}.jsonl").read_text().splitlines()[0]) for s in skills]
+        (out / "prompts.jsonl").write_text("".join(json.dumps({"prompt": q["prompt"]}) + "\n" for q in questions))
+        (out / "generate.yaml").write_text(f"""models:
+  large: {{path: {large}, device: cpu}}
+  base: {{path: {base}}}
+  experts: [{", ".join(f"{{name: {s}, path: {experts[s]}}}" for s in skills)}]
+fusion: {{strategy: dynamic, alpha: {{min: 0.0, max: 2.0, step: 0.1}}}}
+generation: {{max_new_tokens: 40, batch_size: {len(skills)}, chat_template: plain}}
+input: {out / "prompts.jsonl"}
+output: {out / "completions.jsonl"}
+""")
+        lf("generate", out / "generate.yaml", "--trace", trace)
+    rows = [json.loads(line) for line in trace.read_text().splitlines() if line.strip()]
+    completions = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    path = report.plot_trace(rows, skills, [c["completion"] for c in completions], root / "dlf_trace.png")
+    log(f"DLF trace picture: {path}")
+    return path

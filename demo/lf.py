@@ -101,16 +101,18 @@ def checkpoints_of(run_dir):
     return out
 
 
-def evaluate(lf, model_dir, out_dir, data, skills, *, fusion=None, perplexity=True):
+def evaluate(lf, model_dir, out_dir, data, skills, *, fusion=None, perplexity=True, shots=0):
     """Exact match (and response perplexity) on each skill's held-out set through `logitfuse eval`,
     kept in out_dir/metrics.json; with `fusion` (the models and fusion sections of a DLF config), of
-    fused decoding instead of one model."""
+    fused decoding instead of one model; with `shots`, that many worked examples of the skill
+    (data/shots_<skill>.jsonl) before every question."""
     metrics_file = out_dir / "metrics.json"
     if not metrics_file.exists():
         out_dir.mkdir(parents=True, exist_ok=True)
         tasks_yaml = "".join(
             f"\n  - {{name: {skill}, type: exact_match, data: {data / f'eval_{skill}.jsonl'}, extract: regex, "
-            f"regex: '{ANSWER_REGEX}'}}" +
+            f"regex: '{ANSWER_REGEX}'" + (f", shots: {shots}, shots_file: {data / f'shots_{skill}.jsonl'}" if shots else "")
+            + "}" +
             (f"\n  - {{name: {skill}-ppl, type: perplexity, data: {data / f'eval_{skill}.jsonl'}}}" if perplexity else "")
             for skill in skills)
         models = fusion if fusion else f"model: {{path: {model_dir}, device: cpu}}"

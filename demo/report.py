@@ -114,3 +114,30 @@ def plot_curves(curves, path_for_skill, skills, conditions):
         paths.append(path)
     return paths
 
+
+
+def plot_trace(rows, skills, completions, path):
+    """One panel per prompt (a skill's first question): α of the active expert at every decoding step,
+    coloured by which expert it is (rows of `generate --trace`)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(skills), 1, figsize=(9, 2.6 * len(skills)), squeeze=False, sharex=True)
+    colours = {name: f"C{i}" for i, name in enumerate(skills)}
+    for index, (skill, ax) in enumerate(zip(skills, axes[:, 0])):
+        steps = [r for r in rows if r["prompt_index"] == index]
+        for name, colour in colours.items():
+            mine = [r for r in steps if r.get("expert") == name]
+            ax.scatter([r["step"] for r in mine], [r["alpha"] for r in mine], color=colour, label=f"{name} expert", s=18)
+        ax.plot([r["step"] for r in steps], [r["alpha"] for r in steps], color="0.7", lw=0.8, zorder=0)
+        text = completions[index] if index < len(completions) else ""
+        ax.set_title(f"{skill} question: {text[:70]!r}", fontsize=9)
+        ax.set_ylabel("α")
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("decoding step")
+    axes[0, 0].legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

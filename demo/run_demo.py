@@ -86,6 +86,7 @@ def parse_args():
     p.add_argument("--dlf-base-size", default="64x2")
     p.add_argument("--dlf-base-steps", type=int, default=600)
     p.add_argument("--expert-steps", type=int, default=150, help="light fine-tuning steps of each DLF expert")
+    p.add_argument("--shots", type=int, default=5, help="worked examples before every question in the DLF in-context rows (0: none)")
     p.add_argument("--merge-weight", type=float, default=1.0,
                    help="λ of each expert's task vector in the merged DLF expert (logitfuse merge)")
     p.add_argument("--skip-dlf", action="store_true")
@@ -100,7 +101,7 @@ def parse_args():
         args.seeds, args.eval_size, args.fusion_size, args.general_size, args.pool_size = 1, 20, 30, 40, 120
         args.student_size, args.teacher_size, args.dlf_base_size = "32x2", "32x2", "32x2"
         args.teacher_steps, args.pivot_steps, args.ample_steps, args.student_steps = "20,20", 10, 20, 10
-        args.dlf_base_steps, args.expert_steps, args.eval_points = 10, 10, 2
+        args.dlf_base_steps, args.expert_steps, args.eval_points, args.shots = 10, 10, 2, 2
         args.variants = "sft,infigfusion,on-policy"
     for v in args.variants.split(","):
         if v not in VARIANTS:
@@ -203,6 +204,8 @@ def main():
 
     dlf = run_dlf(lf, root, data, toks, args, pivot) if not args.skip_dlf else None
     pictures = report.plot_curves(curves, lambda k: root / f"exact_match_{k}{tag}.png", SKILLS, conditions)
+    if dlf and (root / "dlf_trace.png").exists():
+        pictures.append(root / "dlf_trace.png")
 
     teacher_rows = {k: reference[f"teacher-{k}"] for k in SKILLS}
     out = {"data_seed": args.data_seed, "seeds": args.seeds, "noise": args.noise, "student_steps": args.student_steps,

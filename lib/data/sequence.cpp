@@ -8,8 +8,8 @@ namespace lf {
 
 TokenizedSequence tokenize_example(const Example& example, const Tokenizer& tokenizer, const ChatTemplate& chat_template,
                                    const Truncation& truncation) {
-  const RenderedChat chat = render_chat(chat_template, example.messages);
   const SpecialTokens& special = tokenizer.special_tokens();
+  const RenderedChat chat = render_chat(chat_template, example.messages, special.eos_text);
 
   std::vector<int64_t> prompt;
   if (chat.bos) {

@@ -44,6 +44,7 @@ void visit(V& v, FusionConfig& c) {
   v("alpha", c.alpha);
   v("static_alpha", c.static_alpha);
   v("expert", c.expert);
+  v("multi_expert", c.multi_expert, one_of({"sum", "active", "closest"}));
 }
 
 template <class V>
@@ -63,6 +64,8 @@ void visit(V& v, GenerationConfig& c) {
   v("batch_size", c.batch_size, at_least<int64_t>(1));
   v("chat_template", c.chat_template, non_empty());
   v("kv_cache", c.kv_cache);
+  v("shots", c.shots, at_least<int64_t>(0));
+  v("shots_file", c.shots_file);
 }
 
 template <class V>
@@ -74,6 +77,8 @@ void visit(V& v, TaskConfig& c) {
   v("regex", c.regex);
   v("score", c.score, one_of({"sum", "mean"}));
   v("limit", c.limit, schema::null_or_at_least<int64_t>(1));
+  v("shots", c.shots, schema::null_or_at_least<int64_t>(0));
+  v("shots_file", c.shots_file);
 }
 
 template <class V>
@@ -127,6 +132,8 @@ void check_decoding(DecodingConfig& c, const schema::Reader& reader, const YAML:
   const auto& grid = c.fusion.alpha;
   if (grid.max < grid.min) fail(reader, root, "fusion.alpha.max", "must be >= fusion.alpha.min");
   if ((grid.max - grid.min) / grid.step > 10000) fail(reader, root, "fusion.alpha.step", "the α grid would exceed 10001 points");
+  if (c.generation.shots > 0 && c.generation.shots_file.empty())
+    fail(reader, root, "generation.shots_file", "generation.shots needs a file of worked examples");
   if (c.model) {
     if (root["fusion"]) fail(reader, root, "fusion", "fusion needs 'models' (large, base, experts); 'model' decodes one model");
     if (c.model->name.empty()) c.model->name = "model";
@@ -166,6 +173,8 @@ void check_tasks(EvalConfig& c, const schema::Reader& reader, const YAML::Node& 
     for (const auto& other : names)
       if (other == t.name) fail(reader, root, path + ".name", "duplicate task name '" + t.name + "'");
     names.push_back(t.name);
+    if (t.shots.value_or(0) > 0 && !t.shots_file && c.generation.shots_file.empty())
+      fail(reader, root, path + ".shots_file", "shots need a file of worked examples (here or generation.shots_file)");
     if (t.type == "exact_match" && t.extract == "regex") {
       if (t.regex.empty()) fail(reader, root, path + ".regex", "extract=regex needs a regex");
       try {

@@ -31,6 +31,9 @@ struct FusionConfig {
   AlphaConfig alpha;
   double static_alpha = 1.0;
   std::string expert;  // expert_only: which expert by name (default: the first)
+  // dynamic with several experts: how the active expert and α are chosen (kernels/dlf.h,
+  // apply_multi_expert_criterion): sum (the paper's) | active | closest
+  std::string multi_expert = "sum";
 };
 
 struct SamplingConfig {
@@ -46,6 +49,10 @@ struct GenerationConfig {
   int64_t batch_size = 8;
   std::string chat_template = "plain";
   bool kv_cache = true;  // false: recompute the whole sequence every step (a check, slow)
+  // In-context examples (method.md §4b): the first `shots` worked examples of `shots_file` (JSONL
+  // {"prompt", "response"}), as user/assistant turns before every prompt, for every model alike.
+  int64_t shots = 0;
+  std::string shots_file;
 };
 
 // What both commands decode with: a plain model, or large/base/experts with a fusion strategy.
@@ -71,6 +78,9 @@ struct TaskConfig {
   std::string regex;                    // exact_match with extract=regex: group 1 if any, else the match
   std::string score = "sum";            // multiple_choice: sum | mean (per-token mean log-likelihood)
   std::optional<int64_t> limit;         // first N examples only
+  // This task's in-context examples, instead of generation.shots / generation.shots_file.
+  std::optional<int64_t> shots;
+  std::optional<std::string> shots_file;
 };
 
 struct EvalConfig : DecodingConfig {

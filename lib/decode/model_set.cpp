@@ -80,6 +80,7 @@ ModelSet load_model_set(const DecodingConfig& config) {
     all.insert(all.end(), m.experts.begin(), m.experts.end());
     set.fusion.strategy = config.fusion.strategy;
     set.fusion.static_alpha = config.fusion.static_alpha;
+    set.fusion.multi_expert = config.fusion.multi_expert;
     set.fusion.grid = kernels::alpha_grid(config.fusion.alpha.min, config.fusion.alpha.max, config.fusion.alpha.step);
   }
   std::vector<std::unique_ptr<Tokenizer>> tokenizers;
@@ -154,6 +155,7 @@ FusedRows fuse_rows(const ModelSet& set, const std::vector<at::Tensor>& logits) 
     return out;
   }
   kernels::DlfSolve solve = kernels::dlf_solve(zl, zs, experts, set.fusion.grid);
+  if (experts.size() > 1) kernels::apply_multi_expert_criterion(solve, set.fusion.multi_expert, zl, zs, experts, set.fusion.grid);
   out.logits = solve.fused;
   out.expert = solve.expert;
   out.alpha = solve.alpha;

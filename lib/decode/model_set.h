@@ -25,6 +25,7 @@ struct FusionSpec {
   std::string strategy = "large_only";  // dynamic | static | large_only | expert_only
   std::vector<double> grid;             // dynamic: the α values searched
   double static_alpha = 1.0;
+  std::string multi_expert = "sum";     // dynamic with several experts: sum | active | closest
 };
 
 // Only the models the strategy needs are loaded: large_only runs the large model (or the plain model),

@@ -26,6 +26,7 @@ std::unique_ptr<Session> open_session(const DecodingConfig& config) {
   const SpecialTokens& special = tokenizer.special_tokens();
   o.pad_id = special.pad ? *special.pad : special.eos ? *special.eos : 0;
   o.tokenizer = &tokenizer;
+  if (config.generation.shots > 0) session->shots = read_shots(config.generation.shots_file, config.generation.shots);
   return session;
 }
 
@@ -41,12 +42,15 @@ std::vector<int64_t> stop_token_ids(const Tokenizer& tokenizer, const ChatTempla
   return ids;
 }
 
-std::vector<int64_t> encode_prompt(const Session& session, const std::string& prompt, const std::string& system) {
+std::vector<int64_t> encode_prompt(const Session& session, const std::string& prompt, const std::string& system,
+                                   const std::vector<Message>* shots) {
   std::vector<Message> messages;
   if (!system.empty()) messages.push_back({"system", system});
+  const auto& examples = shots ? *shots : session.shots;
+  messages.insert(messages.end(), examples.begin(), examples.end());
   messages.push_back({"user", prompt});
-  const RenderedChat chat = render_generation_prompt(session.chat_template, messages);
   const Tokenizer& tokenizer = *session.set.tokenizer;
+  const RenderedChat chat = render_generation_prompt(session.chat_template, messages, tokenizer.special_tokens().eos_text);
   std::vector<int64_t> ids;
   if (chat.bos) {
     if (!tokenizer.special_tokens().bos)
@@ -57,6 +61,24 @@ std::vector<int64_t> encode_prompt(const Session& session, const std::string& pr
   const Encoding encoded = tokenizer.encode(chat.prompt);
   ids.insert(ids.end(), encoded.ids.begin(), encoded.ids.end());
   return ids;
+}
+
+std::vector<Message> read_shots(const std::string& path, int64_t n) {
+  std::vector<Message> out;
+  if (n <= 0) return out;
+  int64_t read = 0;
+  for_each_jsonl_line(path, [&](const nlohmann::json& j, int64_t) {
+    if (read == n) return;
+    if (!j.is_object() || !j.contains("prompt") || !j["prompt"].is_string() || !j.contains("response") ||
+        !j["response"].is_string())
+      throw InputError("expected an object with string \"prompt\" and \"response\" fields (a worked example)");
+    out.push_back({"user", j["prompt"].get<std::string>()});
+    out.push_back({"assistant", j["response"].get<std::string>()});
+    ++read;
+  });
+  if (read < n)
+    throw InputError(path + ": " + std::to_string(read) + " worked example(s), " + std::to_string(n) + " shots asked for");
+  return out;
 }
 
 std::vector<PromptRecord> read_prompts(const std::string& path) {

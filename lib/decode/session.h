@@ -21,13 +21,20 @@ struct Session {
   ChatTemplate chat_template;
   GenerateOptions options;  // tokenizer points into set
   std::string strategy;     // for reports: the fusion strategy, or "model" for a plain model
+  std::vector<Message> shots;  // in-context examples before every prompt (generation.shots)
 };
 
 // Loads the models (checking the shared vocabulary) and resolves the chat template.
 std::unique_ptr<Session> open_session(const DecodingConfig& config);
 
-// The prompt as the model sees it: the chat template's generation prompt, BOS if it asks for one.
-std::vector<int64_t> encode_prompt(const Session& session, const std::string& prompt, const std::string& system = {});
+// The prompt as the model sees it: the chat template's generation prompt, BOS if it asks for one;
+// the in-context examples (`shots`, else the session's) as user/assistant turns before it.
+std::vector<int64_t> encode_prompt(const Session& session, const std::string& prompt, const std::string& system = {},
+                                   const std::vector<Message>* shots = nullptr);
+
+// The first `n` worked examples of a JSONL file ({"prompt", "response"} per line) as alternating
+// user and assistant messages; fewer lines than `n`, or a malformed line, is an InputError naming it.
+std::vector<Message> read_shots(const std::string& path, int64_t n);
 
 // Stop ids: the tokenizer's EOS, and the first token of the template's end-of-turn text when it is
 // a special token (e.g. <|im_end|> for chatml), since chat models end a turn with it.

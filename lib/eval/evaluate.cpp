@@ -25,10 +25,11 @@ void write_jsonl(const fs::path& path, const std::vector<nlohmann::json>& rows) 
   for (const auto& r : rows) out << r.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
 }
 
-nlohmann::json exact_match(const TaskConfig& task, Session& session, std::vector<nlohmann::json>& predictions) {
+nlohmann::json exact_match(const TaskConfig& task, Session& session, const std::vector<Message>& shots,
+                           std::vector<nlohmann::json>& predictions) {
   const auto examples = read_eval_examples(task.data, task.type, task.limit);
   std::vector<std::vector<int64_t>> prompts;
-  for (const auto& e : examples) prompts.push_back(encode_prompt(session, e.prompt, e.system));
+  for (const auto& e : examples) prompts.push_back(encode_prompt(session, e.prompt, e.system, &shots));
   const auto completions = generate(session.set, prompts, session.options);
   int64_t correct = 0;
   for (size_t i = 0; i < examples.size(); ++i) {
@@ -43,12 +44,13 @@ nlohmann::json exact_match(const TaskConfig& task, Session& session, std::vector
   return {{"type", task.type}, {"n", n}, {"correct", correct}, {"exact_match", static_cast<double>(correct) / n}};
 }
 
-nlohmann::json multiple_choice(const TaskConfig& task, Session& session, std::vector<nlohmann::json>& predictions) {
+nlohmann::json multiple_choice(const TaskConfig& task, Session& session, const std::vector<Message>& shots,
+                               std::vector<nlohmann::json>& predictions) {
   const auto examples = read_eval_examples(task.data, task.type, task.limit);
   const Tokenizer& tokenizer = *session.set.tokenizer;
   std::vector<ScoreRequest> requests;
   for (const auto& e : examples) {
-    const auto context = encode_prompt(session, e.prompt, e.system);
+    const auto context = encode_prompt(session, e.prompt, e.system, &shots);
     for (const auto& choice : e.choices) requests.push_back({context, tokenizer.encode(choice).ids});
   }
   const auto scores = score_continuations(session.set, requests, session.options.batch_size);
@@ -69,12 +71,16 @@ nlohmann::json multiple_choice(const TaskConfig& task, Session& session, std::ve
           {"score", task.score}};
 }
 
-nlohmann::json perplexity(const TaskConfig& task, Session& session, std::vector<nlohmann::json>& predictions) {
+nlohmann::json perplexity(const TaskConfig& task, Session& session, const std::vector<Message>& shots,
+                          std::vector<nlohmann::json>& predictions) {
   ExampleSet set = read_examples(task.data, /*skip_invalid=*/false);
   if (task.limit && static_cast<int64_t>(set.examples.size()) > *task.limit) set.examples.resize(*task.limit);
   std::vector<ScoreRequest> requests;
   const Truncation no_truncation{int64_t{1} << 40, int64_t{1} << 40};
-  for (const auto& e : set.examples) {
+  for (Example e : set.examples) {
+    // The in-context examples go after a leading system message, before the conversation.
+    const auto at = e.messages.begin() + (!e.messages.empty() && e.messages.front().role == "system" ? 1 : 0);
+    e.messages.insert(at, shots.begin(), shots.end());
     const TokenizedSequence seq = tokenize_example(e, *session.set.tokenizer, session.chat_template, no_truncation);
     // With an empty prompt the first token has nothing to be predicted from: it becomes the context.
     const int64_t split = std::max<int64_t>(1, seq.prompt_length);
@@ -102,9 +108,14 @@ nlohmann::json run_eval(const EvalConfig& config, Session& session) {
   for (const auto& task : config.tasks) {
     spdlog::info("task {} ({}) on {}", task.name, task.type, task.data);
     std::vector<nlohmann::json> predictions;
-    nlohmann::json m = task.type == "exact_match"       ? exact_match(task, session, predictions)
-                       : task.type == "multiple_choice" ? multiple_choice(task, session, predictions)
-                                                        : perplexity(task, session, predictions);
+    const std::vector<Message> shots =
+        task.shots || task.shots_file
+            ? read_shots(task.shots_file.value_or(config.generation.shots_file), task.shots.value_or(config.generation.shots))
+            : session.shots;
+    nlohmann::json m = task.type == "exact_match"       ? exact_match(task, session, shots, predictions)
+                       : task.type == "multiple_choice" ? multiple_choice(task, session, shots, predictions)
+                                                        : perplexity(task, session, shots, predictions);
+    if (!shots.empty()) m["shots"] = static_cast<int64_t>(shots.size() / 2);
     metrics["tasks"][task.name] = m;
     write_jsonl(out_dir / "predictions" / (task.name + ".jsonl"), predictions);
   }

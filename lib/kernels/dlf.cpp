@@ -286,4 +286,39 @@ DlfSolve dlf_solve_reference(const at::Tensor& z_large, const at::Tensor& z_smal
   return out;
 }
 
+void apply_multi_expert_criterion(DlfSolve& solve, const std::string& criterion, const at::Tensor& z_large,
+                                  const at::Tensor& z_small, const std::vector<at::Tensor>& experts,
+                                  const std::vector<double>& grid) {
+  if (criterion == "sum") return;
+  if (criterion != "active" && criterion != "closest")
+    throw InputError("fusion.multi_expert: unknown criterion '" + criterion + "'", "use sum, active or closest");
+  const int64_t rows = solve.kl_forward.size(0), m = solve.kl_forward.size(1), G = solve.kl_forward.size(2);
+  at::Tensor own = (solve.kl_forward - solve.small_kl_forward.unsqueeze(2)).square() +
+                   (solve.kl_reverse - solve.small_kl_reverse.unsqueeze(2)).square();  // [rows, m, G]
+  at::Tensor score = own;
+  if (criterion == "closest") {
+    const Masked masked = mask_vocabulary(z_large, z_small, experts);
+    const at::Tensor log_p = at::log_softmax(masked.zl, -1), p = log_p.exp();
+    std::vector<at::Tensor> distance;
+    for (const auto& z : masked.experts) {
+      at::Tensor diff = log_p - at::log_softmax(z, -1);
+      if (masked.keep.defined()) diff = at::where(masked.keep, diff, at::zeros({}, diff.options()));
+      distance.push_back(row_dot(p, diff));
+    }
+    // argmin: the first expert among equals.
+    const at::Tensor chosen = at::argmin(at::stack(distance, 1), 1).to(own.device());  // [rows]
+    const at::Tensor other = at::arange(m, chosen.options()).unsqueeze(0) != chosen.unsqueeze(1);  // [rows, m]
+    score = own.masked_fill(other.unsqueeze(2), std::numeric_limits<double>::infinity());
+  }
+  const at::Tensor flat = at::argmin(score.reshape({rows, m * G}), 1);
+  solve.expert = at::div(flat, G, "floor");
+  solve.alpha = grid_tensor(grid, solve.kl_forward).index_select(0, at::remainder(flat, G));
+  solve.objective = own.reshape({rows, m * G}).gather(1, flat.unsqueeze(1)).squeeze(1);
+  if (solve.fused.defined()) {
+    const Masked masked = mask_vocabulary(z_large, z_small, experts);
+    solve.fused = fuse(masked.zl, masked.zs, masked.experts, solve.expert, solve.alpha.to(z_large.scalar_type()),
+                       masked.keep);
+  }
+}
+
 }  // namespace lf::kernels

@@ -12,6 +12,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <string>
 #include <vector>
 
 #include "kernels/logit_stats.h"
@@ -51,6 +52,18 @@ struct DlfOptions {
 // smallest grid index.
 DlfSolve dlf_solve(const at::Tensor& z_large, const at::Tensor& z_small, const std::vector<at::Tensor>& experts,
                    const std::vector<double>& grid, const DlfOptions& options = {});
+
+// method.md §4's multi-expert options, applied to a finished solve of any backend (they read only
+// its KLs, so CPU and CUDA serve all of them); sets expert, alpha, objective (and fused when it
+// was computed) anew:
+//   sum      the paper's J summed over every expert u (the solve as it is; nothing to do)
+//   active   J with only the candidate expert's own terms: (KL(P̃_α‖P) − KL(Q_t‖Q))² + (KL(P‖P̃_α) − KL(Q‖Q_t))²
+//   closest  the expert whose next-token distribution is closest to the large model's (smallest
+//            KL(P‖Q_u)), then α by its own terms; an expert lost on the text disagrees with P
+// Ties go to the first expert, then the smallest α.
+void apply_multi_expert_criterion(DlfSolve& solve, const std::string& criterion, const at::Tensor& z_large,
+                                  const at::Tensor& z_small, const std::vector<at::Tensor>& experts,
+                                  const std::vector<double>& grid);
 
 // The closed-form KLs for one Δ and every grid value: KL(P̃_α‖P) and KL(P‖P̃_α), each [N, G].
 struct DlfKls {

@@ -104,8 +104,10 @@ std::string replace_all(std::string text, const std::string& from, const std::st
   return text;
 }
 
-// Renders all turns before index `end` into text.
-std::string render_turns(const ChatTemplate& t, const std::vector<Message>& messages, size_t end) {
+// Renders all turns before index `end` into text; an earlier assistant turn ends with `eos_text` when
+// the template puts EOS after each assistant turn (the tokenizer reads the text back as the EOS id).
+std::string render_turns(const ChatTemplate& t, const std::vector<Message>& messages, size_t end,
+                         const std::string& eos_text) {
   std::string out, pending_system;
   bool first_user = true;
   for (size_t i = 0; i < end; ++i) {
@@ -121,6 +123,7 @@ std::string render_turns(const ChatTemplate& t, const std::vector<Message>& mess
       out += t.user_prefix + content + t.user_suffix;
     } else {
       out += t.assistant_prefix + m.content + t.assistant_suffix;
+      if (t.add_eos) out += eos_text;
     }
   }
   return out;
@@ -162,24 +165,25 @@ ChatTemplate resolve_chat_template(const std::string& name, const std::string& m
   return presets().at(found);
 }
 
-RenderedChat render_chat(const ChatTemplate& t, const std::vector<Message>& messages) {
+RenderedChat render_chat(const ChatTemplate& t, const std::vector<Message>& messages, const std::string& eos_text) {
   check_roles(messages);
   if (messages.empty() || messages.back().role != "assistant")
     throw InputError("a training conversation must end with an assistant message");
   RenderedChat out;
   out.bos = t.add_bos;
-  out.prompt = render_turns(t, messages, messages.size() - 1) + t.assistant_prefix;
+  out.prompt = render_turns(t, messages, messages.size() - 1, eos_text) + t.assistant_prefix;
   out.response = messages.back().content;
   out.response_suffix = t.assistant_suffix;
   out.eos = t.add_eos;
   return out;
 }
 
-RenderedChat render_generation_prompt(const ChatTemplate& t, const std::vector<Message>& messages) {
+RenderedChat render_generation_prompt(const ChatTemplate& t, const std::vector<Message>& messages,
+                                      const std::string& eos_text) {
   check_roles(messages);
   RenderedChat out;
   out.bos = t.add_bos;
-  out.prompt = render_turns(t, messages, messages.size()) + t.assistant_prefix;
+  out.prompt = render_turns(t, messages, messages.size(), eos_text) + t.assistant_prefix;
   return out;
 }
 

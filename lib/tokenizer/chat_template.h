@@ -45,10 +45,15 @@ std::vector<std::string> chat_template_presets();
 ChatTemplate resolve_chat_template(const std::string& name, const std::string& model_dir,
                                    const std::map<std::string, ChatTemplate>& custom = {});
 
-// Renders a conversation that ends with an assistant turn; InputError if it does not.
-RenderedChat render_chat(const ChatTemplate& chat_template, const std::vector<Message>& messages);
+// Renders a conversation that ends with an assistant turn; InputError if it does not. With a
+// template that ends assistant turns with EOS (add_eos), earlier assistant turns (multi-turn data,
+// in-context examples) end with `eos_text`, the tokenizer's EOS spelling; the last one's EOS is the
+// `eos` flag.
+RenderedChat render_chat(const ChatTemplate& chat_template, const std::vector<Message>& messages,
+                         const std::string& eos_text = {});
 
 // The prompt for generation: the conversation (ending with a user turn) plus the assistant prefix.
-RenderedChat render_generation_prompt(const ChatTemplate& chat_template, const std::vector<Message>& messages);
+RenderedChat render_generation_prompt(const ChatTemplate& chat_template, const std::vector<Message>& messages,
+                                      const std::string& eos_text = {});
 
 }  // namespace lf

@@ -51,6 +51,8 @@ def test_demo_quick_produces_the_report(tmp_path):
     assert {"large_only", "static", "dynamic", "dynamic, both experts", "expert alone", "dynamic, merged expert"} <= set(dlf)
     for scores in dlf.values():
         assert all(0.0 <= v <= 1.0 for v in scores.values())
+    assert (root / "dlf_trace.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any(name.endswith("-shot") for name in dlf) and "dynamic, both, closest" in dlf
     for row in ("dynamic", "static", "large_only"):
         metrics = json.loads((root / "eval" / "dlf" / f"{row}-arithmetic" / "metrics.json").read_text())
         assert metrics["strategy"] == row

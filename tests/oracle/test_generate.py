@@ -163,3 +163,36 @@ def test_mismatched_vocabularies_and_bad_configs_exit_2(paths, tmp_path, logitfu
     bad.write_text('{"prompt": "a"}\n{"text": "b"}\n')
     proc = logitfuse("generate", *generate_config(paths, tmp_path / "o.jsonl", input=bad), expect=2)
     assert "bad.jsonl:2" in proc.stderr
+
+
+CHATML_JINJA = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_shots_are_chat_turns_before_every_prompt(paths, tmp_path, logitfuse):
+    """In-context examples reach every model as user/assistant turns before the question: the prompt
+    ids equal transformers' apply_chat_template (ChatML) of the same conversation."""
+    from transformers import PreTrainedTokenizerFast
+    examples = [{"prompt": f"What is {a} + {a}?", "response": f"{a} + {a} = {2 * a}. The answer is {2 * a}."}
+                for a in (3, 5, 8)]
+    shots = tmp_path / "shots.jsonl"
+    shots.write_text("".join(json.dumps(e) + "\n" for e in examples))
+    out = tmp_path / "c.jsonl"
+    logitfuse("generate", *generate_config(paths, out, strategy="static", experts=("secret", "color"),
+                                           **{"generation.chat_template": "chatml", "generation.shots": 2,
+                                              "generation.shots_file": shots}))
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(Path(paths["root"]) / "tok" / "tokenizer.json"))
+    prompts = read_jsonl(Path(paths["root"]) / "secret_prompts.jsonl")
+    rows = read_jsonl(out)
+    assert len(rows) == len(prompts)
+    for row, p in zip(rows, prompts):
+        messages = [m for e in examples[:2] for m in ({"role": "user", "content": e["prompt"]},
+                                                      {"role": "assistant", "content": e["response"]})]
+        messages.append({"role": "user", "content": p["prompt"]})
+        text = tok.apply_chat_template(messages, chat_template=CHATML_JINJA, add_generation_prompt=True, tokenize=False)
+        assert row["prompt_ids"] == tok(text, add_special_tokens=False)["input_ids"]
+    # More shots than the file holds: one line naming the file, exit 2.
+    proc = logitfuse("generate", *generate_config(paths, tmp_path / "d.jsonl", **{"generation.shots": 4,
+                                                                                  "generation.shots_file": shots}),
+                     expect=2)
+    assert "shots.jsonl" in proc.stderr and "4 shots" in proc.stderr

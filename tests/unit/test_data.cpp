@@ -61,6 +61,13 @@ TEST_CASE("data: chat templates render prompt and response", "[data]") {
   auto plain = lf::render_chat(lf::resolve_chat_template("plain", ""), {{"user", "2+2="}, {"assistant", "4"}});
   CHECK(plain.prompt == "2+2=");
   CHECK(plain.eos);
+  // Earlier assistant turns (multi-turn data, in-context examples) end with the EOS text where the
+  // template puts EOS after each assistant turn, and with its end-of-turn text in any case.
+  const std::vector<lf::Message> turns = {{"user", "1+1="}, {"assistant", "2"}, {"user", "2+2="}};
+  CHECK(lf::render_generation_prompt(lf::resolve_chat_template("plain", ""), turns, "</s>").prompt == "1+1=2</s>2+2=");
+  CHECK(lf::render_generation_prompt(lf::resolve_chat_template("chatml", ""), turns, "</s>").prompt ==
+        "<|im_start|>user\n1+1=<|im_end|>\n<|im_start|>assistant\n2<|im_end|>\n<|im_start|>user\n2+2=<|im_end|>\n"
+        "<|im_start|>assistant\n");
   CHECK_THAT(lf::test::error_text([] { lf::resolve_chat_template("chatm", ""); }), Contains("did you mean 'chatml'"));
   lf::test::TempDir dir;
   dir.file("tokenizer_config.json", R"({"chat_template": "{% for m in messages %}<|start_header_id|>{{ m.role }}{% endfor %}"})");

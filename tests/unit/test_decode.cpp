@@ -129,6 +129,54 @@ TEST_CASE("dlf: the alpha solve equals the brute-force reference for one and sev
   CHECK(solve.alpha.min().item<double>() > 0);
 }
 
+TEST_CASE("dlf: the multi-expert criteria equal a brute-force search", "[decode]") {
+  // Brute force: every expert and α, P̃ materialised by a softmax, KLs taken directly.
+  const auto grid = lf::kernels::alpha_grid(0.0, 2.0, 0.25);
+  const int64_t N = 7, V = 60, m = 3;
+  const at::Tensor zl = random_logits(N, V, 41), zs = random_logits(N, V, 42);
+  std::vector<at::Tensor> ze;
+  for (int t = 0; t < m; ++t) ze.push_back(zs + random_logits(N, V, 43 + t, 0.5 * (t + 1)));
+  auto kl = [](const at::Tensor& log_a, const at::Tensor& log_b) { return (log_a.exp() * (log_a - log_b)).sum(-1); };
+  const at::Tensor log_p = at::log_softmax(zl, -1), log_q = at::log_softmax(zs, -1);
+  for (const char* criterion : {"active", "closest"}) {
+    INFO(criterion);
+    auto solve = lf::kernels::dlf_solve(zl, zs, ze, grid);
+    lf::kernels::apply_multi_expert_criterion(solve, criterion, zl, zs, ze, grid);
+    for (int64_t r = 0; r < N; ++r) {
+      int64_t closest = 0;
+      double nearest = std::numeric_limits<double>::infinity();
+      for (int64_t u = 0; u < m; ++u) {
+        const double d = kl(log_p[r], at::log_softmax(ze[u][r], -1)).item<double>();
+        if (d < nearest) { nearest = d; closest = u; }
+      }
+      double best = std::numeric_limits<double>::infinity();
+      int64_t best_t = -1;
+      double best_alpha = 0;
+      for (int64_t t = 0; t < m; ++t) {
+        if (std::string(criterion) == "closest" && t != closest) continue;
+        const at::Tensor log_qt = at::log_softmax(ze[t][r], -1);
+        const double k1 = kl(log_qt, log_q[r]).item<double>(), k2 = kl(log_q[r], log_qt).item<double>();
+        for (double alpha : grid) {
+          const at::Tensor log_pt = at::log_softmax(zl[r] + alpha * (ze[t][r] - zs[r]), -1);
+          const double j = std::pow(kl(log_pt, log_p[r]).item<double>() - k1, 2) + std::pow(kl(log_p[r], log_pt).item<double>() - k2, 2);
+          if (j < best - 1e-12) { best = j; best_t = t; best_alpha = alpha; }
+        }
+      }
+      INFO("row " << r);
+      CHECK(solve.expert[r].item<int64_t>() == best_t);
+      CHECK(solve.alpha[r].item<double>() == Approx(best_alpha));
+      CHECK(solve.objective[r].item<double>() == Approx(best).margin(1e-9));
+      CHECK(at::allclose(solve.fused[r], zl[r] + best_alpha * (ze[best_t][r] - zs[r])));
+    }
+  }
+  // sum leaves the paper's solve as it is; an unknown name is an input error.
+  auto solve = lf::kernels::dlf_solve(zl, zs, ze, grid);
+  const at::Tensor expert = solve.expert.clone();
+  lf::kernels::apply_multi_expert_criterion(solve, "sum", zl, zs, ze, grid);
+  CHECK(at::equal(solve.expert, expert));
+  CHECK_THROWS_AS(lf::kernels::apply_multi_expert_criterion(solve, "mean", zl, zs, ze, grid), lf::InputError);
+}
+
 TEST_CASE("dlf: a masked vocabulary is left out of every distribution", "[decode]") {
   // Columns that are -inf in the models (a vocabulary mask) give the result of the unmasked columns
   // alone, in the solve and in the brute-force reference, and stay -inf in the fused logits.
