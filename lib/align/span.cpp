@@ -18,6 +18,8 @@ int64_t token_at(const TokenizedSequence& s, int64_t o, int64_t from) {
 
 bool is_label_position(const TokenizedSequence& s, int64_t p) { return p >= s.first_label_position() && p + 1 < s.length(); }
 
+constexpr size_t kMemoLimit = 1 << 20;
+
 }  // namespace
 
 PositionPairs span_pairs(const TokenizedSequence& student, const TokenizedSequence& teacher) {
@@ -62,6 +64,8 @@ int64_t SpanProjector::first_piece(const std::string& bytes) const {
   } catch (const std::exception&) {
     // Text the student cannot encode (a split UTF-8 character, say) places no mass.
   }
+  // Bounded: the texts are alternatives' continuations, which keep coming over a long run.
+  if (memo_.size() >= kMemoLimit) memo_.clear();
   memo_.emplace(bytes, id);
   return id;
 }
