@@ -63,17 +63,12 @@ at::Tensor kl_family_rows(const at::Tensor& s, at::Tensor probs, const at::Tenso
 
 }  // namespace
 
-at::Tensor kl_family_on_student_ids(const at::Tensor& s, const at::Tensor& student_ids, const at::Tensor& mass,
-                                    const TokenLossOptions& o) {
-  const int64_t vs = s.size(1);
-  at::Tensor teacher;  // the teacher distribution on student ids [P, Vs]
-  {
-    at::NoGradGuard no_grad;
-    at::Tensor probs = mass.to(s.device()).to(s.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
-    teacher = at::zeros({s.size(0), vs}, probs.options()).scatter_add(1, student_ids.to(s.device()).clamp(0, vs - 1), probs);
-    teacher = teacher / teacher.sum(1, true).clamp_min(1e-30);
-  }
-  at::Tensor log_teacher = teacher.clamp_min(1e-30).log();
+namespace {
+
+// The KL family between the student's logits [P, Vs] and a teacher distribution on student ids
+// (`teacher` [P, Vs], rows summing to 1 or all 0, and its log), no grad through the teacher.
+at::Tensor kl_family_against(const at::Tensor& s, const at::Tensor& teacher, const at::Tensor& log_teacher,
+                             const TokenLossOptions& o) {
   at::Tensor log_student = kernels::log_softmax(s, o.temperature);
   at::Tensor rows;
   if (o.type == "kl") {
@@ -100,12 +95,45 @@ at::Tensor kl_family_on_student_ids(const at::Tensor& s, const at::Tensor& stude
   return rows * (o.temperature * o.temperature);
 }
 
+// True when the map sends every teacher id to the same student id and the vocabularies have one size:
+// the teacher's full distribution is then already on student ids (same-tokenizer teachers).
+bool is_identity(const VocabMap& map, int64_t student_vocab, int64_t teacher_vocab) {
+  if (teacher_vocab != student_vocab || static_cast<int64_t>(map.to_student.size()) < teacher_vocab) return false;
+  for (int64_t i = 0; i < teacher_vocab; ++i)
+    if (map.to_student[i] != i) return false;
+  return true;
+}
+
+}  // namespace
+
+at::Tensor kl_family_on_student_ids(const at::Tensor& s, const at::Tensor& student_ids, const at::Tensor& mass,
+                                    const TokenLossOptions& o) {
+  const int64_t vs = s.size(1);
+  at::Tensor teacher;  // the teacher distribution on student ids [P, Vs]
+  {
+    at::NoGradGuard no_grad;
+    at::Tensor probs = mass.to(s.device()).to(s.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+    teacher = at::zeros({s.size(0), vs}, probs.options()).scatter_add(1, student_ids.to(s.device()).clamp(0, vs - 1), probs);
+    teacher = teacher / teacher.sum(1, true).clamp_min(1e-30);
+  }
+  return kl_family_against(s, teacher, teacher.clamp_min(1e-30).log(), o);
+}
 
 at::Tensor token_loss_rows(const at::Tensor& student_logits, const at::Tensor& teacher_logits,
                            const TokenLossOptions& options, const VocabMap* map) {
   if (options.type == "uld") return uld_rows(student_logits, teacher_logits, options);
   if (options.type == "kl" || options.type == "rkl" || options.type == "jsd") {
     if (!map) throw InputError("loss.token.type=" + options.type + " needs a vocabulary map (alignment.vocab)");
+    if (!options.top_k && is_identity(*map, student_logits.size(1), teacher_logits.size(1))) {
+      // Same vocabulary, full distributions: no mapping, no scatter into a second [P, V] buffer.
+      at::Tensor log_teacher;
+      {
+        at::NoGradGuard no_grad;
+        log_teacher = kernels::log_softmax(teacher_logits.to(student_logits.device()), options.temperature)
+                          .to(student_logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+      }
+      return kl_family_against(student_logits, log_teacher.exp(), log_teacher, options);
+    }
     at::Tensor probs, ids;
     {
       at::NoGradGuard no_grad;

@@ -13,7 +13,8 @@ void adamw_update(at::Tensor& p, const at::Tensor& g, at::Tensor& exp_avg, at::T
   if (config.weight_decay != 0 && decay) p.mul_(1.0 - lr * config.weight_decay);
   exp_avg.lerp_(g, 1.0 - config.beta1);
   exp_avg_sq.mul_(config.beta2).addcmul_(g, g, 1.0 - config.beta2);
-  at::Tensor denom = (exp_avg_sq.sqrt() / std::sqrt(bias2)).add_(config.eps);
+  at::Tensor denom = exp_avg_sq.sqrt();  // the update's one temporary
+  denom.div_(std::sqrt(bias2)).add_(config.eps);
   p.addcdiv_(exp_avg, denom, -lr / bias1);
 }
 
