@@ -108,6 +108,29 @@ void AtomicFileWriter::commit() {
   fsync_directory(std::filesystem::path(path_).parent_path().string());
 }
 
+void write_directory_atomic(const std::string& dir, const std::function<void(const std::string& staging)>& fill,
+                            const std::string& what) {
+  namespace fs = std::filesystem;
+  const fs::path target(dir);
+  if (fs::exists(target) && !(fs::is_directory(target) && fs::is_empty(target)))
+    throw InputError(dir + ": already exists and is not empty", "choose another " + what + " or remove it");
+  if (!target.parent_path().empty()) fs::create_directories(target.parent_path());
+  const fs::path staging = target.string() + ".tmp-" + std::to_string(::getpid());
+  fs::remove_all(staging);
+  fs::create_directories(staging);
+  try {
+    fill(staging.string());
+    fsync_directory(staging.string());
+    if (fs::exists(target)) fs::remove(target);  // an empty directory
+    fs::rename(staging, target);
+    fsync_directory(target.parent_path().string());
+  } catch (...) {
+    std::error_code ignored;
+    fs::remove_all(staging, ignored);
+    throw;
+  }
+}
+
 void write_file_atomic(const std::string& path, const std::string& bytes) {
   AtomicFileWriter writer(path);
   writer.write(bytes.data(), bytes.size());

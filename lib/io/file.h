@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -48,5 +49,12 @@ class AtomicFileWriter {
 };
 
 void fsync_directory(const std::string& dir);
+
+// Builds the directory `target` through `fill(staging)`, a folder beside it, then renames it into
+// place, so a reader sees the whole directory or none. `target` must not exist or be empty
+// (InputError naming it, with `what` in the hint: "--out", "output directory"); if `fill` throws, the
+// staging folder is removed and the exception goes on.
+void write_directory_atomic(const std::string& target, const std::function<void(const std::string& staging)>& fill,
+                            const std::string& what = "output directory");
 
 }  // namespace lf

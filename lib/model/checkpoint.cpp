@@ -2,7 +2,6 @@
 
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
-#include <unistd.h>
 
 #include <filesystem>
 #include <set>
@@ -93,14 +92,8 @@ const char* kTokenizerFiles[] = {"tokenizer.json", "tokenizer.model", "tokenizer
 }  // namespace
 
 void save_model(CausalLM& model, const std::string& dir, const SaveOptions& options) {
-  const fs::path target(dir);
-  if (fs::exists(target) && !(fs::is_directory(target) && fs::is_empty(target)))
-    throw InputError(dir + ": already exists and is not empty", "choose another output directory or remove it");
-  if (!target.parent_path().empty()) fs::create_directories(target.parent_path());
-  const fs::path staging = target.string() + ".tmp-" + std::to_string(::getpid());
-  fs::remove_all(staging);
-  fs::create_directories(staging);
-  try {
+  write_directory_atomic(dir, [&](const std::string& staging_dir) {
+    const fs::path staging(staging_dir);
     ModelConfig config = model.config();
     c10::ScalarType dtype = options.dtype == "auto" ? model.options().dtype().toScalarType()
                                                     : parse_dtype(options.dtype, "save dtype");
@@ -114,15 +107,7 @@ void save_model(CausalLM& model, const std::string& dir, const SaveOptions& opti
         const fs::path from = fs::path(options.tokenizer_from) / name;
         if (fs::exists(from)) fs::copy_file(from, staging / name);
       }
-    fsync_directory(staging.string());
-    if (fs::exists(target)) fs::remove(target);  // an empty directory
-    fs::rename(staging, target);
-    fsync_directory(target.parent_path().string());
-  } catch (...) {
-    std::error_code ignored;
-    fs::remove_all(staging, ignored);
-    throw;
-  }
+  });
 }
 
 }  // namespace lf

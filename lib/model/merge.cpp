@@ -3,7 +3,6 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -94,15 +93,9 @@ int64_t merge_task_arithmetic(const MergeOptions& o) {
     }
   }
 
-  const fs::path target(o.out);
-  if (fs::exists(target) && !(fs::is_directory(target) && fs::is_empty(target)))
-    throw InputError(o.out + ": already exists and is not empty", "choose another --out or remove it");
-  if (!target.parent_path().empty()) fs::create_directories(target.parent_path());
-  const fs::path staging = target.string() + ".tmp-" + std::to_string(::getpid());
-  fs::remove_all(staging);
-  fs::create_directories(staging);
   int64_t merged = 0;
-  try {
+  write_directory_atomic(o.out, [&](const std::string& staging_dir) {
+    const fs::path staging(staging_dir);
     for (const auto& file : shard_files(o.base)) {
       const SafetensorsFile shard = SafetensorsFile::open((fs::path(o.base) / file).string());
       std::vector<SafetensorsStreamWriter::Spec> specs;
@@ -132,15 +125,7 @@ int64_t merge_task_arithmetic(const MergeOptions& o) {
       if (!entry.is_regular_file() || (name.size() > 12 && name.substr(name.size() - 12) == ".safetensors")) continue;
       fs::copy_file(entry.path(), staging / name);
     }
-    fsync_directory(staging.string());
-    if (fs::exists(target)) fs::remove(target);  // an empty directory
-    fs::rename(staging, target);
-    fsync_directory(target.parent_path().string());
-  } catch (...) {
-    std::error_code ignored;
-    fs::remove_all(staging, ignored);
-    throw;
-  }
+  }, "--out");
   spdlog::info("merged {} tensors of {} expert(s) into {} (task arithmetic, weights {})", merged, experts.size(), o.out,
                [&] {
                  std::string w;
