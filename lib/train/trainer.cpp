@@ -155,6 +155,10 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
                    vocab_maps[s].mined, vocab_maps[s].to_student.size(),
                    span ? " (span alignment: the rest through the student's tokenizer; alignment.vocab unused)" : "");
       if (span) projectors[s] = std::make_unique<SpanProjector>(*student.tokenizer, *teachers[s].tokenizer, vocab_maps[s]);
+      if (span && !recipe.loss.token.top_k && teachers[s].tokenizer->vocab_size() > 32768)
+        spdlog::warn("alignment.positions=span without loss.token.top_k projects all {} entries of teacher {}'s "
+                     "distribution per position on the CPU; set loss.token.top_k (e.g. 20)",
+                     teachers[s].tokenizer->vocab_size(), teachers[s].name);
     }
 
   // 4. Optimizer, schedule, sampler, and the state to resume from.
