@@ -44,11 +44,7 @@ def run_dlf(lf, root, data, toks, args, large):
 
     def run(spec):
         _, name, strategy, expert_skills, eval_skills, only, criterion, shots = spec
-        fusion = f"""models:
-  large: {{path: {large}, device: cpu}}
-  base: {{path: {base}}}
-  experts: [{", ".join(f"{{name: {s}, path: {experts[s]}}}" for s in expert_skills)}]
-fusion: {{strategy: {strategy}, alpha: {{min: 0.0, max: 2.0, step: 0.1}}, static_alpha: 1.0, multi_expert: {criterion}{f", expert: {only}" if only else ""}}}"""
+        fusion = fusion_section(large, base, {s: experts[s] for s in expert_skills}, strategy, criterion, only)
         return evaluate(lf, None, root / "eval" / "dlf" / name, data, eval_skills, fusion=fusion, perplexity=False,
                         shots=shots)
 
@@ -83,6 +79,15 @@ fusion: {{strategy: {strategy}, alpha: {{min: 0.0, max: 2.0, step: 0.1}}, static
     return results
 
 
+def fusion_section(large, base, experts, strategy, criterion="sum", only=None):
+    """The models and fusion sections of a generate/eval config: `experts` maps names to model dirs."""
+    return f"""models:
+  large: {{path: {large}, device: cpu}}
+  base: {{path: {base}}}
+  experts: [{", ".join(f"{{name: {n}, path: {d}}}" for n, d in experts.items())}]
+fusion: {{strategy: {strategy}, alpha: {{min: 0.0, max: 2.0, step: 0.1}}, static_alpha: 1.0, multi_expert: {criterion}{f", expert: {only}" if only else ""}}}"""
+
+
 def trace_picture(lf, root, data, skills, large, base, experts):
     """`generate --trace` with both experts on the first held-out question of each skill, drawn as α
     and the active expert per step (OUT/data-seed-N/dlf_trace.png)."""
@@ -92,11 +97,7 @@ def trace_picture(lf, root, data, skills, large, base, experts):
         out.mkdir(parents=True, exist_ok=True)
         questions = [json.loads((data / f"eval_{s}.jsonl").read_text().splitlines()[0]) for s in skills]
         (out / "prompts.jsonl").write_text("".join(json.dumps({"prompt": q["prompt"]}) + "\n" for q in questions))
-        (out / "generate.yaml").write_text(f"""models:
-  large: {{path: {large}, device: cpu}}
-  base: {{path: {base}}}
-  experts: [{", ".join(f"{{name: {s}, path: {experts[s]}}}" for s in skills)}]
-fusion: {{strategy: dynamic, alpha: {{min: 0.0, max: 2.0, step: 0.1}}}}
+        (out / "generate.yaml").write_text(f"""{fusion_section(large, base, {s: experts[s] for s in skills}, "dynamic")}
 generation: {{max_new_tokens: 40, batch_size: {len(skills)}, chat_template: plain}}
 input: {out / "prompts.jsonl"}
 output: {out / "completions.jsonl"}

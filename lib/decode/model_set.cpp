@@ -154,8 +154,12 @@ FusedRows fuse_rows(const ModelSet& set, const std::vector<at::Tensor>& logits) 
     out.alpha = at::full({rows}, set.fusion.static_alpha, at::TensorOptions().dtype(at::kDouble));
     return out;
   }
-  kernels::DlfSolve solve = kernels::dlf_solve(zl, zs, experts, set.fusion.grid);
-  if (experts.size() > 1) kernels::apply_multi_expert_criterion(solve, set.fusion.multi_expert, zl, zs, experts, set.fusion.grid);
+  // Another multi-expert criterion chooses anew and fuses once, after the solve.
+  const bool rechoose = experts.size() > 1 && set.fusion.multi_expert != "sum";
+  kernels::DlfOptions options;
+  options.fused = !rechoose;
+  kernels::DlfSolve solve = kernels::dlf_solve(zl, zs, experts, set.fusion.grid, options);
+  if (rechoose) kernels::apply_multi_expert_criterion(solve, set.fusion.multi_expert, zl, zs, experts, set.fusion.grid);
   out.logits = solve.fused;
   out.expert = solve.expert;
   out.alpha = solve.alpha;

@@ -53,6 +53,8 @@ class SafetensorsCheckpoint {
  public:
   static SafetensorsCheckpoint open_dir(const std::string& dir);
   std::vector<std::string> names() const;
+  // The files it read: the shards of the index (or the single file), each once.
+  const std::vector<SafetensorsFile>& files() const { return files_; }
   bool contains(const std::string& name) const { return where_.count(name) > 0; }
   at::Tensor tensor(const std::string& name) const;
   const SafetensorsEntry& entry(const std::string& name) const;

@@ -296,8 +296,8 @@ void apply_multi_expert_criterion(DlfSolve& solve, const std::string& criterion,
   at::Tensor own = (solve.kl_forward - solve.small_kl_forward.unsqueeze(2)).square() +
                    (solve.kl_reverse - solve.small_kl_reverse.unsqueeze(2)).square();  // [rows, m, G]
   at::Tensor score = own;
+  const Masked masked = mask_vocabulary(z_large, z_small, experts);
   if (criterion == "closest") {
-    const Masked masked = mask_vocabulary(z_large, z_small, experts);
     const at::Tensor log_p = at::log_softmax(masked.zl, -1), p = log_p.exp();
     std::vector<at::Tensor> distance;
     for (const auto& z : masked.experts) {
@@ -314,11 +314,8 @@ void apply_multi_expert_criterion(DlfSolve& solve, const std::string& criterion,
   solve.expert = at::div(flat, G, "floor");
   solve.alpha = grid_tensor(grid, solve.kl_forward).index_select(0, at::remainder(flat, G));
   solve.objective = own.reshape({rows, m * G}).gather(1, flat.unsqueeze(1)).squeeze(1);
-  if (solve.fused.defined()) {
-    const Masked masked = mask_vocabulary(z_large, z_small, experts);
-    solve.fused = fuse(masked.zl, masked.zs, masked.experts, solve.expert, solve.alpha.to(z_large.scalar_type()),
-                       masked.keep);
-  }
+  solve.fused = fuse(masked.zl, masked.zs, masked.experts, solve.expert, solve.alpha.to(z_large.scalar_type()),
+                     masked.keep);
 }
 
 }  // namespace lf::kernels

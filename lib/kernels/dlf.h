@@ -54,8 +54,8 @@ DlfSolve dlf_solve(const at::Tensor& z_large, const at::Tensor& z_small, const s
                    const std::vector<double>& grid, const DlfOptions& options = {});
 
 // method.md §4's multi-expert options, applied to a finished solve of any backend (they read only
-// its KLs, so CPU and CUDA serve all of them); sets expert, alpha, objective (and fused when it
-// was computed) anew:
+// its KLs, so CPU and CUDA serve all of them); sets expert, alpha, objective and fused anew (so the
+// solve itself can skip its fused logits, DlfOptions::fused = false):
 //   sum      the paper's J summed over every expert u (the solve as it is; nothing to do)
 //   active   J with only the candidate expert's own terms: (KL(P̃_α‖P) − KL(Q_t‖Q))² + (KL(P‖P̃_α) − KL(Q‖Q_t))²
 //   closest  the expert whose next-token distribution is closest to the large model's (smallest

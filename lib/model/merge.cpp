@@ -1,56 +1,21 @@
 #include "model/merge.h"
 
 #include <ATen/ATen.h>
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include <algorithm>
 #include <filesystem>
 #include <set>
 
 #include "core/error.h"
 #include "io/file.h"
 #include "io/safetensors.h"
+#include "model/model_config.h"
 
 namespace fs = std::filesystem;
 
 namespace lf {
 
 namespace {
-
-const char* kIndex = "model.safetensors.index.json";
-
-// The safetensors files of a directory, in the order of its index (or the single file).
-std::vector<std::string> shard_files(const std::string& dir) {
-  const fs::path index_path = fs::path(dir) / kIndex;
-  if (!fs::exists(index_path)) {
-    if (!fs::exists(fs::path(dir) / "model.safetensors"))
-      throw InputError(dir + ": no model.safetensors or " + kIndex, "give a Hugging Face model directory");
-    return {"model.safetensors"};
-  }
-  nlohmann::json index;
-  try {
-    index = nlohmann::json::parse(read_text_file(index_path.string()));
-  } catch (const nlohmann::json::exception& e) {
-    throw InputError(index_path.string() + ": not valid JSON: " + e.what());
-  }
-  std::set<std::string> seen;
-  std::vector<std::string> files;
-  for (auto it = index.at("weight_map").begin(); it != index.at("weight_map").end(); ++it)
-    if (seen.insert(it->get<std::string>()).second) files.push_back(it->get<std::string>());
-  std::sort(files.begin(), files.end());
-  return files;
-}
-
-std::string model_type(const std::string& dir) {
-  const fs::path path = fs::path(dir) / "config.json";
-  if (!fs::exists(path)) throw InputError(dir + ": no config.json", "give a Hugging Face model directory");
-  try {
-    return nlohmann::json::parse(read_text_file(path.string())).value("model_type", "");
-  } catch (const nlohmann::json::exception& e) {
-    throw InputError(path.string() + ": not valid JSON: " + e.what());
-  }
-}
 
 std::string shape_text(const std::vector<int64_t>& shape) {
   std::string out = "[";
@@ -65,11 +30,12 @@ int64_t merge_task_arithmetic(const MergeOptions& o) {
   if (o.weights.size() != o.experts.size())
     throw InputError("merge: " + std::to_string(o.weights.size()) + " weight(s) for " + std::to_string(o.experts.size()) +
                      " expert(s)", "give one --weight per --expert, or none for 1.0 each");
-  const std::string type = model_type(o.base);
+  const std::string type = load_model_config(o.base).model_type;
   std::vector<SafetensorsCheckpoint> experts;
   for (const auto& dir : o.experts) {
-    if (model_type(dir) != type)
-      throw InputError(dir + "/config.json: model_type '" + model_type(dir) + "' differs from the base's '" + type + "'",
+    const std::string expert_type = load_model_config(dir).model_type;
+    if (expert_type != type)
+      throw InputError(dir + "/config.json: model_type '" + expert_type + "' differs from the base's '" + type + "'",
                        "task arithmetic needs experts fine-tuned from the base");
     experts.push_back(SafetensorsCheckpoint::open_dir(dir));
   }
@@ -96,8 +62,8 @@ int64_t merge_task_arithmetic(const MergeOptions& o) {
   int64_t merged = 0;
   write_directory_atomic(o.out, [&](const std::string& staging_dir) {
     const fs::path staging(staging_dir);
-    for (const auto& file : shard_files(o.base)) {
-      const SafetensorsFile shard = SafetensorsFile::open((fs::path(o.base) / file).string());
+    for (const SafetensorsFile& shard : base.files()) {
+      const std::string file = fs::path(shard.path()).filename().string();
       std::vector<SafetensorsStreamWriter::Spec> specs;
       for (const auto& e : shard.entries()) specs.push_back({e.name, safetensors_dtype(e.dtype), e.shape});
       SafetensorsStreamWriter writer((staging / file).string(), specs, shard.metadata());
