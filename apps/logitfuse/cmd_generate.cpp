@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "decode/config.h"
 #include "decode/session.h"
+#include "train/memory_plan.h"
 
 namespace lf::app {
 
@@ -34,6 +35,9 @@ void add_generate(CLI::App& root) {
     std::string config, trace;
     std::vector<std::string> overrides;
     bool print_config = false;
+    bool dry_run = false;
+    int64_t prompt_tokens = 512;
+    double memory_gb = 0;
   };
   auto opt = std::make_shared<Options>();
   CLI::App* cmd = root.add_subcommand("generate", kGenerateHelp);
@@ -41,11 +45,24 @@ void add_generate(CLI::App& root) {
   cmd->add_option("overrides", opt->overrides, "key.path=value overrides");
   cmd->add_option("--trace", opt->trace, "write the chosen expert, alpha and J per step and row to this JSONL file");
   cmd->add_flag("--print-config", opt->print_config, "print the resolved config and exit");
+  cmd->add_flag("--dry-run", opt->dry_run,
+                "validate the config and every model's config.json, print the memory plan and stop (no weights read)");
+  cmd->add_option("--prompt-tokens", opt->prompt_tokens, "--dry-run: prompt length the plan assumes")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--memory-gb", opt->memory_gb, "--dry-run: memory the plan must fit, GB (default: not checked)")
+      ->check(CLI::PositiveNumber);
   cmd->callback([opt] {
     GenerateConfig config = load_generate_config(opt->config, opt->overrides);
     if (!opt->trace.empty()) config.trace = opt->trace;
     if (opt->print_config) {
       std::cout << generate_config_to_yaml(config);
+      return;
+    }
+    if (opt->dry_run) {
+      const MemoryPlan plan = plan_decoding_memory(config, opt->prompt_tokens, opt->memory_gb * 1e9,
+                                                   opt->memory_gb > 0 ? "--memory-gb" : "no --memory-gb given");
+      std::cout << format_plan(plan);
+      check_plan_fits(plan);
       return;
     }
     const auto prompts = read_prompts(config.input);

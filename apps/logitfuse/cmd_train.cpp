@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
@@ -14,6 +15,7 @@
 #include "dist/launch_env.h"
 #include "model/checkpoint.h"
 #include "train/cache_logits.h"
+#include "train/memory_plan.h"
 #include "train/trainer.h"
 
 namespace lf::app {
@@ -24,7 +26,6 @@ namespace {
 // so nothing deeper reads the environment. One process per GPU: with NCCL and several ranks the
 // student goes on cuda:LOCAL_RANK unless the recipe names a device index.
 std::unique_ptr<Communicator> make_train_communicator(Recipe& recipe, const LaunchEnv& launch) {
-  if (recipe.dist.zero == 3) throw NotAvailable("dist.zero=3 (ZeRO-3 parameter sharding; use dist.zero 0, 1 or 2)");
   const c10::Device device = parse_device(recipe.run.device);
   const std::string backend = recipe.dist.backend == "auto" ? (device.is_cuda() ? "nccl" : "cpu") : recipe.dist.backend;
   CommunicatorOptions options{backend, 0, recipe.dist.timeout_s};
@@ -53,13 +54,16 @@ void add_train(CLI::App& root) {
     std::string resume;
     bool dry_run = false;
     bool print_config = false;
+    int64_t world_size = 0;
   };
   auto opt = std::make_shared<Options>();
   CLI::App* cmd = root.add_subcommand("train", "Fusion / distillation training from a YAML recipe");
   cmd->add_option("recipe", opt->recipe, "recipe YAML file")->required();
   cmd->add_option("overrides", opt->overrides, "key.path=value overrides (list items by index: teachers.0.path=DIR)");
   cmd->add_option("--resume", opt->resume, "auto (newest complete checkpoint) or a checkpoint directory");
-  cmd->add_flag("--dry-run", opt->dry_run, "validate the recipe and stop");
+  cmd->add_flag("--dry-run", opt->dry_run, "validate the recipe, print the memory plan and stop");
+  cmd->add_option("--world-size", opt->world_size, "--dry-run: plan for this many ranks (default: the launcher's)")
+      ->check(CLI::PositiveNumber);
   cmd->add_flag("--print-config", opt->print_config, "print the resolved recipe as YAML");
   cmd->callback([opt] {
     Recipe recipe = load_recipe(opt->recipe, opt->overrides);
@@ -68,12 +72,22 @@ void add_train(CLI::App& root) {
     if (opt->dry_run || opt->print_config) {
       spdlog::info("recipe {} is valid ({} teacher(s), student {}); launch: {}", opt->recipe, recipe.teachers.size(),
                    recipe.student.path, launch.describe());
+      if (!opt->dry_run) return;
+      // The plan for the world size asked for, every rank on one node unless the launcher says otherwise.
+      const int64_t world = opt->world_size > 0 ? opt->world_size : launch.world_size;
+      const int64_t local = opt->world_size > 0 ? std::min<int64_t>(world, 8) : launch.local_world_size;
+      const MemoryPlan plan = plan_memory(recipe, world, local);
+      std::cout << format_plan(plan);
+      for (size_t t = 0; t < plan.placements.size(); ++t)
+        std::cout << "  teacher " << recipe.teachers[t].name << ": " << plan.placements[t] << "\n";
+      check_plan_fits(plan);
       return;
     }
     if (!opt->resume.empty() && opt->resume != "auto" && !std::filesystem::is_directory(opt->resume))
       throw InputError("--resume: '" + opt->resume + "' is neither auto nor a checkpoint directory");
     TrainOptions options;
     options.resume = opt->resume;
+    options.local_world_size = launch.local_world_size;
     const char* home = std::getenv("LOGITFUSE_HOME");
     const char* user_home = std::getenv("HOME");
     options.vocab_cache_dir = home ? std::string(home) + "/vocab-maps"

@@ -20,6 +20,7 @@ void visit(V& v, RunConfig& c) {
   v("output_dir", c.output_dir, non_empty());
   v("seed", c.seed);
   v("device", c.device, non_empty());
+  v("memory_gb", c.memory_gb, schema::null_or_at_least<double>(0.0));
 }
 
 template <class V>
@@ -40,6 +41,7 @@ void visit(V& v, TeacherConfig& c) {
   v("logits_cache", c.logits_cache);
   v("device", c.device, non_empty());
   v("tokenizer", c.tokenizer);
+  v("placement", c.placement, one_of({"auto", "replicate", "shard", "cache"}));
 }
 
 template <class V>
@@ -194,6 +196,16 @@ void check_cross_keys(Recipe& recipe, const schema::Reader& reader, const YAML::
       if (other == teacher.name)
         fail("teachers." + std::to_string(i) + ".name", "duplicate teacher name '" + teacher.name + "'");
     names.push_back(teacher.name);
+  }
+  for (size_t i = 0; i < recipe.teachers.size(); ++i) {
+    const auto& t = recipe.teachers[i];
+    const std::string key = "teachers." + std::to_string(i) + ".placement";
+    if (t.placement == "cache" && !t.logits_cache)
+      fail(key, "'cache' reads the teacher's logits from teachers." + std::to_string(i) + ".logits_cache, which is not set",
+           "run logitfuse cache-logits and set logits_cache, or use replicate or shard");
+    if (t.logits_cache && (t.placement == "replicate" || t.placement == "shard"))
+      fail(key, "'" + t.placement + "' runs the teacher, but teachers." + std::to_string(i) + ".logits_cache is set",
+           "drop logits_cache, or set placement: cache (or auto)");
   }
   if (recipe.loss.teacher_mix == "weights" && !recipe.teachers.empty()) {
     double total = 0;

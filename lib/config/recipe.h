@@ -17,6 +17,9 @@ struct RunConfig {
   std::string output_dir = "runs/run";
   int64_t seed = 1234;
   std::string device = "auto";  // auto | cpu | cuda | cuda:N (the student's device)
+  // Memory per rank that the memory plan must fit, GB (1e9 bytes); default: the device's (a GPU's
+  // total memory, or the host's RAM divided by the ranks on the node).
+  std::optional<double> memory_gb;
 };
 
 struct StudentConfig {
@@ -35,6 +38,9 @@ struct TeacherConfig {
   std::optional<std::string> logits_cache;
   std::string device = "auto";  // auto = the student's device
   std::optional<std::string> tokenizer;
+  // replicate (whole on every rank) | shard (1/N per rank, gathered layer by layer, ZeRO-3 style) |
+  // cache (logits_cache) | auto: cache with a logits_cache, else replicate unless only shard fits.
+  std::string placement = "auto";
 };
 
 struct DataConfig {
@@ -118,7 +124,7 @@ struct LogConfig {
 
 struct DistConfig {
   std::string backend = "auto";  // auto | nccl | cpu (auto: nccl when the student is on CUDA)
-  int64_t zero = 0;              // optimizer-state sharding: 0 none, 1 AdamW state, 2 also gradients (3: not built)
+  int64_t zero = 0;              // 0 none, 1 AdamW state sharded, 2 also gradients, 3 also parameters (ZeRO-3)
   double bucket_mb = 25.0;       // gradient all-reduce / reduce-scatter bucket, MiB of float32
   double timeout_s = 600.0;      // a collective that waits longer ends the job (NCCL's watchdog)
   bool overlap = true;           // start bucket reductions during the last backward pass (zero 0/1)

@@ -19,6 +19,11 @@ std::unique_ptr<PendingCollective> Communicator::all_reduce_sum_async(at::Tensor
   return std::make_unique<FinishedCollective>();
 }
 
+std::unique_ptr<PendingCollective> Communicator::all_gather_async(const at::Tensor& input, at::Tensor& output) {
+  all_gather(input, output);
+  return std::make_unique<FinishedCollective>();
+}
+
 double Communicator::all_reduce_sum(double value) {
   if (world_size() == 1) return value;
   at::Tensor t = at::scalar_tensor(value, at::TensorOptions().dtype(at::kDouble)).reshape({1});

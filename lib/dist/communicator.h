@@ -40,6 +40,9 @@ class Communicator {
   virtual void reduce_scatter_sum(const at::Tensor& input, at::Tensor& output) = 0;
   // `output` (world_size() chunks) receives every rank's `input` chunk, in rank order.
   virtual void all_gather(const at::Tensor& input, at::Tensor& output) = 0;
+  // The same, started and not waited for (ZeRO-3 prefetches the next layer's parameters with it):
+  // `input` and `output` must stay alive and untouched until wait(). The default is blocking.
+  virtual std::unique_ptr<PendingCollective> all_gather_async(const at::Tensor& input, at::Tensor& output);
   virtual void barrier() = 0;
   virtual std::string name() const = 0;
   // Ends every process of the job with `exit_code` after a local error: the others may be blocked

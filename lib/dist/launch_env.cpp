@@ -1,5 +1,6 @@
 #include "dist/launch_env.h"
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "core/error.h"
@@ -60,6 +61,7 @@ LaunchEnv parse_launch_env(const std::map<std::string, std::string>& env) {
     out.world_size = integer(env, "WORLD_SIZE", 1);
     out.rank = integer(env, "RANK", 0);
     out.local_rank = find(env, "LOCAL_RANK") ? integer(env, "LOCAL_RANK", 0) : 0;
+    out.local_world_size = find(env, "LOCAL_WORLD_SIZE") ? integer(env, "LOCAL_WORLD_SIZE", 1) : out.world_size;
     const std::string* agent = find(env, "TORCHELASTIC_USE_AGENT_STORE");
     out.agent_store = agent && (*agent == "True" || *agent == "true" || *agent == "1");
   } else if (find(env, "OMPI_COMM_WORLD_SIZE") || find(env, "OMPI_COMM_WORLD_RANK")) {
@@ -70,11 +72,21 @@ LaunchEnv parse_launch_env(const std::map<std::string, std::string>& env) {
     out.world_size = integer(env, "OMPI_COMM_WORLD_SIZE", 1);
     out.rank = integer(env, "OMPI_COMM_WORLD_RANK", 0);
     out.local_rank = find(env, "OMPI_COMM_WORLD_LOCAL_RANK") ? integer(env, "OMPI_COMM_WORLD_LOCAL_RANK", 0) : 0;
+    out.local_world_size =
+        find(env, "OMPI_COMM_WORLD_LOCAL_SIZE") ? integer(env, "OMPI_COMM_WORLD_LOCAL_SIZE", 1) : out.world_size;
   } else if (find(env, "SLURM_NTASKS") && find(env, "SLURM_PROCID")) {
     out.launcher = "slurm";
     out.world_size = integer(env, "SLURM_NTASKS", 1);
     out.rank = integer(env, "SLURM_PROCID", 0);
     out.local_rank = find(env, "SLURM_LOCALID") ? integer(env, "SLURM_LOCALID", 0) : 0;
+    // "4" or "4(x2),2": the first node's count is the most a node runs.
+    out.local_world_size = out.world_size;
+    if (const auto* per_node = find(env, "SLURM_TASKS_PER_NODE")) {
+      try {
+        out.local_world_size = std::max<int64_t>(1, std::stoll(*per_node));
+      } catch (const std::exception&) {
+      }
+    }
   }
   out.mpi_wired = out.launcher == "mpi" || find(env, "PMIX_RANK") || find(env, "PMI_RANK");
   if (out.rank >= out.world_size)

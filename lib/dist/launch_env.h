@@ -16,6 +16,7 @@ struct LaunchEnv {
   int64_t rank = 0;
   int64_t world_size = 1;
   int64_t local_rank = 0;
+  int64_t local_world_size = 1;  // ranks on this node (memory per rank = the node's / this on CPU)
   std::string master_addr;  // empty for a single process (and under mpirun without MASTER_ADDR)
   int64_t master_port = 0;
   bool agent_store = false;  // torchrun's agent serves the rendezvous store (TORCHELASTIC_USE_AGENT_STORE)

@@ -47,10 +47,12 @@ constexpr int64_t kMaxCount = INT_MAX / 2;
 
 struct MpiPending final : PendingCollective {
   std::vector<MPI_Request> requests;
+  std::vector<at::Tensor> buffers;  // kept alive until the requests complete
   void wait() override {
     if (requests.empty()) return;
     check(MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE), "MPI_Waitall");
     requests.clear();
+    buffers.clear();
   }
 };
 
@@ -135,6 +137,20 @@ class MpiCommunicator final : public Communicator {
     check(MPI_Allgather(send, count(input.numel()), mpi_type(input), output.data_ptr(), count(input.numel()),
                         mpi_type(output), MPI_COMM_WORLD),
           "MPI_Allgather");
+  }
+
+  std::unique_ptr<PendingCollective> all_gather_async(const at::Tensor& input, at::Tensor& output) override {
+    check_cpu_contiguous(input, "all_gather_async");
+    check_cpu_contiguous(output, "all_gather_async");
+    if (output.numel() != input.numel() * size_) throw RuntimeFailure("all_gather_async: output is not world_size chunks");
+    if (input.numel() > kMaxCount) return Communicator::all_gather_async(input, output);
+    auto pending = std::make_unique<MpiPending>();
+    pending->buffers = {input, output};
+    pending->requests.emplace_back();
+    check(MPI_Iallgather(input.data_ptr(), count(input.numel()), mpi_type(input), output.data_ptr(), count(input.numel()),
+                         mpi_type(output), MPI_COMM_WORLD, &pending->requests.back()),
+          "MPI_Iallgather");
+    return pending;
   }
 
   void barrier() override { check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }

@@ -110,6 +110,13 @@ class NcclCommunicator final : public Communicator {
     on_device(output, [&](at::Tensor& out) { pg_->_allgather_base(out, in)->wait(); });
   }
 
+  std::unique_ptr<PendingCollective> all_gather_async(const at::Tensor& input, at::Tensor& output) override {
+    // On NCCL's own stream: the gather of the next layer runs while this one computes.
+    if (output.device() != device_ || !output.is_contiguous()) return Communicator::all_gather_async(input, output);
+    at::Tensor in = input.to(device_).contiguous();  // c10d keeps it alive with the work
+    return std::make_unique<NcclPending>(pg_->_allgather_base(output, in));
+  }
+
   void barrier() override {
     c10d::BarrierOptions opts;
     opts.device_ids = {device_.index()};

@@ -291,41 +291,105 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors,
   writer.finish();
 }
 
+namespace {
+
+// transformers' sharding rule: tensors in order, a new shard when the next would pass the limit (a
+// tensor larger than the limit gets a shard of its own). Returns each shard's [begin, end) indices.
+std::vector<std::pair<size_t, size_t>> plan_shards(const std::vector<uint64_t>& bytes, uint64_t max_shard_bytes) {
+  std::vector<std::pair<size_t, size_t>> shards{{0, 0}};
+  uint64_t current = 0;
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    if (shards.back().second > shards.back().first && current + bytes[i] > max_shard_bytes) {
+      shards.emplace_back(i, i);
+      current = 0;
+    }
+    shards.back().second = i + 1;
+    current += bytes[i];
+  }
+  return shards;
+}
+
+std::string shard_file_name(size_t index, size_t count) {
+  if (count == 1) return "model.safetensors";
+  char name[64];
+  std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", index + 1, count);
+  return name;
+}
+
+std::string write_shard_index(const std::string& dir, const std::vector<std::string>& names,
+                              const std::vector<std::pair<size_t, size_t>>& shards, uint64_t total) {
+  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+  for (size_t s = 0; s < shards.size(); ++s)
+    for (size_t i = shards[s].first; i < shards[s].second; ++i) weight_map[names[i]] = shard_file_name(s, shards.size());
+  nlohmann::ordered_json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+  const std::string index_path = (std::filesystem::path(dir) / "model.safetensors.index.json").string();
+  write_file_atomic(index_path, index.dump(2) + "\n");
+  return index_path;
+}
+
+}  // namespace
+
 std::vector<std::string> write_safetensors_sharded(const std::string& dir, const NamedTensors& tensors,
                                                    uint64_t max_shard_bytes,
                                                    const std::map<std::string, std::string>& metadata) {
   namespace fs = std::filesystem;
-  std::vector<NamedTensors> shards(1);
-  uint64_t current = 0, total = 0;
-  for (const auto& named : tensors) {
-    const uint64_t bytes = named.second.numel() * named.second.element_size();
-    if (!shards.back().empty() && current + bytes > max_shard_bytes) {
-      shards.emplace_back();
-      current = 0;
-    }
-    shards.back().push_back(named);
-    current += bytes;
-    total += bytes;
+  std::vector<uint64_t> bytes;
+  std::vector<std::string> names;
+  uint64_t total = 0;
+  for (const auto& [name, t] : tensors) {
+    bytes.push_back(t.numel() * t.element_size());
+    names.push_back(name);
+    total += bytes.back();
   }
+  const auto shards = plan_shards(bytes, max_shard_bytes);
   std::vector<std::string> written;
-  if (shards.size() == 1) {
-    const std::string path = (fs::path(dir) / "model.safetensors").string();
-    write_safetensors(path, tensors, metadata);
-    written.push_back(path);
-    return written;
+  for (size_t s = 0; s < shards.size(); ++s) {
+    NamedTensors part(tensors.begin() + shards[s].first, tensors.begin() + shards[s].second);
+    written.push_back((fs::path(dir) / shard_file_name(s, shards.size())).string());
+    write_safetensors(written.back(), part, metadata);
   }
-  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
-  for (size_t i = 0; i < shards.size(); ++i) {
-    char name[64];
-    std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
-    write_safetensors((fs::path(dir) / name).string(), shards[i], metadata);
-    written.push_back((fs::path(dir) / name).string());
-    for (const auto& [tensor_name, _] : shards[i]) weight_map[tensor_name] = name;
+  if (shards.size() > 1) written.push_back(write_shard_index(dir, names, shards, total));
+  return written;
+}
+
+std::vector<std::string> write_safetensors_sharded_stream(
+    const std::string& dir, const std::vector<SafetensorsStreamWriter::Spec>& specs, uint64_t max_shard_bytes,
+    const std::function<void(const std::function<void(const at::Tensor&)>&)>& produce,
+    const std::map<std::string, std::string>& metadata) {
+  namespace fs = std::filesystem;
+  std::vector<uint64_t> bytes;
+  std::vector<std::string> names;
+  uint64_t total = 0;
+  for (const auto& spec : specs) {
+    uint64_t n = c10::elementSize(spec.dtype);
+    for (int64_t d : spec.shape) n *= static_cast<uint64_t>(d);
+    bytes.push_back(n);
+    names.push_back(spec.name);
+    total += n;
   }
-  nlohmann::ordered_json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-  const std::string index_path = (fs::path(dir) / "model.safetensors.index.json").string();
-  write_file_atomic(index_path, index.dump(2) + "\n");
-  written.push_back(index_path);
+  const auto shards = plan_shards(bytes, max_shard_bytes);
+  std::vector<std::string> written;
+  std::unique_ptr<SafetensorsStreamWriter> writer;
+  size_t shard = 0, index = 0;
+  auto open = [&] {
+    written.push_back((fs::path(dir) / shard_file_name(shard, shards.size())).string());
+    writer = std::make_unique<SafetensorsStreamWriter>(
+        written.back(),
+        std::vector<SafetensorsStreamWriter::Spec>(specs.begin() + shards[shard].first, specs.begin() + shards[shard].second),
+        metadata);
+  };
+  open();
+  produce([&](const at::Tensor& tensor) {
+    if (index >= specs.size()) throw RuntimeFailure(dir + ": more tensors than announced");
+    writer->write(tensor);
+    if (++index == shards[shard].second) {
+      writer->finish();
+      if (++shard < shards.size()) open();
+    }
+  });
+  if (index != specs.size())
+    throw RuntimeFailure(dir + ": " + std::to_string(index) + " of " + std::to_string(specs.size()) + " tensors written");
+  if (shards.size() > 1) written.push_back(write_shard_index(dir, names, shards, total));
   return written;
 }
 

@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -98,6 +99,13 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors,
 std::vector<std::string> write_safetensors_sharded(const std::string& dir, const NamedTensors& tensors,
                                                    uint64_t max_shard_bytes,
                                                    const std::map<std::string, std::string>& metadata = {});
+
+// The same files, with tensors that do not exist all at once: `produce` is called once and hands
+// each tensor of `specs`, in order, to the function it is given (dtype and shape as announced).
+std::vector<std::string> write_safetensors_sharded_stream(
+    const std::string& dir, const std::vector<SafetensorsStreamWriter::Spec>& specs, uint64_t max_shard_bytes,
+    const std::function<void(const std::function<void(const at::Tensor&)>&)>& produce,
+    const std::map<std::string, std::string>& metadata = {});
 
 // "F32" <-> at::ScalarType; throws InputError for names it does not know.
 c10::ScalarType safetensors_dtype(const std::string& name);

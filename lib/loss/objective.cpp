@@ -328,9 +328,9 @@ LossParts backward_fusion_loss(const StudentSide& student, const std::vector<Tea
   parts.sft = sft_sum * inv_tokens;
   parts.token = token_sum * inv_tokens;
   parts.total = sft_weight * parts.sft + lambda * (parts.token + c.graph_weight * parts.graph);
-  if (hidden.grad().defined()) {
+  if (hidden.grad().defined() || student.always_body_backward) {
     if (student.before_body_backward) student.before_body_backward();
-    student.hidden.backward(hidden.grad());
+    student.hidden.backward(hidden.grad().defined() ? hidden.grad() : at::zeros_like(student.hidden));
   }
   return parts;
 }

@@ -34,6 +34,9 @@ struct StudentSide {
   // Called once the chunked loss is done, right before the backward through the transformer (the
   // optimizer arms its overlapped gradient reduction there).
   std::function<void()> before_body_backward;
+  // Run the backward through the transformer even when this batch gives the hidden states no
+  // gradient (no label rows): a sharded (ZeRO-3) student's backward is collective.
+  bool always_body_backward = false;
 };
 
 // A teacher read from a logits cache instead of run: per batch row, the top-k probabilities and

@@ -91,6 +91,18 @@ const char* kTokenizerFiles[] = {"tokenizer.json", "tokenizer.model", "tokenizer
 
 }  // namespace
 
+namespace {
+
+void copy_tokenizer_files(const std::string& from_dir, const fs::path& to) {
+  if (from_dir.empty()) return;
+  for (const char* name : kTokenizerFiles) {
+    const fs::path from = fs::path(from_dir) / name;
+    if (fs::exists(from)) fs::copy_file(from, to / name);
+  }
+}
+
+}  // namespace
+
 void save_model(CausalLM& model, const std::string& dir, const SaveOptions& options) {
   write_directory_atomic(dir, [&](const std::string& staging_dir) {
     const fs::path staging(staging_dir);
@@ -102,11 +114,28 @@ void save_model(CausalLM& model, const std::string& dir, const SaveOptions& opti
     for (auto& [name, t] : model.checkpoint_tensors()) tensors.emplace_back(name, t.detach().to(at::kCPU, dtype));
     write_safetensors_sharded(staging.string(), tensors, options.max_shard_bytes, {{"format", "pt"}});
     write_file_atomic((staging / "config.json").string(), model_config_to_json(config));
-    if (!options.tokenizer_from.empty())
-      for (const char* name : kTokenizerFiles) {
-        const fs::path from = fs::path(options.tokenizer_from) / name;
-        if (fs::exists(from)) fs::copy_file(from, staging / name);
-      }
+    copy_tokenizer_files(options.tokenizer_from, staging);
+  });
+}
+
+void save_model_streamed(const ModelConfig& model_config, c10::ScalarType model_dtype, const std::string& dir,
+                         const std::vector<SafetensorsStreamWriter::Spec>& specs, const TensorProducer& produce,
+                         const SaveOptions& options) {
+  write_directory_atomic(dir, [&](const std::string& staging_dir) {
+    const fs::path staging(staging_dir);
+    ModelConfig config = model_config;
+    const c10::ScalarType dtype = options.dtype == "auto" ? model_dtype : parse_dtype(options.dtype, "save dtype");
+    config.dtype = torch_dtype_name(dtype);
+    std::vector<SafetensorsStreamWriter::Spec> saved = specs;
+    for (auto& spec : saved) spec.dtype = dtype;
+    write_safetensors_sharded_stream(
+        staging.string(), saved, options.max_shard_bytes,
+        [&](const std::function<void(const at::Tensor&)>& write) {
+          produce([&](const at::Tensor& t) { write(t.detach().to(at::kCPU, dtype).contiguous()); });
+        },
+        {{"format", "pt"}});
+    write_file_atomic((staging / "config.json").string(), model_config_to_json(config));
+    copy_tokenizer_files(options.tokenizer_from, staging);
   });
 }
 

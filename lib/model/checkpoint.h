@@ -1,9 +1,12 @@
 // Hugging Face checkpoints: load a model directory into a CausalLM, save one back.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "io/safetensors.h"
 #include "model/transformer.h"
 
 namespace lf {
@@ -30,6 +33,14 @@ struct SaveOptions {
 // Writes config.json, the weights (sharded above max_shard_bytes) and tokenizer files into `dir`,
 // atomically: into a temporary sibling first, then renamed. An existing non-empty `dir` is refused.
 void save_model(CausalLM& model, const std::string& dir, const SaveOptions& options = {});
+
+// save_model for tensors produced one at a time (ZeRO-3 gathers them unit by unit, so the whole
+// model is never in one rank's memory): `specs` names them in checkpoint order (dtype: as produced),
+// and `produce` hands each, in that order, to the function it is given.
+using TensorProducer = std::function<void(const std::function<void(const at::Tensor&)>&)>;
+void save_model_streamed(const ModelConfig& config, c10::ScalarType model_dtype, const std::string& dir,
+                         const std::vector<SafetensorsStreamWriter::Spec>& specs, const TensorProducer& produce,
+                         const SaveOptions& options = {});
 
 // "fp32" | "float32" | "bf16" | "bfloat16" | "fp16" | "float16" -> ScalarType; InputError otherwise.
 c10::ScalarType parse_dtype(const std::string& name, const std::string& what);

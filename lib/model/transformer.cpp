@@ -8,6 +8,7 @@
 #include <torch/nn/modules/container/modulelist.h>
 
 #include <cmath>
+#include <functional>
 
 #include "core/error.h"
 
@@ -241,11 +242,14 @@ at::Tensor inverse_frequencies(const ModelConfig& c) {
 
 }  // namespace
 
-CausalLM::CausalLM(ModelConfig config, const at::TensorOptions& options)
+CausalLM::CausalLM(ModelConfig config, const at::TensorOptions& options) : CausalLM(std::move(config), options, options) {}
+
+CausalLM::CausalLM(ModelConfig config, const at::TensorOptions& options, const at::TensorOptions& parameter_options)
     : config_(std::move(config)), options_(options) {
-  model_ = register_module("model", std::make_shared<BackboneImpl>(config_, options_));
+  model_ = register_module("model", std::make_shared<BackboneImpl>(config_, parameter_options));
   if (!config_.tie_word_embeddings)
-    lm_head_ = register_module("lm_head", std::make_shared<LinearImpl>(config_.hidden_size, config_.vocab_size, false, options_));
+    lm_head_ = register_module("lm_head", std::make_shared<LinearImpl>(config_.hidden_size, config_.vocab_size, false,
+                                                                        parameter_options));
   inv_freq_ = inverse_frequencies(config_).to(options_.device());
 }
 
@@ -302,6 +306,32 @@ at::Tensor CausalLM::hidden_states(const at::Tensor& input_ids, const ForwardOpt
   if (cache)
     reserve_cache(*cache, config_.num_layers, B, config_.num_kv_heads, config_.head_dim, S, options_);
 
+  if (units_) {
+    // ZeRO-3: each unit gathered for its computation only. Under autograd (training) the unit's
+    // owner also recomputes it in the backward; without (evaluation, decoding) it is run directly.
+    const bool differentiable = at::GradMode::is_enabled() && !cache;
+    // The next unit's gather starts before this one computes.
+    auto through = [&](int64_t unit, const at::Tensor& x, const std::vector<at::Tensor>& extras, int64_t flags,
+                       const std::function<at::Tensor()>& direct) {
+      if (unit < config_.num_layers + 1) units_->prefetch(unit + 1);
+      if (differentiable) return units_->run(unit, x, extras, flags);
+      units_->gather(unit);
+      at::Tensor out = direct();
+      units_->release(unit);
+      return out;
+    };
+    const at::Tensor ids = input_ids.to(device);
+    at::Tensor h = through(0, ids, {}, 0, [&] { return at::embedding(model_->embed_tokens->weight, ids); });
+    const at::Tensor no_mask = at::empty({0}, at::TensorOptions().dtype(at::kBool).device(device));
+    for (int64_t l = 0; l < config_.num_layers; ++l) {
+      DecoderLayerImpl& layer = *model_->decoder_layers[l];
+      h = through(l + 1, h, {cos, sin, mask.defined() ? mask : no_mask}, causal ? 1 : 0,
+                  [&] { return layer.forward(h, cos, sin, mask, causal, cache, l); });
+    }
+    if (cache) cache->length = S;
+    return through(config_.num_layers + 1, h, {}, 0, [&] { return model_->norm->forward(h); });
+  }
+
   at::Tensor h = at::embedding(model_->embed_tokens->weight, input_ids.to(device));
   const bool checkpoint = checkpointing_ && !cache && at::GradMode::is_enabled();
   for (int64_t l = 0; l < config_.num_layers; ++l) {
@@ -316,7 +346,40 @@ at::Tensor CausalLM::hidden_states(const at::Tensor& input_ids, const ForwardOpt
 }
 
 at::Tensor CausalLM::logits(const at::Tensor& hidden) const {
-  return at::linear(hidden, lm_head_ ? lm_head_->weight : model_->embed_tokens->weight);
+  const at::Tensor& weight = lm_head_ ? lm_head_->weight : model_->embed_tokens->weight;
+  if (!units_ || units_->is_gathered(head_unit())) return at::linear(hidden, weight);
+  // A head gathered for this call alone cannot serve a backward: a trainer gathers it for the loss.
+  if (at::GradMode::is_enabled() && hidden.requires_grad())
+    throw RuntimeFailure("ZeRO-3: differentiable logits need the LM head gathered first (ParameterUnits::gather)");
+  units_->gather(head_unit());
+  at::Tensor out = at::linear(hidden, weight);
+  units_->release(head_unit());
+  return out;
+}
+
+std::vector<std::vector<std::pair<std::string, at::Tensor>>> CausalLM::parameter_units() {
+  std::vector<std::vector<std::pair<std::string, at::Tensor>>> units(config_.num_layers + (lm_head_ ? 3 : 2));
+  for (auto& item : named_parameters(/*recurse=*/true)) {
+    const std::string& name = item.key();
+    size_t unit = 0;
+    if (name.rfind("model.layers.", 0) == 0) unit = 1 + std::stoul(name.substr(13));
+    else if (name.rfind("model.norm.", 0) == 0) unit = config_.num_layers + 1;
+    else if (name.rfind("lm_head.", 0) == 0) unit = config_.num_layers + 2;
+    else if (name.rfind("model.embed_tokens.", 0) != 0) throw RuntimeFailure("parameter " + name + " belongs to no unit");
+    units[unit].emplace_back(name, item.value());
+  }
+  return units;
+}
+
+at::Tensor CausalLM::compute_unit(int64_t unit, const at::Tensor& x, const std::vector<at::Tensor>& extras, int64_t flags) {
+  const int64_t L = config_.num_layers;
+  if (unit == 0) return at::embedding(model_->embed_tokens->weight, x);
+  if (unit <= L) {
+    const at::Tensor mask = extras[2].numel() > 0 ? extras[2] : at::Tensor();
+    return model_->decoder_layers[unit - 1]->forward(x, extras[0], extras[1], mask, (flags & 1) != 0, nullptr, 0);
+  }
+  if (unit == L + 1) return model_->norm->forward(x);
+  return at::linear(x, lm_head_->weight);
 }
 
 void CausalLM::init_weights(uint64_t seed) {

@@ -32,6 +32,26 @@ struct ForwardOptions {
   KVCache* cache = nullptr;
 };
 
+// ZeRO-3 seam: when a model has one, its parameters are not kept whole. They are grouped in units
+// (CausalLM::parameter_units) whose owner (train/zero3.h) holds a shard of each per rank, gathers a
+// unit's parameters for a computation and frees them after; the model asks for them unit by unit.
+class ParameterUnits {
+ public:
+  virtual ~ParameterUnits() = default;
+  // Between gather() and the matching release() the unit's parameters are whole (no gradients).
+  // Nested gathers of one unit are counted.
+  virtual void gather(int64_t unit) = 0;
+  virtual void release(int64_t unit) = 0;
+  virtual bool is_gathered(int64_t unit) const = 0;
+  // Starts gathering `unit` so that its gather() finds it in flight or done (a no-op by default, and
+  // for a unit that does not exist). Called on every rank at the same points.
+  virtual void prefetch(int64_t unit) { (void)unit; }
+  // Under grad mode: CausalLM::compute_unit(unit, x, extras, flags) with the unit gathered for the
+  // forward only, keeping just its inputs; the backward gathers it again, recomputes, and hands the
+  // gradient of the unit's parameters to their owner.
+  virtual at::Tensor run(int64_t unit, const at::Tensor& x, const std::vector<at::Tensor>& extras, int64_t flags) = 0;
+};
+
 struct LinearImpl : torch::nn::Module {
   LinearImpl(int64_t in, int64_t out, bool bias, const at::TensorOptions& options);
   at::Tensor forward(const at::Tensor& x) const;
@@ -86,8 +106,11 @@ struct BackboneImpl : torch::nn::Module {
 
 class CausalLM : public torch::nn::Module {
  public:
-  // Parameters are allocated uninitialised; load_model() or init_weights() fills them.
+  // Parameters are allocated uninitialised; load_model() or init_weights() fills them. They compute
+  // with `options`; `parameter_options` (default: the same) is where they are first allocated: host
+  // memory that is never touched for a model whose parameters a ParameterUnits owner takes over.
   CausalLM(ModelConfig config, const at::TensorOptions& options);
+  CausalLM(ModelConfig config, const at::TensorOptions& options, const at::TensorOptions& parameter_options);
 
   // Final hidden states [B, T, hidden] (after the last norm). Appends to options.cache if given.
   at::Tensor hidden_states(const at::Tensor& input_ids, const ForwardOptions& options = {});
@@ -111,6 +134,17 @@ class CausalLM : public torch::nn::Module {
   // its activations during backward (memory of one layer instead of all, for one extra forward).
   void set_activation_checkpointing(bool enabled) { checkpointing_ = enabled; }
 
+  // Parameter units for ZeRO-3, each in checkpoint order: 0 the embedding, 1..L the decoder layers,
+  // L+1 the final norm, L+2 the LM head (untied models only).
+  std::vector<std::vector<std::pair<std::string, at::Tensor>>> parameter_units();
+  int64_t head_unit() const { return lm_head_ ? config_.num_layers + 2 : 0; }
+  // From now on the parameters are gathered through `units` (null: kept whole, as by default).
+  void set_parameter_units(ParameterUnits* units) { units_ = units; }
+  ParameterUnits* units() const { return units_; }
+  // One unit's computation with whatever its parameters are now. Embedding: x = token ids; decoder
+  // layer: extras = {cos, sin, mask (empty: none)}, flags bit 0 = causal; final norm; LM head.
+  at::Tensor compute_unit(int64_t unit, const at::Tensor& x, const std::vector<at::Tensor>& extras, int64_t flags);
+
  private:
   // cos/sin tables for the rotated part of each head, [B, T, rotary_dim], in float32.
   std::pair<at::Tensor, at::Tensor> rotary(const at::Tensor& positions) const;
@@ -121,6 +155,7 @@ class CausalLM : public torch::nn::Module {
   std::shared_ptr<BackboneImpl> model_;
   std::shared_ptr<LinearImpl> lm_head_;  // null when tied to the embedding
   bool checkpointing_ = false;
+  ParameterUnits* units_ = nullptr;
 };
 
 }  // namespace lf

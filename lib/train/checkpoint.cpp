@@ -80,20 +80,61 @@ std::vector<std::string> complete_checkpoints(const std::string& output_dir) {
 
 namespace {
 
-void write_optimizer_shard(const fs::path& dir, const ShardedAdamW& optimizer, int64_t rank) {
-  const OptimizerShard shard = optimizer.owned_state();
-  at::Tensor range = at::tensor(std::vector<int64_t>{shard.begin, shard.end, shard.total}, at::kLong);
-  write_safetensors((dir / optimizer_file(rank)).string(),
-                    {{"exp_avg", shard.exp_avg.to(at::kCPU)}, {"exp_avg_sq", shard.exp_avg_sq.to(at::kCPU)}, {"range", range}});
+// One range: `exp_avg`, `exp_avg_sq` and `range` (begin, end, total). Several (ZeRO-3: a slice of
+// every unit): `ranges` [K, 3] and the K ranges' state concatenated.
+void write_optimizer_shard(const fs::path& dir, const DistributedOptimizer& optimizer, int64_t rank) {
+  const std::vector<OptimizerShard> states = optimizer.owned_states();
+  const std::string path = (dir / optimizer_file(rank)).string();
+  if (states.size() == 1) {
+    const OptimizerShard& shard = states.front();
+    at::Tensor range = at::tensor(std::vector<int64_t>{shard.begin, shard.end, shard.total}, at::kLong);
+    write_safetensors(path, {{"exp_avg", shard.exp_avg.to(at::kCPU)}, {"exp_avg_sq", shard.exp_avg_sq.to(at::kCPU)},
+                             {"range", range}});
+    return;
+  }
+  std::vector<int64_t> ranges;
+  std::vector<at::Tensor> avg, avg_sq;
+  for (const auto& shard : states) {
+    ranges.insert(ranges.end(), {shard.begin, shard.end, shard.total});
+    avg.push_back(shard.exp_avg.to(at::kCPU));
+    avg_sq.push_back(shard.exp_avg_sq.to(at::kCPU));
+  }
+  const int64_t k = static_cast<int64_t>(states.size());
+  write_safetensors(path, {{"exp_avg", k ? at::cat(avg) : at::empty({0}, at::kFloat)},
+                           {"exp_avg_sq", k ? at::cat(avg_sq) : at::empty({0}, at::kFloat)},
+                           {"ranges", at::tensor(ranges, at::kLong).view({k, 3})}});
 }
 
 // Every optimizer.rankNNNNN file of a checkpoint as shards of the flat space. A file without `range`
 // is the per-parameter layout of single-process checkpoints from before the flat optimizer.
-std::vector<OptimizerShard> read_optimizer_shards(const fs::path& dir, const ShardedAdamW& optimizer) {
+std::vector<OptimizerShard> read_optimizer_shards(const fs::path& dir, const DistributedOptimizer& optimizer) {
   std::vector<OptimizerShard> shards;
   for (int64_t rank = 0; fs::exists(dir / optimizer_file(rank)); ++rank) {
     const std::string path = (dir / optimizer_file(rank)).string();
     auto file = SafetensorsFile::open(path);
+    if (file.contains("ranges")) {
+      at::Tensor ranges = file.tensor("ranges");
+      if (ranges.dim() != 2 || ranges.size(1) != 3 || ranges.scalar_type() != at::kLong)
+        throw InputError(path + ": 'ranges' is not [K, 3] int64 values");
+      at::Tensor avg = file.tensor("exp_avg"), avg_sq = file.tensor("exp_avg_sq");
+      int64_t offset = 0;
+      for (int64_t i = 0; i < ranges.size(0); ++i) {
+        OptimizerShard shard;
+        shard.begin = ranges[i][0].item<int64_t>();
+        shard.end = ranges[i][1].item<int64_t>();
+        shard.total = ranges[i][2].item<int64_t>();
+        const int64_t n = shard.end - shard.begin;
+        if (n < 0 || offset + n > avg.numel() || offset + n > avg_sq.numel())
+          throw InputError(path + ": optimizer state sizes do not match its ranges");
+        shard.exp_avg = avg.narrow(0, offset, n);
+        shard.exp_avg_sq = avg_sq.narrow(0, offset, n);
+        offset += n;
+        shards.push_back(std::move(shard));
+      }
+      if (offset != avg.numel() || offset != avg_sq.numel())
+        throw InputError(path + ": optimizer state sizes do not match its ranges");
+      continue;
+    }
     OptimizerShard shard;
     if (file.contains("range")) {
       at::Tensor range = file.tensor("range");
@@ -105,7 +146,7 @@ std::vector<OptimizerShard> read_optimizer_shards(const fs::path& dir, const Sha
       shard.exp_avg_sq = file.tensor("exp_avg_sq");
     } else {
       std::vector<at::Tensor> avg, avg_sq;
-      for (const auto& [name, p] : optimizer.params()) {
+      for (const auto& name : optimizer.param_names()) {
         for (auto [prefix, out] : {std::make_pair("exp_avg.", &avg), std::make_pair("exp_avg_sq.", &avg_sq)}) {
           if (!file.contains(prefix + name)) throw InputError(path + ": optimizer state has no '" + prefix + name + "'");
           out->push_back(file.tensor(prefix + name).reshape({-1}));
@@ -125,7 +166,14 @@ std::vector<OptimizerShard> read_optimizer_shards(const fs::path& dir, const Sha
 
 }  // namespace
 
-void write_checkpoint(const std::string& output_dir, CausalLM& model, const ShardedAdamW& optimizer,
+StudentWeights whole_student(CausalLM& model, Communicator& comm) {
+  return {[&model, &comm](const std::string& dir, const SaveOptions& options) {
+            if (comm.is_main()) save_model(model, dir, options);
+          },
+          [&model](const std::string& dir) { load_weights_into(model, dir); }};
+}
+
+void write_checkpoint(const std::string& output_dir, const StudentWeights& weights, const DistributedOptimizer& optimizer,
                       const TrainerState& state, Communicator& comm, const std::string& tokenizer_dir, int64_t keep_last) {
   const fs::path root = fs::path(output_dir) / "checkpoints";
   const fs::path final_dir = root / checkpoint_name(state.step);
@@ -136,10 +184,12 @@ void write_checkpoint(const std::string& output_dir, CausalLM& model, const Shar
     fs::create_directories(root);
     fs::remove_all(staging);
     if (fs::exists(final_dir)) fs::remove_all(final_dir);  // an older, incomplete attempt at this step
-    SaveOptions save;
-    save.dtype = "fp32";  // master weights, so a resume continues bit for bit
-    save.tokenizer_from = tokenizer_dir;
-    save_model(model, staging.string(), save);
+  }
+  SaveOptions save;
+  save.dtype = "fp32";  // master weights, so a resume continues bit for bit
+  save.tokenizer_from = tokenizer_dir;
+  weights.save(staging.string(), save);  // collective at ZeRO-3 (rank 0 writes)
+  if (comm.is_main()) {
     nlohmann::json j = {{"step", state.step},
                         {"epoch", state.cursor.epoch},
                         {"epoch_step", state.cursor.step},
@@ -169,7 +219,7 @@ void write_checkpoint(const std::string& output_dir, CausalLM& model, const Shar
   comm.barrier();  // no rank goes on before the checkpoint is complete
 }
 
-TrainerState read_checkpoint(const std::string& dir, CausalLM& model, ShardedAdamW& optimizer) {
+TrainerState read_checkpoint(const std::string& dir, const StudentWeights& weights, DistributedOptimizer& optimizer) {
   const fs::path root(dir);
   const fs::path state_path = root / "trainer_state.json";
   if (!fs::exists(root / "DONE")) throw InputError(dir + ": incomplete checkpoint (no DONE marker)");
@@ -189,7 +239,7 @@ TrainerState read_checkpoint(const std::string& dir, CausalLM& model, ShardedAda
     state.recipe_hash = j.at("recipe_hash").get<std::string>();
     state.tokens_seen = j.at("tokens_seen").get<double>();
     state.rng_state = j.at("rng_state").get<std::string>();
-    load_weights_into(model, dir);
+    weights.load(dir);
     optimizer.load_state(read_optimizer_shards(root, optimizer), j.at("optimizer_steps").get<int64_t>());
   } catch (const nlohmann::json::exception& e) {
     throw InputError(state_path.string() + ": " + e.what());

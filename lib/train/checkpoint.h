@@ -7,11 +7,13 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "data/sampler.h"
+#include "model/checkpoint.h"
 #include "model/transformer.h"
 #include "dist/communicator.h"
 #include "train/sharded_adamw.h"
@@ -30,16 +32,24 @@ struct TrainerState {
 
 std::string checkpoint_name(int64_t step);  // "step_000200"
 
+// How checkpoints write and read the student's weights: whole (rank 0 writes the model) or, at
+// ZeRO-3, sharded (every rank takes part in the gathers of a save and reads its own slices).
+struct StudentWeights {
+  std::function<void(const std::string& dir, const SaveOptions& options)> save;  // called on every rank
+  std::function<void(const std::string& dir)> load;                             // called on every rank
+};
+StudentWeights whole_student(CausalLM& model, Communicator& comm);
+
 // Writes the checkpoint of `step` under output_dir/checkpoints and prunes complete checkpoints
 // beyond keep_last. Collective: rank 0 writes the model and trainer state, every rank its optimizer
 // shard, and rank 0 marks it DONE once all shards are in.
-void write_checkpoint(const std::string& output_dir, CausalLM& model, const ShardedAdamW& optimizer,
+void write_checkpoint(const std::string& output_dir, const StudentWeights& weights, const DistributedOptimizer& optimizer,
                       const TrainerState& state, Communicator& comm, const std::string& tokenizer_dir, int64_t keep_last);
 
 // Restores model weights, optimizer state and trainer state from a checkpoint directory, whatever
-// world size wrote it (every rank reads the shards that overlap its slice); InputError (naming the
-// file) when anything is missing or malformed.
-TrainerState read_checkpoint(const std::string& dir, CausalLM& model, ShardedAdamW& optimizer);
+// world size and ZeRO stage wrote it (every rank reads the ranges that overlap what it owns);
+// InputError (naming the file) when anything is missing or malformed.
+TrainerState read_checkpoint(const std::string& dir, const StudentWeights& weights, DistributedOptimizer& optimizer);
 
 // Complete checkpoints (DONE present) under output_dir/checkpoints, newest first.
 std::vector<std::string> complete_checkpoints(const std::string& output_dir);

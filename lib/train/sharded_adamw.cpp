@@ -204,6 +204,12 @@ void ShardedAdamW::step(double lr) {
 
 void ShardedAdamW::zero_grad() { flat_grads_.zero_(); }
 
+std::vector<std::string> ShardedAdamW::param_names() const {
+  std::vector<std::string> names;
+  for (const auto& [name, p] : params_) names.push_back(name);
+  return names;
+}
+
 void ShardedAdamW::reset_state() {
   exp_avg_.zero_();
   exp_avg_sq_.zero_();

@@ -37,7 +37,30 @@ struct OptimizerShard {
   at::Tensor exp_avg, exp_avg_sq;  // float32, end - begin elements
 };
 
-class ShardedAdamW {
+// What the trainer and the checkpoints need of an optimizer over a (possibly sharded) flat parameter
+// space: ShardedAdamW (ZeRO 0-2) and Zero3AdamW (train/zero3.h).
+class DistributedOptimizer {
+ public:
+  virtual ~DistributedOptimizer() = default;
+  virtual void arm_overlap() {}
+  virtual int64_t buckets_overlapped() const { return 0; }
+  virtual void reduce_gradients() = 0;
+  virtual double grad_norm() = 0;
+  virtual void scale_gradients(double factor) = 0;
+  virtual void step(double lr) = 0;
+  virtual void zero_grad() = 0;
+  virtual int64_t steps() const = 0;
+  // The AdamW state this rank owns, as ranges of the unpadded flat space (parameters in checkpoint
+  // order), for its checkpoint file.
+  virtual std::vector<OptimizerShard> owned_states() const = 0;
+  // Restores from the shards of a checkpoint written at any world size and stage; InputError when
+  // they do not cover what this rank needs or were written for another parameter layout.
+  virtual void load_state(const std::vector<OptimizerShard>& shards, int64_t steps) = 0;
+  virtual void reset_state() = 0;  // back to a fresh optimizer (after a checkpoint that failed to load)
+  virtual std::vector<std::string> param_names() const = 0;
+};
+
+class ShardedAdamW final : public DistributedOptimizer {
  public:
   // `params` (name, tensor) in a fixed order, all float32 on one device; they are re-pointed into the
   // flat buffer here and their .grad set to views of the flat gradient.
@@ -52,30 +75,32 @@ class ShardedAdamW {
   // parameters whose gradient is already final when that backward starts (an untied LM head, fed by
   // the chunked loss before the body's backward).
   void enable_overlap(const std::vector<std::string>& complete_before);
-  void arm_overlap();
+  void arm_overlap() override;
   // Called by the gradient hooks: parameter `index` has its gradient of this backward pass.
   void parameter_ready(size_t index);
   // Buckets of the last step whose reduction started during the backward pass.
-  int64_t buckets_overlapped() const { return overlapped_; }
+  int64_t buckets_overlapped() const override { return overlapped_; }
 
   // After the backward passes of a step: sums the gradients over ranks (all of them at zero 0/1, this
   // rank's slice at zero 2); with an armed overlap, starts what is left and waits for all of it.
-  void reduce_gradients();
+  void reduce_gradients() override;
   // L2 norm of the summed gradient (every rank gets the same number).
-  double grad_norm();
-  void scale_gradients(double factor);
+  double grad_norm() override;
+  void scale_gradients(double factor) override;
   // AdamW on this rank's slice (all of it at zero 0), then the updated slices are all-gathered.
-  void step(double lr);
-  void zero_grad();
+  void step(double lr) override;
+  void zero_grad() override;
 
-  int64_t steps() const { return step_; }
+  int64_t steps() const override { return step_; }
   int64_t numel() const { return total_; }
   // The state of the slice this rank owns, for its checkpoint file.
   OptimizerShard owned_state() const;
+  std::vector<OptimizerShard> owned_states() const override { return {owned_state()}; }
   // Restores from the shards of a checkpoint written at any world size; InputError when they do not
   // cover what this rank needs or were written for another parameter layout.
-  void load_state(const std::vector<OptimizerShard>& shards, int64_t steps);
-  void reset_state();  // back to a fresh optimizer (after a checkpoint that failed to load)
+  void load_state(const std::vector<OptimizerShard>& shards, int64_t steps) override;
+  void reset_state() override;  // back to a fresh optimizer (after a checkpoint that failed to load)
+  std::vector<std::string> param_names() const override;
   const std::vector<std::pair<std::string, at::Tensor>>& params() const { return params_; }
 
  private:

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -18,13 +19,16 @@
 #include "io/file.h"
 #include "loss/objective.h"
 #include "model/checkpoint.h"
+#include "model/model_config.h"
 #include "train/cache_logits.h"
 #include "train/checkpoint.h"
 #include "train/fusion_data.h"
 #include "train/on_policy.h"
 #include "train/optimizer.h"
 #include "train/sharded_adamw.h"
+#include "train/memory_plan.h"
 #include "train/run_support.h"
+#include "train/zero3.h"
 
 namespace fs = std::filesystem;
 
@@ -50,29 +54,47 @@ loss::ObjectiveConfig objective_config(const Recipe& r) {
 }
 
 // Token-mean cross entropy of the student on an evaluation set; each rank takes every world_size-th
-// example and the sums are reduced.
+// example and the sums are reduced. `lockstep` (a sharded student, whose forward is collective): every
+// rank runs as many batches as rank 0, one with no examples left repeating the first and counting nothing.
 double evaluate(const Participant& student, const std::vector<TokenizedSequence>& eval, int64_t batch_size, bool bf16,
-                Communicator& comm) {
+                Communicator& comm, bool lockstep) {
   at::NoGradGuard no_grad;
   student.model->eval();
   std::vector<const TokenizedSequence*> mine;
   for (size_t i = static_cast<size_t>(comm.rank()); i < eval.size(); i += static_cast<size_t>(comm.world_size()))
     mine.push_back(&eval[i]);
+  const size_t most = (eval.size() + comm.world_size() - 1) / comm.world_size();
+  const size_t batches = ((lockstep ? most : mine.size()) + batch_size - 1) / batch_size;
   double loss_sum = 0, tokens = 0;
-  for (size_t start = 0; start < mine.size(); start += batch_size) {
+  for (size_t i = 0; i < batches; ++i) {
+    const size_t start = std::min(mine.size(), i * batch_size);
     std::vector<const TokenizedSequence*> rows(mine.begin() + start, mine.begin() + std::min(mine.size(), start + batch_size));
+    const bool idle = rows.empty();
+    if (idle) rows.push_back(&eval.front());
     ModelBatch batch = collate(rows, student.pad_id());
     AutocastGuard autocast(student.device.type(), bf16);
     at::Tensor hidden = student.model->hidden_states(batch.input_ids.to(student.device));
     at::Tensor labels = batch.labels.to(student.device);
     at::Tensor where = (labels != kIgnoreIndex).nonzero();
     at::Tensor logits = student.logits(hidden.index({where.select(1, 0), where.select(1, 1)}));
+    if (idle) continue;
     loss_sum += at::cross_entropy_loss(logits.to(at::kFloat), labels.index({where.select(1, 0), where.select(1, 1)}),
                                        {}, at::Reduction::Sum).item<double>();
     tokens += static_cast<double>(where.size(0));
   }
   student.model->train();
   return comm.all_reduce_sum(loss_sum) / std::max(1.0, comm.all_reduce_sum(tokens));
+}
+
+// A model whose parameters are never whole on one rank: built with its parameters in untouched host
+// memory, then sharded and filled slice by slice from `dir`.
+std::unique_ptr<ShardedModel> load_sharded(Participant& p, const std::string& dir, c10::ScalarType dtype,
+                                           Communicator& comm, bool trainable) {
+  p.model = std::make_shared<CausalLM>(load_model_config(dir), at::TensorOptions().dtype(dtype).device(p.device),
+                                       at::TensorOptions().dtype(dtype));
+  auto sharded = std::make_unique<ShardedModel>(*p.model, comm, trainable);
+  sharded->load(dir);
+  return sharded;
 }
 
 std::string resolve_resume(const Recipe& recipe, const TrainOptions& options) {
@@ -93,6 +115,11 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
     spdlog::info("{}: the run has finished (final/ exists); nothing to do", recipe.run.output_dir);
     return 0;
   }
+  // The memory plan first: nothing is loaded or written for a run that cannot fit. It also places
+  // the teachers.
+  // (It is logged once the data has been read: a bad data line stays a one-line error.)
+  const MemoryPlan plan = plan_memory(recipe, comm.world_size(), options.local_world_size);
+  check_plan_fits(plan);
   const std::string recipe_text = recipe_to_yaml(recipe);
   fs::create_directories(recipe.run.output_dir);
   if (comm.is_main()) write_file_atomic((fs::path(recipe.run.output_dir) / "recipe.resolved.yaml").string(), recipe_text);
@@ -100,23 +127,45 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
   install_stop_handlers();
 
   // 1. The models: the student in float32 (master weights; bf16 precision autocasts the compute),
-  //    each teacher in its own dtype on its own device, without gradients.
+  //    each teacher in its own dtype on its own device, without gradients. At dist.zero 3 the student,
+  //    and every teacher placed `shard`, keeps only its shards (train/zero3.h); the rest is replicated.
   const std::string device = recipe.run.device;
+  const bool zero3 = recipe.dist.zero == 3;
+  const std::vector<std::string>& placements = plan.placements;
+  if (recipe.loss.on_policy.weight > 0 && (zero3 || std::count(placements.begin(), placements.end(), "shard")))
+    throw NotAvailable("on-policy distillation with a sharded student or teacher (dist.zero=3, teachers.N.placement=shard): "
+                       "each rank generates a different number of tokens, which sharded forwards cannot follow");
   Participant student = load_participant("student", recipe.student.path, recipe.student.tokenizer,
-                                         recipe.student.chat_template, "fp32", device, recipe.chat_templates);
+                                         recipe.student.chat_template, "fp32", device, recipe.chat_templates,
+                                         /*load_weights=*/!zero3);
+  std::unique_ptr<ShardedModel> sharded_student;
+  if (zero3) {
+    sharded_student = load_sharded(student, recipe.student.path, at::kFloat, comm, /*trainable=*/true);
+    spdlog::info("student sharded over {} rank(s) (ZeRO-3): {} of parameters and gradients on this rank", comm.world_size(),
+                 format_bytes(sharded_student->shard_bytes()));
+  }
   std::vector<Participant> teachers;
   std::vector<std::shared_ptr<LogitsCache>> caches;  // per teacher; null for an online one
+  std::vector<std::unique_ptr<ShardedModel>> sharded_teachers(recipe.teachers.size());
   for (size_t s = 0; s < recipe.teachers.size(); ++s) {
     const auto& t = recipe.teachers[s];
-    teachers.push_back(load_participant(t.name, t.path, t.tokenizer, t.chat_template, t.dtype,
-                                        t.device == "auto" ? student.device.str() : t.device, recipe.chat_templates,
-                                        /*load_weights=*/!t.logits_cache));
-    if (t.logits_cache) {
+    const std::string teacher_device = t.device == "auto" ? student.device.str() : t.device;
+    teachers.push_back(load_participant(t.name, t.path, t.tokenizer, t.chat_template, t.dtype, teacher_device,
+                                        recipe.chat_templates, /*load_weights=*/placements[s] == "replicate"));
+    if (placements[s] == "cache") {
       caches.push_back(LogitsCache::open(*t.logits_cache, expected_cache_spec(recipe, s, teachers.back())));
       spdlog::info("teacher {}: reading cached logits from {}", t.name, *t.logits_cache);
       continue;
     }
     caches.push_back(nullptr);
+    if (placements[s] == "shard") {
+      if (teachers.back().device != student.device)
+        throw InputError("teachers." + std::to_string(s) + ".placement: 'shard' gathers over the student's communicator",
+                         "leave teachers." + std::to_string(s) + ".device at auto (the student's device)");
+      sharded_teachers[s] = load_sharded(teachers.back(), t.path, parse_dtype(t.dtype, "teachers.N.dtype"), comm, false);
+      spdlog::info("teacher {}: sharded over {} rank(s), {} on this rank", t.name, comm.world_size(),
+                   format_bytes(sharded_teachers[s]->shard_bytes()));
+    }
     teachers.back().model->eval();
     for (auto& p : teachers.back().model->parameters()) p.set_requires_grad(false);
   }
@@ -134,6 +183,13 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
   if (recipe.data.eval)
     for (const auto& ex : read_examples(*recipe.data.eval, recipe.data.skip_invalid).examples)
       eval_set.push_back(tokenize_example(ex, *student.tokenizer, student.chat_template, truncation));
+  for (const auto& line : split(format_plan(plan), '\n'))
+    if (!line.empty()) spdlog::debug("{}", line);
+  const MemoryItem& biggest = plan.biggest();
+  spdlog::info("memory plan per rank ({} rank(s), dist.zero {}): {}{}; biggest item: {} ({}); teachers: {}", plan.world_size,
+               plan.zero, format_bytes(plan.total()),
+               plan.limit > 0 ? " of " + format_bytes(plan.limit) + " (" + plan.limit_source + ")" : std::string(),
+               biggest.name, format_bytes(biggest.bytes), join(plan.placements, ", "));
   for (size_t s = 0; s < teachers.size(); ++s) {
     const auto c = data.coverage(s);
     spdlog::info("alignment ({}): teacher {} pairs {} of the student's {} response positions ({:.1f}%)",
@@ -164,12 +220,24 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
   // 4. Optimizer, schedule, sampler, and the state to resume from.
   //    Each rank sees micro_batch_size examples of every global micro-batch; the optimizer reduces the
   //    gradients over ranks and shards its state (sharded_adamw.h).
-  std::vector<std::pair<std::string, at::Tensor>> params;
-  for (auto& item : student.model->named_parameters()) params.emplace_back(item.key(), item.value());
-  const ShardingConfig sharding{recipe.dist.zero, static_cast<int64_t>(recipe.dist.bucket_mb * (1 << 20) / 4)};
-  ShardedAdamW optimizer(params, {tc.adam_beta1, tc.adam_beta2, tc.adam_eps, tc.weight_decay}, sharding, comm);
-  // An untied LM head has its final gradient before the transformer's backward starts.
-  if (recipe.dist.overlap) optimizer.enable_overlap({"lm_head.weight"});
+  const AdamWConfig adamw{tc.adam_beta1, tc.adam_beta2, tc.adam_eps, tc.weight_decay};
+  std::unique_ptr<DistributedOptimizer> optimizer_owner;
+  if (zero3) {
+    optimizer_owner = std::make_unique<Zero3AdamW>(*sharded_student, adamw);
+  } else {
+    std::vector<std::pair<std::string, at::Tensor>> params;
+    for (auto& item : student.model->named_parameters()) params.emplace_back(item.key(), item.value());
+    const ShardingConfig sharding{recipe.dist.zero, static_cast<int64_t>(recipe.dist.bucket_mb * (1 << 20) / 4)};
+    auto flat = std::make_unique<ShardedAdamW>(params, adamw, sharding, comm);
+    // An untied LM head has its final gradient before the transformer's backward starts.
+    if (recipe.dist.overlap) flat->enable_overlap({"lm_head.weight"});
+    optimizer_owner = std::move(flat);
+  }
+  DistributedOptimizer& optimizer = *optimizer_owner;
+  const StudentWeights weights =
+      zero3 ? StudentWeights{[&](const std::string& dir, const SaveOptions& save) { sharded_student->save(dir, save, comm.is_main()); },
+                             [&](const std::string& dir) { sharded_student->load(dir); }}
+            : whole_student(*student.model, comm);
   SamplerConfig sampler_config{tc.micro_batch_size, recipe.run.seed, comm.rank(), comm.world_size()};
   const int64_t batches_per_epoch = Sampler(data.lengths(), sampler_config).batches_per_epoch();
   const int64_t steps_per_epoch = std::max<int64_t>(1, batches_per_epoch / tc.grad_accum);
@@ -184,7 +252,7 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
     for (const auto& dir : complete_checkpoints(recipe.run.output_dir)) {
       std::string failure;
       try {
-        state = read_checkpoint(dir, *student.model, optimizer);
+        state = read_checkpoint(dir, weights, optimizer);
       } catch (const Error& e) {
         failure = e.one_line();
       }
@@ -193,12 +261,12 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
         break;
       }
       spdlog::warn("skipping checkpoint {}: {}", dir, failure.empty() ? "it failed to load on another rank" : failure);
-      load_weights_into(*student.model, recipe.student.path);  // undo a partial load
+      weights.load(recipe.student.path);  // undo a partial load
       optimizer.reset_state();
       state = fresh;
     }
   } else if (!resume.empty()) {
-    state = read_checkpoint(resume, *student.model, optimizer);
+    state = read_checkpoint(resume, weights, optimizer);
     spdlog::info("resuming from {} (step {})", resume, state.step);
   }
   // The data cursor counts global micro-batches: it means the same thing only for the same global
@@ -249,7 +317,7 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
 
   // 5. The loop: one optimizer step per iteration, each over grad_accum micro-batches.
   auto checkpoint = [&] {
-    write_checkpoint(recipe.run.output_dir, *student.model, optimizer, state, comm, student.tokenizer_dir,
+    write_checkpoint(recipe.run.output_dir, weights, optimizer, state, comm, student.tokenizer_dir,
                      recipe.checkpoint.keep_last);
   };
   while (state.step < total_steps) {
@@ -281,7 +349,15 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
       AutocastGuard autocast(student.device.type(), bf16);
       loss::StudentSide side{student.model->hidden_states(mb.student.input_ids.to(student.device)),
                              [&](const at::Tensor& h) { return student.logits(h); }, &mb.student, nullptr};
-      if (arm_overlap) side.before_body_backward = [&optimizer] { optimizer.arm_overlap(); };
+      // Sharded models: every LM head is gathered once for the whole loss, whose chunk count differs
+      // per rank, and the student's is reduce-scattered before the body's (collective) backward.
+      const int64_t head = student.model->head_unit();
+      if (sharded_student) sharded_student->gather_for_gradients(head);
+      side.always_body_backward = sharded_student != nullptr;
+      side.before_body_backward = [&, arm_overlap] {
+        if (sharded_student) sharded_student->reduce_gradients_and_release(head);
+        if (arm_overlap) optimizer.arm_overlap();
+      };
       std::vector<loss::TeacherSide> sides;
       for (size_t s = 0; s < teachers.size(); ++s) {
         at::NoGradGuard no_grad;
@@ -295,8 +371,12 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
         sides.push_back({t.model->hidden_states(mb.teachers[s].input_ids.to(t.device)),
                          [&t](const at::Tensor& h) { return t.logits(h); }, &mb.teachers[s], mb.pairs[s],
                          kl_family ? &vocab_maps[s] : nullptr, projectors[s].get(), weight, nullptr});
+        if (sharded_teachers[s]) sharded_teachers[s]->gather(t.model->head_unit());
       }
-      return loss::backward_fusion_loss(side, sides, config, global);
+      const loss::LossParts parts = loss::backward_fusion_loss(side, sides, config, global);
+      for (auto& sharded : sharded_teachers)
+        if (sharded) sharded->release(sharded->model().head_unit());
+      return parts;
     };
     loss::LossParts parts, policy_parts;
     for (size_t a = 0; a < micro.size(); ++a) {
@@ -356,7 +436,7 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
       spdlog::debug("{}", line.dump());
     }
     if (!eval_set.empty() && tc.eval_every_steps > 0 && state.step % tc.eval_every_steps == 0 && state.step < total_steps) {
-      const double eval_loss = evaluate(student, eval_set, tc.micro_batch_size, bf16, comm);
+      const double eval_loss = evaluate(student, eval_set, tc.micro_batch_size, bf16, comm, zero3);
       log_line({{"step", state.step}, {"eval_loss", eval_loss}, {"eval_ppl", std::exp(eval_loss)}});
     }
     if (recipe.checkpoint.every_steps > 0 && state.step % recipe.checkpoint.every_steps == 0 && state.step < total_steps)
@@ -374,19 +454,17 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
 
   // 6. Evaluation and the final model, in the student's dtype and Hugging Face layout.
   if (!eval_set.empty()) {
-    const double eval_loss = evaluate(student, eval_set, tc.micro_batch_size, bf16, comm);
+    const double eval_loss = evaluate(student, eval_set, tc.micro_batch_size, bf16, comm, zero3);
     log_line({{"step", state.step}, {"eval_loss", eval_loss}, {"eval_ppl", std::exp(eval_loss)}});
     spdlog::info("eval loss {:.4f} (perplexity {:.3f})", eval_loss, std::exp(eval_loss));
   }
-  if (comm.is_main()) {
-    const fs::path final_dir = fs::path(recipe.run.output_dir) / "final";
-    if (fs::exists(final_dir)) fs::remove_all(final_dir);
-    SaveOptions save;
-    save.dtype = recipe.student.dtype;
-    save.tokenizer_from = student.tokenizer_dir;
-    save_model(*student.model, final_dir.string(), save);
-    spdlog::info("wrote {}", final_dir.string());
-  }
+  const fs::path final_dir = fs::path(recipe.run.output_dir) / "final";
+  if (comm.is_main() && fs::exists(final_dir)) fs::remove_all(final_dir);
+  SaveOptions save;
+  save.dtype = recipe.student.dtype;
+  save.tokenizer_from = student.tokenizer_dir;
+  weights.save(final_dir.string(), save);  // at ZeRO-3 gathered unit by unit, written by rank 0
+  spdlog::info("wrote {}", final_dir.string());
   return 0;
 }
 

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <filesystem>
+#include <functional>
 #include <thread>
 
 #include "core/error.h"
@@ -77,6 +78,36 @@ TEST_CASE("safetensors: sharded checkpoints with an index", "[safetensors]") {
   lf::write_safetensors_sharded(single.path.string(), tensors, 1 << 20);
   CHECK(std::filesystem::exists(single / "model.safetensors"));
   CHECK_FALSE(std::filesystem::exists(single / "model.safetensors.index.json"));
+}
+
+TEST_CASE("safetensors: streamed shards are the files the in-memory writer makes", "[safetensors]") {
+  // ZeRO-3 writes a model one gathered unit at a time through the streaming writer.
+  lf::NamedTensors tensors;
+  std::vector<lf::SafetensorsStreamWriter::Spec> specs;
+  for (int i = 0; i < 5; ++i) {
+    tensors.emplace_back("w" + std::to_string(i), at::randn({16, 16 + i}));
+    specs.push_back({tensors.back().first, at::kFloat, tensors.back().second.sizes().vec()});
+  }
+  for (uint64_t limit : {uint64_t{2500}, uint64_t{1} << 20}) {
+    lf::test::TempDir memory, streamed;
+    const auto a = lf::write_safetensors_sharded(memory.path.string(), tensors, limit, {{"format", "pt"}});
+    const auto b = lf::write_safetensors_sharded_stream(
+        streamed.path.string(), specs, limit,
+        [&](const std::function<void(const at::Tensor&)>& write) {
+          for (const auto& [name, t] : tensors) write(t);
+        },
+        {{"format", "pt"}});
+    REQUIRE(a.size() == b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      CHECK(std::filesystem::path(a[i]).filename() == std::filesystem::path(b[i]).filename());
+      CHECK(lf::read_text_file(a[i]) == lf::read_text_file(b[i]));  // byte for byte, the index too
+    }
+  }
+  lf::test::TempDir short_of_one;
+  CHECK_THROWS_AS(lf::write_safetensors_sharded_stream(
+                      short_of_one.path.string(), specs, 2500,
+                      [&](const std::function<void(const at::Tensor&)>& write) { write(tensors[0].second); }),
+                  lf::RuntimeFailure);
 }
 
 TEST_CASE("safetensors: malformed files are input errors naming file and tensor", "[safetensors]") {

@@ -1,0 +1,265 @@
+#include "train/memory_plan.h"
+
+#include <ATen/ATen.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstdio>
+
+#ifdef LOGITFUSE_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+#include "core/error.h"
+#include "core/strings.h"
+#include "decode/config.h"
+#include "model/transformer.h"
+
+namespace lf {
+
+ModelFootprint model_footprint(const ModelConfig& config) {
+  // Parameters on the meta device: exact shapes, no memory.
+  CausalLM model(config, at::TensorOptions().dtype(at::kFloat).device(at::kMeta));
+  ModelFootprint f;
+  const auto units = model.parameter_units();
+  for (size_t u = 0; u < units.size(); ++u) {
+    int64_t n = 0;
+    for (const auto& [name, p] : units[u]) n += p.numel();
+    f.params += n;
+    f.largest_unit = std::max(f.largest_unit, n);
+    if (static_cast<int64_t>(u) == model.head_unit()) f.head = n;
+  }
+  return f;
+}
+
+double MemoryPlan::total() const {
+  double sum = 0;
+  for (const auto& item : items) sum += item.bytes;
+  return sum;
+}
+
+const MemoryItem& MemoryPlan::biggest() const {
+  return *std::max_element(items.begin(), items.end(), [](const auto& a, const auto& b) { return a.bytes < b.bytes; });
+}
+
+double device_memory_bytes(const Recipe& recipe, int64_t local_world_size, std::string* source) {
+  if (recipe.run.memory_gb) {
+    *source = "run.memory_gb";
+    return *recipe.run.memory_gb * 1e9;
+  }
+  const bool gpu = recipe.run.device.rfind("cuda", 0) == 0 || (recipe.run.device == "auto" && at::hasCUDA());
+  if (gpu) {
+#ifdef LOGITFUSE_HAVE_CUDA
+    // The properties need no CUDA context (cudaMemGetInfo would open one on the current device).
+    const size_t colon = recipe.run.device.find(':');
+    const int index = colon == std::string::npos ? 0 : std::atoi(recipe.run.device.c_str() + colon + 1);
+    cudaDeviceProp properties{};
+    if (at::hasCUDA() && cudaGetDeviceProperties(&properties, index) == cudaSuccess) {
+      *source = "the memory of cuda:" + std::to_string(index);
+      return static_cast<double>(properties.totalGlobalMem);
+    }
+#endif
+    *source = "unknown (no GPU here; set run.memory_gb)";
+    return 0;
+  }
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page <= 0) return 0;
+  *source = "host RAM / " + std::to_string(std::max<int64_t>(1, local_world_size)) + " rank(s) on this node";
+  return static_cast<double>(pages) * static_cast<double>(page) / static_cast<double>(std::max<int64_t>(1, local_world_size));
+}
+
+namespace {
+
+double dtype_bytes(const std::string& dtype) { return dtype == "fp32" || dtype == "float32" ? 4.0 : 2.0; }
+
+void build_items(MemoryPlan& plan, const Recipe& recipe, const ModelConfig& student,
+                 const std::vector<ModelConfig>& teachers) {
+  plan.items.clear();
+  plan.parameters.clear();
+  const double N = static_cast<double>(plan.world_size);
+  const ModelFootprint s = model_footprint(student);
+  const double P = static_cast<double>(s.params);
+  plan.parameters.emplace_back("student", s.params);
+  const bool zero3 = plan.zero == 3;
+  const bool bf16 = recipe.train.precision == "bf16";
+  const bool gpu = recipe.run.device.rfind("cuda", 0) == 0 || (recipe.run.device == "auto" && at::hasCUDA());
+  auto add = [&](std::string name, double bytes, std::string fix) {
+    if (bytes > 0) plan.items.push_back({std::move(name), bytes, std::move(fix)});
+  };
+  add("student parameters (fp32 master weights)", 4 * (zero3 ? std::ceil(P / N) : P), zero3 ? "more ranks" : "dist.zero 3");
+  add("student gradients (fp32)", 4 * (zero3 ? std::ceil(P / N) : P), zero3 ? "more ranks" : "dist.zero 3");
+  add("AdamW state (fp32, 2 per parameter)", 8 * (plan.zero == 0 ? P : std::ceil(P / N)),
+      plan.zero == 0 ? "dist.zero 1" : "more ranks");
+  const double unit = static_cast<double>(s.largest_unit), head = static_cast<double>(s.head);
+  // In the backward: a layer whole, the next one prefetched, its gradient and the reduce-scatter's
+  // input; in the loss: the head and its gradient. One rank gathers nothing: its shard is the unit.
+  if (zero3)
+    add("gathered units (a layer and the LM head, with gradients)",
+        plan.world_size > 1 ? 4 * std::max(4 * unit, unit + 2 * head) : 4 * std::max(2 * unit, head),
+        "more ranks do not shrink this");
+  if (bf16) add("bf16 weight copies (autocast)", 2 * (zero3 ? unit + head : P), "dist.zero 3");
+
+  // Activations: each layer's input kept for the backward (with checkpointing, implied at ZeRO-3), one
+  // layer's internals at a time; without checkpointing every layer's internals.
+  const double B = static_cast<double>(recipe.train.micro_batch_size), T = static_cast<double>(recipe.data.max_length);
+  const double a = bf16 ? 2.0 : 4.0;
+  const double H = static_cast<double>(student.hidden_size), I = static_cast<double>(student.intermediate_size);
+  const double L = static_cast<double>(student.num_layers);
+  const double scores = gpu ? 0.0 : 2 * 4 * B * static_cast<double>(student.num_heads) * T * T;  // CPU: math attention
+  const double layer = B * T * (8 * H + 4 * I) * a + scores;
+  const bool checkpointing = zero3 || recipe.train.activation_checkpointing;
+  add("student activations", checkpointing ? B * T * H * a * (L + 2) + layer : L * layer + 2 * B * T * H * 4,
+      checkpointing ? "train.micro_batch_size or data.max_length" : "train.activation_checkpointing: true");
+  const double chunk = static_cast<double>(recipe.train.logit_chunk_size);
+  add("student logit chunks (fp32)", 4 * 4 * chunk * static_cast<double>(student.vocab_size), "train.logit_chunk_size");
+
+  for (size_t t = 0; t < teachers.size(); ++t) {
+    const auto& rc = recipe.teachers[t];
+    const std::string& placement = plan.placements[t];
+    if (placement == "cache") continue;
+    const ModelFootprint f = model_footprint(teachers[t]);
+    plan.parameters.emplace_back("teacher " + rc.name, f.params);
+    const double b = dtype_bytes(rc.dtype), Pt = static_cast<double>(f.params);
+    const std::string key = "teachers." + std::to_string(t);
+    if (placement == "shard")
+      add("teacher " + rc.name + " (" + rc.dtype + ", sharded)",
+          b * (std::ceil(Pt / N) + static_cast<double>(f.largest_unit) + static_cast<double>(f.head)),
+          "more ranks, or " + key + ".logits_cache");
+    else
+      add("teacher " + rc.name + " (" + rc.dtype + ", replicated)", b * Pt,
+          key + ".placement: shard, or " + key + ".logits_cache");
+    const double Ht = static_cast<double>(teachers[t].hidden_size), It = static_cast<double>(teachers[t].intermediate_size);
+    const double t_scores = gpu ? 0.0 : 4 * B * static_cast<double>(teachers[t].num_heads) * T * T;
+    add("teacher " + rc.name + " activations and logit chunks",
+        B * T * Ht * b * 2 + B * T * (4 * Ht + 2 * It) * b + t_scores + 2 * 4 * chunk * static_cast<double>(teachers[t].vocab_size),
+        "train.micro_batch_size or train.logit_chunk_size");
+  }
+  // The communication library's own buffers with several ranks: NCCL's per-channel buffers on a GPU;
+  // MPI's shared-memory segments on CPU (about 35 MiB per rank measured with OpenMPI's vader).
+  if (plan.world_size > 1)
+    add(gpu ? "NCCL buffers (estimate)" : "MPI buffers (estimate)", gpu ? 0.5e9 : 36.0e6, "");
+  // LibTorch's own allocations (kernels, thread pools; on a GPU the CUDA context and allocator slack).
+  add(gpu ? "runtime (CUDA context, workspaces; estimate)" : "runtime (LibTorch; estimate)",
+      gpu ? 2.0e9 : 0.3e9, "");
+}
+
+}  // namespace
+
+MemoryPlan plan_memory(const Recipe& recipe, const ModelConfig& student, const std::vector<ModelConfig>& teachers,
+                       int64_t world_size, double limit, const std::string& limit_source) {
+  MemoryPlan plan;
+  plan.world_size = world_size;
+  plan.zero = recipe.dist.zero;
+  plan.limit = limit;
+  plan.limit_source = limit_source;
+  std::vector<size_t> automatic;
+  for (size_t t = 0; t < recipe.teachers.size(); ++t) {
+    const auto& rc = recipe.teachers[t];
+    if (rc.placement != "auto") plan.placements.push_back(rc.placement);
+    else if (rc.logits_cache) plan.placements.push_back("cache");
+    else {
+      plan.placements.push_back("replicate");
+      automatic.push_back(t);
+    }
+  }
+  build_items(plan, recipe, student, teachers);
+  // Largest automatic teachers first: shard while the plan does not fit.
+  std::sort(automatic.begin(), automatic.end(),
+            [&](size_t a, size_t b) { return model_footprint(teachers[a]).params > model_footprint(teachers[b]).params; });
+  for (size_t t : automatic) {
+    if (limit <= 0 || world_size < 2 || plan.total() <= limit) break;
+    plan.placements[t] = "shard";
+    build_items(plan, recipe, student, teachers);
+  }
+  return plan;
+}
+
+MemoryPlan plan_memory(const Recipe& recipe, int64_t world_size, int64_t local_world_size) {
+  const ModelConfig student = load_model_config(recipe.student.path);
+  std::vector<ModelConfig> teachers;
+  for (const auto& t : recipe.teachers) teachers.push_back(load_model_config(t.path));
+  std::string source;
+  const double limit = device_memory_bytes(recipe, local_world_size, &source);
+  return plan_memory(recipe, student, teachers, world_size, limit, source);
+}
+
+MemoryPlan plan_decoding_memory(const DecodingConfig& config, int64_t prompt_tokens, double limit,
+                                const std::string& limit_source) {
+  MemoryPlan plan;
+  plan.decoding = true;
+  plan.limit = limit;
+  plan.limit_source = limit_source;
+  std::vector<std::pair<std::string, const ModelSpec*>> used;  // role, spec
+  const std::string strategy = config.models ? config.fusion.strategy : "plain";
+  if (config.model) used.emplace_back("model", &*config.model);
+  if (config.models) {
+    const auto& m = *config.models;
+    used.emplace_back("large", &m.large);
+    if (strategy == "dynamic" || strategy == "static") {
+      if (m.base) used.emplace_back("base", &*m.base);
+      for (const auto& e : m.experts) used.emplace_back("expert", &e);
+    } else if (strategy == "expert_only" && !m.experts.empty()) {
+      used.clear();
+      const ModelSpec* chosen = &m.experts.front();
+      for (const auto& e : m.experts)
+        if (e.name == config.fusion.expert) chosen = &e;
+      used.emplace_back("expert", chosen);
+    }
+  }
+  const double batch = static_cast<double>(config.generation.batch_size);
+  const double length = static_cast<double>(prompt_tokens + config.generation.max_new_tokens);
+  double vocab = 0;
+  for (const auto& [role, spec] : used) {
+    const ModelConfig c = load_model_config(spec->path);
+    const std::string dtype = spec->dtype == "auto" ? c.dtype : spec->dtype;
+    const double b = dtype == "float32" || dtype == "fp32" ? 4.0 : 2.0;
+    const ModelFootprint f = model_footprint(c);
+    const std::string name = spec->name.empty() ? role : spec->name;
+    plan.parameters.emplace_back(name, f.params);
+    plan.items.push_back({name + " weights (" + dtype + ")", b * static_cast<double>(f.params), "a smaller dtype"});
+    if (config.generation.kv_cache)
+      plan.items.push_back({name + " KV cache", 2 * b * batch * length * static_cast<double>(c.num_layers * c.num_kv_heads * c.head_dim),
+                            "generation.batch_size"});
+    vocab = std::max(vocab, static_cast<double>(c.vocab_size));
+  }
+  // Each model's last-position logits in float32, and the α grid's fused candidates.
+  plan.items.push_back({"logit rows (fp32)", 4 * batch * vocab * (static_cast<double>(used.size()) + 2), "generation.batch_size"});
+  plan.items.push_back({"runtime (estimate)", 2.0e9, ""});
+  return plan;
+}
+
+std::string format_plan(const MemoryPlan& plan) {
+  std::string out = plan.decoding ? std::string("memory plan (one process):\n")
+                                  : "memory plan per rank (" + std::to_string(plan.world_size) + " rank(s), dist.zero " +
+                                        std::to_string(plan.zero) + "):\n";
+  for (const auto& [name, count] : plan.parameters) out += "  parameters of " + name + ": " + std::to_string(count) + "\n";
+  for (const auto& item : plan.items) {
+    char line[256];
+    std::snprintf(line, sizeof line, "  %-58s %12s\n", item.name.c_str(), format_bytes(item.bytes).c_str());
+    out += line;
+  }
+  char line[256];
+  std::snprintf(line, sizeof line, "  %-58s %12s\n", "total", format_bytes(plan.total()).c_str());
+  out += line;
+  if (plan.limit > 0)
+    out += "  limit " + format_bytes(plan.limit) + " (" + plan.limit_source + "): " +
+           (plan.total() <= plan.limit ? "fits" : "does NOT fit") + "\n";
+  else
+    out += "  limit unknown (" + plan.limit_source + ")\n";
+  return out;
+}
+
+void check_plan_fits(const MemoryPlan& plan) {
+  if (plan.limit <= 0 || plan.total() <= plan.limit) return;
+  const MemoryItem& big = plan.biggest();
+  throw InputError("memory plan: " +
+                       (plan.decoding ? std::string("decoding needs")
+                                      : std::to_string(plan.world_size) + " rank(s) at dist.zero " + std::to_string(plan.zero) + " need") +
+                       " " + format_bytes(plan.total()) + " per rank, more than the " + format_bytes(plan.limit) +
+                       " of " + plan.limit_source + "; the biggest item is " + big.name + " (" + format_bytes(big.bytes) + ")",
+                   big.fix.empty() ? "set run.memory_gb if the limit is wrong" : "try " + big.fix);
+}
+
+}  // namespace lf
