@@ -1,5 +1,7 @@
 #include "config/recipe.h"
 
+#include <algorithm>
+
 #include "config/schema.h"
 
 namespace lf {
@@ -186,6 +188,11 @@ void check_cross_keys(Recipe& recipe, const schema::Reader& reader, const YAML::
     }
     throw InputError(reader.where(path, node) + path + ": " + what, hint);
   };
+  // A default that depends on another key follows it: unset, max_prompt_length is at most half of
+  // max_length, so setting max_length alone never makes the recipe invalid.
+  const YAML::Node data = root["data"];
+  const bool prompt_length_set = data && data.IsMap() && data["max_prompt_length"];
+  if (!prompt_length_set) recipe.data.max_prompt_length = std::min<int64_t>(1024, recipe.data.max_length / 2);
   if (recipe.data.max_prompt_length >= recipe.data.max_length)
     fail("data.max_prompt_length", "must be smaller than data.max_length (" + std::to_string(recipe.data.max_length) + ")");
   std::vector<std::string> names;

@@ -47,7 +47,7 @@ struct DataConfig {
   std::string train;
   std::optional<std::string> eval;
   int64_t max_length = 2048;
-  int64_t max_prompt_length = 1024;
+  int64_t max_prompt_length = 1024;  // unset: min(1024, max_length / 2)
   bool skip_invalid = false;
 };
 

@@ -1,9 +1,12 @@
 #include "model/model_config.h"
 
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 
 #include <filesystem>
+#include <map>
 #include <set>
+#include <vector>
 
 #include "core/error.h"
 #include "core/strings.h"
@@ -22,26 +25,33 @@ namespace {
 
 const std::set<std::string> kSupported = {"llama", "mistral", "qwen2", "qwen3", "phi3"};
 
-// Fields that do not change the forward pass (bookkeeping, generation defaults, training dropout
-// that logitfuse does not apply, or options checked elsewhere).
-const std::set<std::string> kIgnored = {
-    "architectures", "transformers_version", "_name_or_path", "use_cache", "bos_token_id", "eos_token_id",
-    "pad_token_id", "torch_dtype", "dtype", "initializer_range", "pretraining_tp", "attention_dropout",
-    "embd_pdrop", "resid_pdrop", "max_window_layers", "layer_types", "output_attentions",
-    "output_hidden_states", "return_dict", "is_encoder_decoder", "tie_encoder_decoder", "id2label", "label2id",
-    "problem_type", "chunk_size_feed_forward", "add_cross_attention", "cross_attention_hidden_size",
-    "tokenizer_class", "prefix", "sep_token_id", "decoder_start_token_id", "task_specific_params",
-    "finetuning_task", "torchscript", "pruned_heads", "tf_legacy_loss", "use_bfloat16", "_attn_implementation_autoset",
-    "keys_to_ignore_at_inference", "base_model_tp_plan", "base_model_pp_plan", "original_max_position_embeddings",
-    "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "temperature", "top_k", "top_p",
-    "repetition_penalty", "length_penalty", "no_repeat_ngram_size", "bad_words_ids", "num_return_sequences",
-    "output_scores", "return_dict_in_generate", "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values",
-    "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens", "typical_p",
-    "encoder_no_repeat_ngram_size", "diversity_penalty", "num_beam_groups", "is_decoder", "model_type",
-    "head_dim", "rope_theta", "rope_scaling", "rope_parameters", "partial_rotary_factor", "sliding_window",
-    "use_sliding_window", "attention_bias", "mlp_bias", "hidden_act", "tie_word_embeddings", "vocab_size",
-    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-    "rms_norm_eps", "max_position_embeddings"};
+// Fields that the forward pass reads and logitfuse implements, validated below; plus bookkeeping
+// that is known to change nothing.
+const std::set<std::string> kRead = {
+    "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps", "initializer_range",
+    "tie_word_embeddings", "hidden_act", "torch_dtype", "dtype", "rope_theta", "rope_scaling", "rope_parameters",
+    "partial_rotary_factor", "attention_bias", "mlp_bias", "sliding_window", "use_sliding_window", "layer_types",
+    "max_window_layers", "original_max_position_embeddings"};
+
+// Fields that change the forward pass of some model in ways logitfuse does not implement (quantized
+// weights, mixtures of experts, logit or embedding scaling of other families): their presence is an
+// error naming them, never a silently different model.
+const std::map<std::string, std::string> kRefused = {
+    {"quantization_config", "quantized checkpoints are not supported (use a bf16/fp16/fp32 checkpoint)"},
+    {"num_local_experts", "mixture-of-experts layers are not supported"},
+    {"num_experts", "mixture-of-experts layers are not supported"},
+    {"num_experts_per_tok", "mixture-of-experts layers are not supported"},
+    {"moe_intermediate_size", "mixture-of-experts layers are not supported"},
+    {"attn_logit_softcapping", "attention logit soft-capping is not supported"},
+    {"final_logit_softcapping", "final logit soft-capping is not supported"},
+    {"logit_scale", "scaled logits are not supported"},
+    {"logits_scaling", "scaled logits are not supported"},
+    {"embedding_multiplier", "scaled embeddings are not supported"},
+    {"residual_multiplier", "scaled residuals are not supported"},
+    {"attention_multiplier", "scaled attention is not supported"},
+    {"scale_embedding", "scaled embeddings are not supported"},
+    {"qk_layernorm", "q/k layer norms outside Qwen3 are not supported"}};
 
 struct Fields {
   const json& j;
@@ -139,13 +149,19 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   if (!kSupported.count(c.model_type))
     throw f.error("model_type", "'" + c.model_type + "' is not supported", "supported: llama, mistral, qwen2, qwen3, phi3");
 
+  // Everything else is ignored, as transformers' modeling code for these types ignores it
+  // (`_name_or_path`, token ids, generation defaults, dropout, `auto_map` of a type transformers
+  // implements natively, ...), and listed at debug level.
+  std::vector<std::string> ignored;
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& key = it.key();
-    if (kIgnored.count(key)) continue;
-    if (key == "auto_map") throw f.error(key, "models with remote code are not supported");
-    if (key == "quantization_config") throw f.error(key, "quantized checkpoints are not supported", "use a bf16/fp16/fp32 checkpoint");
-    throw f.error(key, "not supported by logitfuse", "if it does not change the forward pass, it is safe to remove from config.json");
+    if (kRead.count(key)) continue;
+    const auto refused = kRefused.find(key);
+    if (refused != kRefused.end() && !it.value().is_null() && it.value() != false && it.value() != 0)
+      throw f.error(key, refused->second);
+    ignored.push_back(key);
   }
+  if (!ignored.empty()) spdlog::debug("{}: fields the forward pass does not read, ignored: {}", origin, join(ignored, ", "));
 
   c.vocab_size = f.integer("vocab_size");
   c.hidden_size = f.integer("hidden_size");

@@ -104,6 +104,20 @@ TEST_CASE("recipe: out-of-range values and bad choices", "[recipe]") {
   CHECK_THAT(error_of(path, {"teachers.1.name=a"}), Contains("teachers.1.name: duplicate teacher name 'a'"));
 }
 
+TEST_CASE("recipe: a default that depends on another key follows it", "[recipe]") {
+  lf::test::TempDir dir;
+  auto path = dir.file("r.yaml", kMinimal);
+  // max_length alone: max_prompt_length follows it (at most half), instead of a refused recipe.
+  CHECK(lf::load_recipe(path, {"data.max_length=96"}).data.max_prompt_length == 48);
+  CHECK(lf::load_recipe(path, {}).data.max_prompt_length == 1024);
+  CHECK(lf::load_recipe(path, {"data.max_length=96", "data.max_prompt_length=80"}).data.max_prompt_length == 80);
+  CHECK_THAT(error_of(path, {"data.max_length=96", "data.max_prompt_length=96"}), Contains("must be smaller"));
+  // New keys: teacher placement and the memory per rank.
+  CHECK_THAT(error_of(path, {"teachers.0.placement=cache"}), Contains("teachers.0.placement: 'cache' reads"));
+  CHECK_THAT(error_of(path, {"teachers.0.placement=spread"}), Contains("teachers.0.placement"));
+  CHECK(*lf::load_recipe(path, {"run.memory_gb=80"}).run.memory_gb == 80.0);
+}
+
 TEST_CASE("recipe: missing required keys and malformed files", "[recipe]") {
   lf::test::TempDir dir;
   CHECK_THAT(error_of(dir.file("r.yaml", "student: {path: s}\n")), Contains("missing required key 'data'"));

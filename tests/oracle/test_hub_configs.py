@@ -1,0 +1,69 @@
+"""Hugging Face checkpoints load as the Hub serves them: the `config.json` of real checkpoints of every
+supported family (tests/fixtures/hub_configs and paper_models, bookkeeping fields and all), shrunk in
+their sizes only and given random weights by transformers, give transformers' logits; a field that
+changes the forward pass in a way logitfuse does not implement still exits 2 naming it."""
+import json
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from conftest import ROOT
+from test_model_logits import SEQUENCES, TOL, logitfuse_logits, reference_logits, write_ids
+
+FIXTURES = ROOT / "tests" / "fixtures"
+CONFIGS = {p.stem: p for p in (FIXTURES / "hub_configs").glob("*.json")}
+CONFIGS.update({p.parent.name: p for p in (FIXTURES / "paper_models").glob("*/config.json")})
+
+
+def shrink(config):
+    """The same config with small sizes: 2 layers, heads of 8 channels in the same query/key-value
+    ratio; every other field (RoPE, windows, token ids, bookkeeping) as it is."""
+    c = dict(config)
+    heads = c["num_attention_heads"]
+    kv = c.get("num_key_value_heads") or heads
+    ratio = heads // kv
+    c["num_key_value_heads"] = 2 if ratio <= 4 else 1
+    c["num_attention_heads"] = ratio * c["num_key_value_heads"]
+    # A head_dim that differs from hidden_size / heads (Mistral-Small) keeps differing.
+    decoupled = c.get("head_dim") is not None and c["head_dim"] * heads != c["hidden_size"]
+    if c.get("head_dim") is not None:
+        c["head_dim"] = 8
+    c["hidden_size"] = (16 if decoupled else 8) * c["num_attention_heads"]
+    c.update(intermediate_size=64, num_hidden_layers=2)
+    return c
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_real_config_loads_as_it_is_and_gives_transformers_logits(name, tmp_path, logitfuse):
+    small = shrink(json.loads(CONFIGS[name].read_text()))
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.json").write_text(json.dumps(small, indent=2))
+    config = AutoConfig.from_pretrained(tmp_path / "config")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    model.save_pretrained(tmp_path / "model")
+    # The weights transformers wrote, next to the config.json as the Hub serves it.
+    (tmp_path / "model" / "config.json").write_text(json.dumps(small, indent=2))
+    write_ids(tmp_path / "ids.jsonl", SEQUENCES)
+    ours = logitfuse_logits(logitfuse, tmp_path / "model", tmp_path / "ids.jsonl", tmp_path / "out.safetensors",
+                            "--dtype", "fp32")
+    for ids, got in zip(SEQUENCES, ours):
+        diff = (got - reference_logits(model, ids)).abs().max().item()
+        assert diff < TOL, f"{name}: max |logits diff| {diff:.3g} on a sequence of {len(ids)}"
+
+
+@pytest.mark.parametrize("field, value", [("quantization_config", {"quant_method": "gptq", "bits": 4}),
+                                          ("num_local_experts", 8), ("final_logit_softcapping", 30.0)])
+def test_a_field_that_changes_the_forward_pass_is_refused_by_name(field, value, tmp_path, logitfuse):
+    config = shrink(json.loads(CONFIGS["tinyllama-1.1b-chat-v1.0"].read_text()))
+    config[field] = value
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps(config))
+    write_ids(tmp_path / "ids.jsonl", [[1, 2]])
+    proc = logitfuse("logits", "--model", tmp_path / "model", "--input", tmp_path / "ids.jsonl",
+                     "--out", tmp_path / "out.safetensors", expect=2)
+    assert f"field '{field}'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
