@@ -143,6 +143,7 @@ void visit(V& v, CheckpointConfig& c) {
 template <class V>
 void visit(V& v, LogConfig& c) {
   v("every_steps", c.every_steps, at_least<int64_t>(1));
+  v("tensorboard", c.tensorboard);
 }
 
 template <class V>

@@ -120,6 +120,7 @@ struct CheckpointConfig {
 
 struct LogConfig {
   int64_t every_steps = 10;
+  bool tensorboard = false;  // also write OUTPUT_DIR/tensorboard/events.out.tfevents.* (every metric)
 };
 
 struct DistConfig {

@@ -17,6 +17,7 @@
 #include "core/strings.h"
 #include "decode/session.h"
 #include "io/file.h"
+#include "io/tensorboard.h"
 #include "loss/objective.h"
 #include "model/checkpoint.h"
 #include "model/model_config.h"
@@ -311,8 +312,21 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
   // Rank 0 alone writes the logs.
   std::optional<MetricsLog> metrics;
   if (comm.is_main()) metrics.emplace((fs::path(recipe.run.output_dir) / "metrics.jsonl").string(), total_steps, state.step);
+  std::optional<TensorBoardWriter> tensorboard;
+  if (comm.is_main() && recipe.log.tensorboard) {
+    tensorboard.emplace((fs::path(recipe.run.output_dir) / "tensorboard").string());
+    spdlog::info("TensorBoard events: {}", tensorboard->path());
+  }
   auto log_line = [&](const nlohmann::json& line) {
     if (metrics) metrics->write(line.dump());
+    if (!tensorboard) return;
+    // Every number of the line as a scalar: train/<key>, or eval/<key> for an evaluation line.
+    const std::string prefix = line.contains("eval_loss") ? "eval/" : "train/";
+    std::vector<std::pair<std::string, double>> values;
+    for (auto it = line.begin(); it != line.end(); ++it)
+      if (it.key() != "step" && (it->is_number() || it->is_boolean()))
+        values.emplace_back(prefix + it.key(), it->is_boolean() ? (it->get<bool>() ? 1.0 : 0.0) : it->get<double>());
+    tensorboard->scalars(line.at("step").get<int64_t>(), values);
   };
 
   // 5. The loop: one optimizer step per iteration, each over grad_accum micro-batches.

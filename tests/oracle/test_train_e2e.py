@@ -312,3 +312,32 @@ def test_launcher_environment_is_parsed_and_cpu_ranks_need_mpi(workspace, tmp_pa
     # CPU ranks are MPI processes: srun without --mpi=pmix cannot form their world (test_train_dist.py
     # runs them under mpirun).
     assert run.returncode == 2 and "mpirun" in run.stderr and "gpu12:20042" in run.stderr
+
+
+def test_tensorboard_events_hold_every_metric_as_tensorboard_reads_them(workspace, tmp_path, logitfuse):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    path, overrides = recipe(workspace, tmp_path / "run", **{"train.max_steps": 4, "train.eval_every_steps": 2,
+                                                              "log.tensorboard": "true"})
+    logitfuse("train", path, *overrides)
+    files = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(files) == 1
+    events = EventAccumulator(str(files[0]), size_guidance={"scalars": 0})
+    events.Reload()
+    lines = metrics(tmp_path / "run")
+    for prefix, rows in (("train/", [x for x in lines if "loss" in x]), ("eval/", [x for x in lines if "eval_loss" in x])):
+        assert rows
+        for key in ("loss", "sft", "token", "graph", "grad_norm", "lr", "tokens_per_s", "skipped", "eval_loss", "eval_ppl"):
+            if key not in rows[0]:
+                continue
+            scalars = events.Scalars(prefix + key)
+            assert [s.step for s in scalars] == [x["step"] for x in rows], key
+            for s, x in zip(scalars, rows):  # float32 in the event file
+                assert s.value == pytest.approx(float(x[key]), rel=1e-6, abs=1e-30), (key, x["step"])
+    # The reader checks each record's CRC-32C: every record passes, and a flipped byte drops the last.
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    records = len(list(RawEventFileLoader(str(files[0])).Load()))
+    corrupt = bytearray(files[0].read_bytes())
+    corrupt[-3] ^= 0xFF
+    (tmp_path / "corrupt.tfevents").write_bytes(bytes(corrupt))
+    assert len(list(RawEventFileLoader(str(tmp_path / "corrupt.tfevents")).Load())) == records - 1

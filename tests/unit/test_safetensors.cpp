@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "io/file.h"
 #include "io/safetensors.h"
+#include "io/tensorboard.h"
 #include "test_helpers.h"
 
 using Catch::Matchers::Contains;
@@ -174,4 +175,12 @@ TEST_CASE("io: concurrent atomic writers of one path never collide", "[io]") {
   int64_t entries = 0;
   for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dir.path)) ++entries;
   CHECK(entries == 1);
+}
+
+TEST_CASE("tensorboard: CRC-32C of the TFRecord frames", "[io]") {
+  // The check value of CRC-32C (Castagnoli) and the RFC 3720 test vectors.
+  CHECK(lf::crc32c("123456789", 9) == 0xe3069283u);
+  const std::vector<uint8_t> zeros(32, 0), ones(32, 0xff);
+  CHECK(lf::crc32c(zeros.data(), zeros.size()) == 0x8a9136aau);
+  CHECK(lf::crc32c(ones.data(), ones.size()) == 0x62a8ab43u);
 }
