@@ -9,6 +9,8 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <cctype>
+#include <csignal>
 #include <fstream>
 #include <sstream>
 
@@ -129,6 +131,27 @@ void write_directory_atomic(const std::string& dir, const std::function<void(con
     fs::remove_all(staging, ignored);
     throw;
   }
+}
+
+int remove_stale_staging(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code error;
+  if (!fs::is_directory(dir, error)) return 0;
+  int removed = 0;
+  for (const auto& entry : fs::directory_iterator(dir, error)) {
+    const std::string name = entry.path().filename().string();
+    size_t at = name.find(".tmp-");
+    if (at == std::string::npos) at = name.find(".tmp.");
+    if (at == std::string::npos) continue;
+    size_t end = at + 5;
+    while (end < name.size() && std::isdigit(static_cast<unsigned char>(name[end]))) ++end;
+    if (end == at + 5) continue;
+    const long pid = std::stol(name.substr(at + 5, end - at - 5));
+    if (pid <= 0 || ::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // alive, or not ours to tell
+    fs::remove_all(entry.path(), error);
+    if (!error) ++removed;
+  }
+  return removed;
 }
 
 void write_file_atomic(const std::string& path, const std::string& bytes) {

@@ -54,6 +54,11 @@ void fsync_directory(const std::string& dir);
 // place, so a reader sees the whole directory or none. `target` must not exist or be empty
 // (InputError naming it, with `what` in the hint: "--out", "output directory"); if `fill` throws, the
 // staging folder is removed and the exception goes on.
+// Removes what atomic writers left in `dir` (not recursively) when their process was killed: entries
+// named `X.tmp-PID...` (directories) or `X.tmp.PID.N` (files) whose PID is no longer running on this
+// host. Returns how many it removed. Entries of live processes are kept (a concurrent writer).
+int remove_stale_staging(const std::string& dir);
+
 void write_directory_atomic(const std::string& target, const std::function<void(const std::string& staging)>& fill,
                             const std::string& what = "output directory");
 

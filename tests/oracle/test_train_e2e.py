@@ -341,3 +341,31 @@ def test_tensorboard_events_hold_every_metric_as_tensorboard_reads_them(workspac
     corrupt[-3] ^= 0xFF
     (tmp_path / "corrupt.tfevents").write_bytes(bytes(corrupt))
     assert len(list(RawEventFileLoader(str(tmp_path / "corrupt.tfevents")).Load())) == records - 1
+
+
+def test_a_poisoned_teacher_stops_the_run_naming_step_and_term_and_never_reaches_the_weights(workspace, tmp_path,
+                                                                                             logitfuse):
+    import shutil
+    from safetensors.torch import save_file
+
+    poisoned = tmp_path / "teacher_a"
+    shutil.copytree(workspace / "teacher_a", poisoned)
+    tensors = load_file(str(poisoned / "model.safetensors"))
+    tensors["model.norm.weight"][0] = float("nan")  # every logit of this teacher becomes NaN
+    save_file(tensors, str(poisoned / "model.safetensors"), metadata={"format": "pt"})
+    common = {"teachers.0.path": poisoned, "train.max_steps": 4, "checkpoint.every_steps": 2, "data.eval": "null"}
+
+    path, overrides = recipe(workspace, tmp_path / "stop", **common)
+    proc = logitfuse("train", path, *overrides, expect=1)
+    assert "step 1: non-finite" in proc.stderr and "no weights were written" in proc.stderr, proc.stderr
+    assert not (tmp_path / "stop" / "final").exists() and not (tmp_path / "stop" / "checkpoints").exists()
+
+    # Skipped instead: every step is skipped, and what is written is the untouched student.
+    path, overrides = recipe(workspace, tmp_path / "skip", **common, **{"train.skip_nonfinite": "true"})
+    logitfuse("train", path, *overrides)
+    assert all(x["skipped"] for x in metrics(tmp_path / "skip") if "loss" in x)
+    start = weights(workspace / "student")
+    for directory in [tmp_path / "skip" / "final", *sorted((tmp_path / "skip" / "checkpoints").iterdir())]:
+        written = weights(directory)
+        assert all(torch.isfinite(t).all() for t in written.values()), directory
+        assert all(torch.equal(written[k].float(), start[k].float()) for k in start), directory

@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <unistd.h>
+
 #include <atomic>
 #include <filesystem>
 #include <functional>
@@ -175,6 +177,20 @@ TEST_CASE("io: concurrent atomic writers of one path never collide", "[io]") {
   int64_t entries = 0;
   for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dir.path)) ++entries;
   CHECK(entries == 1);
+}
+
+TEST_CASE("io: unfinished writes of killed processes are removed, a live writer's kept", "[io]") {
+  lf::test::TempDir dir;
+  const std::string alive = std::to_string(::getpid()), dead = "4194305";  // above any pid_max
+  for (const std::string& name : {"step_000002.tmp-" + dead, "final.tmp-" + dead, "metrics.jsonl.tmp." + dead + ".0"})
+    std::filesystem::create_directories(dir / name);
+  for (const std::string& name : std::vector<std::string>{"step_000004.tmp-" + alive, "step_000006", "notes.tmp"})
+    std::filesystem::create_directories(dir / name);
+  CHECK(lf::remove_stale_staging(dir.path.string()) == 3);
+  CHECK(std::filesystem::exists(dir / ("step_000004.tmp-" + alive)));
+  CHECK(std::filesystem::exists(dir / "step_000006"));
+  CHECK(std::filesystem::exists(dir / "notes.tmp"));
+  CHECK_FALSE(std::filesystem::exists(dir / ("final.tmp-" + dead)));
 }
 
 TEST_CASE("tensorboard: CRC-32C of the TFRecord frames", "[io]") {
