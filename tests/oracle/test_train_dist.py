@@ -325,3 +325,23 @@ def test_zero3_peak_memory_per_rank_falls_with_the_ranks_as_planned(workspace, t
     for ranks in (2, 3):
         drop, predicted = measured[1] - measured[ranks], planned[1] - planned[ranks]
         assert predicted > 0 and abs(drop - predicted) <= 0.15 * predicted, (ranks, drop, predicted)
+
+
+def test_zero3_under_bf16_autocast_follows_the_unsharded_run(workspace, tmp_path):
+    # The recompute in the backward runs under the forward's autocast state (bf16 matmuls): the
+    # sharded run follows the unsharded one to bf16 rounding, not bit for bit.
+    bf16 = {"train.precision": "bf16"}
+    train(1, workspace, tmp_path / "plain", **bf16)
+    train(2, workspace, tmp_path / "zero3", **bf16, **{"dist.zero": 3})
+    train(2, workspace, tmp_path / "ddp", **bf16)
+    la, lb = losses(tmp_path / "plain"), losses(tmp_path / "zero3")
+    for x, y in zip(la, lb):
+        assert x["loss"] == pytest.approx(y["loss"], rel=2e-2), (x["step"], x["loss"], y["loss"])
+    assert lb[-1]["loss"] < lb[0]["loss"]
+    # As close to the one process as plain data parallelism (two ranks, no sharding) is, within 2x.
+    def worst(a, b):
+        wa, wb = weights(tmp_path / a / "final"), weights(tmp_path / b / "final")
+        return max((wa[n].float() - wb[n].float()).abs().max().item() for n in wa)
+    sharded, ddp = worst("plain", "zero3"), worst("plain", "ddp")
+    print(f"bf16: final weights differ from one process by {sharded:.3g} (ZeRO-3) and {ddp:.3g} (DDP) at most")
+    assert sharded <= 2 * ddp + 1e-6
