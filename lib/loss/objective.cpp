@@ -154,6 +154,9 @@ LossParts backward_fusion_loss(const StudentSide& student, const std::vector<Tea
 
   at::Tensor hidden = student.hidden.detach().requires_grad_(true);
   LossParts parts;
+  for (int64_t s = 0; s < S && s < 64; ++s)
+    if (teacher_rows[s].probs.defined() && !at::isfinite(teacher_rows[s].probs).all().item<bool>())
+      parts.nonfinite_teachers |= uint64_t{1} << s;
 
   // GLD on the student's top-k probabilities as a leaf: its gradient is injected chunk by chunk below.
   at::Tensor graph_grad;

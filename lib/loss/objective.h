@@ -86,8 +86,11 @@ struct GlobalCounts {
 // What this micro-batch contributed to each term (already divided by the global counts).
 struct LossParts {
   double total = 0, sft = 0, token = 0, graph = 0;
+  // Bit s set: teacher s gave non-finite probabilities on this batch (so the error can name it).
+  uint64_t nonfinite_teachers = 0;
   LossParts& operator+=(const LossParts& o) {
     total += o.total; sft += o.sft; token += o.token; graph += o.graph;
+    nonfinite_teachers |= o.nonfinite_teachers;
     return *this;
   }
 };

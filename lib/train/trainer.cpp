@@ -421,6 +421,12 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
     else if (!std::isfinite(parts.graph)) bad = "graph (GLD) loss";
     else if (!std::isfinite(policy_parts.token + policy_parts.graph)) bad = "on-policy distillation loss";
     else if (!std::isfinite(norm)) bad = "gradient norm";
+    // Which teachers gave non-finite probabilities, on any rank: the error names them.
+    const uint64_t local_bad = parts.nonfinite_teachers | policy_parts.nonfinite_teachers;
+    std::vector<std::string> bad_teachers;
+    for (size_t s = 0; !bad.empty() && s < teachers.size() && s < 64; ++s)  // `bad` is the same on every rank
+      if (comm.all_reduce_sum((local_bad >> s) & 1 ? 1.0 : 0.0) > 0) bad_teachers.push_back(teachers[s].name);
+    if (!bad.empty() && !bad_teachers.empty()) bad += " (non-finite logits of teacher " + join(bad_teachers, ", ") + ")";
     const double lr = learning_rate(schedule, state.step);
     bool skipped = false;
     if (!bad.empty()) {

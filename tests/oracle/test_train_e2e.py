@@ -343,8 +343,8 @@ def test_tensorboard_events_hold_every_metric_as_tensorboard_reads_them(workspac
     assert len(list(RawEventFileLoader(str(tmp_path / "corrupt.tfevents")).Load())) == records - 1
 
 
-def test_a_poisoned_teacher_stops_the_run_naming_step_and_term_and_never_reaches_the_weights(workspace, tmp_path,
-                                                                                             logitfuse):
+def test_a_poisoned_teacher_stops_the_run_naming_step_term_and_teacher_and_never_reaches_the_weights(
+        workspace, tmp_path, logitfuse):
     import shutil
     from safetensors.torch import save_file
 
@@ -358,6 +358,7 @@ def test_a_poisoned_teacher_stops_the_run_naming_step_and_term_and_never_reaches
     path, overrides = recipe(workspace, tmp_path / "stop", **common)
     proc = logitfuse("train", path, *overrides, expect=1)
     assert "step 1: non-finite" in proc.stderr and "no weights were written" in proc.stderr, proc.stderr
+    assert "non-finite logits of teacher a)" in proc.stderr, proc.stderr
     assert not (tmp_path / "stop" / "final").exists() and not (tmp_path / "stop" / "checkpoints").exists()
 
     # Skipped instead: every step is skipped, and what is written is the untouched student.
