@@ -92,6 +92,10 @@ void AtomicFileWriter::write(const void* data, size_t size) {
     ssize_t n = ::write(fd_, p, size);
     if (n < 0) {
       if (errno == EINTR) continue;
+      if (errno == ENOSPC || errno == EDQUOT)
+        throw RuntimeFailure(path_ + ": " + errno_text() + " (" + std::to_string(size) +
+                                 " more bytes of this file to write); the previous version, if any, is untouched",
+                             "free space on that file system (or move the output there), then resume");
       throw RuntimeFailure(tmp_path_ + ": write failed: " + errno_text());
     }
     p += n;

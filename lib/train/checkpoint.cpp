@@ -164,6 +164,28 @@ std::vector<OptimizerShard> read_optimizer_shards(const fs::path& dir, const Dis
   return shards;
 }
 
+// Everything of a checkpoint into its staging directory: the model (every rank at ZeRO-3), the
+// trainer state (rank 0), each rank's optimizer shard.
+void write_checkpoint_files(const fs::path& staging, const StudentWeights& weights, const DistributedOptimizer& optimizer,
+                            const TrainerState& state, Communicator& comm, const SaveOptions& save) {
+  weights.save(staging.string(), save);  // collective at ZeRO-3 (rank 0 writes)
+  if (comm.is_main()) {
+    nlohmann::json j = {{"step", state.step},
+                        {"epoch", state.cursor.epoch},
+                        {"epoch_step", state.cursor.step},
+                        {"world_size", state.world_size},
+                        {"global_micro_batch", state.global_micro_batch},
+                        {"optimizer_steps", optimizer.steps()},
+                        {"recipe_hash", state.recipe_hash},
+                        {"tokens_seen", state.tokens_seen},
+                        {"rng_state", to_hex(at::detail::getDefaultCPUGenerator().get_state())}};
+    write_file_atomic((staging / "trainer_state.json").string(), j.dump(2) + "\n");
+  }
+  comm.barrier();  // the staging directory exists
+  write_optimizer_shard(staging, optimizer, comm.rank());
+  comm.barrier();  // every shard is written
+}
+
 }  // namespace
 
 StudentWeights whole_student(CausalLM& model, Communicator& comm) {
@@ -188,22 +210,14 @@ void write_checkpoint(const std::string& output_dir, const StudentWeights& weigh
   SaveOptions save;
   save.dtype = "fp32";  // master weights, so a resume continues bit for bit
   save.tokenizer_from = tokenizer_dir;
-  weights.save(staging.string(), save);  // collective at ZeRO-3 (rank 0 writes)
-  if (comm.is_main()) {
-    nlohmann::json j = {{"step", state.step},
-                        {"epoch", state.cursor.epoch},
-                        {"epoch_step", state.cursor.step},
-                        {"world_size", state.world_size},
-                        {"global_micro_batch", state.global_micro_batch},
-                        {"optimizer_steps", optimizer.steps()},
-                        {"recipe_hash", state.recipe_hash},
-                        {"tokens_seen", state.tokens_seen},
-                        {"rng_state", to_hex(at::detail::getDefaultCPUGenerator().get_state())}};
-    write_file_atomic((staging / "trainer_state.json").string(), j.dump(2) + "\n");
+  try {
+    write_checkpoint_files(staging, weights, optimizer, state, comm, save);
+  } catch (...) {
+    // A failed write (a full disk) leaves the complete checkpoints as they were and frees its space.
+    std::error_code ignored;
+    if (comm.is_main()) fs::remove_all(staging, ignored);
+    throw;
   }
-  comm.barrier();  // the staging directory exists
-  write_optimizer_shard(staging, optimizer, comm.rank());
-  comm.barrier();  // every shard is written
   if (comm.is_main()) {
     fsync_directory(staging.string());
     fs::rename(staging, final_dir);

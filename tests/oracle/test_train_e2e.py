@@ -5,6 +5,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -345,7 +346,6 @@ def test_tensorboard_events_hold_every_metric_as_tensorboard_reads_them(workspac
 
 def test_a_poisoned_teacher_stops_the_run_naming_step_term_and_teacher_and_never_reaches_the_weights(
         workspace, tmp_path, logitfuse):
-    import shutil
     from safetensors.torch import save_file
 
     poisoned = tmp_path / "teacher_a"
@@ -370,3 +370,31 @@ def test_a_poisoned_teacher_stops_the_run_naming_step_term_and_teacher_and_never
         written = weights(directory)
         assert all(torch.isfinite(t).all() for t in written.values()), directory
         assert all(torch.equal(written[k].float(), start[k].float()) for k in start), directory
+
+
+def test_a_full_disk_stops_the_run_naming_the_file_and_keeps_the_checkpoints_resumable(workspace, tmp_path, logitfuse):
+    # The output directory on a 1.2 MB file system: two checkpoints fit, the third does not.
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(disk)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        common = {"train.max_steps": 8, "checkpoint.every_steps": 2, "checkpoint.keep_last": 2, "data.eval": "null"}
+        path, overrides = recipe(workspace, disk / "run", **common)
+        proc = logitfuse("train", path, *overrides, expect=1)
+        last = proc.stderr.strip().splitlines()[-1]
+        assert "No space left on device" in last and "more bytes of this file to write" in last, last
+        checkpoints = sorted(p.name for p in (disk / "run" / "checkpoints").iterdir())
+        assert checkpoints == ["step_000002", "step_000004"], checkpoints  # complete ones, no staging left
+        assert all((disk / "run" / "checkpoints" / c / "DONE").exists() for c in checkpoints)
+        assert not (disk / "run" / "final").exists()
+        shutil.copytree(disk / "run", tmp_path / "moved")
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+    # Moved to a disk with room, the run resumes and ends where an uninterrupted one does.
+    path, overrides = recipe(workspace, tmp_path / "moved", **common)
+    logitfuse("train", path, *overrides, "--resume", "auto")
+    path, overrides = recipe(workspace, tmp_path / "reference", **common)
+    logitfuse("train", path, *overrides)
+    assert_same_weights(tmp_path / "moved" / "final", tmp_path / "reference" / "final")
