@@ -104,18 +104,15 @@ void copy_tokenizer_files(const std::string& from_dir, const fs::path& to) {
 }  // namespace
 
 void save_model(CausalLM& model, const std::string& dir, const SaveOptions& options) {
-  write_directory_atomic(dir, [&](const std::string& staging_dir) {
-    const fs::path staging(staging_dir);
-    ModelConfig config = model.config();
-    c10::ScalarType dtype = options.dtype == "auto" ? model.options().dtype().toScalarType()
-                                                    : parse_dtype(options.dtype, "save dtype");
-    config.dtype = torch_dtype_name(dtype);
-    NamedTensors tensors;
-    for (auto& [name, t] : model.checkpoint_tensors()) tensors.emplace_back(name, t.detach().to(at::kCPU, dtype));
-    write_safetensors_sharded(staging.string(), tensors, options.max_shard_bytes, {{"format", "pt"}});
-    write_file_atomic((staging / "config.json").string(), model_config_to_json(config));
-    copy_tokenizer_files(options.tokenizer_from, staging);
-  });
+  // Tensor by tensor: one converted copy at a time, never the whole model on the host.
+  const auto tensors = model.checkpoint_tensors();
+  std::vector<SafetensorsStreamWriter::Spec> specs;
+  for (const auto& [name, t] : tensors) specs.push_back({name, t.scalar_type(), t.sizes().vec()});
+  save_model_streamed(model.config(), model.options().dtype().toScalarType(), dir, specs,
+                      [&](const std::function<void(const at::Tensor&)>& write) {
+                        for (const auto& [name, t] : tensors) write(t);
+                      },
+                      options);
 }
 
 void save_model_streamed(const ModelConfig& model_config, c10::ScalarType model_dtype, const std::string& dir,

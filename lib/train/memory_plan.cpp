@@ -74,12 +74,13 @@ namespace {
 
 double dtype_bytes(const std::string& dtype) { return dtype == "fp32" || dtype == "float32" ? 4.0 : 2.0; }
 
+// `footprints`: the student's, then each teacher's (built once: each is a model on the meta device).
 void build_items(MemoryPlan& plan, const Recipe& recipe, const ModelConfig& student,
-                 const std::vector<ModelConfig>& teachers) {
+                 const std::vector<ModelConfig>& teachers, const std::vector<ModelFootprint>& footprints) {
   plan.items.clear();
   plan.parameters.clear();
   const double N = static_cast<double>(plan.world_size);
-  const ModelFootprint s = model_footprint(student);
+  const ModelFootprint& s = footprints[0];
   const double P = static_cast<double>(s.params);
   plan.parameters.emplace_back("student", s.params);
   const bool zero3 = plan.zero == 3;
@@ -119,7 +120,7 @@ void build_items(MemoryPlan& plan, const Recipe& recipe, const ModelConfig& stud
     const auto& rc = recipe.teachers[t];
     const std::string& placement = plan.placements[t];
     if (placement == "cache") continue;
-    const ModelFootprint f = model_footprint(teachers[t]);
+    const ModelFootprint& f = footprints[t + 1];
     plan.parameters.emplace_back("teacher " + rc.name, f.params);
     const double b = dtype_bytes(rc.dtype), Pt = static_cast<double>(f.params);
     const std::string key = "teachers." + std::to_string(t);
@@ -164,14 +165,16 @@ MemoryPlan plan_memory(const Recipe& recipe, const ModelConfig& student, const s
       automatic.push_back(t);
     }
   }
-  build_items(plan, recipe, student, teachers);
+  std::vector<ModelFootprint> footprints{model_footprint(student)};
+  for (const auto& t : teachers) footprints.push_back(model_footprint(t));
+  build_items(plan, recipe, student, teachers, footprints);
   // Largest automatic teachers first: shard while the plan does not fit.
   std::sort(automatic.begin(), automatic.end(),
-            [&](size_t a, size_t b) { return model_footprint(teachers[a]).params > model_footprint(teachers[b]).params; });
+            [&](size_t a, size_t b) { return footprints[a + 1].params > footprints[b + 1].params; });
   for (size_t t : automatic) {
     if (limit <= 0 || world_size < 2 || plan.total() <= limit) break;
     plan.placements[t] = "shard";
-    build_items(plan, recipe, student, teachers);
+    build_items(plan, recipe, student, teachers, footprints);
   }
   return plan;
 }
