@@ -44,12 +44,19 @@ const MemoryItem& MemoryPlan::biggest() const {
   return *std::max_element(items.begin(), items.end(), [](const auto& a, const auto& b) { return a.bytes < b.bytes; });
 }
 
+namespace {
+// The student's device as the plan sees it (without touching a GPU).
+bool plans_for_gpu(const Recipe& recipe) {
+  return recipe.run.device.rfind("cuda", 0) == 0 || (recipe.run.device == "auto" && at::hasCUDA());
+}
+}  // namespace
+
 double device_memory_bytes(const Recipe& recipe, int64_t local_world_size, std::string* source) {
   if (recipe.run.memory_gb) {
     *source = "run.memory_gb";
     return *recipe.run.memory_gb * 1e9;
   }
-  const bool gpu = recipe.run.device.rfind("cuda", 0) == 0 || (recipe.run.device == "auto" && at::hasCUDA());
+  const bool gpu = plans_for_gpu(recipe);
   if (gpu) {
 #ifdef LOGITFUSE_HAVE_CUDA
     // The properties need no CUDA context (cudaMemGetInfo would open one on the current device).
@@ -85,7 +92,7 @@ void build_items(MemoryPlan& plan, const Recipe& recipe, const ModelConfig& stud
   plan.parameters.emplace_back("student", s.params);
   const bool zero3 = plan.zero == 3;
   const bool bf16 = recipe.train.precision == "bf16";
-  const bool gpu = recipe.run.device.rfind("cuda", 0) == 0 || (recipe.run.device == "auto" && at::hasCUDA());
+  const bool gpu = plans_for_gpu(recipe);
   auto add = [&](std::string name, double bytes, std::string fix) {
     if (bytes > 0) plan.items.push_back({std::move(name), bytes, std::move(fix)});
   };

@@ -123,12 +123,15 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
   check_plan_fits(plan);
   const std::string recipe_text = recipe_to_yaml(recipe);
   fs::create_directories(recipe.run.output_dir);
-  // A run killed while writing a checkpoint or final/ leaves its staging directory behind.
-  if (comm.is_main()) {
+  // A run killed while writing a checkpoint or final/ leaves its staging directory behind; so may one
+  // whose killed process was still writing when this one began (hence again at the end).
+  auto remove_unfinished_writes = [&] {
+    if (!comm.is_main()) return;
     const int stale = remove_stale_staging(recipe.run.output_dir) +
                       remove_stale_staging((fs::path(recipe.run.output_dir) / "checkpoints").string());
     if (stale > 0) spdlog::warn("removed {} unfinished write(s) of a killed run from {}", stale, recipe.run.output_dir);
-  }
+  };
+  remove_unfinished_writes();
   if (comm.is_main()) write_file_atomic((fs::path(recipe.run.output_dir) / "recipe.resolved.yaml").string(), recipe_text);
   at::manual_seed(static_cast<uint64_t>(recipe.run.seed));
   install_stop_handlers();
@@ -491,10 +494,7 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
   save.tokenizer_from = student.tokenizer_dir;
   weights.save(final_dir.string(), save);  // at ZeRO-3 gathered unit by unit, written by rank 0
   spdlog::info("wrote {}", final_dir.string());
-  if (comm.is_main()) {  // what a killed process of an earlier attempt was still writing when this one began
-    remove_stale_staging(recipe.run.output_dir);
-    remove_stale_staging((fs::path(recipe.run.output_dir) / "checkpoints").string());
-  }
+  remove_unfinished_writes();
   return 0;
 }
 

@@ -179,13 +179,16 @@ void ShardedModel::save(const std::string& dir, const SaveOptions& options, bool
   else produce([](const at::Tensor&) {});
 }
 
-void ShardedModel::prefetch(int64_t unit) {
-  if (unit < 0 || unit >= static_cast<int64_t>(units_.size()) || comm_.world_size() == 1) return;
-  Unit& u = units_[unit];
-  if (u.refs > 0 || u.prefetched) return;
+void ShardedModel::start_gather(Unit& u) {
   at::NoGradGuard no_grad;
   u.full = at::empty({u.shard * comm_.world_size()}, local_params_.options());
   u.prefetched = all_gather_any(comm_, owned(u, local_params_), u.full);
+}
+
+void ShardedModel::prefetch(int64_t unit) {
+  if (unit < 0 || unit >= static_cast<int64_t>(units_.size()) || comm_.world_size() == 1) return;
+  Unit& u = units_[unit];
+  if (u.refs == 0 && !u.prefetched) start_gather(u);
 }
 
 void ShardedModel::gather(int64_t unit) {
@@ -195,10 +198,7 @@ void ShardedModel::gather(int64_t unit) {
   if (comm_.world_size() == 1) {
     u.full = owned(u, local_params_);  // the shard is the whole unit: no copy
   } else {
-    if (!u.prefetched) {
-      u.full = at::empty({u.shard * comm_.world_size()}, local_params_.options());
-      u.prefetched = all_gather_any(comm_, owned(u, local_params_), u.full);
-    }
+    if (!u.prefetched) start_gather(u);
     u.prefetched->wait();
     u.prefetched.reset();
   }

@@ -85,6 +85,7 @@ class ShardedModel final : public ParameterUnits {
 
  private:
   at::Tensor owned(const Unit& unit, const at::Tensor& local) const { return local.narrow(0, unit.local, unit.shard); }
+  void start_gather(Unit& unit);  // the unit's all-gather into unit.full, in flight
 
   CausalLM& model_;
   Communicator& comm_;
