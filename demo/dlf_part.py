@@ -33,6 +33,10 @@ def run_dlf(lf, root, data, toks, args, large):
            "--out", merged)
     experts["merged"] = merged
     log(f"DLF base and experts ready ({time.time() - t0:.0f}s); large model: the pivot")
+    shift = expert_shift(lf, root, data, base, {s: experts[s] for s in skills})
+    for name, by_skill in shift.items():
+        log(f"DLF expert {name}: mean KL(expert || base) per response token " +
+            ", ".join(f"on {s} {v:.3f}" for s, v in by_skill.items()))
 
     # Shots for the in-context rows: the first worked examples of each skill's pool (not held out).
     for skill in skills:
@@ -54,7 +58,7 @@ def run_dlf(lf, root, data, toks, args, large):
     jobs.append(job("dynamic, both experts", "dynamic-both", "dynamic", skills, skills))
     jobs.append(job("static, both experts", "static-both", "static", skills, skills))
     # The multi-expert criteria besides the paper's sum (docs/decoding.md).
-    for criterion in ("active", "closest"):
+    for criterion in ("active", "closest", "route"):
         jobs.append(job(f"dynamic, both, {criterion}", f"dynamic-both-{criterion}", "dynamic", skills, skills,
                         criterion=criterion))
     jobs += [job("expert alone", f"expert-{skill}", "expert_only", [skill], [skill], skill) for skill in skills]
@@ -69,6 +73,8 @@ def run_dlf(lf, root, data, toks, args, large):
         jobs += [job(f"dynamic, {k}-shot", f"dynamic-{skill}-{k}shot", "dynamic", [skill], [skill], shots=k)
                  for skill in skills]
         jobs.append(job(f"dynamic, both experts, {k}-shot", f"dynamic-both-{k}shot", "dynamic", skills, skills, shots=k))
+        jobs.append(job(f"dynamic, both, route, {k}-shot", f"dynamic-both-route-{k}shot", "dynamic", skills, skills,
+                        criterion="route", shots=k))
     scores = lf.parallel(run, jobs)
     results = {}
     for job, score in zip(jobs, scores):
@@ -76,7 +82,46 @@ def run_dlf(lf, root, data, toks, args, large):
     for name, score in results.items():
         log(f"DLF {name}: " + ", ".join(f"{s} EM {100 * v:.0f}%" for s, v in score.items()))
     trace_picture(lf, root, data, skills, large, base, experts)
-    return results
+    return results, shift
+
+
+def expert_shift(lf, root, data, base, experts, rows=40):
+    """How far each expert has moved from the base (benchmark.md: light fine-tunes stay general):
+    mean KL(Q_expert ‖ Q_base) over the gold response tokens of each skill's first `rows` held-out
+    examples, prompt and response tokenized apart as the plain template does; logits by `logitfuse
+    logits`. Returns {expert: {skill: nats}}."""
+    import numpy as np
+    from safetensors.numpy import load_file
+    from tokenizers import Tokenizer
+
+    out_dir = root / "eval" / "dlf" / "shift"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer.from_file(str(base / "tokenizer.json"))
+    result = {name: {} for name in experts}
+    for skill in tasks.SKILLS:
+        examples = [json.loads(line) for line in (data / f"eval_{skill}.jsonl").read_text().splitlines()[:rows]]
+        spans, sequences = [], []
+        for ex in examples:
+            p = tok.encode(ex["prompt"], add_special_tokens=False).ids
+            r = tok.encode(ex["response"], add_special_tokens=False).ids
+            sequences.append(p + r)
+            spans.append((len(p) - 1, len(p) + len(r) - 1))  # positions that predict the response
+        ids = out_dir / f"ids_{skill}.jsonl"
+        ids.write_text("".join(json.dumps(s) + "\n" for s in sequences))
+
+        def log_probs(model, name):
+            path = out_dir / f"{name}_{skill}.safetensors"
+            if not path.exists():
+                lf("logits", "--model", model, "--input", ids, "--out", path, "--dtype", "fp32")
+            t = load_file(str(path))
+            rows_ = [t[f"logits.{i}"][a:b].astype(np.float64) for i, (a, b) in enumerate(spans)]
+            return [z - np.logaddexp.reduce(z, axis=-1, keepdims=True) for z in rows_]
+
+        base_lp = log_probs(base, "base")
+        for name, model in experts.items():
+            kls = [(np.exp(e) * (e - b)).sum(-1) for e, b in zip(log_probs(model, name), base_lp)]
+            result[name][skill] = float(np.concatenate(kls).mean())
+    return result
 
 
 def fusion_section(large, base, experts, strategy, criterion="sum", only=None):

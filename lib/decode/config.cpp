@@ -44,7 +44,7 @@ void visit(V& v, FusionConfig& c) {
   v("alpha", c.alpha);
   v("static_alpha", c.static_alpha);
   v("expert", c.expert);
-  v("multi_expert", c.multi_expert, one_of({"sum", "active", "closest"}));
+  v("multi_expert", c.multi_expert, one_of({"sum", "active", "closest", "route"}));
 }
 
 template <class V>

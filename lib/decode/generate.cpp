@@ -26,12 +26,13 @@ FusedRows BatchDecoder::run(const at::Tensor& ids, const std::optional<at::Tenso
     at::Tensor h = model.hidden_states(ids.to(models[i]->device), options);
     logits.push_back(model.logits(h.select(1, -1)));
   }
-  return fuse_rows(set_, logits);
+  return fuse_rows(set_, logits, &route_);
 }
 
 FusedRows BatchDecoder::prefill(const at::Tensor& ids, const at::Tensor& mask) {
   for (auto& c : caches_) c.clear();
   caches_.clear();
+  route_ = at::Tensor();  // a new batch: its rows are routed at this first step
   // Left padding: a row's first real token is at position 0 (padding positions are clamped to 0).
   const at::Tensor positions = (mask.to(at::kLong).cumsum(1) - 1).clamp_min(0);
   next_position_ = mask.to(at::kLong).sum(1);

@@ -34,6 +34,7 @@ class BatchDecoder {
   std::vector<KVCache> caches_;
   at::Tensor ids_, mask_, positions_;  // the whole sequences so far (no-cache path)
   at::Tensor next_position_;           // [B] position of the next token of each row
+  at::Tensor route_;                   // [B] each row's expert under fusion.multi_expert route
 };
 
 struct Completion {

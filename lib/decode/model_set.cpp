@@ -130,7 +130,7 @@ ModelSet make_model_set(std::vector<DecodingModel> models, const FusionSpec& fus
   return set;
 }
 
-FusedRows fuse_rows(const ModelSet& set, const std::vector<at::Tensor>& logits) {
+FusedRows fuse_rows(const ModelSet& set, const std::vector<at::Tensor>& logits, at::Tensor* route) {
   // Float32 statistics whatever the model dtype (double stays double, for the reference tests).
   auto prepare = [&](const at::Tensor& z) {
     at::Tensor out = z.narrow(-1, 0, set.vocab).to(set.device);
@@ -159,7 +159,8 @@ FusedRows fuse_rows(const ModelSet& set, const std::vector<at::Tensor>& logits) 
   kernels::DlfOptions options;
   options.fused = !rechoose;
   kernels::DlfSolve solve = kernels::dlf_solve(zl, zs, experts, set.fusion.grid, options);
-  if (rechoose) kernels::apply_multi_expert_criterion(solve, set.fusion.multi_expert, zl, zs, experts, set.fusion.grid);
+  if (rechoose)
+    kernels::apply_multi_expert_criterion(solve, set.fusion.multi_expert, zl, zs, experts, set.fusion.grid, route);
   out.logits = solve.fused;
   out.expert = solve.expert;
   out.alpha = solve.alpha;

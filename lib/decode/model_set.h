@@ -65,6 +65,8 @@ struct FusedRows {
 };
 
 // `logits[i]` are rows [N, V_i] of run()[i], in that order; columns beyond set.vocab are dropped.
-FusedRows fuse_rows(const ModelSet& set, const std::vector<at::Tensor>& logits);
+// `route`: the rows' state for fusion.multi_expert route (each row's expert, chosen at its first
+// step: pass an undefined tensor then, and the same one on every later step of those rows).
+FusedRows fuse_rows(const ModelSet& set, const std::vector<at::Tensor>& logits, at::Tensor* route = nullptr);
 
 }  // namespace lf

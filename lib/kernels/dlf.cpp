@@ -288,16 +288,18 @@ DlfSolve dlf_solve_reference(const at::Tensor& z_large, const at::Tensor& z_smal
 
 void apply_multi_expert_criterion(DlfSolve& solve, const std::string& criterion, const at::Tensor& z_large,
                                   const at::Tensor& z_small, const std::vector<at::Tensor>& experts,
-                                  const std::vector<double>& grid) {
+                                  const std::vector<double>& grid, at::Tensor* route) {
   if (criterion == "sum") return;
-  if (criterion != "active" && criterion != "closest")
-    throw InputError("fusion.multi_expert: unknown criterion '" + criterion + "'", "use sum, active or closest");
+  if (criterion != "active" && criterion != "closest" && criterion != "route")
+    throw InputError("fusion.multi_expert: unknown criterion '" + criterion + "'", "use sum, active, closest or route");
+  if (criterion == "route" && !route) throw std::logic_error("multi_expert route needs the rows' route state");
   const int64_t rows = solve.kl_forward.size(0), m = solve.kl_forward.size(1), G = solve.kl_forward.size(2);
   at::Tensor own = (solve.kl_forward - solve.small_kl_forward.unsqueeze(2)).square() +
                    (solve.kl_reverse - solve.small_kl_reverse.unsqueeze(2)).square();  // [rows, m, G]
   at::Tensor score = own;
   const Masked masked = mask_vocabulary(z_large, z_small, experts);
-  if (criterion == "closest") {
+  // The expert closest to the large model, per row (argmin: the first expert among equals).
+  auto closest_expert = [&] {
     const at::Tensor log_p = at::log_softmax(masked.zl, -1), p = log_p.exp();
     std::vector<at::Tensor> distance;
     for (const auto& z : masked.experts) {
@@ -305,8 +307,17 @@ void apply_multi_expert_criterion(DlfSolve& solve, const std::string& criterion,
       if (masked.keep.defined()) diff = at::where(masked.keep, diff, at::zeros({}, diff.options()));
       distance.push_back(row_dot(p, diff));
     }
-    // argmin: the first expert among equals.
-    const at::Tensor chosen = at::argmin(at::stack(distance, 1), 1).to(own.device());  // [rows]
+    return at::argmin(at::stack(distance, 1), 1).to(own.device());  // [rows]
+  };
+  if (criterion == "closest" || criterion == "route") {
+    at::Tensor chosen;
+    if (criterion == "route") {
+      if (!route->defined()) *route = closest_expert();
+      if (route->size(0) != rows) throw std::logic_error("multi_expert route: state rows differ from the batch");
+      chosen = route->to(own.device());
+    } else {
+      chosen = closest_expert();
+    }
     const at::Tensor other = at::arange(m, chosen.options()).unsqueeze(0) != chosen.unsqueeze(1);  // [rows, m]
     score = own.masked_fill(other.unsqueeze(2), std::numeric_limits<double>::infinity());
   }

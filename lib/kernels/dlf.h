@@ -60,10 +60,13 @@ DlfSolve dlf_solve(const at::Tensor& z_large, const at::Tensor& z_small, const s
 //   active   J with only the candidate expert's own terms: (KL(P̃_α‖P) − KL(Q_t‖Q))² + (KL(P‖P̃_α) − KL(Q‖Q_t))²
 //   closest  the expert whose next-token distribution is closest to the large model's (smallest
 //            KL(P‖Q_u)), then α by its own terms; an expert lost on the text disagrees with P
-// Ties go to the first expert, then the smallest α.
+//   route    closest, decided once per sequence: at its first generated token (where the prompt
+//            alone says which task it is) and kept for the rest of it; α by that expert's terms
+// Ties go to the first expert, then the smallest α. `route` holds each row's expert for `route`
+// ([rows] int64): undefined on the first step, when it is chosen and stored; required for `route`.
 void apply_multi_expert_criterion(DlfSolve& solve, const std::string& criterion, const at::Tensor& z_large,
                                   const at::Tensor& z_small, const std::vector<at::Tensor>& experts,
-                                  const std::vector<double>& grid);
+                                  const std::vector<double>& grid, at::Tensor* route = nullptr);
 
 // The closed-form KLs for one Δ and every grid value: KL(P̃_α‖P) and KL(P‖P̃_α), each [N, G].
 struct DlfKls {

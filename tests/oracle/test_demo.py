@@ -55,7 +55,11 @@ def test_demo_quick_produces_the_report(tmp_path):
     for scores in dlf.values():
         assert all(0.0 <= v <= 1.0 for v in scores.values())
     assert (root / "dlf_trace.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert any(name.endswith("-shot") for name in dlf) and "dynamic, both, closest" in dlf
+    assert any(name.endswith("-shot") for name in dlf) and {"dynamic, both, closest", "dynamic, both, route"} <= set(dlf)
+    # Each expert's distance from the base, measured on both skills, and the multi-task goal checked per criterion.
+    shift = report["dlf"]["expert_kl_from_base"]
+    assert set(shift) == set(SKILLS) and all(v >= 0 for by in shift.values() for v in by.values())
+    assert "multi-task goal (dynamic, both, route)" in out
     for row in ("dynamic", "static", "large_only"):
         metrics = json.loads((root / "eval" / "dlf" / f"{row}-arithmetic" / "metrics.json").read_text())
         assert metrics["strategy"] == row

@@ -63,6 +63,23 @@ def test_several_experts_run_one_expert_per_step(paths, tmp_path, logitfuse):
     assert all(0.0 <= t["alpha"] <= 2.0 + 1e-9 and t["J"] >= 0 for t in trace)
 
 
+def test_route_keeps_one_expert_per_prompt_whatever_the_batching(paths, tmp_path, logitfuse):
+    # fusion.multi_expert route: each prompt's expert is chosen at its first token and kept; batching
+    # (one prompt per batch or all together) changes neither the choice nor the text.
+    runs = {}
+    for batch in (1, 16):
+        out = tmp_path / f"route{batch}.jsonl"
+        logitfuse("generate", *generate_config(paths, out, experts=("secret", "color"), **{
+            "fusion.multi_expert": "route", "generation.batch_size": batch}), "--trace", tmp_path / f"t{batch}.jsonl")
+        trace = read_jsonl(tmp_path / f"t{batch}.jsonl")
+        chosen = {}
+        for t in trace:
+            chosen.setdefault(t["prompt_index"], set()).add(t["expert"])
+        assert chosen and all(len(experts) == 1 for experts in chosen.values()), chosen
+        runs[batch] = ([c["completion"] for c in read_jsonl(out)], chosen)
+    assert runs[1] == runs[16]
+
+
 def test_generate_output_order_trace_batching_and_cache(paths, tmp_path, logitfuse):
     prompts = read_jsonl(Path(paths["root"]) / "secret_prompts.jsonl")
     out = tmp_path / "batched.jsonl"

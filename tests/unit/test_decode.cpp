@@ -138,10 +138,19 @@ TEST_CASE("dlf: the multi-expert criteria equal a brute-force search", "[decode]
   for (int t = 0; t < m; ++t) ze.push_back(zs + random_logits(N, V, 43 + t, 0.5 * (t + 1)));
   auto kl = [](const at::Tensor& log_a, const at::Tensor& log_b) { return (log_a.exp() * (log_a - log_b)).sum(-1); };
   const at::Tensor log_p = at::log_softmax(zl, -1), log_q = at::log_softmax(zs, -1);
-  for (const char* criterion : {"active", "closest"}) {
+  // route's state from a first step on other logits: rows keep the expert chosen there.
+  const at::Tensor first_zl = random_logits(N, V, 51);
+  at::Tensor route;
+  {
+    auto first = lf::kernels::dlf_solve(first_zl, zs, ze, grid);
+    lf::kernels::apply_multi_expert_criterion(first, "route", first_zl, zs, ze, grid, &route);
+  }
+  REQUIRE(route.defined());
+  for (const char* criterion : {"active", "closest", "route"}) {
     INFO(criterion);
     auto solve = lf::kernels::dlf_solve(zl, zs, ze, grid);
-    lf::kernels::apply_multi_expert_criterion(solve, criterion, zl, zs, ze, grid);
+    at::Tensor state = route.clone();
+    lf::kernels::apply_multi_expert_criterion(solve, criterion, zl, zs, ze, grid, &state);
     for (int64_t r = 0; r < N; ++r) {
       int64_t closest = 0;
       double nearest = std::numeric_limits<double>::infinity();
@@ -154,6 +163,7 @@ TEST_CASE("dlf: the multi-expert criteria equal a brute-force search", "[decode]
       double best_alpha = 0;
       for (int64_t t = 0; t < m; ++t) {
         if (std::string(criterion) == "closest" && t != closest) continue;
+        if (std::string(criterion) == "route" && t != route[r].item<int64_t>()) continue;
         const at::Tensor log_qt = at::log_softmax(ze[t][r], -1);
         const double k1 = kl(log_qt, log_q[r]).item<double>(), k2 = kl(log_q[r], log_qt).item<double>();
         for (double alpha : grid) {
@@ -163,6 +173,16 @@ TEST_CASE("dlf: the multi-expert criteria equal a brute-force search", "[decode]
         }
       }
       INFO("row " << r);
+      if (std::string(criterion) == "route") {  // the first step's choice is the closest expert there
+        const at::Tensor log_p1 = at::log_softmax(first_zl[r], -1);
+        int64_t first_closest = 0;
+        double first_nearest = std::numeric_limits<double>::infinity();
+        for (int64_t u = 0; u < m; ++u) {
+          const double d = kl(log_p1, at::log_softmax(ze[u][r], -1)).item<double>();
+          if (d < first_nearest) { first_nearest = d; first_closest = u; }
+        }
+        CHECK(route[r].item<int64_t>() == first_closest);
+      }
       CHECK(solve.expert[r].item<int64_t>() == best_t);
       CHECK(solve.alpha[r].item<double>() == Approx(best_alpha));
       CHECK(solve.objective[r].item<double>() == Approx(best).margin(1e-9));
