@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include <cmath>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -83,6 +84,38 @@ struct Fields {
   }
 };
 
+// LongRoPE as transformers' _compute_longrope_parameters reads it: the original context from the
+// block, else the top-level field (Phi-3 keeps it there), else max_position_embeddings; the factor,
+// when absent, from the two context lengths; the attention factor, when absent, from the factor.
+void parse_longrope(const Fields& f, const json& params, const std::string& key, ModelConfig& c) {
+  const double top_original = f.number(f.j, "original_max_position_embeddings",
+                                       static_cast<double>(c.max_position_embeddings), "original_max_position_embeddings");
+  const double original = f.number(params, "original_max_position_embeddings", top_original,
+                                   key + ".original_max_position_embeddings");
+  if (original <= 0) throw f.error(key + ".original_max_position_embeddings", "must be positive");
+  c.rope.original_max_position_embeddings = static_cast<int64_t>(original);
+  c.rope.factor = params.contains("factor") && !params["factor"].is_null()
+                      ? f.number(params, "factor", 1.0, key + ".factor")
+                      : static_cast<double>(c.max_position_embeddings) / original;
+  if (params.contains("attention_factor") && !params["attention_factor"].is_null())
+    c.rope.attention_factor = f.number(params, "attention_factor", 1.0, key + ".attention_factor");
+  else
+    c.rope.attention_factor = c.rope.factor <= 1.0 ? 1.0 : std::sqrt(1 + std::log(c.rope.factor) / std::log(original));
+  const size_t expected = static_cast<size_t>(c.rotary_dim() / 2);
+  for (const char* name : {"short_factor", "long_factor"}) {
+    const std::string field = key + "." + name;
+    if (!params.contains(name) || !params[name].is_array()) throw f.error(field, "expected a list of numbers");
+    std::vector<double>& out = std::string(name) == "short_factor" ? c.rope.short_factor : c.rope.long_factor;
+    for (const auto& v : params[name]) {
+      if (!v.is_number() || v.get<double>() <= 0) throw f.error(field, "expected positive numbers");
+      out.push_back(v.get<double>());
+    }
+    if (out.size() != expected)
+      throw f.error(field, "has " + std::to_string(out.size()) + " values; the rotary dimension needs " +
+                               std::to_string(expected));
+  }
+}
+
 void parse_rope(const Fields& f, ModelConfig& c) {
   const json& j = f.j;
   // transformers 5 writes rope_parameters {rope_type, rope_theta, ...}; older files write rope_theta
@@ -105,9 +138,12 @@ void parse_rope(const Fields& f, ModelConfig& c) {
   std::string type = "default";
   if (params.contains("rope_type") && params["rope_type"].is_string()) type = params["rope_type"];
   else if (params.contains("type") && params["type"].is_string()) type = params["type"];
+  // Phi-3's configuration class reads the LongRoPE block's older names as longrope.
+  if (type == "su" || (type == "yarn" && c.model_type == "phi3")) type = "longrope";
   c.rope.type = type;
   const std::set<std::string> known_keys = {"rope_type", "type", "rope_theta", "partial_rotary_factor", "factor",
-                                            "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"};
+                                            "low_freq_factor", "high_freq_factor", "original_max_position_embeddings",
+                                            "short_factor", "long_factor", "attention_factor"};
   for (auto it = params.begin(); it != params.end(); ++it)
     if (!known_keys.count(it.key()))
       throw f.error(params_key + "." + it.key(), "not supported by logitfuse's RoPE");
@@ -124,9 +160,11 @@ void parse_rope(const Fields& f, ModelConfig& c) {
         f.number(params, "original_max_position_embeddings", 8192, params_key + ".original_max_position_embeddings"));
     if (c.rope.high_freq_factor <= c.rope.low_freq_factor)
       throw f.error(params_key + ".high_freq_factor", "must be greater than low_freq_factor");
+  } else if (type == "longrope") {
+    parse_longrope(f, params, params_key, c);
   } else {
     throw f.error(params_key + ".rope_type", "rope type '" + type + "' is not supported",
-                  "logitfuse implements default, linear and llama3 RoPE");
+                  "logitfuse implements default, linear, llama3 and longrope RoPE");
   }
   if (c.rope.factor <= 0) throw f.error(params_key + ".factor", "must be positive");
 }
@@ -277,6 +315,12 @@ std::string model_config_to_json(const ModelConfig& c) {
     j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", c.rope.factor},
                          {"low_freq_factor", c.rope.low_freq_factor}, {"high_freq_factor", c.rope.high_freq_factor},
                          {"original_max_position_embeddings", c.rope.original_max_position_embeddings}};
+  } else if (c.rope.type == "longrope") {
+    j["rope_scaling"] = {{"rope_type", "longrope"}, {"type", "longrope"}, {"short_factor", c.rope.short_factor},
+                         {"long_factor", c.rope.long_factor}, {"factor", c.rope.factor},
+                         {"attention_factor", c.rope.attention_factor},
+                         {"original_max_position_embeddings", c.rope.original_max_position_embeddings}};
+    j["original_max_position_embeddings"] = c.rope.original_max_position_embeddings;
   } else {
     j["rope_scaling"] = nullptr;
   }

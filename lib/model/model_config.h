@@ -6,16 +6,22 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace lf {
 
 struct RopeConfig {
-  std::string type = "default";  // default | linear | llama3
+  std::string type = "default";  // default | linear | llama3 | longrope
   double theta = 10000.0;
-  double factor = 1.0;            // linear and llama3
+  double factor = 1.0;            // linear, llama3 and longrope
   double low_freq_factor = 1.0;   // llama3
   double high_freq_factor = 4.0;  // llama3
-  int64_t original_max_position_embeddings = 8192;  // llama3
+  int64_t original_max_position_embeddings = 8192;  // llama3 and longrope
+  // longrope (Phi-3/3.5 128k): per-frequency divisors, the short set up to the original context, the
+  // long set beyond it (chosen per forward call from its largest position, as transformers does), and
+  // the factor cos/sin are multiplied by.
+  std::vector<double> short_factor, long_factor;
+  double attention_factor = 1.0;
   double partial_rotary_factor = 1.0;               // fraction of head_dim that is rotated (Phi)
 };
 

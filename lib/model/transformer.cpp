@@ -218,8 +218,9 @@ BackboneImpl::BackboneImpl(const ModelConfig& c, const at::TensorOptions& option
 
 namespace {
 
-// Inverse frequencies exactly as transformers computes them (float32), with llama3/linear scaling.
-at::Tensor inverse_frequencies(const ModelConfig& c) {
+// Inverse frequencies exactly as transformers computes them (float32), with llama3/linear scaling;
+// for longrope, the set for `long_context` (positions beyond the original context) or the short one.
+at::Tensor inverse_frequencies(const ModelConfig& c, bool long_context = false) {
   const int64_t dim = c.rotary_dim();
   auto f32 = at::TensorOptions().dtype(at::kFloat);
   at::Tensor exponent = at::arange(0, dim, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) / static_cast<double>(dim);
@@ -236,6 +237,11 @@ at::Tensor inverse_frequencies(const ModelConfig& c) {
     at::Tensor smoothed = (1 - smooth) * scaled / factor + smooth * scaled;
     at::Tensor medium = (wavelen >= high_wavelen).logical_and(wavelen <= low_wavelen);
     inv_freq = at::where(medium, smoothed, scaled);
+  } else if (c.rope.type == "longrope") {
+    const auto& factors = long_context ? c.rope.long_factor : c.rope.short_factor;
+    std::vector<float> ext(factors.begin(), factors.end());
+    at::Tensor ext_factors = at::tensor(ext, f32);
+    inv_freq = 1.0 / (ext_factors * at::pow(at::scalar_tensor(c.rope.theta, f32), exponent));
   }
   return inv_freq;
 }
@@ -251,13 +257,23 @@ CausalLM::CausalLM(ModelConfig config, const at::TensorOptions& options, const a
     lm_head_ = register_module("lm_head", std::make_shared<LinearImpl>(config_.hidden_size, config_.vocab_size, false,
                                                                         parameter_options));
   inv_freq_ = inverse_frequencies(config_).to(options_.device());
+  if (config_.rope.type == "longrope") long_inv_freq_ = inverse_frequencies(config_, true).to(options_.device());
 }
 
 std::pair<at::Tensor, at::Tensor> CausalLM::rotary(const at::Tensor& positions) const {
-  at::Tensor freqs = positions.to(at::kFloat).unsqueeze(-1) * inv_freq_;  // [B, T, rotary/2]
+  // longrope switches to its long set when this call reaches past the original context (transformers
+  // decides per forward call from the largest position, so a cached prefix keeps the short set).
+  const bool long_context = long_inv_freq_.defined() &&
+                            positions.max().item<int64_t>() + 1 > config_.rope.original_max_position_embeddings;
+  at::Tensor freqs = positions.to(at::kFloat).unsqueeze(-1) * (long_context ? long_inv_freq_ : inv_freq_);  // [B, T, rotary/2]
   at::Tensor emb = at::cat({freqs, freqs}, -1);
   const auto dtype = options_.dtype().toScalarType();
-  return {emb.cos().to(dtype).unsqueeze(1), emb.sin().to(dtype).unsqueeze(1)};
+  at::Tensor cos = emb.cos(), sin = emb.sin();
+  if (config_.rope.attention_factor != 1.0) {
+    cos = cos * config_.rope.attention_factor;
+    sin = sin * config_.rope.attention_factor;
+  }
+  return {cos.to(dtype).unsqueeze(1), sin.to(dtype).unsqueeze(1)};
 }
 
 at::Tensor CausalLM::hidden_states(const at::Tensor& input_ids, const ForwardOptions& options) {

@@ -151,7 +151,8 @@ class CausalLM : public torch::nn::Module {
 
   ModelConfig config_;
   at::TensorOptions options_;
-  at::Tensor inv_freq_;  // float32 [rotary_dim / 2], not a parameter
+  at::Tensor inv_freq_;       // float32 [rotary_dim / 2], not a parameter
+  at::Tensor long_inv_freq_;  // longrope's set beyond the original context; undefined otherwise
   std::shared_ptr<BackboneImpl> model_;
   std::shared_ptr<LinearImpl> lm_head_;  // null when tied to the embedding
   bool checkpointing_ = false;

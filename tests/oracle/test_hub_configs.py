@@ -31,29 +31,49 @@ def shrink(config):
         c["head_dim"] = 8
     c["hidden_size"] = (16 if decoupled else 8) * c["num_attention_heads"]
     c.update(intermediate_size=64, num_hidden_layers=2)
+    # LongRoPE has one factor per rotated frequency: keep evenly spaced real factors, as many as the
+    # shrunk head rotates.
+    rope = c.get("rope_scaling") or {}
+    if "short_factor" in rope:
+        head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+        keep = int(head_dim * c.get("partial_rotary_factor", 1.0)) // 2
+        step = len(rope["short_factor"]) // keep
+        c["rope_scaling"] = {**rope, **{k: rope[k][::step][:keep] for k in ("short_factor", "long_factor")}}
     return c
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_real_config_loads_as_it_is_and_gives_transformers_logits(name, tmp_path, logitfuse):
-    small = shrink(json.loads(CONFIGS[name].read_text()))
+def compare_logits(name, config, tmp_path, logitfuse, sequences):
     (tmp_path / "config").mkdir()
-    (tmp_path / "config" / "config.json").write_text(json.dumps(small, indent=2))
-    config = AutoConfig.from_pretrained(tmp_path / "config")
+    (tmp_path / "config" / "config.json").write_text(json.dumps(config, indent=2))
+    hf_config = AutoConfig.from_pretrained(tmp_path / "config")
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager", dtype=torch.float32).eval()
     with torch.no_grad():
         for param in model.parameters():
             param.add_(torch.randn_like(param) * 0.05)
     model.save_pretrained(tmp_path / "model")
     # The weights transformers wrote, next to the config.json as the Hub serves it.
-    (tmp_path / "model" / "config.json").write_text(json.dumps(small, indent=2))
-    write_ids(tmp_path / "ids.jsonl", SEQUENCES)
+    (tmp_path / "model" / "config.json").write_text(json.dumps(config, indent=2))
+    write_ids(tmp_path / "ids.jsonl", sequences)
     ours = logitfuse_logits(logitfuse, tmp_path / "model", tmp_path / "ids.jsonl", tmp_path / "out.safetensors",
                             "--dtype", "fp32")
-    for ids, got in zip(SEQUENCES, ours):
+    for ids, got in zip(sequences, ours):
         diff = (got - reference_logits(model, ids)).abs().max().item()
         assert diff < TOL, f"{name}: max |logits diff| {diff:.3g} on a sequence of {len(ids)}"
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_real_config_loads_as_it_is_and_gives_transformers_logits(name, tmp_path, logitfuse):
+    compare_logits(name, shrink(json.loads(CONFIGS[name].read_text())), tmp_path, logitfuse, SEQUENCES)
+
+
+def test_longrope_beyond_the_original_context_uses_the_long_factors(tmp_path, logitfuse):
+    # Phi-3.5's LongRoPE with its original context cut to 6 positions: every sequence here reaches
+    # past it (transformers picks the long set per forward call from the largest position), and the
+    # attention factor follows from max_position_embeddings / original_max_position_embeddings.
+    config = shrink(json.loads(CONFIGS["phi-3.5-mini-instruct"].read_text()))
+    config["original_max_position_embeddings"] = 6
+    compare_logits("phi-3.5 long", config, tmp_path, logitfuse, [s for s in SEQUENCES if len(s) > 6])
 
 
 @pytest.mark.parametrize("field, value", [("quantization_config", {"quant_method": "gptq", "bits": 4}),

@@ -97,6 +97,40 @@ TEST_CASE("model: save and load round trip and and checkpoint mismatches", "[mod
   }
 }
 
+TEST_CASE("model: a LongRoPE model saves and loads with its factors", "[model]") {
+  // Phi-3.5's RoPE: per-frequency factors, short up to the original context and long beyond it,
+  // and cos/sin scaled by the attention factor. The saved config.json reads back to the same model,
+  // on both sides of the original context (2 positions here).
+  lf::test::TempDir dir;
+  lf::ModelConfig c = tiny_model("phi3")->config();
+  c.rope.type = "longrope";
+  c.rope.short_factor = {1.0, 1.5, 2.0, 2.5};
+  c.rope.long_factor = {1.0, 3.0, 9.0, 27.0};
+  c.rope.original_max_position_embeddings = 2;
+  c.rope.factor = 4.0;
+  c.rope.attention_factor = 1.25;
+  lf::CausalLM model(c, at::TensorOptions().dtype(at::kFloat));
+  model.init_weights(3);
+  lf::save_model(model, dir / "m");
+  auto loaded = lf::load_model(dir / "m");
+  CHECK(loaded->config().rope.type == "longrope");
+  CHECK(loaded->config().rope.long_factor == c.rope.long_factor);
+  CHECK(loaded->config().rope.attention_factor == 1.25);
+  at::NoGradGuard no_grad;
+  for (int64_t length : {2, 5}) {
+    at::Tensor ids = at::arange(1, length + 1, at::kLong).unsqueeze(0);
+    CHECK(at::equal(model.forward(ids), loaded->forward(ids)));
+  }
+  // The long factors change the positions beyond the original context only when the call reaches past it.
+  lf::ModelConfig short_only = c;
+  short_only.rope.long_factor = c.rope.short_factor;
+  lf::CausalLM twin(short_only, at::TensorOptions().dtype(at::kFloat));
+  twin.init_weights(3);
+  at::Tensor two = at::tensor({1, 2}, at::kLong).unsqueeze(0), five = at::arange(1, 6, at::kLong).unsqueeze(0);
+  CHECK(at::equal(model.forward(two), twin.forward(two)));
+  CHECK_FALSE(at::allclose(model.forward(five), twin.forward(five)));
+}
+
 TEST_CASE("model: activation checkpointing gives the same gradients", "[model]") {
   auto plain = tiny_model("qwen3");
   auto checkpointed = tiny_model("qwen3");
