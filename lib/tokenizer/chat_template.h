@@ -1,13 +1,21 @@
 // Chat templates: how each model family wraps a conversation in text and special tokens.
 // Presets for the families logitfuse fuses, custom templates from the recipe, and `auto`, which
-// recognises the preset from the model's tokenizer_config.json.
+// renders the model's own Jinja template (tokenizer_config.json's chat_template or
+// chat_template.jinja) as transformers' apply_chat_template does (lib/tokenizer/jinja.h).
 #pragma once
 
+#include <nlohmann/json.hpp>
+
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace lf {
+
+namespace jinja {
+class Template;
+}
 
 struct ChatTemplate {
   std::string name;
@@ -18,6 +26,13 @@ struct ChatTemplate {
   bool add_eos = false;               // the tokenizer's EOS id after each assistant turn
   bool system_in_first_user = false;  // Llama-2/Mistral style: the system text opens the first user turn
   std::string system_in_user_format = "{system}\n\n{user}";
+
+  // The model's own template (`auto` on a model that ships one); when set, the fields above are
+  // unused except assistant_suffix, which holds the end-of-turn text the template writes after an
+  // assistant turn (for stop tokens). The template writes BOS/EOS as text, so the flags stay false.
+  std::shared_ptr<const jinja::Template> jinja;
+  std::string jinja_source;
+  nlohmann::json special_tokens = nlohmann::json::object();  // bos_token, eos_token, ... as the template sees them
 };
 
 struct Message {
@@ -40,20 +55,36 @@ struct RenderedChat {
 std::vector<std::string> chat_template_presets();
 
 // A preset by name, or a custom template from `custom` (the recipe's chat_templates section).
-// "auto" needs `model_dir`: the template is recognised from its tokenizer_config.json (or
-// chat_template.jinja); an unrecognised one is an InputError saying how to choose.
+// "auto" needs `model_dir`: the model's own Jinja template (chat_template.jinja, else
+// tokenizer_config.json's chat_template, a string or the "default" of a [{name, template}] list),
+// with bos_token/eos_token/... from tokenizer_config.json (or special_tokens_map.json); a model that
+// ships none is an InputError saying how to choose a preset. A template using a construct outside
+// the supported Jinja subset is an InputError naming it.
 ChatTemplate resolve_chat_template(const std::string& name, const std::string& model_dir,
                                    const std::map<std::string, ChatTemplate>& custom = {});
+
+// A chat template from Jinja source and the special tokens it sees (what `auto` builds from a model
+// directory); InputError naming the construct if the source is outside the supported subset.
+ChatTemplate jinja_chat_template(const std::string& source, const nlohmann::json& special_tokens);
 
 // Renders a conversation that ends with an assistant turn; InputError if it does not. With a
 // template that ends assistant turns with EOS (add_eos), earlier assistant turns (multi-turn data,
 // in-context examples) end with `eos_text`, the tokenizer's EOS spelling; the last one's EOS is the
-// `eos` flag.
+// `eos` flag. A Jinja template renders twice: the history with the generation prompt (P) and the
+// whole conversation (F); F must start with P, and the final assistant content (as the template
+// wrote it, e.g. stripped) is located in the rest: what precedes it joins the prompt, what follows
+// is the response suffix. So prompt + response + response_suffix == F.
 RenderedChat render_chat(const ChatTemplate& chat_template, const std::vector<Message>& messages,
                          const std::string& eos_text = {});
 
 // The prompt for generation: the conversation (ending with a user turn) plus the assistant prefix.
 RenderedChat render_generation_prompt(const ChatTemplate& chat_template, const std::vector<Message>& messages,
                                       const std::string& eos_text = {});
+
+// A Jinja template's rendering of `messages` (JSON objects with role, content and whatever else the
+// template reads) with add_generation_prompt and extra keyword variables (e.g. enable_thinking), as
+// apply_chat_template(..., tokenize=False) returns it. InputError for a preset.
+std::string render_jinja_chat(const ChatTemplate& chat_template, const nlohmann::json& messages,
+                              bool add_generation_prompt, const nlohmann::json& kwargs = nlohmann::json::object());
 
 }  // namespace lf

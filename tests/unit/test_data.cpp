@@ -70,11 +70,49 @@ TEST_CASE("data: chat templates render prompt and response", "[data]") {
         "<|im_start|>assistant\n");
   CHECK_THAT(lf::test::error_text([] { lf::resolve_chat_template("chatm", ""); }), Contains("did you mean 'chatml'"));
   lf::test::TempDir dir;
-  dir.file("tokenizer_config.json", R"({"chat_template": "{% for m in messages %}<|start_header_id|>{{ m.role }}{% endfor %}"})");
-  CHECK(lf::resolve_chat_template("auto", dir.path.string()).name == "llama3");
-  dir.file("tokenizer_config.json", R"({"chat_template": "{{ messages }}"})");
+  dir.file("tokenizer_config.json", R"({"bos_token": "<s>"})");
   CHECK_THAT(lf::test::error_text([&] { lf::resolve_chat_template("auto", dir.path.string()); }),
              Contains("set chat_template to one of"));
+}
+
+TEST_CASE("data: chat_template auto renders the model's own Jinja template", "[data][jinja]") {
+  lf::test::TempDir dir;
+  // A Llama-3-like template: BOS as text, a header per turn, the content trimmed, EOS-like end of turn.
+  dir.file("tokenizer_config.json", R"({"bos_token": {"content": "<B>"}, "eos_token": "<E>", "chat_template":
+    "{{ bos_token }}{% for m in messages %}<h>{{ m.role }}</h>\n{{ m.content | trim }}<eot>{% endfor %}{% if add_generation_prompt %}<h>assistant</h>\n{% endif %}"})");
+  const lf::ChatTemplate t = lf::resolve_chat_template("auto", dir.path.string());
+  CHECK(t.name.rfind("jinja:", 0) == 0);
+  CHECK(t.assistant_suffix == "<eot>");
+  const std::vector<lf::Message> chat = {{"user", "U"}, {"assistant", "  A \n"}};
+  const lf::RenderedChat r = lf::render_chat(t, chat);
+  CHECK(r.prompt == "<B><h>user</h>\nU<eot><h>assistant</h>\n");
+  CHECK(r.response == "A");  // the template trims; the response is the content as rendered
+  CHECK(r.response_suffix == "<eot>");
+  CHECK_FALSE(r.bos);
+  CHECK_FALSE(r.eos);
+  CHECK(lf::render_generation_prompt(t, {{"user", "U"}}).prompt == "<B><h>user</h>\nU<eot><h>assistant</h>\n");
+  // chat_template.jinja wins over tokenizer_config.json, as in transformers.
+  dir.file("chat_template.jinja",
+           "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}{% if add_generation_prompt %}[assistant]"
+           "{% else %}{{ eos_token }}{% endif %}");
+  const lf::RenderedChat j = lf::render_chat(lf::resolve_chat_template("auto", dir.path.string()), chat);
+  CHECK(j.prompt == "[user]U[assistant]");
+  CHECK(j.response == "  A \n");
+  CHECK(j.response_suffix == "<E>");
+  // A content that also occurs in the template's own text is located where the template puts it.
+  dir.file("chat_template.jinja", "{% for m in messages %}{% if m.role == 'assistant' %}<think></think>{% endif %}"
+                                  "{{ m.content }}|{% endfor %}");
+  const lf::RenderedChat h = lf::render_chat(lf::resolve_chat_template("auto", dir.path.string()), {{"user", "U"}, {"assistant", "h"}});
+  CHECK(h.prompt == "U|<think></think>");
+  CHECK(h.response == "h");
+  CHECK(h.response_suffix == "|");
+  // A template that renders the history differently once the answer is there cannot be split.
+  dir.file("chat_template.jinja", "{% for m in messages %}{{ m.content }}{% endfor %}{{ eos_token }}");
+  CHECK_THAT(lf::test::error_text([&] { lf::render_chat(lf::resolve_chat_template("auto", dir.path.string()), chat); }),
+             Contains("is not the start of"));
+  dir.file("chat_template.jinja", "{{ messages | xyz }}");
+  CHECK_THAT(lf::test::error_text([&] { lf::resolve_chat_template("auto", dir.path.string()); }),
+             Contains("filter 'xyz' is not supported"));
 }
 
 TEST_CASE("data: tokenized examples carry labels and offsets and truncate the prompt first", "[data]") {
