@@ -30,6 +30,7 @@ void visit(V& v, StudentConfig& c) {
   v.required("path", c.path, non_empty());
   v("dtype", c.dtype, one_of(kDtypes));
   v("chat_template", c.chat_template, non_empty());
+  v("chat_template_kwargs", c.chat_template_kwargs);
   v("tokenizer", c.tokenizer);
 }
 
@@ -39,6 +40,7 @@ void visit(V& v, TeacherConfig& c) {
   v.required("path", c.path, non_empty());
   v("dtype", c.dtype, one_of(kDtypes));
   v("chat_template", c.chat_template, non_empty());
+  v("chat_template_kwargs", c.chat_template_kwargs);
   v("weight", c.weight, at_least(0.0));
   v("logits_cache", c.logits_cache);
   v("device", c.device, non_empty());
@@ -231,6 +233,16 @@ void check_cross_keys(Recipe& recipe, const schema::Reader& reader, const YAML::
     fail("alignment.positions", "'span' projects the teacher onto the student's token ids, which ULD does not use",
          "use span with loss.token.type kl, rkl or jsd, or offsets/exact/dtw/index with uld");
   for (auto& [name, t] : recipe.chat_templates) t.name = name;
+  // Template variables exist only in a model's own (Jinja) template.
+  auto kwargs_need_auto = [&](const std::string& key, const std::string& chat_template, const nlohmann::json& kwargs) {
+    if (!kwargs.is_object()) fail(key + ".chat_template_kwargs", "expected a mapping of template variables");
+    if (!kwargs.empty() && chat_template != "auto")
+      fail(key + ".chat_template_kwargs", "chat template '" + chat_template + "' has no variables",
+           "use chat_template: auto (the model's own Jinja template) or drop chat_template_kwargs");
+  };
+  kwargs_need_auto("student", recipe.student.chat_template, recipe.student.chat_template_kwargs);
+  for (size_t i = 0; i < recipe.teachers.size(); ++i)
+    kwargs_need_auto("teachers." + std::to_string(i), recipe.teachers[i].chat_template, recipe.teachers[i].chat_template_kwargs);
   if (recipe.loss.graph.type == "gld" && recipe.loss.graph.nodes == "vocab" && recipe.loss.graph.solver == "entropic")
     fail("loss.graph.solver", "'entropic' is defined on rank nodes", "use loss.graph.nodes=rank with the entropic solver");
 }

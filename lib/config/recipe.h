@@ -26,6 +26,7 @@ struct StudentConfig {
   std::string path;
   std::string dtype = "bf16";  // dtype of the final model written to final/
   std::string chat_template = "auto";
+  nlohmann::json chat_template_kwargs = nlohmann::json::object();  // variables of its Jinja template
   std::optional<std::string> tokenizer;  // default: the model directory
 };
 
@@ -34,6 +35,7 @@ struct TeacherConfig {
   std::string path;
   std::string dtype = "bf16";
   std::string chat_template = "auto";
+  nlohmann::json chat_template_kwargs = nlohmann::json::object();
   double weight = 1.0;
   std::optional<std::string> logits_cache;
   std::string device = "auto";  // auto = the student's device

@@ -5,6 +5,7 @@
 // not included by the public config headers.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <yaml-cpp/yaml.h>
 
 #include <cstdint>
@@ -191,6 +192,34 @@ class Reader {
     value = std::move(out);
   }
 
+  // Free-form values (template variables): YAML scalars become JSON booleans, integers, numbers,
+  // null or strings by YAML's core schema; lists and mappings recursively.
+  void read(const std::string& path, const YAML::Node& node, nlohmann::json& value) {
+    if (node.IsMap()) {
+      value = nlohmann::json::object();
+      for (auto it = node.begin(); it != node.end(); ++it) read(path + "." + it->first.Scalar(), it->second, value[it->first.Scalar()]);
+    } else if (node.IsSequence()) {
+      value = nlohmann::json::array();
+      for (size_t i = 0; i < node.size(); ++i) {
+        nlohmann::json item;
+        read(path + "." + std::to_string(i), node[i], item);
+        value.push_back(std::move(item));
+      }
+    } else if (node.IsNull()) {
+      value = nullptr;
+    } else {
+      const std::string& text = node.Scalar();
+      bool b = false;
+      long long i = 0;
+      double d = 0;
+      if (node.Tag() == "!") value = text;  // quoted: a string whatever it looks like
+      else if (YAML::convert<bool>::decode(node, b)) value = b;
+      else if (plausible<long long>(text) && YAML::convert<long long>::decode(node, i)) value = i;
+      else if (YAML::convert<double>::decode(node, d)) value = d;
+      else value = text;
+    }
+  }
+
   template <class T>
   void read(const std::string& path, const YAML::Node& node, T& value) {
     if constexpr (is_struct<Reader, T>::value) {
@@ -263,6 +292,27 @@ class Writer {
       out_ << YAML::EndMap;
     } else {
       out_ << value;
+    }
+  }
+  // Template variables back as YAML that reads to the same JSON (strings quoted, so "007" stays one).
+  void write(const nlohmann::json& value) {
+    if (value.is_object()) {
+      out_ << YAML::BeginMap;
+      for (const auto& [key, item] : value.items()) {
+        out_ << YAML::Key << key << YAML::Value;
+        write(item);
+      }
+      out_ << YAML::EndMap;
+    } else if (value.is_array()) {
+      out_ << YAML::BeginSeq;
+      for (const auto& item : value) write(item);
+      out_ << YAML::EndSeq;
+    } else if (value.is_string()) {
+      out_ << YAML::DoubleQuoted << value.get<std::string>();
+    } else if (value.is_null()) {
+      out_ << YAML::Null;
+    } else {
+      out_ << value.dump();  // booleans and numbers: their JSON spelling is plain YAML
     }
   }
   template <class T>

@@ -63,6 +63,7 @@ void visit(V& v, GenerationConfig& c) {
   v("stop", c.stop);
   v("batch_size", c.batch_size, at_least<int64_t>(1));
   v("chat_template", c.chat_template, non_empty());
+  v("chat_template_kwargs", c.chat_template_kwargs);
   v("kv_cache", c.kv_cache);
   v("shots", c.shots, at_least<int64_t>(0));
   v("shots_file", c.shots_file);
@@ -132,6 +133,11 @@ void check_decoding(DecodingConfig& c, const schema::Reader& reader, const YAML:
   const auto& grid = c.fusion.alpha;
   if (grid.max < grid.min) fail(reader, root, "fusion.alpha.max", "must be >= fusion.alpha.min");
   if ((grid.max - grid.min) / grid.step > 10000) fail(reader, root, "fusion.alpha.step", "the α grid would exceed 10001 points");
+  if (!c.generation.chat_template_kwargs.is_object())
+    fail(reader, root, "generation.chat_template_kwargs", "expected a mapping of template variables");
+  if (!c.generation.chat_template_kwargs.empty() && c.generation.chat_template != "auto")
+    fail(reader, root, "generation.chat_template_kwargs",
+         "chat template '" + c.generation.chat_template + "' has no variables (use chat_template: auto, the model's own Jinja template)");
   if (c.generation.shots > 0 && c.generation.shots_file.empty())
     fail(reader, root, "generation.shots_file", "generation.shots needs a file of worked examples");
   if (c.model) {

@@ -2,6 +2,8 @@
 // documented defaults, read and validated by the same schema mechanism as the training recipe.
 #pragma once
 
+#include <nlohmann/json.hpp>
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -48,6 +50,7 @@ struct GenerationConfig {
   std::vector<std::string> stop;
   int64_t batch_size = 8;
   std::string chat_template = "plain";
+  nlohmann::json chat_template_kwargs = nlohmann::json::object();  // variables of an `auto` (Jinja) template
   bool kv_cache = true;  // false: recompute the whole sequence every step (a check, slow)
   // In-context examples (method.md §4b): the first `shots` worked examples of `shots_file` (JSONL
   // {"prompt", "response"}), as user/assistant turns before every prompt, for every model alike.

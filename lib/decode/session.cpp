@@ -14,7 +14,8 @@ std::unique_ptr<Session> open_session(const DecodingConfig& config) {
   auto session = std::make_unique<Session>();
   session->set = load_model_set(config);
   session->strategy = config.model ? "model" : config.fusion.strategy;
-  session->chat_template = resolve_chat_template(config.generation.chat_template, session->set.model_dir);
+  session->chat_template = resolve_chat_template(config.generation.chat_template, session->set.model_dir, {},
+                                                 config.generation.chat_template_kwargs);
   const Tokenizer& tokenizer = *session->set.tokenizer;
   GenerateOptions& o = session->options;
   o.max_new_tokens = config.generation.max_new_tokens;

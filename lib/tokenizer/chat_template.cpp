@@ -155,7 +155,12 @@ std::vector<std::string> chat_template_presets() {
 }
 
 ChatTemplate resolve_chat_template(const std::string& name, const std::string& model_dir,
-                                   const std::map<std::string, ChatTemplate>& custom) {
+                                   const std::map<std::string, ChatTemplate>& custom, const nlohmann::json& kwargs) {
+  const bool has_kwargs = kwargs.is_object() && !kwargs.empty();
+  if (!kwargs.is_object() && !kwargs.is_null()) throw InputError("chat_template_kwargs: expected a mapping of names");
+  if (has_kwargs && name != "auto")
+    throw InputError("chat_template_kwargs are template variables, and chat template '" + name + "' has none",
+                     "use chat_template: auto (the model's own Jinja template) or drop chat_template_kwargs");
   if (auto it = custom.find(name); it != custom.end()) return it->second;
   if (auto it = presets().find(name); it != presets().end()) return it->second;
   if (name != "auto") {
@@ -170,7 +175,12 @@ ChatTemplate resolve_chat_template(const std::string& name, const std::string& m
     throw InputError(model_dir + ": chat_template auto: the model ships no chat template",
                      "set chat_template to one of " + join(chat_template_presets(), ", ") +
                          " or to a custom template defined under chat_templates in the recipe");
-  return jinja_chat_template(text, special_tokens(model_dir));
+  ChatTemplate t = jinja_chat_template(text, special_tokens(model_dir));
+  if (has_kwargs) {
+    t.kwargs = kwargs;
+    t.name += ":" + hex64(fnv1a64(kwargs.dump())).substr(0, 8);  // another rendering, another cache key
+  }
+  return t;
 }
 
 ChatTemplate jinja_chat_template(const std::string& source, const nlohmann::json& special_tokens) {
@@ -266,6 +276,7 @@ std::string render_jinja_chat(const ChatTemplate& t, const nlohmann::json& messa
   context["tools"] = nullptr;
   context["documents"] = nullptr;
   context["add_generation_prompt"] = add_generation_prompt;
+  for (const auto& [k, v] : t.kwargs.items()) context[k] = v;
   if (kwargs.is_object())
     for (const auto& [k, v] : kwargs.items()) context[k] = v;
   return t.jinja->render(context);

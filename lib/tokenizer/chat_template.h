@@ -33,6 +33,9 @@ struct ChatTemplate {
   std::shared_ptr<const jinja::Template> jinja;
   std::string jinja_source;
   nlohmann::json special_tokens = nlohmann::json::object();  // bos_token, eos_token, ... as the template sees them
+  // chat_template_kwargs of the recipe or generation config: more template variables (Qwen3's
+  // enable_thinking, ...), as apply_chat_template(**kwargs) passes them; Jinja templates only.
+  nlohmann::json kwargs = nlohmann::json::object();
 };
 
 struct Message {
@@ -60,8 +63,11 @@ std::vector<std::string> chat_template_presets();
 // with bos_token/eos_token/... from tokenizer_config.json (or special_tokens_map.json); a model that
 // ships none is an InputError saying how to choose a preset. A template using a construct outside
 // the supported Jinja subset is an InputError naming it.
+// `kwargs` (a JSON object) become template variables of a Jinja template; with a preset or a custom
+// template they are an InputError (those have no variables).
 ChatTemplate resolve_chat_template(const std::string& name, const std::string& model_dir,
-                                   const std::map<std::string, ChatTemplate>& custom = {});
+                                   const std::map<std::string, ChatTemplate>& custom = {},
+                                   const nlohmann::json& kwargs = nlohmann::json::object());
 
 // A chat template from Jinja source and the special tokens it sees (what `auto` builds from a model
 // directory); InputError naming the construct if the source is outside the supported subset.

@@ -47,7 +47,8 @@ void write_logits_caches(const Recipe& r) {
     if (!tc.logits_cache) continue;
     any = true;
     Participant teacher = load_participant(tc.name, tc.path, tc.tokenizer, tc.chat_template, tc.dtype,
-                                           tc.device == "auto" ? r.run.device : tc.device, r.chat_templates);
+                                           tc.device == "auto" ? r.run.device : tc.device, r.chat_templates,
+                                           /*load_weights=*/true, tc.chat_template_kwargs);
     teacher.model->eval();
     const CacheSpec spec = expected_cache_spec(r, s, teacher);
     LogitsCacheWriter writer(*tc.logits_cache, spec);

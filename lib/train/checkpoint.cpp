@@ -178,6 +178,7 @@ void write_checkpoint_files(const fs::path& staging, const StudentWeights& weigh
                         {"optimizer_steps", optimizer.steps()},
                         {"recipe_hash", state.recipe_hash},
                         {"tokens_seen", state.tokens_seen},
+                        {"data_hash", state.data_hash},
                         {"rng_state", to_hex(at::detail::getDefaultCPUGenerator().get_state())}};
     write_file_atomic((staging / "trainer_state.json").string(), j.dump(2) + "\n");
   }
@@ -253,6 +254,7 @@ TrainerState read_checkpoint(const std::string& dir, const StudentWeights& weigh
     state.recipe_hash = j.at("recipe_hash").get<std::string>();
     state.tokens_seen = j.at("tokens_seen").get<double>();
     state.rng_state = j.at("rng_state").get<std::string>();
+    state.data_hash = j.value("data_hash", std::string());  // absent in checkpoints written before it
     weights.load(dir);
     optimizer.load_state(read_optimizer_shards(root, optimizer), j.at("optimizer_steps").get<int64_t>());
   } catch (const nlohmann::json::exception& e) {

@@ -28,6 +28,7 @@ struct TrainerState {
   std::string recipe_hash;
   double tokens_seen = 0;
   std::string rng_state;  // the CPU generator's state, hex
+  std::string data_hash;  // of data.train's bytes: a resume on an edited file would read other examples
 };
 
 std::string checkpoint_name(int64_t step);  // "step_000200"

@@ -24,7 +24,8 @@ int64_t Participant::pad_id() const {
 
 Participant load_participant(const std::string& name, const std::string& dir, const std::optional<std::string>& tokenizer,
                              const std::string& chat_template, const std::string& dtype, const std::string& device,
-                             const std::map<std::string, ChatTemplate>& custom_templates, bool load_weights) {
+                             const std::map<std::string, ChatTemplate>& custom_templates, bool load_weights,
+                             const nlohmann::json& chat_template_kwargs) {
   Participant p;
   p.name = name;
   p.dir = dir;
@@ -35,7 +36,7 @@ Participant load_participant(const std::string& name, const std::string& dir, co
   p.device = parse_device(device);
   if (load_weights) p.model = load_model(dir, {dtype, device});
   p.tokenizer = load_tokenizer(tokenizer ? *tokenizer : dir);
-  p.chat_template = resolve_chat_template(chat_template, p.tokenizer_dir, custom_templates);
+  p.chat_template = resolve_chat_template(chat_template, p.tokenizer_dir, custom_templates, chat_template_kwargs);
   const int64_t model_vocab = load_weights ? p.model->config().vocab_size : load_model_config(dir).vocab_size;
   const int64_t tokenizer_vocab = p.tokenizer->vocab_size();
   if (tokenizer_vocab > model_vocab)

@@ -32,6 +32,7 @@ struct Participant {
 // `load_weights` (a teacher read from a logits cache) only the config, tokenizer and template are read.
 Participant load_participant(const std::string& name, const std::string& dir, const std::optional<std::string>& tokenizer,
                              const std::string& chat_template, const std::string& dtype, const std::string& device,
-                             const std::map<std::string, ChatTemplate>& custom_templates, bool load_weights = true);
+                             const std::map<std::string, ChatTemplate>& custom_templates, bool load_weights = true,
+                             const nlohmann::json& chat_template_kwargs = nlohmann::json::object());
 
 }  // namespace lf

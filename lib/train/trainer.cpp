@@ -147,7 +147,7 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
                        "each rank generates a different number of tokens, which sharded forwards cannot follow");
   Participant student = load_participant("student", recipe.student.path, recipe.student.tokenizer,
                                          recipe.student.chat_template, "fp32", device, recipe.chat_templates,
-                                         /*load_weights=*/!zero3);
+                                         /*load_weights=*/!zero3, recipe.student.chat_template_kwargs);
   std::unique_ptr<ShardedModel> sharded_student;
   if (zero3) {
     sharded_student = load_sharded(student, recipe.student.path, at::kFloat, comm, /*trainable=*/true);
@@ -161,7 +161,8 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
     const auto& t = recipe.teachers[s];
     const std::string teacher_device = t.device == "auto" ? student.device.str() : t.device;
     teachers.push_back(load_participant(t.name, t.path, t.tokenizer, t.chat_template, t.dtype, teacher_device,
-                                        recipe.chat_templates, /*load_weights=*/placements[s] == "replicate"));
+                                        recipe.chat_templates, /*load_weights=*/placements[s] == "replicate",
+                                        t.chat_template_kwargs));
     if (placements[s] == "cache") {
       caches.push_back(LogitsCache::open(*t.logits_cache, expected_cache_spec(recipe, s, teachers.back())));
       spdlog::info("teacher {}: reading cached logits from {}", t.name, *t.logits_cache);
@@ -255,7 +256,8 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
   const ScheduleConfig schedule{tc.schedule, tc.lr, static_cast<int64_t>(std::ceil(tc.warmup_ratio * total_steps)), total_steps};
 
   const int64_t global_micro_batch = tc.micro_batch_size * comm.world_size();
-  const TrainerState fresh{0, {}, comm.world_size(), global_micro_batch, hex64(fnv1a64(recipe_text)), 0, ""};
+  TrainerState fresh{0, {}, comm.world_size(), global_micro_batch, hex64(fnv1a64(recipe_text)), 0, ""};
+  fresh.data_hash = hex64(hash_file(recipe.data.train));
   TrainerState state = fresh;
   if (resume == "auto") {
     // Every rank must take the same checkpoint: one that fails to load on any rank is skipped by all.
@@ -287,6 +289,13 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
                          " (micro_batch_size x ranks), this run has " + std::to_string(tc.micro_batch_size) + " x " +
                          std::to_string(comm.world_size()),
                      "set train.micro_batch_size so that micro_batch_size x ranks = " + std::to_string(saved_global));
+  // The data cursor indexes the examples of the file as it was: an edited file would resume on other
+  // examples in another order, silently.
+  if (!state.data_hash.empty() && state.data_hash != fresh.data_hash)
+    throw InputError(recipe.data.train + ": data.train changed since the checkpoint of step " +
+                         std::to_string(state.step) + " was written (its resume position would point at other examples)",
+                     "restore the file as it was, or start a new run in another run.output_dir");
+  state.data_hash = fresh.data_hash;
   state.world_size = comm.world_size();
   state.global_micro_batch = global_micro_batch;
   Sampler sampler(data.lengths(), sampler_config, state.cursor);

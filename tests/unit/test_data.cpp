@@ -115,6 +115,22 @@ TEST_CASE("data: chat_template auto renders the model's own Jinja template", "[d
              Contains("filter 'xyz' is not supported"));
 }
 
+TEST_CASE("data: chat_template_kwargs are variables of the model's template", "[data][jinja]") {
+  // Qwen3-style: a variable the caller sets (enable_thinking) changes the generation prompt and the
+  // training split alike; the name (a logits cache key) changes with it; presets refuse variables.
+  lf::test::TempDir dir;
+  dir.file("chat_template.jinja",
+           "{% for m in messages %}<{{ m.role }}>{{ m.content }}</>{% endfor %}{% if add_generation_prompt %}<assistant>"
+           "{% if enable_thinking is defined and enable_thinking is false %}<think></think>{% endif %}{% endif %}");
+  const lf::ChatTemplate plain = lf::resolve_chat_template("auto", dir.path.string());
+  const lf::ChatTemplate off = lf::resolve_chat_template("auto", dir.path.string(), {}, {{"enable_thinking", false}});
+  CHECK(lf::render_generation_prompt(plain, {{"user", "U"}}).prompt == "<user>U</><assistant>");
+  CHECK(lf::render_generation_prompt(off, {{"user", "U"}}).prompt == "<user>U</><assistant><think></think>");
+  CHECK(off.name != plain.name);
+  CHECK_THAT(lf::test::error_text([&] { lf::resolve_chat_template("chatml", "", {}, {{"enable_thinking", false}}); }),
+             Contains("has none"));
+}
+
 TEST_CASE("data: tokenized examples carry labels and offsets and truncate the prompt first", "[data]") {
   lf::test::ChunkTokenizer tok(2);
   lf::Example ex{{{"user", "abcdef"}, {"assistant", "xyz"}}, 1};

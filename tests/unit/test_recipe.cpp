@@ -65,6 +65,18 @@ TEST_CASE("recipe: key.path=value overrides and list items by index", "[recipe]"
   CHECK(r.teachers[2].name == "teacher2");
 }
 
+TEST_CASE("recipe: chat_template_kwargs keep YAML's types and need a model's own template", "[recipe]") {
+  lf::test::TempDir dir;
+  auto path = dir.file("r.yaml", kMinimal);
+  auto r = load_recipe(path, {"student.chat_template_kwargs.enable_thinking=false", "teachers.0.chat_template_kwargs.n=3",
+                              "teachers.0.chat_template_kwargs.tag='007'"});
+  CHECK(r.student.chat_template_kwargs == nlohmann::json({{"enable_thinking", false}}));
+  CHECK(r.teachers[0].chat_template_kwargs == nlohmann::json({{"n", 3}, {"tag", "007"}}));
+  CHECK(r.teachers[1].chat_template_kwargs.empty());
+  CHECK_THAT(error_of(path, {"student.chat_template=chatml", "student.chat_template_kwargs.enable_thinking=false"}),
+             Contains("student.chat_template_kwargs") && Contains("has no variables"));
+}
+
 TEST_CASE("recipe: unknown keys are errors with the line and a suggestion", "[recipe]") {
   lf::test::TempDir dir;
   std::string text = kMinimal;
@@ -133,11 +145,15 @@ TEST_CASE("recipe: missing required keys and malformed files", "[recipe]") {
 
 TEST_CASE("recipe: the printed config loads back to the same recipe", "[recipe]") {
   lf::test::TempDir dir;
-  auto r = load_recipe(dir.file("r.yaml", kMinimal), {"train.lr=3e-5", "loss.token.top_k=5"});
+  auto r = load_recipe(dir.file("r.yaml", kMinimal), {"train.lr=3e-5", "loss.token.top_k=5",
+                                                      "student.chat_template_kwargs.enable_thinking=false",
+                                                      "teachers.0.chat_template_kwargs.tag='007'"});
   const std::string printed = lf::recipe_to_yaml(r);
   auto again = load_recipe(dir.file("printed.yaml", printed));
   CHECK(lf::recipe_to_yaml(again) == printed);
   CHECK(again.train.lr == r.train.lr);
   CHECK(again.loss.token.top_k == r.loss.token.top_k);
   CHECK(again.teachers.size() == 2);
+  CHECK(again.student.chat_template_kwargs == r.student.chat_template_kwargs);
+  CHECK(again.teachers[0].chat_template_kwargs == nlohmann::json({{"tag", "007"}}));
 }
