@@ -9,7 +9,10 @@ cd "$LOGITFUSE_ROOT"
 # 1. Debian packages for the C++ build.
 packages=(cmake ninja-build g++ pkg-config ccache python3-venv libyaml-cpp-dev libspdlog-dev libfmt-dev
           libcli11-dev libsentencepiece-dev catch2 nlohmann-json3-dev libpcre2-dev libicu-dev
-          libopenmpi-dev openmpi-bin)
+          libopenmpi-dev openmpi-bin
+          # The fuzz build (scripts/fuzz.sh, tests/oracle/test_fuzz.py): clang, and libFuzzer with the
+          # sanitizer runtimes, which clang only recommends.
+          clang libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -15,9 +15,6 @@ namespace lf {
 
 namespace {
 
-// Larger headers are refused before parsing: the reference implementation uses the same bound.
-constexpr uint64_t kMaxHeaderBytes = 100'000'000;
-
 struct DtypeInfo {
   const char* name;
   c10::ScalarType type;
@@ -49,12 +46,6 @@ c10::ScalarType safetensors_dtype(const std::string& name) {
   return d->type;
 }
 
-size_t safetensors_dtype_size(const std::string& name) {
-  const DtypeInfo* d = find_dtype(name);
-  if (!d) throw InputError("unknown safetensors dtype '" + name + "'");
-  return d->size;
-}
-
 std::string safetensors_dtype_name(c10::ScalarType type) {
   for (const auto& d : kDtypes)
     if (d.type == type) return d.name;
@@ -64,101 +55,25 @@ std::string safetensors_dtype_name(c10::ScalarType type) {
 SafetensorsFile SafetensorsFile::open(const std::string& path) {
   SafetensorsFile out;
   out.file_ = MappedFile::open(path);
-  const uint64_t file_size = out.file_->size();
-  auto fail = [&](const std::string& what) -> InputError {
-    return InputError(path + ": malformed safetensors file: " + what);
-  };
-  if (file_size < 8) throw fail("truncated (" + std::to_string(file_size) + " bytes, no header size)");
-  uint64_t header_size = 0;
-  for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | out.file_->data()[i];
-  if (header_size > kMaxHeaderBytes) throw fail("header size " + std::to_string(header_size) + " is too large");
-  if (header_size > file_size - 8)
-    throw fail("truncated (header of " + std::to_string(header_size) + " bytes, file has " +
-               std::to_string(file_size - 8) + " after the size)");
-  out.data_start_ = 8 + header_size;
-  const uint64_t data_size = file_size - out.data_start_;
-
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(out.file_->data() + 8, out.file_->data() + 8 + header_size);
-  } catch (const nlohmann::json::exception& e) {
-    throw fail(std::string("header is not valid JSON: ") + e.what());
-  }
-  if (!header.is_object()) throw fail("header is not a JSON object");
-
-  for (auto it = header.begin(); it != header.end(); ++it) {
-    const std::string& name = it.key();
-    if (name == "__metadata__") {
-      if (!it->is_object()) throw fail("__metadata__ is not an object");
-      for (auto m = it->begin(); m != it->end(); ++m) {
-        if (!m->is_string()) throw fail("__metadata__." + m.key() + " is not a string");
-        out.metadata_[m.key()] = m->get<std::string>();
-      }
-      continue;
-    }
-    auto bad = [&](const std::string& what) { return fail("tensor '" + name + "': " + what); };
-    const auto& value = *it;
-    if (!value.is_object()) throw bad("entry is not an object");
-    if (!value.contains("dtype") || !value["dtype"].is_string()) throw bad("missing dtype");
-    if (!value.contains("shape") || !value["shape"].is_array()) throw bad("missing shape");
-    if (!value.contains("data_offsets") || !value["data_offsets"].is_array() || value["data_offsets"].size() != 2)
-      throw bad("data_offsets must be [begin, end]");
-    SafetensorsEntry entry;
-    entry.name = name;
-    entry.dtype = value["dtype"].get<std::string>();
-    const DtypeInfo* dtype = find_dtype(entry.dtype);
-    if (!dtype) throw bad("unknown dtype '" + entry.dtype + "'");
-    uint64_t numel = 1;
-    for (const auto& dim : value["shape"]) {
-      if (!dim.is_number_unsigned() && !(dim.is_number_integer() && dim.get<int64_t>() >= 0))
-        throw bad("shape has a negative or non-integer dimension");
-      uint64_t d = dim.get<uint64_t>();
-      if (d != 0 && numel > UINT64_MAX / d) throw bad("shape overflows");
-      numel *= d;
-      entry.shape.push_back(static_cast<int64_t>(d));
-    }
-    for (const auto& off : value["data_offsets"])
-      if (!off.is_number_unsigned() && !(off.is_number_integer() && off.get<int64_t>() >= 0))
-        throw bad("data_offsets are not non-negative integers");
-    entry.begin = value["data_offsets"][0].get<uint64_t>();
-    entry.end = value["data_offsets"][1].get<uint64_t>();
-    if (entry.begin > entry.end) throw bad("data_offsets begin > end");
-    if (entry.end > data_size)
-      throw bad("data_offsets [" + std::to_string(entry.begin) + ", " + std::to_string(entry.end) +
-                "] out of range (data section has " + std::to_string(data_size) + " bytes)");
-    if (numel > UINT64_MAX / dtype->size || numel * dtype->size != entry.end - entry.begin)
-      throw bad("dtype " + entry.dtype + " and shape need " + std::to_string(numel * dtype->size) +
-                " bytes but data_offsets span " + std::to_string(entry.end - entry.begin));
-    out.index_[name] = out.entries_.size();
-    out.entries_.push_back(std::move(entry));
-  }
-
-  std::vector<const SafetensorsEntry*> by_offset;
-  for (const auto& e : out.entries_) by_offset.push_back(&e);
-  std::sort(by_offset.begin(), by_offset.end(),
-            [](auto* a, auto* b) { return a->begin != b->begin ? a->begin < b->begin : a->end < b->end; });
-  for (size_t i = 1; i < by_offset.size(); ++i) {
-    const auto* prev = by_offset[i - 1];
-    const auto* cur = by_offset[i];
-    if (cur->begin < prev->end && cur->end > cur->begin && prev->end > prev->begin)
-      throw fail("tensors '" + prev->name + "' and '" + cur->name + "' overlap");
-  }
+  out.header_ = parse_safetensors_header(out.file_->data(), out.file_->size(), path);
   return out;
 }
 
 const std::string& SafetensorsFile::path() const { return file_->path(); }
+const uint8_t* SafetensorsFile::data() const { return file_->data(); }
+uint64_t SafetensorsFile::size() const { return file_->size(); }
 
 const SafetensorsEntry& SafetensorsFile::entry(const std::string& name) const {
-  auto it = index_.find(name);
-  if (it == index_.end()) throw InputError(path() + ": no tensor named '" + name + "'");
-  return entries_[it->second];
+  auto it = header_.index.find(name);
+  if (it == header_.index.end()) throw InputError(path() + ": no tensor named '" + name + "'");
+  return header_.entries[it->second];
 }
 
 at::Tensor SafetensorsFile::tensor(const std::string& name) const {
   const SafetensorsEntry& e = entry(name);
   const c10::ScalarType type = safetensors_dtype(e.dtype);
   const size_t element = safetensors_dtype_size(e.dtype);
-  const uint8_t* ptr = file_->data() + data_start_ + e.begin;
+  const uint8_t* ptr = file_->data() + header_.data_start + e.begin;
   auto options = at::TensorOptions().dtype(type).device(at::kCPU);
   if (e.end == e.begin) return at::empty(e.shape, options);
   if (reinterpret_cast<uintptr_t>(ptr) % element == 0) {
@@ -177,25 +92,12 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open_dir(const std::string& dir) {
   const fs::path single_path = fs::path(dir) / "model.safetensors";
   std::vector<std::string> files;
   if (fs::exists(index_path)) {
-    nlohmann::json index;
-    try {
-      index = nlohmann::json::parse(read_text_file(index_path.string()));
-    } catch (const nlohmann::json::exception& e) {
-      throw InputError(index_path.string() + ": not valid JSON: " + e.what());
-    }
-    if (!index.contains("weight_map") || !index["weight_map"].is_object())
-      throw InputError(index_path.string() + ": missing object 'weight_map'");
-    std::map<std::string, std::string> weight_map;
-    for (auto it = index["weight_map"].begin(); it != index["weight_map"].end(); ++it) {
-      if (!it->is_string()) throw InputError(index_path.string() + ": weight_map." + it.key() + " is not a file name");
-      weight_map[it.key()] = it->get<std::string>();
-      if (std::find(files.begin(), files.end(), it->get<std::string>()) == files.end())
-        files.push_back(it->get<std::string>());
-    }
+    const SafetensorsIndex index = parse_safetensors_index(read_text_file(index_path.string()), index_path.string());
+    const std::map<std::string, std::string>& weight_map = index.weight_map;
+    files = index.files;
     std::map<std::string, size_t> file_index;
     for (const auto& f : files) {
-      if (f.find('/') != std::string::npos || f == "..")
-        throw InputError(index_path.string() + ": shard name '" + f + "' must be a file in the same folder");
+      check_safetensors_shard_name(f, index_path.string());
       file_index[f] = out.files_.size();
       out.files_.push_back(SafetensorsFile::open((fs::path(dir) / f).string()));
     }

@@ -12,17 +12,11 @@
 #include <utility>
 #include <vector>
 
+#include "io/safetensors_header.h"
+
 namespace lf {
 
 class MappedFile;
-
-struct SafetensorsEntry {
-  std::string name;
-  std::string dtype;  // as spelled in the file: "F32", "BF16", ...
-  std::vector<int64_t> shape;
-  uint64_t begin = 0;  // byte offsets into the data section
-  uint64_t end = 0;
-};
 
 // One validated safetensors file. Tensors returned by tensor() view the mapped file when its data
 // is suitably aligned (read-only: copy before writing) and are copied otherwise.
@@ -34,18 +28,19 @@ class SafetensorsFile {
   static SafetensorsFile open(const std::string& path);
 
   const std::string& path() const;
-  const std::vector<SafetensorsEntry>& entries() const { return entries_; }
-  const std::map<std::string, std::string>& metadata() const { return metadata_; }
-  bool contains(const std::string& name) const { return index_.count(name) > 0; }
+  const std::vector<SafetensorsEntry>& entries() const { return header_.entries; }
+  const std::map<std::string, std::string>& metadata() const { return header_.metadata; }
+  bool contains(const std::string& name) const { return header_.index.count(name) > 0; }
   const SafetensorsEntry& entry(const std::string& name) const;
   at::Tensor tensor(const std::string& name) const;
+  // The parsed header and the mapped bytes of the whole file (for checks that read values).
+  const SafetensorsHeader& header() const { return header_; }
+  const uint8_t* data() const;
+  uint64_t size() const;
 
  private:
   std::shared_ptr<MappedFile> file_;
-  uint64_t data_start_ = 0;
-  std::vector<SafetensorsEntry> entries_;
-  std::map<std::string, size_t> index_;
-  std::map<std::string, std::string> metadata_;
+  SafetensorsHeader header_;  // parsed and validated by parse_safetensors_header
 };
 
 // All tensors of a checkpoint directory: `model.safetensors`, or the shards listed by
@@ -107,9 +102,9 @@ std::vector<std::string> write_safetensors_sharded_stream(
     const std::function<void(const std::function<void(const at::Tensor&)>&)>& produce,
     const std::map<std::string, std::string>& metadata = {});
 
-// "F32" <-> at::ScalarType; throws InputError for names it does not know.
+// "F32" <-> at::ScalarType; throws InputError for names it does not know. (safetensors_dtype_size is
+// in io/safetensors_header.h.)
 c10::ScalarType safetensors_dtype(const std::string& name);
 std::string safetensors_dtype_name(c10::ScalarType type);
-size_t safetensors_dtype_size(const std::string& name);
 
 }  // namespace lf

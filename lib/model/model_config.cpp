@@ -93,6 +93,8 @@ void parse_longrope(const Fields& f, const json& params, const std::string& key,
   const double original = f.number(params, "original_max_position_embeddings", top_original,
                                    key + ".original_max_position_embeddings");
   if (original <= 0) throw f.error(key + ".original_max_position_embeddings", "must be positive");
+  // Converted to an integer below: a larger value would not fit (found by fuzz_model_config).
+  if (original > 1e15) throw f.error(key + ".original_max_position_embeddings", "is too large");
   c.rope.original_max_position_embeddings = static_cast<int64_t>(original);
   c.rope.factor = params.contains("factor") && !params["factor"].is_null()
                       ? f.number(params, "factor", 1.0, key + ".factor")
@@ -148,7 +150,7 @@ void parse_rope(const Fields& f, ModelConfig& c) {
     if (!known_keys.count(it.key()))
       throw f.error(params_key + "." + it.key(), "not supported by logitfuse's RoPE");
   if (type == "default") {
-    if (params.contains("factor") && !params["factor"].is_null() && params["factor"].get<double>() != 1.0)
+    if (f.number(params, "factor", 1.0, params_key + ".factor") != 1.0)
       throw f.error(params_key + ".factor", "a factor needs a rope_type (linear or llama3)");
   } else if (type == "linear") {
     c.rope.factor = f.number(params, "factor", 1.0, params_key + ".factor");
@@ -156,8 +158,11 @@ void parse_rope(const Fields& f, ModelConfig& c) {
     c.rope.factor = f.number(params, "factor", 8.0, params_key + ".factor");
     c.rope.low_freq_factor = f.number(params, "low_freq_factor", 1.0, params_key + ".low_freq_factor");
     c.rope.high_freq_factor = f.number(params, "high_freq_factor", 4.0, params_key + ".high_freq_factor");
-    c.rope.original_max_position_embeddings = static_cast<int64_t>(
-        f.number(params, "original_max_position_embeddings", 8192, params_key + ".original_max_position_embeddings"));
+    const double original =
+        f.number(params, "original_max_position_embeddings", 8192, params_key + ".original_max_position_embeddings");
+    if (original <= 0 || original > 1e15)
+      throw f.error(params_key + ".original_max_position_embeddings", "must be a positive number of positions");
+    c.rope.original_max_position_embeddings = static_cast<int64_t>(original);
     if (c.rope.high_freq_factor <= c.rope.low_freq_factor)
       throw f.error(params_key + ".high_freq_factor", "must be greater than low_freq_factor");
   } else if (type == "longrope") {
@@ -219,6 +224,7 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   }
   if (f.has("initializer_range") && j["initializer_range"].is_number()) c.initializer_range = j["initializer_range"];
   c.tie_word_embeddings = f.boolean("tie_word_embeddings", false);
+  if (f.has("hidden_act") && !j["hidden_act"].is_string()) throw f.error("hidden_act", "expected a string");
   const std::string act = f.has("hidden_act") ? j["hidden_act"].get<std::string>() : "silu";
   if (act != "silu") throw f.error("hidden_act", "'" + act + "' is not supported (SwiGLU with silu only)");
   for (const char* key : {"torch_dtype", "dtype"})

@@ -97,6 +97,13 @@ std::string render_run_name(const std::string& name_template, const std::vector<
 std::vector<SweepRun> expand_sweep(const std::vector<SweepAxis>& axes,
                                    const std::vector<std::vector<SweepSetting>>& listed,
                                    const std::string& name_template) {
+  // A grid multiplies: a few lines can ask for billions of runs, which would exhaust memory before
+  // anything is said. Refused up front (found by fuzz_sweep).
+  size_t total = axes.empty() ? 0 : 1;
+  for (const auto& axis : axes)
+    total = axis.values.empty() ? 0 : total > kMaxSweepRuns / axis.values.size() ? kMaxSweepRuns + 1 : total * axis.values.size();
+  if (total > kMaxSweepRuns || total + listed.size() > kMaxSweepRuns)
+    throw InputError("the sweep has more than " + std::to_string(kMaxSweepRuns) + " runs", "split it into several sweeps");
   std::vector<std::vector<SweepSetting>> combos;
   if (!axes.empty()) {
     // An odometer over the axes: the last axis turns fastest. An empty axis yields no runs.

@@ -3,6 +3,7 @@
 // set of `key.path=value` overrides. No YAML and no files here, so the naming rules are unit-tested.
 #pragma once
 
+#include <cstddef>
 #include <string>
 #include <utility>
 #include <vector>
@@ -27,6 +28,9 @@ struct SweepRun {
   std::string name;                    // unique, safe as a folder name
   std::vector<SweepSetting> settings;  // what varies for this run, in axis order
 };
+
+// Most runs one sweep may expand to (InputError beyond).
+constexpr size_t kMaxSweepRuns = 100000;
 
 // The grid's runs (cartesian product of `axes`, in order), then the `listed` runs. Each run is named
 // by `name_template` when it is not empty, else by default_run_name(). Throws InputError when a

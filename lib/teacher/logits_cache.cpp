@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <filesystem>
 
+#include <unistd.h>
+
 #include "core/error.h"
 #include "core/hash.h"
 #include "io/file.h"
@@ -16,14 +18,6 @@ namespace fs = std::filesystem;
 namespace lf {
 
 namespace {
-
-nlohmann::json spec_json(const CacheSpec& s) {
-  return {{"teacher", s.teacher},         {"data_hash", s.data_hash},
-          {"tokenizer_hash", s.tokenizer_hash}, {"model_fingerprint", s.model_fingerprint},
-          {"chat_template", s.chat_template}, {"max_length", s.max_length},
-          {"max_prompt_length", s.max_prompt_length}, {"k", s.k},
-          {"temperatures", s.temperatures}};
-}
 
 std::string shard_name(size_t i) {
   char name[64];
@@ -51,13 +45,24 @@ std::string model_fingerprint(const std::string& model_dir) {
 LogitsCacheWriter::LogitsCacheWriter(std::string dir, CacheSpec spec, int64_t rows_per_shard)
     : dir_(std::move(dir)), spec_(std::move(spec)), rows_per_shard_(rows_per_shard), probs_(spec_.temperatures.size()),
       ids_(spec_.temperatures.size()) {
-  if (fs::exists(dir_) && !fs::is_empty(dir_)) {
-    // Only an earlier cache is replaced; any other content is left alone.
-    if (!fs::exists(fs::path(dir_) / "manifest.json"))
-      throw InputError(dir_ + ": exists and is not a logits cache", "choose an empty directory for teachers.N.logits_cache");
-    fs::remove_all(dir_);
-  }
-  fs::create_directories(dir_);
+  fs::path normal = fs::path(dir_).lexically_normal();
+  if (!normal.has_filename()) normal = normal.parent_path();  // "cache/": the staging goes beside it, not inside
+  dir_ = normal.string();
+  // Only an earlier cache is replaced (in finish()); any other content is left alone.
+  if (fs::exists(dir_) && !fs::is_empty(dir_) && !fs::exists(fs::path(dir_) / "manifest.json"))
+    throw InputError(dir_ + ": exists and is not a logits cache", "choose an empty directory for teachers.N.logits_cache");
+  const fs::path parent = fs::absolute(dir_).parent_path();
+  fs::create_directories(parent);
+  remove_stale_staging(parent.string());  // what a killed cache-logits left
+  staging_ = dir_ + ".tmp-" + std::to_string(::getpid());
+  fs::remove_all(staging_);
+  fs::create_directories(staging_);
+}
+
+LogitsCacheWriter::~LogitsCacheWriter() {
+  if (finished_) return;
+  std::error_code ignored;
+  fs::remove_all(staging_, ignored);
 }
 
 void LogitsCacheWriter::add(int64_t line, const std::vector<at::Tensor>& probs, const std::vector<at::Tensor>& ids, double ce) {
@@ -83,7 +88,7 @@ void LogitsCacheWriter::flush() {
     ids_[t].clear();
   }
   shards_.push_back(shard_name(shards_.size()));
-  write_safetensors((fs::path(dir_) / shards_.back()).string(), tensors);
+  write_safetensors((fs::path(staging_) / shards_.back()).string(), tensors);
   lines_.clear();
   offsets_ = {0};
   ce_.clear();
@@ -91,40 +96,39 @@ void LogitsCacheWriter::flush() {
 
 void LogitsCacheWriter::finish() {
   flush();
-  nlohmann::json manifest = spec_json(spec_);
+  nlohmann::json manifest = cache_spec_json(spec_);
   manifest["version"] = 1;
   manifest["shards"] = shards_;
   manifest["examples"] = examples_;
-  write_file_atomic((fs::path(dir_) / "manifest.json").string(), manifest.dump(2) + "\n");  // last: marks it complete
+  write_file_atomic((fs::path(staging_) / "manifest.json").string(), manifest.dump(2) + "\n");  // last: marks it complete
+  fsync_directory(staging_);
+  // The earlier cache steps aside (a name the stale-staging sweep removes if we die right here),
+  // the new one takes its place, then the earlier one goes.
+  const std::string old = staging_ + "-old";
+  if (fs::exists(dir_)) fs::rename(dir_, old);
+  fs::rename(staging_, dir_);
+  finished_ = true;
+  std::error_code ignored;
+  fs::remove_all(old, ignored);
+  fsync_directory(fs::absolute(dir_).parent_path().string());
 }
 
 std::shared_ptr<LogitsCache> LogitsCache::open(const std::string& dir, const CacheSpec& expected) {
   const fs::path manifest_path = fs::path(dir) / "manifest.json";
   if (!fs::exists(manifest_path))
     throw InputError(dir + ": no logits cache here (no manifest.json)", "run logitfuse cache-logits with this recipe first");
-  nlohmann::json manifest;
-  try {
-    manifest = nlohmann::json::parse(read_text_file(manifest_path.string()));
-  } catch (const nlohmann::json::exception& e) {
-    throw InputError(manifest_path.string() + ": not valid JSON: " + e.what());
-  }
-  const nlohmann::json want = spec_json(expected);
-  for (auto it = want.begin(); it != want.end(); ++it) {
-    if (it.key() == "teacher") continue;
-    if (!manifest.contains(it.key()) || manifest[it.key()] != *it)
-      throw InputError(dir + ": stale or mismatched logits cache: " + it.key() + " is " +
-                           (manifest.contains(it.key()) ? manifest[it.key()].dump() : std::string("missing")) +
-                           " in the cache, " + it->dump() + " for this recipe",
-                       "re-run logitfuse cache-logits with this recipe");
-  }
+  const std::vector<std::string> shards = check_cache_manifest(read_text_file(manifest_path.string()), dir, expected);
   auto cache = std::make_shared<LogitsCache>();
   cache->dir_ = dir;
   cache->spec_ = expected;
-  for (const auto& name : manifest.at("shards")) {
-    cache->shards_.push_back(std::make_shared<SafetensorsFile>(SafetensorsFile::open((fs::path(dir) / name.get<std::string>()).string())));
-    at::Tensor lines = cache->shards_.back()->tensor("lines");
-    auto acc = lines.accessor<int64_t, 1>();
-    for (int64_t i = 0; i < lines.size(0); ++i) cache->where_[acc[i]] = {cache->shards_.size() - 1, i};
+  for (const auto& name : shards) {
+    const std::string path = (fs::path(dir) / name).string();
+    cache->shards_.push_back(std::make_shared<SafetensorsFile>(SafetensorsFile::open(path)));
+    const SafetensorsFile& shard = *cache->shards_.back();
+    // Checked here, once, so that example() can index the shard's tensors without further checks.
+    const CacheShardIndex index = check_cache_shard(shard.header(), shard.data(), shard.size(), expected, path);
+    for (size_t i = 0; i < index.lines.size(); ++i)
+      cache->where_[index.lines[i]] = {cache->shards_.size() - 1, static_cast<int64_t>(i)};
   }
   return cache;
 }

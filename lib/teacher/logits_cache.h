@@ -13,15 +13,11 @@
 #include <string>
 #include <vector>
 
+#include "teacher/logits_cache_format.h"
+
 namespace lf {
 
 class SafetensorsFile;
-
-struct CacheSpec {
-  std::string teacher, data_hash, tokenizer_hash, model_fingerprint, chat_template;
-  int64_t max_length = 0, max_prompt_length = 0, k = 0;
-  std::vector<double> temperatures;
-};
 
 // A fingerprint of a model directory's weights without reading them: config.json and the
 // safetensors headers (names, dtypes, shapes, offsets) and sizes.
@@ -34,14 +30,21 @@ struct CachedExample {
 
 class LogitsCacheWriter {
  public:
+  // Writes into a staging folder beside DIR (DIR.tmp-PID) and replaces DIR only in finish(), so an
+  // earlier complete cache stays readable until the new one is whole; a writer destroyed before
+  // finish() (an error, a full disk) removes its staging folder.
   LogitsCacheWriter(std::string dir, CacheSpec spec, int64_t rows_per_shard = 1 << 20);
+  ~LogitsCacheWriter();
+  LogitsCacheWriter(const LogitsCacheWriter&) = delete;
+  LogitsCacheWriter& operator=(const LogitsCacheWriter&) = delete;
   // `line` identifies the example (its line in the data file).
   void add(int64_t line, const std::vector<at::Tensor>& probs, const std::vector<at::Tensor>& ids, double ce);
   void finish();
 
  private:
   void flush();
-  std::string dir_;
+  std::string dir_, staging_;
+  bool finished_ = false;
   CacheSpec spec_;
   int64_t rows_per_shard_;
   std::vector<int64_t> lines_, offsets_{0};
@@ -61,7 +64,8 @@ class LogitsCache {
   const CacheSpec& spec() const { return spec_; }
 
  private:
-  std::string dir_;
+  std::string dir_, staging_;
+  bool finished_ = false;
   CacheSpec spec_;
   std::vector<std::shared_ptr<SafetensorsFile>> shards_;
   struct Where {

@@ -157,6 +157,19 @@ json read_json(const std::string& file) {
   }
 }
 
+// Token ids index the tokenizer's tables: an id that is not a non-negative integer below this bound
+// is refused (found by fuzz_tokenizer_json: a float id was cast to int, a negative one indexed out
+// of bounds, a huge one allocated tables of that size). Real vocabularies are far smaller.
+constexpr int64_t kMaxTokenId = (int64_t{1} << 22) - 1;
+
+int32_t token_id(const json& id, const std::string& what, const std::string& file) {
+  if (!id.is_number_integer() || (id.is_number_unsigned() ? id.get<uint64_t>() > static_cast<uint64_t>(kMaxTokenId)
+                                                           : id.get<int64_t>() < 0 || id.get<int64_t>() > kMaxTokenId))
+    throw InputError(file + ": " + what + " has id " + id.dump() + "; ids are integers from 0 to " +
+                     std::to_string(kMaxTokenId));
+  return static_cast<int32_t>(id.get<int64_t>());
+}
+
 std::optional<std::string> optional_string(const json& j, const char* key) {
   if (!j.contains(key) || j[key].is_null()) return std::nullopt;
   return j[key].get<std::string>();
@@ -173,7 +186,7 @@ std::unique_ptr<Bpe> load_bpe(const json& model, const std::string& file) {
   if (!model.contains("vocab") || !model["vocab"].is_object()) throw InputError(file + ": model.vocab is not a mapping");
   std::unordered_map<std::string, int32_t> vocab;
   vocab.reserve(model["vocab"].size());
-  for (const auto& [token, id] : model["vocab"].items()) vocab.emplace(token, id.get<int32_t>());
+  for (const auto& [token, id] : model["vocab"].items()) vocab.emplace(token, token_id(id, "vocabulary token \"" + token + "\"", file));
   std::vector<std::pair<std::string, std::string>> merges;
   if (model.contains("merges")) {
     merges.reserve(model["merges"].size());
@@ -229,7 +242,7 @@ std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& json_file) {
     int64_t size = 0;
     for (const auto& [token, id] : tok->bpe->vocab()) size = std::max<int64_t>(size, id + 1);
     const json added = j.value("added_tokens", json::array());
-    for (const auto& a : added) size = std::max<int64_t>(size, a.at("id").get<int64_t>() + 1);
+    for (const auto& a : added) size = std::max<int64_t>(size, token_id(a.at("id"), "added token " + a.value("content", json()).dump(), file) + 1);
     tok->tokens.assign(size, "");
     tok->added.assign(size, 0);
     tok->special.assign(size, 0);

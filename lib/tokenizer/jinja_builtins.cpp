@@ -254,7 +254,8 @@ Value attribute_of(const Value& item, const std::string& path, int line) {
   while (true) {
     const size_t dot = path.find('.', pos);
     const std::string part = path.substr(pos, dot == std::string::npos ? std::string::npos : dot - pos);
-    const bool digits = !part.empty() && part.find_first_not_of("0123456789") == std::string::npos;
+    // An index that does not fit in 64 bits is looked up as a name (and is undefined).
+    const bool digits = !part.empty() && part.size() <= 18 && part.find_first_not_of("0123456789") == std::string::npos;
     v = digits ? get_item(v, Value(static_cast<int64_t>(std::stoll(part))), line) : get_item(v, Value(part), line);
     if (dot == std::string::npos) return v;
     pos = dot + 1;
@@ -373,7 +374,9 @@ Value apply_filter(const std::string& name, const Value& input, CallArgs& args, 
     return name == "safe" ? (input.is_string() ? input : Value(need_string(input))) : Value(html_escape(need_string(input)));
   if (name == "int") {
     const Value dflt = arg(args, 0, "default", Value(int64_t{0}));
-    if (input.is_number()) return input.is_float() ? Value(static_cast<int64_t>(input.as_float())) : Value(input.as_int());
+    // A float outside int64 (Python would make a big int) takes the default instead of undefined behaviour.
+    auto to_int = [&](double f) { return std::isfinite(f) && std::fabs(f) < 9.2e18 ? Value(static_cast<int64_t>(f)) : dflt; };
+    if (input.is_number()) return input.is_float() ? to_int(input.as_float()) : Value(input.as_int());
     if (input.is_string()) {
       try {
         size_t used = 0;
@@ -381,7 +384,7 @@ Value apply_filter(const std::string& name, const Value& input, CallArgs& args, 
         const int64_t v = std::stoll(t, &used);
         if (used == t.size()) return Value(v);
         const double f = std::stod(t, &used);
-        if (used == t.size()) return Value(static_cast<int64_t>(f));
+        if (used == t.size()) return to_int(f);
       } catch (const std::exception&) {
       }
     }

@@ -1,5 +1,7 @@
 #include "tokenizer/jinja_lex.h"
 
+#include <charconv>
+#include <cstdlib>
 #include <cctype>
 
 #include "tokenizer/jinja_builtins.h"
@@ -210,7 +212,18 @@ class Lexer {
     std::string text;
     for (size_t k = pos_; k < e; ++k)
       if (src_[k] != '_') text += src_[k];
-    Value v = is_float ? Value(std::stod(text)) : Value(static_cast<int64_t>(std::stoll(text)));
+    // Python reads an overflowing float literal as inf and has unbounded ints; ours are 64-bit, so a
+    // larger int literal is an error naming the line (std::stoll would throw a bare out_of_range).
+    Value v;
+    if (is_float) {
+      v = Value(std::strtod(text.c_str(), nullptr));
+    } else {
+      int64_t parsed = 0;
+      const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), parsed);
+      if (ec != std::errc() || end != text.data() + text.size())
+        fail(line_, "integer literal " + text + " does not fit in 64 bits");
+      v = Value(parsed);
+    }
     tokens_.push_back({is_float ? Token::Kind::Float : Token::Kind::Int, text, line_, v});
     pos_ = e;
   }

@@ -103,7 +103,14 @@ std::unique_ptr<Tokenizer> load_sentencepiece_tokenizer(const std::string& model
   using namespace tok;
   auto tok = std::make_unique<SentencePieceTokenizer>();
   tok->set_source(model_file);
-  const auto status = tok->sp.Load(model_file);
+  // The library throws for some malformed models (a zero-length piece: darts' "failed to insert
+  // key"; found by fuzz_sentencepiece) instead of returning a status.
+  sentencepiece::util::Status status;
+  try {
+    status = tok->sp.Load(model_file);
+  } catch (const std::exception& e) {
+    throw InputError(model_file + ": not a SentencePiece model: " + e.what());
+  }
   if (!status.ok()) throw InputError(model_file + ": not a SentencePiece model: " + status.ToString());
   const int n = tok->sp.GetPieceSize();
   tok->special.assign(n, 0);

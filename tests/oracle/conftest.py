@@ -1,4 +1,5 @@
 """Shared fixtures for the oracle tests: the logitfuse binary and a runner that checks exit codes."""
+import contextlib
 import os
 import subprocess
 from pathlib import Path
@@ -24,3 +25,18 @@ def logitfuse():
     if not BINARY.exists():
         pytest.fail(f"{BINARY} is missing: run scripts/setup.sh first")
     return run_logitfuse
+
+
+@contextlib.contextmanager
+def small_filesystem(path, kib):
+    """A tmpfs of `kib` KiB mounted at `path` (created) for the block: a disk that fills up. Skips the
+    test where mounting is not allowed; unmounted whatever happens."""
+    Path(path).mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(kib)}k", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield Path(path)
+    finally:
+        subprocess.run(["umount", str(path)], capture_output=True)

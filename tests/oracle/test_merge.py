@@ -103,3 +103,23 @@ def test_merge_errors_name_the_tensor_and_leave_nothing(models, logitfuse, tmp_p
     (tmp_path / "full" / "x").write_text("keep")
     logitfuse("merge", "--base", root / "base", "--expert", root / "expert0", "--out", tmp_path / "full", expect=2)
     assert (tmp_path / "full" / "x").read_text() == "keep"
+
+
+def test_merge_onto_a_full_disk_names_the_file_and_leaves_nothing(models, logitfuse, tmp_path):
+    # The output on a file system smaller than the merged model: a one-line error naming the file
+    # and the bytes it still had to write, no merged directory and no staging left, and what was
+    # already on that disk untouched; with room, the same command then succeeds.
+    from conftest import small_filesystem
+    root, base, experts = models
+    size = sum(t.nbytes for t in base.values())
+    with small_filesystem(tmp_path / "disk", size // 2048) as disk:
+        (disk / "earlier").write_text("keep")
+        proc = logitfuse("merge", "--base", root / "base", "--expert", root / "expert0", "--out", disk / "merged",
+                         expect=1)
+        lines = proc.stderr.strip().splitlines()
+        assert "No space left on device" in lines[-1] and "more bytes of this file to write" in lines[-1], proc.stderr
+        assert str(disk) in lines[-1]
+        assert sorted(p.name for p in disk.iterdir()) == ["earlier"]
+        assert (disk / "earlier").read_text() == "keep"
+    logitfuse("merge", "--base", root / "base", "--expert", root / "expert0", "--out", tmp_path / "roomy")
+    assert sorted(tensors_of(tmp_path / "roomy")) == sorted(base)

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import BINARY
+from conftest import BINARY, small_filesystem
 
 
 @pytest.fixture(scope="module")
@@ -372,15 +372,52 @@ def test_a_poisoned_teacher_stops_the_run_naming_step_term_and_teacher_and_never
         assert all(torch.equal(written[k].float(), start[k].float()) for k in start), directory
 
 
+def test_cache_logits_on_a_full_disk_keeps_the_earlier_cache(workspace, tmp_path, logitfuse):
+    # An earlier complete cache on a disk with room for it and half of another: rewriting it fails
+    # for lack of space naming the file, and the earlier cache is still there, byte for byte, with
+    # no staging left beside it; training still reads it.
+    common = {"loss.token.type": "kl", "loss.token.top_k": 6, "loss.graph.type": "none", "train.max_steps": 2,
+              "data.eval": "null"}
+    path, overrides = recipe(workspace, tmp_path / "first", **common, **{"teachers.0.logits_cache": tmp_path / "roomy"})
+    logitfuse("cache-logits", path, *overrides)
+    size = sum(f.stat().st_size for f in (tmp_path / "roomy").iterdir())
+    with small_filesystem(tmp_path / "disk", (size * 3 // 2) // 1024 + 8) as disk:
+        shutil.copytree(tmp_path / "roomy", disk / "cache")
+        before = {f.name: f.read_bytes() for f in (disk / "cache").iterdir()}
+        path, overrides = recipe(workspace, tmp_path / "again", **common, **{"teachers.0.logits_cache": disk / "cache"})
+        proc = logitfuse("cache-logits", path, *overrides, expect=1)
+        last = proc.stderr.strip().splitlines()[-1]
+        assert "No space left on device" in last and str(disk / "cache") in last, last
+        assert sorted(p.name for p in disk.iterdir()) == ["cache"]
+        assert {f.name: f.read_bytes() for f in (disk / "cache").iterdir()} == before
+        logitfuse("train", path, *overrides)
+        assert (tmp_path / "again" / "final" / "config.json").exists()
+
+
+def test_an_fp16_teacher_that_overflows_is_named_like_a_poisoned_one(workspace, tmp_path, logitfuse):
+    # Finite fp32 weights whose logits pass float16's largest value (65504): the teacher runs in fp16,
+    # its logits overflow to inf, and the run stops at step 1 naming the term and the teacher.
+    from safetensors.torch import save_file
+
+    loud = tmp_path / "teacher_a"
+    shutil.copytree(workspace / "teacher_a", loud)
+    tensors = load_file(str(loud / "model.safetensors"))
+    head = "lm_head.weight" if "lm_head.weight" in tensors else "model.embed_tokens.weight"
+    tensors[head] = tensors[head] * (30000.0 / tensors[head].abs().max())
+    tensors["model.norm.weight"] = tensors["model.norm.weight"] * 10
+    assert all(torch.isfinite(t.half()).all() for t in tensors.values())  # every weight fits float16
+    save_file(tensors, str(loud / "model.safetensors"), metadata={"format": "pt"})
+    common = {"teachers.0.path": loud, "teachers.0.dtype": "fp16", "train.max_steps": 2, "data.eval": "null"}
+    path, overrides = recipe(workspace, tmp_path / "fp16", **common)
+    proc = logitfuse("train", path, *overrides, expect=1)
+    assert "step 1: non-finite" in proc.stderr and "non-finite logits of teacher a)" in proc.stderr, proc.stderr
+    assert not (tmp_path / "fp16" / "final").exists()
+
+
 def test_a_full_disk_stops_the_run_naming_the_file_and_keeps_the_checkpoints_resumable(workspace, tmp_path, logitfuse):
     # The output directory on a 1.2 MB file system: two checkpoints fit, the third does not.
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(disk)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
-    try:
-        common = {"train.max_steps": 8, "checkpoint.every_steps": 2, "checkpoint.keep_last": 2, "data.eval": "null"}
+    common = {"train.max_steps": 8, "checkpoint.every_steps": 2, "checkpoint.keep_last": 2, "data.eval": "null"}
+    with small_filesystem(tmp_path / "disk", 1200) as disk:
         path, overrides = recipe(workspace, disk / "run", **common)
         proc = logitfuse("train", path, *overrides, expect=1)
         last = proc.stderr.strip().splitlines()[-1]
@@ -390,11 +427,83 @@ def test_a_full_disk_stops_the_run_naming_the_file_and_keeps_the_checkpoints_res
         assert all((disk / "run" / "checkpoints" / c / "DONE").exists() for c in checkpoints)
         assert not (disk / "run" / "final").exists()
         shutil.copytree(disk / "run", tmp_path / "moved")
-    finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
     # Moved to a disk with room, the run resumes and ends where an uninterrupted one does.
     path, overrides = recipe(workspace, tmp_path / "moved", **common)
     logitfuse("train", path, *overrides, "--resume", "auto")
     path, overrides = recipe(workspace, tmp_path / "reference", **common)
     logitfuse("train", path, *overrides)
     assert_same_weights(tmp_path / "moved" / "final", tmp_path / "reference" / "final")
+
+
+def test_bad_data_and_caches_at_scale_are_a_clear_error_or_a_counted_skip(workspace, tmp_path, logitfuse):
+    # A 10 MB data line among ordinary ones trains (the line is truncated to data.max_length like any
+    # other); a truncated cache shard is a one-line exit-2 error naming the shard, and a valid
+    # cache elsewhere is untouched by it.
+    import time as clock
+    lines = (workspace / "train.jsonl").read_text().splitlines()
+    huge = json.loads(lines[0])
+    huge["response"] = ("word " * 2_100_000)[:10_000_000]
+    (tmp_path / "huge.jsonl").write_text("\n".join([json.dumps(huge)] + lines[1:]) + "\n")
+    common = {"train.max_steps": 2, "data.eval": "null", "checkpoint.every_steps": 0}
+    path, overrides = recipe(workspace, tmp_path / "huge", **common, **{"data.train": tmp_path / "huge.jsonl"})
+    start = clock.time()
+    logitfuse("train", path, *overrides)
+    assert (tmp_path / "huge" / "final" / "config.json").exists()
+    print(f"a 10 MB line: {clock.time() - start:.1f}s for the whole run")
+
+    cached = {**common, "loss.token.type": "kl", "loss.token.top_k": 6, "loss.graph.type": "none",
+              "teachers.0.logits_cache": tmp_path / "cache"}
+    path, overrides = recipe(workspace, tmp_path / "cached", **cached)
+    logitfuse("cache-logits", path, *overrides)
+    shard = sorted((tmp_path / "cache").glob("*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    proc = logitfuse("train", path, *overrides, expect=2)
+    assert shard.name in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "cached" / "final").exists()
+
+
+def test_a_data_file_edited_before_a_resume_is_refused_and_restored_resumes(workspace, tmp_path, logitfuse):
+    # The data cursor of a checkpoint indexes the file as it was: resuming on an edited file stops
+    # with a one-line error naming it; with the file restored, the resume goes on.
+    data = tmp_path / "train.jsonl"
+    shutil.copy(workspace / "train.jsonl", data)
+    common = {"train.max_steps": 4, "checkpoint.every_steps": 2, "data.eval": "null", "data.train": data}
+    path, overrides = recipe(workspace, tmp_path / "run", **common)
+    logitfuse("train", path, *overrides, "train.max_steps=3")
+    shutil.rmtree(tmp_path / "run" / "final")  # as if it had stopped after its checkpoint of step 2
+    original = data.read_text()
+    data.write_text(original.replace("\n", "\n", 1) + original.splitlines()[0] + "\n")  # one line added
+    proc = logitfuse("train", path, *overrides, "--resume", "auto", expect=2)
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "data.train changed since the checkpoint of step 2" in errors[0], proc.stderr
+    assert str(data) in errors[0]
+    data.write_text(original)
+    logitfuse("train", path, *overrides, "--resume", "auto")
+    assert (tmp_path / "run" / "final" / "config.json").exists()
+
+
+def test_a_teacher_removed_mid_run_stops_the_resume_naming_it_and_keeps_the_checkpoints(workspace, tmp_path, logitfuse):
+    # A live run has its teachers in memory, so a teacher directory removed under it does not stop
+    # it; a resume then needs the teacher: a one-line exit-2 error naming its path, the checkpoints
+    # as they were; with the teacher back, the resume goes on.
+    teacher = tmp_path / "teacher_a"
+    shutil.copytree(workspace / "teacher_a", teacher)
+    common = {"teachers.0.path": teacher, "train.max_steps": 4, "checkpoint.every_steps": 2, "data.eval": "null"}
+    path, overrides = recipe(workspace, tmp_path / "run", **common)
+    proc = subprocess.Popen([str(BINARY), "train", str(path), *overrides, "train.max_steps=3"],
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # "training ... for N steps": the teachers are loaded
+        if " info training " in line:
+            shutil.move(str(teacher), str(tmp_path / "away"))
+            break
+    proc.stderr.read()
+    assert proc.wait() == 0
+    shutil.rmtree(tmp_path / "run" / "final")  # as if it had stopped after its checkpoint of step 2
+    before = {p: p.read_bytes() for p in (tmp_path / "run" / "checkpoints").rglob("*") if p.is_file()}
+    proc = logitfuse("train", path, *overrides, "--resume", "auto", expect=2)
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and str(teacher) in errors[0], proc.stderr
+    assert {p: p.read_bytes() for p in (tmp_path / "run" / "checkpoints").rglob("*") if p.is_file()} == before
+    shutil.move(str(tmp_path / "away"), str(teacher))
+    logitfuse("train", path, *overrides, "--resume", "auto")
+    assert (tmp_path / "run" / "final" / "config.json").exists()

@@ -100,6 +100,11 @@ TEST_CASE("jinja: errors name the construct and the line; raise_exception exits 
   CHECK_THAT(error_of("{{ x.y }}"), Contains("'x' is undefined"));
   CHECK_THAT(error_of("{{ 'a' + 1 }}"), Contains("unsupported operand type(s) for +: 'str' and 'int'"));
   CHECK_THAT(error_of("{{ raise_exception('Roles must alternate') }}"), Contains("Roles must alternate"));
+  // Found by fuzz_chat_template: number literals past 64 bits (Python: unbounded ints, inf floats).
+  CHECK_THAT(error_of("\n{{ 99999999999999999999 }}"), Contains("chat template line 2: integer literal 99999999999999999999 does not fit"));
+  CHECK(render("{{ 1e999 }}") == "inf");
+  // Python would make a big int here; ours are 64-bit, so the filter's default comes back (no UB).
+  CHECK(render("{{ 1e999 | int }}|{{ '1e300' | int(7) }}") == "0|7");
   try {
     render("{{ raise_exception('no') }}");
     FAIL("expected an error");

@@ -111,6 +111,31 @@ TEST_CASE("loss: ULD and the KL family match finite differences and their defini
   CHECK(lf::loss::token_loss_rows(s, t, {"rkl", {}, 1.0, 0.5}, &identity).sum().item<double>() == Approx(rkl.item<double>()).epsilon(1e-9));
 }
 
+TEST_CASE("loss: zero teacher probabilities give finite losses and gradients", "[loss]") {
+  // Poisoned numbers that are legitimate: a teacher that puts zero probability (-inf logits) on
+  // tokens, including the ones the student prefers, and a row whose whole mass falls on tokens the
+  // vocabulary map cannot place (holes), at full vocabulary and top-k. Every term stays finite and
+  // so does its gradient; the unplaceable row contributes nothing.
+  const lf::VocabMap map = identity_with_holes(30);
+  at::Tensor t = random_logits(4, 30, 31);
+  const double inf = std::numeric_limits<double>::infinity();
+  t.index_put_({0, at::indexing::Slice(0, 15)}, -inf);                      // half the vocabulary impossible
+  t[1].fill_(-inf);
+  for (int64_t i = 3; i < 30; i += 7) t[1][i] = 0.0;                          // all its mass on holes
+  at::Tensor s = random_logits(4, 30, 32);
+  s.index_put_({0, at::indexing::Slice(0, 15)}, 8.0);  // the student prefers what the teacher rules out
+  for (const char* type : {"uld", "kl", "rkl", "jsd"})
+    for (std::optional<int64_t> k : {std::optional<int64_t>(), std::optional<int64_t>(5)}) {
+      INFO(type << " top_k=" << (k ? *k : 0));
+      at::Tensor x = s.clone().requires_grad_(true);
+      at::Tensor rows = lf::loss::token_loss_rows(x, t, {type, k, 1.0, 0.5}, &map);
+      rows.sum().backward();
+      CHECK(at::isfinite(rows).all().item<bool>());
+      CHECK(at::isfinite(x.grad()).all().item<bool>());
+      if (std::string(type) != "uld") CHECK(rows[1].item<double>() == 0.0);
+    }
+}
+
 TEST_CASE("loss: streamed chunks give the same loss and gradients as one chunk", "[loss]") {
   // A toy "model": hidden states from an embedding, logits from a projection, both learnable.
   auto generator = at::detail::createCPUGenerator(21);
