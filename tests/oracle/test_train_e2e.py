@@ -2,6 +2,7 @@
 and a SentencePiece unigram model): the loss goes down, the result loads in transformers, and a run
 that is killed and resumed ends with exactly the weights of an uninterrupted one."""
 import json
+import math
 import os
 import random
 import re
@@ -507,3 +508,26 @@ def test_a_teacher_removed_mid_run_stops_the_resume_naming_it_and_keeps_the_chec
     shutil.move(str(tmp_path / "away"), str(teacher))
     logitfuse("train", path, *overrides, "--resume", "auto")
     assert (tmp_path / "run" / "final" / "config.json").exists()
+
+
+def test_empty_responses_are_an_error_or_a_counted_skip_and_long_prompts_keep_a_response(workspace, tmp_path, logitfuse):
+    # Every line with an empty response: exit 2 naming the first line; with data.skip_invalid the
+    # lines are counted as skipped and a set with none left is exit 2. Prompts longer than the whole
+    # max_length are truncated first (to max_prompt_length < max_length), so every line keeps at least
+    # one response token to learn from and the run trains.
+    lines = [json.loads(l) for l in (workspace / "train.jsonl").read_text().splitlines()]
+    (tmp_path / "empty.jsonl").write_text("".join(json.dumps({**x, "response": ""}) + "\n" for x in lines))
+    common = {"train.max_steps": 2, "data.eval": "null", "checkpoint.every_steps": 0,
+              "data.train": tmp_path / "empty.jsonl"}
+    path, overrides = recipe(workspace, tmp_path / "empty", **common)
+    proc = logitfuse("train", path, *overrides, expect=2)
+    assert f"{tmp_path / 'empty.jsonl'}:1: empty response" in proc.stderr, proc.stderr
+    proc = logitfuse("train", path, *overrides, "data.skip_invalid=true", expect=2)
+    assert f"skipped {len(lines)} invalid line(s)" in proc.stderr and "no valid examples" in proc.stderr, proc.stderr
+    assert not (tmp_path / "empty" / "final").exists()
+
+    (tmp_path / "long.jsonl").write_text("".join(json.dumps({**x, "prompt": x["prompt"] * 40}) + "\n" for x in lines))
+    path, overrides = recipe(workspace, tmp_path / "long", **{**common, "data.train": tmp_path / "long.jsonl"})
+    logitfuse("train", path, *overrides)
+    rows = [x for x in metrics(tmp_path / "long") if "loss" in x]
+    assert len(rows) == 2 and all(math.isfinite(x["loss"]) for x in rows)
