@@ -531,3 +531,17 @@ def test_empty_responses_are_an_error_or_a_counted_skip_and_long_prompts_keep_a_
     logitfuse("train", path, *overrides)
     rows = [x for x in metrics(tmp_path / "long") if "loss" in x]
     assert len(rows) == 2 and all(math.isfinite(x["loss"]) for x in rows)
+
+
+def test_a_final_write_on_a_full_disk_leaves_no_partial_final(workspace, tmp_path, logitfuse):
+    # No checkpoints, an output disk smaller than the model: the run trains, then writing final/
+    # fails naming the file; no final/ and no staging are left, only the run's logs.
+    size = sum(f.stat().st_size for f in (workspace / "student").glob("*.safetensors"))
+    with small_filesystem(tmp_path / "disk", size // 2048) as disk:
+        path, overrides = recipe(workspace, disk / "run", **{"train.max_steps": 2, "checkpoint.every_steps": 0,
+                                                            "data.eval": "null"})
+        proc = logitfuse("train", path, *overrides, expect=1)
+        last = proc.stderr.strip().splitlines()[-1]
+        assert "No space left on device" in last and "final" in last, last
+        assert not (disk / "run" / "final").exists()
+        assert not [p for p in (disk / "run").rglob("*") if ".tmp" in p.name], list((disk / "run").rglob("*"))
