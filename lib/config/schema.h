@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -293,6 +294,15 @@ class Writer {
     } else {
       out_ << value;
     }
+  }
+  // A string with control characters (a CR inside a plain scalar reads back without it) is written
+  // double-quoted, with escapes, so that what is written reads back the same (found by fuzz_recipe).
+  void write(const std::string& value) {
+    const bool control = std::any_of(value.begin(), value.end(), [](char c) {
+      return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+    });
+    if (control) out_ << YAML::DoubleQuoted;
+    out_ << value;
   }
   // Template variables back as YAML that reads to the same JSON (strings quoted, so "007" stays one).
   void write(const nlohmann::json& value) {

@@ -156,4 +156,10 @@ TEST_CASE("recipe: the printed config loads back to the same recipe", "[recipe]"
   CHECK(again.teachers.size() == 2);
   CHECK(again.student.chat_template_kwargs == r.student.chat_template_kwargs);
   CHECK(again.teachers[0].chat_template_kwargs == nlohmann::json({{"tag", "007"}}));
+  // Found by fuzz_recipe: carriage returns inside a plain scalar are kept on reading; written plain
+  // they read back without them. Strings with control characters are written double-quoted.
+  auto cr = load_recipe(dir.file("cr.yaml", std::string(kMinimal) + "\n"), {"data.train=data/x.jsonl\r\r"});
+  REQUIRE(cr.data.train == "data/x.jsonl\r\r");
+  const std::string cr_printed = lf::recipe_to_yaml(cr);
+  CHECK(load_recipe(dir.file("cr-printed.yaml", cr_printed)).data.train == cr.data.train);
 }
