@@ -13,14 +13,14 @@
 
 namespace lf {
 
-CacheSpec expected_cache_spec(const Recipe& r, size_t index, const Participant& teacher) {
+CacheSpec expected_cache_spec(const Recipe& r, size_t index, const Participant& teacher, const std::string& data_hash) {
   const bool token = r.loss.token.type != "none", graph = r.loss.graph.type == "gld";
   if (token && !r.loss.token.top_k)
     throw InputError("teachers." + std::to_string(index) + ".logits_cache: loss.token.top_k must be set",
                      "a cache holds top-k probabilities; full-vocabulary token losses need an online teacher");
   CacheSpec spec;
   spec.teacher = teacher.name;
-  spec.data_hash = hex64(hash_file(r.data.train));
+  spec.data_hash = data_hash;
   spec.tokenizer_hash = hex64(hash_file(teacher.tokenizer->source()));
   spec.model_fingerprint = model_fingerprint(teacher.dir);
   spec.chat_template = teacher.chat_template.name;
@@ -42,6 +42,7 @@ void write_logits_caches(const Recipe& r) {
   bool any = false;
   const Truncation truncation{r.data.max_length, r.data.max_prompt_length};
   const ExampleSet examples = read_examples(r.data.train, r.data.skip_invalid);
+  const std::string data_hash = hex64(hash_file(r.data.train));
   for (size_t s = 0; s < r.teachers.size(); ++s) {
     const TeacherConfig& tc = r.teachers[s];
     if (!tc.logits_cache) continue;
@@ -50,7 +51,7 @@ void write_logits_caches(const Recipe& r) {
                                            tc.device == "auto" ? r.run.device : tc.device, r.chat_templates,
                                            /*load_weights=*/true, tc.chat_template_kwargs);
     teacher.model->eval();
-    const CacheSpec spec = expected_cache_spec(r, s, teacher);
+    const CacheSpec spec = expected_cache_spec(r, s, teacher, data_hash);
     LogitsCacheWriter writer(*tc.logits_cache, spec);
     at::NoGradGuard no_grad;
     int64_t rows = 0, skipped = 0;

@@ -14,7 +14,9 @@ namespace lf {
 
 // What a cache for teachers[index] must match under this recipe (data, tokenizer, weights, template,
 // truncation, k, temperatures). InputError if the recipe's losses cannot be served from a cache.
-CacheSpec expected_cache_spec(const Recipe& recipe, size_t index, const Participant& teacher);
+// `data_hash`: hex64(hash_file(recipe.data.train)), read once by the caller for every teacher.
+CacheSpec expected_cache_spec(const Recipe& recipe, size_t index, const Participant& teacher,
+                              const std::string& data_hash);
 
 // Index of `temperature` in the spec's list.
 size_t temperature_index(const CacheSpec& spec, double temperature);

@@ -154,6 +154,8 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
     spdlog::info("student sharded over {} rank(s) (ZeRO-3): {} of parameters and gradients on this rank", comm.world_size(),
                  format_bytes(sharded_student->shard_bytes()));
   }
+  // data.train's bytes, hashed once: the key of its logits caches and of a checkpoint's resume.
+  const std::string data_hash = hex64(hash_file(recipe.data.train));
   std::vector<Participant> teachers;
   std::vector<std::shared_ptr<LogitsCache>> caches;  // per teacher; null for an online one
   std::vector<std::unique_ptr<ShardedModel>> sharded_teachers(recipe.teachers.size());
@@ -164,7 +166,7 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
                                         recipe.chat_templates, /*load_weights=*/placements[s] == "replicate",
                                         t.chat_template_kwargs));
     if (placements[s] == "cache") {
-      caches.push_back(LogitsCache::open(*t.logits_cache, expected_cache_spec(recipe, s, teachers.back())));
+      caches.push_back(LogitsCache::open(*t.logits_cache, expected_cache_spec(recipe, s, teachers.back(), data_hash)));
       spdlog::info("teacher {}: reading cached logits from {}", t.name, *t.logits_cache);
       continue;
     }
@@ -257,7 +259,7 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
 
   const int64_t global_micro_batch = tc.micro_batch_size * comm.world_size();
   TrainerState fresh{0, {}, comm.world_size(), global_micro_batch, hex64(fnv1a64(recipe_text)), 0, ""};
-  fresh.data_hash = hex64(hash_file(recipe.data.train));
+  fresh.data_hash = data_hash;
   TrainerState state = fresh;
   if (resume == "auto") {
     // Every rank must take the same checkpoint: one that fails to load on any rank is skipped by all.
