@@ -67,7 +67,13 @@ class HfTokenizer final : public TokenizerBase {
                              words);
         for (const Piece& word : words) {
           word_tokens.clear();
-          bpe->tokenize(word.text, word_tokens);
+          try {
+            bpe->tokenize(word.text, word_tokens);
+          } catch (const std::invalid_argument& e) {
+            // An unk_token missing from the vocabulary: tokenizers loads such a file too and fails
+            // only on text that needs the unknown token, so the error comes here, naming the file.
+            throw InputError(source_ + ": " + e.what(), "add the token to model.vocab or remove model.unk_token");
+          }
           size_t at = 0;
           for (const WordToken& t : word_tokens) {
             const Span span = word.original(at, at + t.len);

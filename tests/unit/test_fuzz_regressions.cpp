@@ -77,6 +77,19 @@ TEST_CASE("fuzz regression: tokenizer.json ids that are not small non-negative i
   CHECK(tokenizer_error(tokenizer({{"a", 0}, {"b", 1}}, {{{"id", 2}, {"content", "<s>"}}})).empty());
 }
 
+TEST_CASE("fuzz regression: an unk_token missing from the vocabulary is an input error on the text that needs it", "[tokenizer][fuzz]") {
+  // fuzz_tokenizer_json: the BPE model's std::invalid_argument escaped encode() (exit 1). tokenizers
+  // loads such a file and fails only on a character outside the vocabulary; so do we, naming the file.
+  json spec = tokenizer({{"a", 0}, {"b", 1}});
+  spec["model"]["unk_token"] = "<unk>";
+  lf::test::TempDir dir;
+  const std::string file = dir.file("tokenizer.json", spec.dump());
+  const auto tok = lf::load_hf_tokenizer(file);
+  CHECK(tok->encode("ab", false).ids == std::vector<int64_t>{0, 1});
+  CHECK_THAT(lf::test::error_text([&] { tok->encode("abc", false); }),
+             Contains(file + ": unk_token \"<unk>\" is not in the vocabulary"));
+}
+
 TEST_CASE("fuzz regression: a SentencePiece model the library throws on is an input error", "[tokenizer][fuzz]") {
   // fuzz_sentencepiece: a model with a zero-length piece made the library throw darts' "failed to
   // insert key" past our status check (std::terminate).
