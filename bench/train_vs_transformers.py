@@ -16,6 +16,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -76,6 +77,7 @@ checkpoint: {{every_steps: 0}}
 log: {{every_steps: 1}}
 """)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    shutil.rmtree(root / f"lf-{mode}", ignore_errors=True)  # a reused --workspace holds the last run
     subprocess.run([args.binary, "--log-level", "warn", "train", str(recipe)], check=True, env=env)
     steps = [json.loads(l) for l in (root / f"lf-{mode}" / "metrics.jsonl").read_text().splitlines()]
     steps = [s for s in steps if "tokens_per_s" in s]

@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "core/cpu_allocator.h"
 #include "core/error.h"
 #include "core/logging.h"
 
@@ -15,7 +16,16 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error|off")->capture_default_str();
-  app.parse_complete_callback([&] { lf::setup_logging(log_level); });
+  std::string cpu_allocator = "caching";
+  app.add_option("--cpu-allocator", cpu_allocator,
+                 "caching: reuse freed CPU blocks of 1 MiB and more (large tensors are not re-faulted every step); "
+                 "system: LibTorch's default")
+      ->check(CLI::IsMember({"caching", "system"}))
+      ->capture_default_str();
+  app.parse_complete_callback([&] {
+    lf::setup_logging(log_level);
+    if (cpu_allocator == "caching") lf::install_caching_cpu_allocator();
+  });
 
   lf::app::add_train(app);
   lf::app::add_cache_logits(app);

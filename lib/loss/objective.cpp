@@ -4,9 +4,11 @@
 #include <torch/csrc/autograd/autograd.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "core/error.h"
 #include "kernels/logit_stats.h"
+#include "kernels/row_losses.h"
 
 namespace lf::loss {
 
@@ -134,6 +136,12 @@ LossParts backward_fusion_loss(const StudentSide& student, const std::vector<Tea
       continue;
     }
     teacher_labels[s] = label_rows(*t.batch, t.hidden.device());
+    if (!use_graph && c.teacher_mix != "min_ce") {
+      // Nothing reads the teacher's top-k or CE: no second pass over its logits (the token term
+      // reads them in the main pass, which checks them for non-finite values).
+      for (int64_t b = 0; b < B; ++b) weight[s][b] = t.weight;
+      continue;
+    }
     teacher_rows[s] = summarise(t.hidden, t.logits, teacher_labels[s], c.graph_top_k, c.graph_temperature, c.chunk_rows);
     at::Tensor ce = teacher_rows[s].ce.cpu();
     int64_t offset = 0;
@@ -210,7 +218,11 @@ LossParts backward_fusion_loss(const StudentSide& student, const std::vector<Tea
       const auto& t = teachers[s];
       // Span alignment reads the teacher's rows on the CPU: the cache's, or computed here.
       TokenRows live;
-      if (t.span && !t.cached) live = teacher_token_rows(t.hidden, t.logits, teacher_labels[s], c.token, c.chunk_rows);
+      if (t.span && !t.cached) {
+        live = teacher_token_rows(t.hidden, t.logits, teacher_labels[s], c.token, c.chunk_rows);
+        if (!teacher_rows[s].probs.defined() && s < 64 && live.probs.defined() && !at::isfinite(live.probs).all().item<bool>())
+          parts.nonfinite_teachers |= uint64_t{1} << s;
+      }
       std::vector<at::Tensor> cached_probs(B), cached_ids(B);
       int64_t teacher_offset = 0;
       for (int64_t b = 0; b < B; ++b) {
@@ -264,7 +276,7 @@ LossParts backward_fusion_loss(const StudentSide& student, const std::vector<Tea
       ce = both.ce;
       graph_probs = both.probs;
     } else {
-      ce = kernels::cross_entropy_rows(logits, rows.labels.narrow(0, start, n));
+      ce = kernels::cross_entropy_rows_fused(logits, rows.labels.narrow(0, start, n));
     }
     sft_sum += ce.detach().sum().item<double>();
     at::Tensor chunk_loss = ce.sum() * (sft_weight * inv_tokens);
@@ -283,10 +295,14 @@ LossParts backward_fusion_loss(const StudentSide& student, const std::vector<Tea
         for (auto& x : part) x -= offset;
         return at::tensor(part, at::TensorOptions().dtype(at::kLong)).to(dev);
       };
-      at::Tensor student_logits = logits.index_select(0, slice(a.student_row, start, device));
+      // Every row of the chunk paired, in order (one teacher, same tokenizer): the logits as they
+      // are, not a gathered copy whose backward scatters into another [n, V] buffer.
+      bool all_rows = static_cast<int64_t>(end - begin) == n;
+      for (size_t i = begin; all_rows && i < end; ++i) all_rows = a.student_row[i] == start + static_cast<int64_t>(i - begin);
+      at::Tensor student_logits = all_rows ? logits : logits.index_select(0, slice(a.student_row, start, device));
       std::vector<double> w;
       for (size_t i = begin; i < end; ++i) w.push_back(weight[s][a.teacher_b[i]]);
-      at::Tensor row_loss;
+      at::Tensor row_loss, teacher_logits;
       if (t.span) {
         // Span targets, padded to the widest row with mass 0.
         size_t width = 1;
@@ -314,7 +330,6 @@ LossParts backward_fusion_loss(const StudentSide& student, const std::vector<Tea
         row_loss = token_loss_rows_topk(student_logits, at::stack(probs).to(device), at::stack(ids).to(device), c.token,
                                         t.vocab_map);
       } else {
-        at::Tensor teacher_logits;
         {
           at::NoGradGuard no_grad;
           const at::Device tdev = t.hidden.device();
@@ -323,7 +338,11 @@ LossParts backward_fusion_loss(const StudentSide& student, const std::vector<Tea
         row_loss = token_loss_rows(student_logits, teacher_logits, c.token, t.vocab_map);
       }
       at::Tensor rows_loss = row_loss * at::tensor(w, at::TensorOptions().dtype(at::kDouble)).to(device).to(row_loss.scalar_type());
-      token_sum += rows_loss.detach().sum().item<double>();
+      const double rows_sum = rows_loss.detach().sum().item<double>();
+      // A non-finite term: name the teacher if its logits are the cause (read only on this path).
+      if (!std::isfinite(rows_sum) && s < 64 && teacher_logits.defined() && !at::isfinite(teacher_logits).all().item<bool>())
+        parts.nonfinite_teachers |= uint64_t{1} << s;
+      token_sum += rows_sum;
       chunk_loss = chunk_loss + rows_loss.sum() * (lambda * inv_tokens);
     }
     chunk_loss.backward();

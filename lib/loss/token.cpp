@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "kernels/logit_stats.h"
+#include "kernels/row_losses.h"
 
 namespace lf::loss {
 
@@ -125,6 +126,8 @@ at::Tensor token_loss_rows(const at::Tensor& student_logits, const at::Tensor& t
   if (options.type == "kl" || options.type == "rkl" || options.type == "jsd") {
     if (!map) throw InputError("loss.token.type=" + options.type + " needs a vocabulary map (alignment.vocab)");
     if (!options.top_k && is_identity(*map, student_logits.size(1), teacher_logits.size(1))) {
+      if (options.type == "kl")
+        return kernels::full_kl_rows(student_logits, teacher_logits.to(student_logits.device()), options.temperature);
       // Same vocabulary, full distributions: no mapping, no scatter into a second [P, V] buffer.
       at::Tensor log_teacher;
       {

@@ -373,6 +373,26 @@ def test_a_poisoned_teacher_stops_the_run_naming_step_term_and_teacher_and_never
         assert all(torch.equal(written[k].float(), start[k].float()) for k in start), directory
 
 
+def test_a_poisoned_teacher_is_named_when_only_its_token_term_reads_it(workspace, tmp_path, logitfuse):
+    # Without GLD (and without min_ce mixing) the teacher's logits are read once, by the token term
+    # of the main pass; the non-finite check moved there with them.
+    from safetensors.torch import save_file
+
+    poisoned = tmp_path / "teacher_a"
+    shutil.copytree(workspace / "teacher_a", poisoned)
+    tensors = load_file(str(poisoned / "model.safetensors"))
+    tensors["model.norm.weight"][0] = float("nan")
+    save_file(tensors, str(poisoned / "model.safetensors"), metadata={"format": "pt"})
+    for token in ("kl", "uld"):
+        path, overrides = recipe(workspace, tmp_path / token, **{
+            "teachers.0.path": poisoned, "train.max_steps": 2, "data.eval": "null", "loss.graph.type": "none",
+            "loss.token.type": token})
+        proc = logitfuse("train", path, *overrides, expect=1)
+        assert "step 1: non-finite token distillation loss" in proc.stderr, proc.stderr
+        assert "non-finite logits of teacher a)" in proc.stderr, proc.stderr
+        assert not (tmp_path / token / "final").exists()
+
+
 def test_cache_logits_on_a_full_disk_keeps_the_earlier_cache(workspace, tmp_path, logitfuse):
     # An earlier complete cache on a disk with room for it and half of another: rewriting it fails
     # for lack of space naming the file, and the earlier cache is still there, byte for byte, with
