@@ -32,6 +32,13 @@ def run_dlf(lf, root, data, toks, args, large):
         lf("merge", "--base", base, *[a for s in skills for a in ("--expert", experts[s], "--weight", args.merge_weight)],
            "--out", merged)
     experts["merged"] = merged
+    # TIES (method.md §4b): each task vector trimmed to its largest 20 %, signs elected per entry,
+    # agreeing entries averaged, so the two skills' vectors interfere less than in the plain sum.
+    merged_ties = dlf / "merged-ties"
+    if not (merged_ties / "config.json").exists():
+        lf("merge", "--base", base, *[a for s in skills for a in ("--expert", experts[s], "--weight", args.merge_weight)],
+           "--method", "ties", "--out", merged_ties)
+    experts["merged-ties"] = merged_ties
     log(f"DLF base and experts ready ({time.time() - t0:.0f}s); large model: the pivot")
     shift = expert_shift(lf, root, data, base, {s: experts[s] for s in skills})
     for name, by_skill in shift.items():
@@ -65,6 +72,9 @@ def run_dlf(lf, root, data, toks, args, large):
     jobs.append(job("dynamic, merged expert", "dynamic-merged", "dynamic", ["merged"], skills))
     jobs.append(job("static, merged expert", "static-merged", "static", ["merged"], skills))
     jobs.append(job("merged expert alone", "expert-merged", "expert_only", ["merged"], skills, "merged"))
+    jobs.append(job("dynamic, TIES-merged expert", "dynamic-merged-ties", "dynamic", ["merged-ties"], skills))
+    jobs.append(job("TIES-merged expert alone", "expert-merged-ties", "expert_only", ["merged-ties"], skills,
+                    "merged-ties"))
     # In-context learning: the same k worked examples before every question, for every model.
     if args.shots:
         k = args.shots

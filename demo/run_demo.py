@@ -235,9 +235,10 @@ def main():
                       "expert_kl_from_base": shift}
         print(f"\nDynamic Logit Fusion (exact match %): large = the pivot; small base {args.dlf_base_size} trained on "
               f"the general pool; experts = the base fine-tuned {args.expert_steps} steps on each skill's pool")
-        print(f"{'decoding':<24}" + "".join(f"{k + ' EM %':>18}" for k in SKILLS))
+        width = max(24, *(len(name) + 2 for name in dlf))
+        print(f"{'decoding':<{width}}" + "".join(f"{k + ' EM %':>18}" for k in SKILLS))
         for name, scores in dlf.items():
-            print(f"{name:<24}" + "".join(f"{100 * scores[k]:>18.1f}" for k in SKILLS))
+            print(f"{name:<{width}}" + "".join(f"{100 * scores[k]:>18.1f}" for k in SKILLS))
         print("experts' mean KL(expert || base) per gold response token: " + "; ".join(
             f"{name}: " + ", ".join(f"on {k} {v:.3f}" for k, v in by.items()) for name, by in shift.items()))
         order = [k for k in SKILLS if dlf["dynamic"][k] >= dlf["static"][k] >= dlf["large_only"][k]]

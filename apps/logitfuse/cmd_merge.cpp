@@ -9,11 +9,20 @@ namespace lf::app {
 
 void add_merge(CLI::App& root) {
   auto opt = std::make_shared<MergeOptions>();
-  CLI::App* cmd = root.add_subcommand("merge", "Task arithmetic: base + Σ λ_t (expert_t − base), streamed tensor by tensor");
+  CLI::App* cmd = root.add_subcommand(
+      "merge", "Task arithmetic (or TIES, DARE): base + a combination of λ_t (expert_t − base), streamed tensor by tensor");
   cmd->add_option("--base", opt->base, "the model the experts were fine-tuned from (Hugging Face directory)")->required();
   cmd->add_option("--expert", opt->experts, "an expert directory (repeat for several)")->required();
   cmd->add_option("--weight", opt->weights, "λ of each expert, in --expert order (default 1.0 each)");
   cmd->add_option("--out", opt->out, "the merged model's directory (must not exist or be empty)")->required();
+  cmd->add_option("--method", opt->method,
+                  "task_arithmetic: Σ λ_t δ_t; ties: trim each δ_t to its largest magnitudes, elect a sign per "
+                  "entry, average the agreeing ones; dare: drop entries at random and rescale; dare_ties: both")
+      ->check(CLI::IsMember(merge_methods()))
+      ->capture_default_str();
+  cmd->add_option("--density", opt->density,
+                  "share of each task vector kept (ties: by magnitude, default 0.2; dare: at random, default 0.1)");
+  cmd->add_option("--seed", opt->seed, "DARE's random drops")->capture_default_str();
   cmd->callback([opt] {
     if (opt->weights.empty()) opt->weights.assign(opt->experts.size(), 1.0);
     merge_task_arithmetic(*opt);

@@ -3,10 +3,12 @@
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <set>
 
 #include "core/error.h"
+#include "core/hash.h"
 #include "io/file.h"
 #include "io/safetensors.h"
 #include "model/model_config.h"
@@ -23,10 +25,51 @@ std::string shape_text(const std::vector<int64_t>& shape) {
   return out + "]";
 }
 
+double default_density(const std::string& method) { return method == "ties" ? 0.2 : 0.1; }
+
+// δ with all but its k = ⌊density · n⌋ largest magnitudes zeroed (TIES' trim; PEFT's
+// magnitude_based_pruning, up to ties at the threshold, which keep every equal entry).
+at::Tensor trim_by_magnitude(const at::Tensor& delta, double density) {
+  const int64_t n = delta.numel(), k = static_cast<int64_t>(density * static_cast<double>(n));
+  if (k >= n) return delta;
+  if (k <= 0) return at::zeros_like(delta);
+  const at::Tensor magnitude = delta.abs().flatten();
+  const at::Tensor threshold = std::get<0>(magnitude.kthvalue(n - k + 1));
+  return delta * (delta.abs() >= threshold).to(delta.scalar_type());
+}
+
+// δ with each entry kept with probability `density` and rescaled by 1/density (DARE).
+at::Tensor drop_and_rescale(const at::Tensor& delta, double density, uint64_t seed) {
+  auto generator = at::detail::createCPUGenerator(seed);
+  const at::Tensor keep = at::bernoulli(at::full_like(delta, density), generator);
+  return delta * keep / density;
+}
+
+// TIES' sign election and disjoint mean over the (trimmed) task vectors stacked as [T, ...].
+at::Tensor elect_and_merge(const at::Tensor& deltas, const at::Tensor& weights) {
+  const at::Tensor majority = at::where(deltas.sum(0) >= 0, 1.0, -1.0).to(deltas.scalar_type());
+  const at::Tensor agrees = (deltas.sign() == majority).to(deltas.scalar_type());
+  std::vector<int64_t> shape(deltas.dim(), 1);  // [T, 1, 1, ...]: λ_t broadcast over its task vector
+  shape[0] = deltas.size(0);
+  const at::Tensor weighted = deltas * weights.view(shape);
+  return (weighted * agrees).sum(0) / agrees.sum(0).clamp_min(1.0);
+}
+
 }  // namespace
+
+const std::vector<std::string>& merge_methods() {
+  static const std::vector<std::string> methods{"task_arithmetic", "ties", "dare", "dare_ties"};
+  return methods;
+}
 
 int64_t merge_task_arithmetic(const MergeOptions& o) {
   if (o.experts.empty()) throw InputError("merge: give at least one --expert");
+  const auto& methods = merge_methods();
+  if (std::find(methods.begin(), methods.end(), o.method) == methods.end())
+    throw InputError("merge: unknown --method '" + o.method + "'", "one of task_arithmetic, ties, dare, dare_ties");
+  const double density = o.density > 0 ? o.density : default_density(o.method);
+  if (o.method != "task_arithmetic" && !(density > 0 && density <= 1))
+    throw InputError("merge: --density " + std::to_string(o.density) + " is not in (0, 1]");
   if (o.weights.size() != o.experts.size())
     throw InputError("merge: " + std::to_string(o.weights.size()) + " weight(s) for " + std::to_string(o.experts.size()) +
                      " expert(s)", "give one --weight per --expert, or none for 1.0 each");
@@ -76,9 +119,28 @@ int64_t merge_task_arithmetic(const MergeOptions& o) {
         const c10::ScalarType math = b.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
         const at::Tensor b_math = b.to(math);
         at::Tensor out = b_math.clone();
-        for (size_t t = 0; t < experts.size(); ++t) {
-          const at::Tensor delta = experts[t].tensor(e.name).to(math) - b_math;
-          out = out + delta * o.weights[t];
+        if (o.method == "task_arithmetic") {
+          for (size_t t = 0; t < experts.size(); ++t) {
+            const at::Tensor delta = experts[t].tensor(e.name).to(math) - b_math;
+            out = out + delta * o.weights[t];
+          }
+        } else {
+          std::vector<at::Tensor> deltas;
+          for (size_t t = 0; t < experts.size(); ++t) {
+            at::Tensor delta = experts[t].tensor(e.name).to(math) - b_math;
+            if (o.method == "ties") {
+              delta = trim_by_magnitude(delta, density);
+            } else {
+              const uint64_t seed = fnv1a64(e.name) + 1000003ull * t + o.seed;
+              delta = drop_and_rescale(delta, density, seed & 0x7fffffffffffffffull);
+            }
+            deltas.push_back(delta);
+          }
+          if (o.method == "dare") {
+            for (size_t t = 0; t < deltas.size(); ++t) out = out + deltas[t] * o.weights[t];
+          } else {
+            out = out + elect_and_merge(at::stack(deltas), at::tensor(o.weights, b_math.options()));
+          }
         }
         writer.write(out.to(b.scalar_type()));
         ++merged;
@@ -92,7 +154,8 @@ int64_t merge_task_arithmetic(const MergeOptions& o) {
       fs::copy_file(entry.path(), staging / name);
     }
   }, "--out");
-  spdlog::info("merged {} tensors of {} expert(s) into {} (task arithmetic, weights {})", merged, experts.size(), o.out,
+  spdlog::info("merged {} tensors of {} expert(s) into {} ({}{}, weights {})", merged, experts.size(), o.out, o.method,
+               o.method == "task_arithmetic" ? std::string() : ", density " + std::to_string(density),
                [&] {
                  std::string w;
                  for (double x : o.weights) w += (w.empty() ? "" : ",") + std::to_string(x);

@@ -51,7 +51,8 @@ def test_demo_quick_produces_the_report(tmp_path):
     assert "noisy: beat SFT-only on every skill" in out
     # Dynamic Logit Fusion on the same skills: every strategy on each skill, from logitfuse eval.
     dlf = report["dlf"]["strategies"]
-    assert {"large_only", "static", "dynamic", "dynamic, both experts", "expert alone", "dynamic, merged expert"} <= set(dlf)
+    assert {"large_only", "static", "dynamic", "dynamic, both experts", "expert alone", "dynamic, merged expert",
+            "dynamic, TIES-merged expert", "TIES-merged expert alone"} <= set(dlf)
     for scores in dlf.values():
         assert all(0.0 <= v <= 1.0 for v in scores.values())
     assert (root / "dlf_trace.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

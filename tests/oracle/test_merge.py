@@ -123,3 +123,89 @@ def test_merge_onto_a_full_disk_names_the_file_and_leaves_nothing(models, logitf
         assert (disk / "earlier").read_text() == "keep"
     logitfuse("merge", "--base", root / "base", "--expert", root / "expert0", "--out", tmp_path / "roomy")
     assert sorted(tensors_of(tmp_path / "roomy")) == sorted(base)
+
+
+def fnv1a64(text):
+    h = 0xcbf29ce484222325
+    for byte in text.encode():
+        h = ((h ^ byte) * 0x100000001b3) % 2**64
+    return h
+
+
+def merge_reference(base, experts, weights, method, density, seed=0):
+    """TIES (trim by magnitude, elect the sign of the summed trimmed deltas, mean of the agreeing
+    weighted ones) and DARE (keep with probability `density`, rescale by 1/density) in float32
+    torch, with DARE's masks drawn as the command draws them: torch.bernoulli on a generator seeded
+    from (seed, tensor name, expert)."""
+    import torch
+    out = {}
+    for name, b in base.items():
+        bm = torch.from_numpy(b.astype(np.float32))
+        deltas = []
+        for t, e in enumerate(experts):
+            d = torch.from_numpy(e[name].astype(np.float32)) - bm
+            if method == "ties":
+                k = int(density * d.numel())
+                mask = torch.zeros(d.numel())
+                mask[torch.topk(d.abs().flatten(), k).indices] = 1
+                d = d * mask.view_as(d)
+            else:
+                g = torch.Generator().manual_seed((fnv1a64(name) + 1000003 * t + seed) % 2**64 & (2**63 - 1))
+                d = d * torch.bernoulli(torch.full_like(d, density), generator=g) / density
+            deltas.append(d)
+        if method == "dare":
+            o = bm.clone()
+            for w, d in zip(weights, deltas):
+                o = o + d * w
+        else:
+            stacked = torch.stack(deltas)
+            majority = torch.where(stacked.sum(0) >= 0, 1.0, -1.0)
+            agrees = (stacked.sign() == majority).float()
+            w = torch.tensor(weights, dtype=torch.float32).view(-1, *[1] * (stacked.dim() - 1))
+            o = bm.clone() + (stacked * w * agrees).sum(0) / agrees.sum(0).clamp_min(1.0)
+        out[name] = o.numpy().astype(b.dtype)
+    return out
+
+
+@pytest.mark.parametrize("method,density", [("ties", 0.3), ("dare", 0.4), ("dare_ties", 0.5)])
+def test_ties_and_dare_match_a_torch_reference_bit_for_bit(models, logitfuse, tmp_path, method, density):
+    root, base, experts = models
+    weights = [0.7, 0.4]
+    logitfuse("merge", "--base", root / "base", "--expert", root / "expert0", "--expert", root / "expert1",
+              "--weight", weights[0], "--weight", weights[1], "--method", method, "--density", density,
+              "--seed", 5, "--out", tmp_path / "m")
+    merged = tensors_of(tmp_path / "m")
+    want = merge_reference(base, experts, weights, method, density, seed=5)
+    assert sorted(merged) == sorted(base)
+    for name in base:
+        assert merged[name].dtype == base[name].dtype
+        assert np.array_equal(merged[name], want[name]), (method, name)
+    if method == "ties":  # each task vector trimmed: most entries agree with the base, not all
+        changed = np.mean([np.mean(merged[n] != base[n]) for n in base])
+        assert 0.3 < changed < 0.9, changed
+
+
+def test_dare_draws_depend_on_the_seed_only(models, logitfuse, tmp_path):
+    root, base, experts = models
+    runs = {}
+    for label, seed in (("a", 1), ("b", 1), ("c", 2)):
+        logitfuse("merge", "--base", root / "base", "--expert", root / "expert0", "--method", "dare", "--density", 0.5,
+                  "--seed", seed, "--out", tmp_path / label)
+        runs[label] = tensors_of(tmp_path / label)
+    name = max(base, key=lambda n: base[n].size)
+    assert np.array_equal(runs["a"][name], runs["b"][name])
+    assert not np.array_equal(runs["a"][name], runs["c"][name])
+    # Every entry is the base or the base plus twice its delta (rescaled by 1/0.5), about half each.
+    delta = experts[0][name].astype(np.float32) - base[name].astype(np.float32)
+    kept = np.isclose(runs["a"][name], base[name] + 2 * delta, rtol=0, atol=1e-6)
+    dropped = runs["a"][name] == base[name]
+    assert np.all(kept | dropped) and 0.4 < kept.mean() < 0.6
+
+
+def test_merge_method_errors_exit_2(models, logitfuse, tmp_path):
+    root, base, experts = models
+    for args, word in ((["--method", "average"], "method"), (["--method", "ties", "--density", 1.5], "density")):
+        proc = logitfuse("merge", "--base", root / "base", "--expert", root / "expert0", *args, "--out", tmp_path / "x",
+                         expect=2)
+        assert word in proc.stderr, proc.stderr
+        assert not (tmp_path / "x").exists()
