@@ -7,7 +7,7 @@
 #include <iostream>
 
 #include "commands.h"
-#include "core/cpu_allocator.h"
+#include "memory/cpu_allocator.h"
 #include "core/error.h"
 #include "core/logging.h"
 

@@ -1,10 +1,10 @@
-// The caching CPU allocator (core/cpu_allocator.h): large blocks come back to the next request of
+// The caching CPU allocator (memory/cpu_allocator.h): large blocks come back to the next request of
 // their size class, small ones are not cached, and the cache empties on request.
 #include <catch2/catch.hpp>
 
 #include <ATen/ATen.h>
 
-#include "core/cpu_allocator.h"
+#include "memory/cpu_allocator.h"
 
 TEST_CASE("cpu allocator: a freed large block is handed to the next request of its size", "[core][allocator]") {
   lf::install_caching_cpu_allocator();

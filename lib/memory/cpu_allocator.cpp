@@ -1,4 +1,4 @@
-#include "core/cpu_allocator.h"
+#include "memory/cpu_allocator.h"
 
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
