@@ -21,7 +21,10 @@ namespace {
 
 bool parse_index(const std::string& text, size_t& index) {
   if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos) return false;
-  index = std::stoul(text);
+  // Digits past what an index can be (std::stoul threw out_of_range on them: exit 1) saturate, so
+  // the caller's "past the end of a list" error names the key.
+  index = 0;
+  for (char c : text) index = index > 100000000 ? index : index * 10 + static_cast<size_t>(c - '0');
   return true;
 }
 

@@ -53,9 +53,16 @@ std::string short_key(const std::string& key, const std::vector<std::string>& ke
   return key;
 }
 
-std::string default_run_name(const std::vector<SweepSetting>& settings, const std::vector<std::string>& all_keys) {
+std::map<std::string, std::string> short_keys_of(const std::vector<std::string>& all_keys) {
+  std::map<std::string, std::string> out;
+  for (const auto& key : all_keys) out[key] = short_key(key, all_keys);
+  return out;
+}
+
+std::string default_run_name(const std::vector<SweepSetting>& settings,
+                             const std::map<std::string, std::string>& short_keys) {
   std::vector<std::string> parts;
-  for (const auto& s : settings) parts.push_back(short_key(s.key, all_keys) + "=" + s.label);
+  for (const auto& s : settings) parts.push_back(short_keys.at(s.key) + "=" + s.label);
   return parts.empty() ? "base" : join(parts, "_");
 }
 
@@ -104,7 +111,25 @@ std::vector<SweepRun> expand_sweep(const std::vector<SweepAxis>& axes,
     total = axis.values.empty() ? 0 : total > kMaxSweepRuns / axis.values.size() ? kMaxSweepRuns + 1 : total * axis.values.size();
   if (total > kMaxSweepRuns || total + listed.size() > kMaxSweepRuns)
     throw InputError("the sweep has more than " + std::to_string(kMaxSweepRuns) + " runs", "split it into several sweeps");
-  std::vector<std::vector<SweepSetting>> combos;
+  // Each run is named as it is made, so a duplicate name stops the expansion there (not after
+  // building every one of up to 100,000 runs).
+  const std::vector<std::string> keys = keys_of(axes, listed);
+  const auto short_keys = short_keys_of(keys);  // once, not once per run
+  std::vector<SweepRun> runs;
+  std::map<std::string, size_t> seen;
+  auto add = [&](std::vector<SweepSetting> settings) {
+    const size_t i = runs.size();
+    SweepRun run;
+    run.settings = std::move(settings);
+    run.name = sanitize_run_name(name_template.empty() ? default_run_name(run.settings, short_keys)
+                                                       : render_run_name(name_template, run.settings, i));
+    if (auto it = seen.find(run.name); it != seen.end())
+      throw InputError("runs " + std::to_string(it->second) + " and " + std::to_string(i) + " are both named '" + run.name + "'",
+                       name_template.empty() ? "two runs set the same values; remove the duplicate"
+                                             : "put every varying key into the name template, or add {index}");
+    seen[run.name] = i;
+    runs.push_back(std::move(run));
+  };
   if (!axes.empty()) {
     // An odometer over the axes: the last axis turns fastest. An empty axis yields no runs.
     std::vector<size_t> at(axes.size(), 0);
@@ -113,7 +138,7 @@ std::vector<SweepRun> expand_sweep(const std::vector<SweepAxis>& axes,
     while (!empty) {
       std::vector<SweepSetting> combo;
       for (size_t a = 0; a < axes.size(); ++a) combo.push_back(axes[a].values[at[a]]);
-      combos.push_back(std::move(combo));
+      add(std::move(combo));
       size_t a = axes.size();
       while (a > 0) {
         --a;
@@ -123,23 +148,7 @@ std::vector<SweepRun> expand_sweep(const std::vector<SweepAxis>& axes,
       }
     }
   }
-  combos.insert(combos.end(), listed.begin(), listed.end());
-
-  const std::vector<std::string> keys = keys_of(axes, listed);
-  std::vector<SweepRun> runs;
-  std::map<std::string, size_t> seen;
-  for (size_t i = 0; i < combos.size(); ++i) {
-    SweepRun run;
-    run.settings = combos[i];
-    run.name = sanitize_run_name(name_template.empty() ? default_run_name(run.settings, keys)
-                                                       : render_run_name(name_template, run.settings, i));
-    if (auto it = seen.find(run.name); it != seen.end())
-      throw InputError("runs " + std::to_string(it->second) + " and " + std::to_string(i) + " are both named '" + run.name + "'",
-                       name_template.empty() ? "two runs set the same values; remove the duplicate"
-                                             : "put every varying key into the name template, or add {index}");
-    seen[run.name] = i;
-    runs.push_back(std::move(run));
-  }
+  for (const auto& settings : listed) add(settings);
   return runs;
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -40,9 +41,12 @@ std::vector<SweepRun> expand_sweep(const std::vector<SweepAxis>& axes,
                                    const std::string& name_template = {});
 
 // "lr=1e-5_distill_weight=0.5": each setting as SHORTKEY=label, joined by '_', where SHORTKEY is the
-// shortest dotted suffix of the key that no other key of `all_keys` shares (train.lr -> lr, but
+// shortest dotted suffix of the key that no other key of the sweep shares (train.lr -> lr, but
 // loss.token.temperature and loss.graph.temperature stay token.temperature / graph.temperature).
-std::string default_run_name(const std::vector<SweepSetting>& settings, const std::vector<std::string>& all_keys);
+// `short_keys` maps every key of the sweep to its SHORTKEY (short_keys_of(), once per sweep).
+std::string default_run_name(const std::vector<SweepSetting>& settings,
+                             const std::map<std::string, std::string>& short_keys);
+std::map<std::string, std::string> short_keys_of(const std::vector<std::string>& all_keys);
 
 // `{key.path}` replaced by that setting's label and `{index}` by the run's position; an unknown
 // placeholder is an InputError naming it.

@@ -140,6 +140,9 @@ TEST_CASE("recipe: missing required keys and malformed files", "[recipe]") {
   CHECK_THAT(error_of(dir / "absent.yaml"), Contains("no such file"));
   CHECK_THAT(error_of(dir.file("r5.yaml", kMinimal), {"train.lr"}), Contains("expected key.path=value"));
   CHECK_THAT(error_of(dir.file("r6.yaml", kMinimal), {"teachers.7.path=x"}), Contains("past the end"));
+  // Found by fuzz_recipe: an index past 64 bits threw std::out_of_range from std::stoul (exit 1).
+  CHECK_THAT(error_of(dir.file("r6b.yaml", kMinimal), {"teachers.99999999999999999999999.path=x"}),
+             Contains("'teachers.99999999999999999999999' is past the end of a list of 2"));
   CHECK_THAT(error_of(dir.file("r7.yaml", kMinimal), {"teachers.x.path=x"}), Contains("use a number"));
 }
 
