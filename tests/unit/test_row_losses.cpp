@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include <ATen/ATen.h>
+#include <torch/cuda.h>
 
 #include <cmath>
 #include <limits>
@@ -20,8 +21,8 @@ struct Result {
 Result run(const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& teacher, double temperature, bool fused) {
   at::Tensor s = logits.detach().clone().requires_grad_(true);
   auto generator = at::detail::createCPUGenerator(11);
-  const at::Tensor g_ce = at::rand({logits.size(0)}, generator, logits.options().dtype(at::kFloat)) + 0.5;
-  const at::Tensor g_kl = at::rand({logits.size(0)}, generator, logits.options().dtype(at::kFloat)) + 0.5;
+  const at::Tensor g_ce = (at::rand({logits.size(0)}, generator) + 0.5).to(logits.device());
+  const at::Tensor g_kl = (at::rand({logits.size(0)}, generator) + 0.5).to(logits.device());
   Result r;
   if (fused) {
     r.ce = lf::kernels::cross_entropy_rows_fused(s, labels);
@@ -101,4 +102,28 @@ TEST_CASE("row losses: a label outside the vocabulary is an error, not a read ou
   const at::Tensor s = at::randn({2, 8});
   const at::Tensor labels = at::tensor({3, 8}, at::kLong);
   CHECK_THROWS(lf::kernels::cross_entropy_rows_fused(s, labels));
+}
+
+TEST_CASE("row losses: on CUDA the in-place path equals the compositions (float32 and bfloat16)", "[loss][kernels][cuda]") {
+#ifdef LOGITFUSE_HAVE_CUDA
+  if (!torch::cuda::is_available()) {
+    WARN("no CUDA device: skipped");
+    return;
+  }
+  auto generator = at::detail::createCPUGenerator(6);
+  for (auto dtype : {at::kFloat, at::kBFloat16}) {
+    const at::Tensor s = (at::randn({64, 5003}, generator) * 4.0).to(at::Device(at::kCUDA, 0)).to(dtype);
+    const at::Tensor t = (at::randn({64, 5003}, generator) * 4.0).to(at::Device(at::kCUDA, 0)).to(dtype);
+    at::Tensor labels = at::randint(5003, {64}, generator, at::kLong).to(at::Device(at::kCUDA, 0));
+    labels[3] = -100;
+    CHECK_FALSE(lf::kernels::cpu_row_kernel_applies(s, t));
+    const Result ref = run(s, labels, t, 2.0, false), got = run(s, labels, t, 2.0, true);
+    CHECK(max_abs(got.ce, ref.ce) < 1e-4);
+    CHECK(max_abs(got.kl, ref.kl) < 1e-4);
+    CHECK(max_abs(got.grad, ref.grad) < (dtype == at::kFloat ? 1e-6 : 1e-2));
+    CHECK(got.grad.scalar_type() == dtype);
+  }
+#else
+  WARN("a CPU-only build: skipped");
+#endif
 }
