@@ -8,15 +8,6 @@ namespace lf {
 
 void adamw_update(at::Tensor& p, const at::Tensor& g, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, double lr,
                   int64_t step, const AdamWConfig& config, bool decay) {
-  if (p.scalar_type() == at::kFloat && g.scalar_type() == at::kFloat && exp_avg.scalar_type() == at::kFloat &&
-      exp_avg_sq.scalar_type() == at::kFloat && (p.is_cpu() || p.is_cuda())) {
-    // ATen's fused AdamW: one pass over the four buffers instead of eight (the same update; the
-    // step count is read from a tensor, as torch.optim passes it).
-    const at::Tensor steps = at::full({}, static_cast<double>(step), p.options().dtype(at::kFloat));
-    at::_fused_adamw_({p}, {g}, {exp_avg}, {exp_avg_sq}, {}, {steps}, lr, config.beta1, config.beta2,
-                      decay ? config.weight_decay : 0.0, config.eps, /*amsgrad=*/false, /*maximize=*/false);
-    return;
-  }
   const double bias1 = 1.0 - std::pow(config.beta1, static_cast<double>(step));
   const double bias2 = 1.0 - std::pow(config.beta2, static_cast<double>(step));
   if (config.weight_decay != 0 && decay) p.mul_(1.0 - lr * config.weight_decay);
