@@ -21,9 +21,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   lf::fuzz::write_scratch("base.yaml", parts.size() > 1 ? parts[1] : std::string());
   lf::fuzz::expect_input_error_or_ok([&] {
     const lf::SweepSpec spec = lf::load_sweep_file(path);
-    size_t grid = spec.grid.empty() ? 0 : 1;
-    for (const auto& axis : spec.grid)
-      grid = axis.values.empty() ? 0 : grid > lf::kMaxSweepRuns ? grid : grid * axis.values.size();
+    const size_t grid = lf::grid_runs(spec.grid);
     if (grid + spec.list.size() > kExpandedRuns && grid + spec.list.size() <= lf::kMaxSweepRuns) return;
     const auto runs = lf::expand_sweep(spec.grid, spec.list, spec.name_template);
     if (runs.size() > lf::kMaxSweepRuns) __builtin_trap();

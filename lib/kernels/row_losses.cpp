@@ -5,6 +5,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "kernels/cpu/ce_kl_avx2.h"
+#include "kernels/logit_stats.h"
 
 namespace lf::kernels {
 
@@ -13,16 +14,13 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// Float32, or double when the logits are double (finite-difference checks).
-at::Tensor widen(const at::Tensor& logits) { return logits.scalar_type() == at::kDouble ? logits : logits.to(at::kFloat); }
-
 // The saved tensors live in saved_data, not save_for_backward: the backward overwrites them (it
 // runs once; the objective never retains the graph of a logit chunk).
 struct CrossEntropyRows : public torch::autograd::Function<CrossEntropyRows> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& labels) {
     const at::Tensor ignored = labels == -100;
     const at::Tensor safe = labels.masked_fill(ignored, 0).to(at::kLong).unsqueeze(1);
-    at::Tensor logp = at::log_softmax(widen(logits), -1);
+    at::Tensor logp = log_softmax(logits, 1.0);
     at::Tensor ce = logp.gather(1, safe).squeeze(1).neg_().masked_fill_(ignored, 0.0);
     ctx->saved_data["logp"] = logp;
     ctx->saved_data["labels"] = safe;
@@ -45,13 +43,8 @@ struct CrossEntropyRows : public torch::autograd::Function<CrossEntropyRows> {
 
 struct FullKlRows : public torch::autograd::Function<FullKlRows> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& student, const at::Tensor& teacher, double temperature) {
-    at::Tensor xs = widen(student), xt = teacher.to(xs.scalar_type());
-    if (temperature != 1.0) {
-      xs = xs / temperature;
-      xt = xt / temperature;
-    }
-    at::Tensor log_s = at::log_softmax(xs, -1);
-    at::Tensor log_t = at::log_softmax(xt, -1);
+    at::Tensor log_s = log_softmax(student, temperature);
+    at::Tensor log_t = log_softmax(teacher.to(log_s.scalar_type()), temperature);
     at::Tensor p = log_t.exp();
     // Σ p (log p − log q) in log_t's buffer; a zero-probability entry contributes 0 even where a
     // log is −inf (0·inf is NaN). A NaN probability stays NaN: a poisoned teacher must show.
@@ -140,13 +133,9 @@ at::Tensor full_kl_rows(const at::Tensor& student, const at::Tensor& teacher, do
   return FullKlRows::apply(student, teacher.detach(), temperature);
 }
 
-at::Tensor cross_entropy_rows_aten(const at::Tensor& logits, const at::Tensor& labels) {
-  return at::cross_entropy_loss(widen(logits), labels, {}, at::Reduction::None, -100);
-}
-
 at::Tensor full_kl_rows_aten(const at::Tensor& student, const at::Tensor& teacher, double temperature) {
-  at::Tensor log_s = at::log_softmax(widen(student) / temperature, -1);
-  at::Tensor log_t = at::log_softmax(teacher.detach().to(log_s.scalar_type()) / temperature, -1);
+  at::Tensor log_s = log_softmax(student, temperature);
+  at::Tensor log_t = log_softmax(teacher.detach().to(log_s.scalar_type()), temperature);
   at::Tensor p = log_t.exp();
   return (p * (log_t - log_s)).masked_fill(p == 0, 0.0).sum(1) * (temperature * temperature);
 }

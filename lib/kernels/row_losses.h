@@ -2,7 +2,7 @@
 // training step's CE and full-vocabulary KL cost one saved [N, V] tensor each and write their
 // gradient in place, where the autograd graph of the same LibTorch ops keeps and allocates four
 // to six [N, V] tensors per term (a third of a CPU KL step on a 16k vocabulary). Every device.
-// The LibTorch compositions they replace (`aten` below) are their test oracle.
+// The LibTorch compositions they replace are their test oracle.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -22,8 +22,8 @@ at::Tensor full_kl_rows(const at::Tensor& student, const at::Tensor& teacher, do
 // Elsewhere the backward works in place on the saved log-softmax. True when the row kernel applies.
 bool cpu_row_kernel_applies(const at::Tensor& student, const at::Tensor& teacher);
 
-// The same two terms as plain LibTorch autograd compositions (the reference).
-at::Tensor cross_entropy_rows_aten(const at::Tensor& logits, const at::Tensor& labels);
+// The KL term as a plain LibTorch autograd composition (the reference; CE's is
+// kernels::cross_entropy_rows in logit_stats.h).
 at::Tensor full_kl_rows_aten(const at::Tensor& student, const at::Tensor& teacher, double temperature);
 
 }  // namespace lf::kernels

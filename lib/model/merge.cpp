@@ -33,9 +33,9 @@ at::Tensor trim_by_magnitude(const at::Tensor& delta, double density) {
   const int64_t n = delta.numel(), k = static_cast<int64_t>(density * static_cast<double>(n));
   if (k >= n) return delta;
   if (k <= 0) return at::zeros_like(delta);
-  const at::Tensor magnitude = delta.abs().flatten();
-  const at::Tensor threshold = std::get<0>(magnitude.kthvalue(n - k + 1));
-  return delta * (delta.abs() >= threshold).to(delta.scalar_type());
+  const at::Tensor magnitude = delta.abs();
+  const at::Tensor threshold = std::get<0>(magnitude.flatten().kthvalue(n - k + 1));
+  return delta * (magnitude >= threshold).to(delta.scalar_type());
 }
 
 // δ with each entry kept with probability `density` and rescaled by 1/density (DARE).

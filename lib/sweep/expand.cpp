@@ -101,14 +101,19 @@ std::string render_run_name(const std::string& name_template, const std::vector<
   return out;
 }
 
+size_t grid_runs(const std::vector<SweepAxis>& axes) {
+  size_t total = axes.empty() ? 0 : 1;
+  for (const auto& axis : axes)
+    total = axis.values.empty() ? 0 : total > kMaxSweepRuns / axis.values.size() ? kMaxSweepRuns + 1 : total * axis.values.size();
+  return total;
+}
+
 std::vector<SweepRun> expand_sweep(const std::vector<SweepAxis>& axes,
                                    const std::vector<std::vector<SweepSetting>>& listed,
                                    const std::string& name_template) {
   // A grid multiplies: a few lines can ask for billions of runs, which would exhaust memory before
   // anything is said. Refused up front (found by fuzz_sweep).
-  size_t total = axes.empty() ? 0 : 1;
-  for (const auto& axis : axes)
-    total = axis.values.empty() ? 0 : total > kMaxSweepRuns / axis.values.size() ? kMaxSweepRuns + 1 : total * axis.values.size();
+  const size_t total = grid_runs(axes);
   if (total > kMaxSweepRuns || total + listed.size() > kMaxSweepRuns)
     throw InputError("the sweep has more than " + std::to_string(kMaxSweepRuns) + " runs", "split it into several sweeps");
   // Each run is named as it is made, so a duplicate name stops the expansion there (not after

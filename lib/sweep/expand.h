@@ -33,6 +33,10 @@ struct SweepRun {
 // Most runs one sweep may expand to (InputError beyond).
 constexpr size_t kMaxSweepRuns = 100000;
 
+// How many runs the grid `axes` expands to, saturating at kMaxSweepRuns + 1 (a grid multiplies:
+// a few lines can ask for billions of runs).
+size_t grid_runs(const std::vector<SweepAxis>& axes);
+
 // The grid's runs (cartesian product of `axes`, in order), then the `listed` runs. Each run is named
 // by `name_template` when it is not empty, else by default_run_name(). Throws InputError when a
 // template placeholder names a key a run does not set, or when two runs end up with the same name.

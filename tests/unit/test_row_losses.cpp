@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 
+#include "kernels/logit_stats.h"
 #include "kernels/row_losses.h"
 
 namespace {
@@ -28,7 +29,7 @@ Result run(const at::Tensor& logits, const at::Tensor& labels, const at::Tensor&
     r.ce = lf::kernels::cross_entropy_rows_fused(s, labels);
     r.kl = lf::kernels::full_kl_rows(s, teacher, temperature);
   } else {
-    r.ce = lf::kernels::cross_entropy_rows_aten(s, labels);
+    r.ce = lf::kernels::cross_entropy_rows(s, labels);
     r.kl = lf::kernels::full_kl_rows_aten(s, teacher, temperature);
   }
   ((r.ce * g_ce.to(r.ce.scalar_type())).sum() + (r.kl * g_kl.to(r.kl.scalar_type())).sum()).backward();
