@@ -70,6 +70,33 @@ def make_data(root, args):
     return data
 
 
+def with_worked_examples(source, out, max_shots, share, seed):
+    """`source` plus, for a `share` of its rows, a copy with 1..max_shots worked examples of the same
+    skill (other rows of `source`) as chat turns before the question: {"messages": [...]}, rendered by
+    the chat template exactly as `shots` renders them at evaluation. A model trained on it reads a
+    few-shot prompt as well as a bare question (written once; returns `out`)."""
+    if out.exists():
+        return out
+    rows = read_jsonl(source)
+    by_skill = {}
+    for i, r in enumerate(rows):
+        by_skill.setdefault(r["skill"], []).append(i)
+    rng = random.Random(f"icl-{seed}-{source.name}")
+    extra = []
+    for i in sorted(rng.sample(range(len(rows)), round(share * len(rows)))):
+        row = rows[i]
+        others = [j for j in by_skill[row["skill"]] if j != i]
+        messages = []
+        for j in rng.sample(others, rng.randint(1, max_shots)):
+            messages += [{"role": "user", "content": rows[j]["prompt"]}, {"role": "assistant", "content": rows[j]["response"]}]
+        messages += [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["response"]}]
+        extra.append({"messages": messages, "skill": row["skill"]})
+    mixed = rows + extra
+    random.Random(f"icl-order-{seed}-{source.name}").shuffle(mixed)
+    write_jsonl(out, mixed)
+    return out
+
+
 def make_tokenizers(root, data):
     """Byte-level BPE tokenizers in Hugging Face format, one per TOKENIZERS entry."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers

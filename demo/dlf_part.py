@@ -6,6 +6,7 @@ per step, J summed over both experts, method.md §4)."""
 import json
 import time
 
+import data as bench_data
 import report
 import tasks
 from lf import evaluate, init_model, log, parse_size, train
@@ -13,14 +14,16 @@ from lf import evaluate, init_model, log, parse_size, train
 STRATEGIES = ["large_only", "static", "dynamic"]
 
 
-def run_dlf(lf, root, data, toks, args, large):
-    """Returns {row name: {skill: EM}}."""
+def run_dlf(lf, root, data, toks, args, pivot):
+    """Returns ({row name: {skill: EM}}, experts' KL from the base, {section: what its large model is})."""
     skills = list(tasks.SKILLS)
     hidden, layers = parse_size(args.dlf_base_size)
     base_init = init_model(lf, root / "models" / f"dlf_base_init_{args.dlf_base_size}", "llama", toks["student"],
                            (hidden, layers), 21)
-    dlf = root / "dlf"
     t0 = time.time()
+    # Folders named by the training lengths, so a rerun with other steps trains new models.
+    tag = f"base{args.dlf_base_steps}-expert{args.expert_steps}"
+    dlf, eval_root = root / "dlf" / tag, root / "eval" / "dlf" / tag
     base = train(lf, dlf / "base", base_init, data / "general.jsonl", steps=args.dlf_base_steps, seed=1, lr=3e-3,
                  batch=16)
     experts = dict(zip(skills, lf.parallel(
@@ -39,25 +42,21 @@ def run_dlf(lf, root, data, toks, args, large):
         lf("merge", "--base", base, *[a for s in skills for a in ("--expert", experts[s], "--weight", args.merge_weight)],
            "--method", "ties", "--out", merged_ties)
     experts["merged-ties"] = merged_ties
+    large_names = {"": "the pivot"}
     log(f"DLF base and experts ready ({time.time() - t0:.0f}s); large model: the pivot")
-    shift = expert_shift(lf, root, data, base, {s: experts[s] for s in skills})
+    shift = expert_shift(lf, eval_root, data, base, {s: experts[s] for s in skills})
     for name, by_skill in shift.items():
         log(f"DLF expert {name}: mean KL(expert || base) per response token " +
             ", ".join(f"on {s} {v:.3f}" for s, v in by_skill.items()))
 
-    # Shots for the in-context rows: the first worked examples of each skill's pool (not held out).
-    for skill in skills:
-        pool = (data / f"pool_{skill}.jsonl").read_text().splitlines(keepends=True)
-        (data / f"shots_{skill}.jsonl").write_text("".join(pool[:args.shots]))
-
-    def job(label, name, strategy, expert_skills, eval_skills, only=None, criterion="sum", shots=0):
-        return label, name, strategy, expert_skills, eval_skills, only, criterion, shots
+    def job(label, name, strategy, expert_skills, eval_skills, only=None, criterion="sum", shots=0, models=None):
+        return label, name, strategy, expert_skills, eval_skills, only, criterion, shots, models
 
     def run(spec):
-        _, name, strategy, expert_skills, eval_skills, only, criterion, shots = spec
-        fusion = fusion_section(large, base, {s: experts[s] for s in expert_skills}, strategy, criterion, only)
-        return evaluate(lf, None, root / "eval" / "dlf" / name, data, eval_skills, fusion=fusion, perplexity=False,
-                        shots=shots)
+        _, name, strategy, expert_skills, eval_skills, only, criterion, shots, models = spec
+        large_, base_, experts_, where = models or (pivot, base, experts, eval_root)
+        fusion = fusion_section(large_, base_, {s: experts_[s] for s in expert_skills}, strategy, criterion, only)
+        return evaluate(lf, None, where / name, data, eval_skills, fusion=fusion, perplexity=False, shots=shots)
 
     jobs = []
     for strategy in STRATEGIES:  # single task: each skill with its own expert
@@ -75,27 +74,71 @@ def run_dlf(lf, root, data, toks, args, large):
     jobs.append(job("dynamic, TIES-merged expert", "dynamic-merged-ties", "dynamic", ["merged-ties"], skills))
     jobs.append(job("TIES-merged expert alone", "expert-merged-ties", "expert_only", ["merged-ties"], skills,
                     "merged-ties"))
-    # In-context learning: the same k worked examples before every question, for every model.
     if args.shots:
-        k = args.shots
-        jobs += [job(f"large_only, {k}-shot", f"large_only-{skill}-{k}shot", "large_only", [skill], [skill], shots=k)
-                 for skill in skills]
-        jobs += [job(f"dynamic, {k}-shot", f"dynamic-{skill}-{k}shot", "dynamic", [skill], [skill], shots=k)
-                 for skill in skills]
-        jobs.append(job(f"dynamic, both experts, {k}-shot", f"dynamic-both-{k}shot", "dynamic", skills, skills, shots=k))
-        jobs.append(job(f"dynamic, both, route, {k}-shot", f"dynamic-both-route-{k}shot", "dynamic", skills, skills,
-                        criterion="route", shots=k))
+        models, large_names["in-context"] = in_context_models(lf, root, data, args, pivot, base_init, skills)
+        jobs += in_context_jobs(job, args.shots, skills, models)
     scores = lf.parallel(run, jobs)
     results = {}
-    for job, score in zip(jobs, scores):
-        results.setdefault(job[0], {}).update(score)
+    for job_, score in zip(jobs, scores):
+        results.setdefault(job_[0], {}).update(score)
     for name, score in results.items():
         log(f"DLF {name}: " + ", ".join(f"{s} EM {100 * v:.0f}%" for s, v in score.items()))
-    trace_picture(lf, root, data, skills, large, base, experts)
-    return results, shift
+    trace_picture(lf, root, eval_root, data, skills, pivot, base, experts)
+    return results, shift, large_names
 
 
-def expert_shift(lf, root, data, base, experts, rows=40):
+def in_context_models(lf, root, data, args, pivot, base_init, skills):
+    """In-context learning (method.md §4b) needs models that read a few-shot prompt: measured, the
+    models above score 0 % on every row when k worked examples precede the question, since none has
+    seen more than one example in a sequence. So the in-context rows have their own models, trained
+    as above on files where a share of the rows (--icl-share) also comes as a copy with 1..k worked
+    examples of the same skill before it (data.with_worked_examples): a base (trained twice as long,
+    since the two-layer base learns the longer rows more slowly), its two experts, and as the large
+    model the pivot taught the same on the general pool (--icl-steps). Returns ((large, base,
+    experts, evaluation folder), what the large model is)."""
+    k = args.shots
+    tag = f"icl{k}-share{args.icl_share:g}-base{2 * args.dlf_base_steps}-expert{args.expert_steps}-large{args.icl_steps}"
+    dlf, eval_root = root / "dlf" / tag, root / "eval" / "dlf" / tag
+    lengths = dict(max_length=96 + 48 * k, max_prompt_length=48 + 48 * k)
+
+    def with_shots(name):
+        return bench_data.with_worked_examples(data / f"{name}.jsonl", data / f"{name}-icl{k}-share{args.icl_share:g}.jsonl", k,
+                                               args.icl_share, args.data_seed)
+
+    general = with_shots("general")
+    base, large = lf.parallel(lambda make: make(), [
+        lambda: train(lf, dlf / "base", base_init, general, steps=2 * args.dlf_base_steps, seed=1, lr=3e-3, batch=16,
+                      **lengths),
+        lambda: train(lf, dlf / "large", pivot, general, steps=args.icl_steps, seed=1, lr=1e-3, batch=16, **lengths)])
+    experts = dict(zip(skills, lf.parallel(
+        lambda skill: train(lf, dlf / f"expert_{skill}", base, with_shots(f"pool_{skill}"), steps=args.expert_steps,
+                            seed=1, lr=1e-3, batch=16, **lengths), skills)))
+    # The examples shown at evaluation: the first k of each skill's pool (never held out).
+    for skill in skills:
+        pool = (data / f"pool_{skill}.jsonl").read_text().splitlines(keepends=True)
+        (data / f"shots_{skill}.jsonl").write_text("".join(pool[:k]))
+    return (large, base, experts, eval_root), f"the pivot trained {args.icl_steps} more steps with worked-example rows"
+
+
+def in_context_jobs(job, k, skills, models):
+    """Each in-context row with and without the k examples, on the same (in-context) models."""
+    jobs = []
+    for shots, suffix in ((0, ""), (k, f", {k}-shot")):
+        name = f"-{k}shot" if shots else ""
+        jobs += [job(f"in-context models: large_only{suffix}", f"large_only-{skill}{name}", "large_only", [skill],
+                     [skill], shots=shots, models=models) for skill in skills]
+        jobs += [job(f"in-context models: expert alone{suffix}", f"expert-{skill}{name}", "expert_only", [skill],
+                     [skill], skill, shots=shots, models=models) for skill in skills]
+        jobs += [job(f"in-context models: dynamic{suffix}", f"dynamic-{skill}{name}", "dynamic", [skill], [skill],
+                     shots=shots, models=models) for skill in skills]
+        jobs.append(job(f"in-context models: dynamic, both experts{suffix}", f"dynamic-both{name}", "dynamic", skills,
+                        skills, shots=shots, models=models))
+        jobs.append(job(f"in-context models: dynamic, both, route{suffix}", f"dynamic-both-route{name}", "dynamic",
+                        skills, skills, criterion="route", shots=shots, models=models))
+    return jobs
+
+
+def expert_shift(lf, eval_root, data, base, experts, rows=40):
     """How far each expert has moved from the base (benchmark.md: light fine-tunes stay general):
     mean KL(Q_expert ‖ Q_base) over the gold response tokens of each skill's first `rows` held-out
     examples, prompt and response tokenized apart as the plain template does; logits by `logitfuse
@@ -104,7 +147,7 @@ def expert_shift(lf, root, data, base, experts, rows=40):
     from safetensors.numpy import load_file
     from tokenizers import Tokenizer
 
-    out_dir = root / "eval" / "dlf" / "shift"
+    out_dir = eval_root / "shift"
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer.from_file(str(base / "tokenizer.json"))
     result = {name: {} for name in experts}
@@ -143,10 +186,10 @@ def fusion_section(large, base, experts, strategy, criterion="sum", only=None):
 fusion: {{strategy: {strategy}, alpha: {{min: 0.0, max: 2.0, step: 0.1}}, static_alpha: 1.0, multi_expert: {criterion}{f", expert: {only}" if only else ""}}}"""
 
 
-def trace_picture(lf, root, data, skills, large, base, experts):
+def trace_picture(lf, root, eval_root, data, skills, large, base, experts):
     """`generate --trace` with both experts on the first held-out question of each skill, drawn as α
     and the active expert per step (OUT/data-seed-N/dlf_trace.png)."""
-    out = root / "eval" / "dlf" / "trace"
+    out = eval_root / "trace"
     trace = out / "trace.jsonl"
     if not trace.exists():
         out.mkdir(parents=True, exist_ok=True)

@@ -59,7 +59,7 @@ def parse_size(text):
 
 
 def train(lf, run_dir, student, data_file, *, steps, seed, lr, batch, teachers=(), loss="{}",
-          positions="exact", checkpoints=0):
+          positions="exact", checkpoints=0, max_length=96, max_prompt_length=48):
     """One `logitfuse train` run (kept: a finished run is not trained again). `checkpoints` > 0 keeps
     that many evenly spaced checkpoints for the evaluation along the way. Returns final/."""
     final = run_dir / "final"
@@ -70,7 +70,7 @@ def train(lf, run_dir, student, data_file, *, steps, seed, lr, batch, teachers=(
     recipe = f"""run: {{name: {run_dir.name}, output_dir: {run_dir}, seed: {seed}, device: cpu}}
 student: {{path: {student}, dtype: fp32, chat_template: plain}}
 teachers: {"[]" if not teachers else ""}{teacher_lines}
-data: {{train: {data_file}, max_length: 96, max_prompt_length: 48}}
+data: {{train: {data_file}, max_length: {max_length}, max_prompt_length: {max_prompt_length}}}
 loss: {loss}
 alignment: {{positions: {positions}, vocab: mined, cache_dir: {run_dir.parent / "vocab-maps"}}}
 train: {{max_steps: {steps}, micro_batch_size: {batch}, lr: {lr}, schedule: cosine, warmup_ratio: 0.05, precision: fp32, clip_grad: 1.0, weight_decay: 0.01}}

@@ -86,7 +86,13 @@ def parse_args():
     p.add_argument("--dlf-base-size", default="64x2")
     p.add_argument("--dlf-base-steps", type=int, default=600)
     p.add_argument("--expert-steps", type=int, default=150, help="light fine-tuning steps of each DLF expert")
-    p.add_argument("--shots", type=int, default=5, help="worked examples before every question in the DLF in-context rows (0: none)")
+    p.add_argument("--shots", type=int, default=3,
+                   help="worked examples before every question in the DLF in-context rows, whose models are also "
+                        "trained with 1..shots examples in a share of their rows (0: no in-context rows)")
+    p.add_argument("--icl-share", type=float, default=0.5,
+                   help="share of each in-context DLF model's training rows also given as a copy with worked examples before it")
+    p.add_argument("--icl-steps", type=int, default=800,
+                   help="steps that teach the pivot worked examples before it serves as DLF's large model")
     p.add_argument("--merge-weight", type=float, default=1.0,
                    help="λ of each expert's task vector in the merged DLF expert (logitfuse merge)")
     p.add_argument("--skip-dlf", action="store_true")
@@ -101,7 +107,7 @@ def parse_args():
         args.seeds, args.eval_size, args.fusion_size, args.general_size, args.pool_size = 1, 20, 30, 40, 120
         args.student_size, args.teacher_size, args.dlf_base_size = "32x2", "32x2", "32x2"
         args.teacher_steps, args.pivot_steps, args.ample_steps, args.student_steps = "20,20", 10, 20, 10
-        args.dlf_base_steps, args.expert_steps, args.eval_points, args.shots = 10, 10, 2, 2
+        args.dlf_base_steps, args.expert_steps, args.eval_points, args.shots, args.icl_steps = 10, 10, 2, 2, 10
         args.variants = "sft,infigfusion,on-policy"
     for v in args.variants.split(","):
         if v not in VARIANTS:
@@ -202,7 +208,7 @@ def main():
                     by_step.setdefault(step, []).append(scores)
             curves[c][v] = by_step
 
-    dlf, shift = run_dlf(lf, root, data, toks, args, pivot) if not args.skip_dlf else (None, None)
+    dlf, shift, large_names = run_dlf(lf, root, data, toks, args, pivot) if not args.skip_dlf else (None, None, None)
     pictures = report.plot_curves(curves, lambda k: root / f"exact_match_{k}{tag}.png", SKILLS, conditions)
     if dlf and (root / "dlf_trace.png").exists():
         pictures.append(root / "dlf_trace.png")
@@ -231,10 +237,15 @@ def main():
         print("\n".join(lines))
         out["conditions"][c] = {"students": students[c], "verdict": verdict}
     if dlf:
-        out["dlf"] = {"strategies": dlf, "dlf_base_size": args.dlf_base_size, "expert_steps": args.expert_steps,
+        out["dlf"] = {"strategies": dlf, "large": large_names, "dlf_base_size": args.dlf_base_size,
+                      "expert_steps": args.expert_steps, "shots": args.shots, "icl_share": args.icl_share,
                       "expert_kl_from_base": shift}
         print(f"\nDynamic Logit Fusion (exact match %): large = the pivot; small base {args.dlf_base_size} trained on "
               f"the general pool; experts = the base fine-tuned {args.expert_steps} steps on each skill's pool")
+        if args.shots:
+            print(f"in-context rows: their own models, trained the same way on files with {100 * args.icl_share:.0f}% "
+                  f"more rows that carry 1-{args.shots} worked examples (large = {large_names['in-context']}); "
+                  f"k-shot: {args.shots} examples of the skill before every question")
         width = max(24, *(len(name) + 2 for name in dlf))
         print(f"{'decoding':<{width}}" + "".join(f"{k + ' EM %':>18}" for k in SKILLS))
         for name, scores in dlf.items():
@@ -256,6 +267,11 @@ def main():
             met = [k for k in SKILLS if all(test(k) for _, test in parts) and both[k] >= dlf["large_only"][k]]
             print(f"multi-task goal ({row}): met on {', '.join(met) if met else 'no skill'}; " + "; ".join(
                 f"{name}: {', '.join(k for k in SKILLS if test(k)) or 'no skill'}" for name, test in parts))
+        suffix = f", {args.shots}-shot"
+        for row in [r for r in dlf if r.endswith(suffix)]:
+            plain = dlf[row[:-len(suffix)]]
+            print(f"{args.shots}-shot vs 0-shot ({row[:-len(suffix)]}): " + ", ".join(
+                f"{k} {100 * dlf[row][k]:.1f} vs {100 * plain[k]:.1f}" for k in SKILLS))
     out["wall_seconds"] = time.time() - start
     (root / f"report{tag}.json").write_text(json.dumps(out, indent=2) + "\n")
     print(f"\nwall time {out['wall_seconds']:.0f}s; report: {root / f'report{tag}.json'}; pictures: "

@@ -56,13 +56,17 @@ def test_demo_quick_produces_the_report(tmp_path):
     for scores in dlf.values():
         assert all(0.0 <= v <= 1.0 for v in scores.values())
     assert (root / "dlf_trace.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert any(name.endswith("-shot") for name in dlf) and {"dynamic, both, closest", "dynamic, both, route"} <= set(dlf)
+    assert {"dynamic, both, closest", "dynamic, both, route"} <= set(dlf)
+    # The in-context rows: their own models (trained with worked-example rows), with and without shots.
+    assert {"in-context models: large_only", "in-context models: large_only, 2-shot",
+            "in-context models: dynamic, both, route, 2-shot"} <= set(dlf)
+    assert "2-shot vs 0-shot (in-context models: dynamic)" in out
     # Each expert's distance from the base, measured on both skills, and the multi-task goal checked per criterion.
     shift = report["dlf"]["expert_kl_from_base"]
     assert set(shift) == set(SKILLS) and all(v >= 0 for by in shift.values() for v in by.values())
     assert "multi-task goal (dynamic, both, route)" in out
     for row in ("dynamic", "static", "large_only"):
-        metrics = json.loads((root / "eval" / "dlf" / f"{row}-arithmetic" / "metrics.json").read_text())
+        metrics = json.loads((root / "eval" / "dlf" / "base10-expert10" / f"{row}-arithmetic" / "metrics.json").read_text())
         assert metrics["strategy"] == row
     # A rerun reuses everything it has and prints the same tables.
     again = run_demo(tmp_path)
@@ -114,3 +118,34 @@ def test_corrupted_arithmetic_is_self_consistent():
         assert int(product[0].split(" * ")[0]) == first
         assert int(product[1]) == first * int(product[0].split(" * ")[1]) == int(bad["answer"])
         assert bad["answer"] != example["answer"]
+
+
+def test_worked_example_rows(tmp_path):
+    """The in-context DLF models' training file: every source row, plus a copy of `share` of them with
+    1..k other rows of the same skill before the question as chat turns, in the training format."""
+    import data as bench_data
+    rows = [dict(r, skill=skill) for skill in SKILLS for r in tasks.make_split(skill, 20, seed="w")]
+    source = tmp_path / "general.jsonl"
+    bench_data.write_jsonl(source, rows)
+    out = bench_data.with_worked_examples(source, tmp_path / "general-icl.jsonl", 3, 0.5, seed=0)
+    mixed = bench_data.read_jsonl(out)
+    plain = [r for r in mixed if "messages" not in r]
+    worked = [r for r in mixed if "messages" in r]
+    assert sorted(r["prompt"] for r in plain) == sorted(r["prompt"] for r in rows)
+    assert len(worked) == 20
+    by_prompt = {r["prompt"]: r for r in rows}
+    counts = set()
+    for r in worked:
+        turns = r["messages"]
+        assert [m["role"] for m in turns] == ["user", "assistant"] * (len(turns) // 2)
+        pairs = [(turns[i]["content"], turns[i + 1]["content"]) for i in range(0, len(turns), 2)]
+        question = pairs[-1][0]
+        assert pairs[-1][1] == by_prompt[question]["response"]
+        shots = pairs[:-1]
+        counts.add(len(shots))
+        assert 1 <= len(shots) <= 3 and question not in {p for p, _ in shots}
+        for prompt, response in shots:
+            assert by_prompt[prompt]["response"] == response and by_prompt[prompt]["skill"] == r["skill"]
+    assert counts == {1, 2, 3}
+    # Written once: a second call keeps the file.
+    assert bench_data.with_worked_examples(source, out, 1, 0.1, seed=5).read_text() == out.read_text()
