@@ -2,14 +2,16 @@
 `transformers`, on the same model and the same batches, measured in one run.
 
     python bench/train_vs_transformers.py [--size small|135m] [--batch 2] [--seq 256] [--steps 8] [--threads 2]
+                                          [--repeats 3]
 
 Modes: `sft` (cross entropy) and `kl` (0.5 · CE + 0.5 · full-vocabulary KL(p_teacher ‖ p_student)
 from a teacher of the same shape and tokenizer). The student and teacher are Llama models made by
 transformers (`135m`: the SmolLM-135M shape, 30 layers, hidden 576, vocabulary 16k here, since the
 tokenizer is trained on the spot; `small`: 8 layers, hidden 256), fp32, AdamW, gradient clipping at 1.
 Each side runs in its own process; tokens/s is the median over the steps after the first two
-(batch × sequence tokens per step), peak memory the process's maximum RSS. Prints one JSON line per
-mode and side, then the ratios logitfuse / transformers.
+(batch × sequence tokens per step), peak memory the process's maximum RSS. The sides alternate
+--repeats times per mode. Prints one JSON line per run, then per mode the median ratio logitfuse /
+transformers and each repeat's.
 """
 import argparse
 import json
@@ -138,6 +140,7 @@ def main():
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--modes", default="sft,kl")
+    p.add_argument("--repeats", type=int, default=3, help="alternating runs of the two sides per mode")
     p.add_argument("--binary", default=str(ROOT / "build" / "bin" / "logitfuse"))
     p.add_argument("--workspace", help="reuse this folder (made if missing)")
     p.add_argument("--reference", help=argparse.SUPPRESS)
@@ -154,20 +157,29 @@ def main():
                   f"{args.seq} tokens, {args.steps} steps, {args.threads} threads, fp32", flush=True)
         results = {}
         for mode in args.modes.split(","):
-            ours = run_logitfuse(root, mode, args)
-            out = subprocess.run([sys.executable, __file__, "--workspace", str(root), "--reference", mode,
-                                  *[f"--{k}={v}" for k, v in (("batch", args.batch), ("seq", args.seq),
-                                                               ("steps", args.steps), ("threads", args.threads))]],
-                                 check=True, capture_output=True, text=True,
-                                 env={**os.environ, "OMP_NUM_THREADS": str(args.threads)}).stdout
-            theirs = json.loads(out.strip().splitlines()[-1])
-            results[mode] = (ours, theirs)
-            print(json.dumps({"mode": mode, "side": "logitfuse", **ours}))
-            print(json.dumps({"mode": mode, "side": "transformers", **theirs}), flush=True)
-        for mode, (ours, theirs) in results.items():
-            print(f"{mode}: tokens/s {ours['tokens_per_s']:.0f} vs {theirs['tokens_per_s']:.0f} "
-                  f"({ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x); peak RSS {ours['peak_gib']:.2f} vs "
-                  f"{theirs['peak_gib']:.2f} GiB ({ours['peak_gib'] / theirs['peak_gib']:.2f}x)")
+            # The two sides alternate --repeats times, so a slow spell of a shared machine falls on
+            # both; the ratio is the median of the per-repeat ratios.
+            pairs = []
+            for _ in range(args.repeats):
+                ours = run_logitfuse(root, mode, args)
+                out = subprocess.run([sys.executable, __file__, "--workspace", str(root), "--reference", mode,
+                                      *[f"--{k}={v}" for k, v in (("batch", args.batch), ("seq", args.seq),
+                                                                   ("steps", args.steps), ("threads", args.threads))]],
+                                     check=True, capture_output=True, text=True,
+                                     env={**os.environ, "OMP_NUM_THREADS": str(args.threads)}).stdout
+                theirs = json.loads(out.strip().splitlines()[-1])
+                pairs.append((ours, theirs))
+                print(json.dumps({"mode": mode, "side": "logitfuse", **ours}))
+                print(json.dumps({"mode": mode, "side": "transformers", **theirs}), flush=True)
+            results[mode] = pairs
+        for mode, pairs in results.items():
+            speed = [o["tokens_per_s"] / t["tokens_per_s"] for o, t in pairs]
+            memory = [o["peak_gib"] / t["peak_gib"] for o, t in pairs]
+            print(f"{mode}: tokens/s {statistics.median(o['tokens_per_s'] for o, _ in pairs):.0f} vs "
+                  f"{statistics.median(t['tokens_per_s'] for _, t in pairs):.0f} "
+                  f"({statistics.median(speed):.2f}x; per repeat {', '.join(f'{x:.2f}' for x in speed)}); peak RSS "
+                  f"{statistics.median(o['peak_gib'] for o, _ in pairs):.2f} vs "
+                  f"{statistics.median(t['peak_gib'] for _, t in pairs):.2f} GiB ({max(memory):.2f}x at most)")
 
 
 if __name__ == "__main__":

@@ -13,10 +13,13 @@ struct AdamWConfig {
 };
 
 // One AdamW update of `param` in place (torch.optim.AdamW's arithmetic), with its moments `exp_avg`
-// and `exp_avg_sq`; `step` is 1-based. Elementwise, so any slicing of a flat parameter space gives
-// the same numbers: the sharded optimizer (sharded_adamw.h) updates slices of parameters with it.
+// and `exp_avg_sq`, from the gradient `grad` · `grad_scale` (`grad` is not written); `step` is
+// 1-based. Float32 on a CPU with AVX2 takes one pass over the arrays (kernels/cpu/adamw_avx2.h,
+// whose fused multiply-adds round differently in the last bit); elsewhere LibTorch ops. Elementwise,
+// so any slicing of a flat parameter space gives the same numbers: the sharded optimizers
+// (sharded_adamw.h, zero3.h) update slices of parameters with it.
 void adamw_update(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, double lr,
-                  int64_t step, const AdamWConfig& config, bool decay);
+                  int64_t step, const AdamWConfig& config, bool decay, double grad_scale = 1.0);
 
 struct ScheduleConfig {
   std::string kind = "cosine";  // constant | linear | cosine

@@ -168,12 +168,7 @@ double ShardedAdamW::grad_norm() {
   return std::sqrt(comm_.all_reduce_sum(local));
 }
 
-void ShardedAdamW::scale_gradients(double factor) {
-  at::NoGradGuard no_grad;
-  (sharding_.zero_stage == 2 ? owned(flat_grads_) : flat_grads_).mul_(factor);
-}
-
-void ShardedAdamW::step(double lr) {
+void ShardedAdamW::step(double lr, double grad_scale) {
   at::NoGradGuard no_grad;
   ++step_;
   const int64_t state_end = state_begin_ + exp_avg_.numel();
@@ -187,7 +182,7 @@ void ShardedAdamW::step(double lr) {
     at::Tensor g = flat_grads_.narrow(0, begin, end - begin);
     at::Tensor m = exp_avg_.narrow(0, begin - state_begin_, end - begin);
     at::Tensor v = exp_avg_sq_.narrow(0, begin - state_begin_, end - begin);
-    adamw_update(p, g, m, v, lr, step_, config_, params_[i].second.dim() >= 2);
+    adamw_update(p, g, m, v, lr, step_, config_, params_[i].second.dim() >= 2, grad_scale);
   }
   if (sharding_.zero_stage == 0 || comm_.world_size() == 1) return;
   const int64_t world = comm_.world_size();

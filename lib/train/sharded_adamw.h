@@ -46,8 +46,9 @@ class DistributedOptimizer {
   virtual int64_t buckets_overlapped() const { return 0; }
   virtual void reduce_gradients() = 0;
   virtual double grad_norm() = 0;
-  virtual void scale_gradients(double factor) = 0;
-  virtual void step(double lr) = 0;
+  // One AdamW update with the gradients multiplied by `grad_scale` inside it (gradient clipping
+  // without a pass of its own over the gradients).
+  virtual void step(double lr, double grad_scale = 1.0) = 0;
   virtual void zero_grad() = 0;
   virtual int64_t steps() const = 0;
   // The AdamW state this rank owns, as ranges of the unpadded flat space (parameters in checkpoint
@@ -86,9 +87,8 @@ class ShardedAdamW final : public DistributedOptimizer {
   void reduce_gradients() override;
   // L2 norm of the summed gradient (every rank gets the same number).
   double grad_norm() override;
-  void scale_gradients(double factor) override;
   // AdamW on this rank's slice (all of it at zero 0), then the updated slices are all-gathered.
-  void step(double lr) override;
+  void step(double lr, double grad_scale = 1.0) override;
   void zero_grad() override;
 
   int64_t steps() const override { return step_; }

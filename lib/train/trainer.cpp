@@ -450,8 +450,7 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
       spdlog::warn("step {}: non-finite {}; step skipped (train.skip_nonfinite)", state.step + 1, bad);
       skipped = true;
     } else {
-      if (tc.clip_grad > 0 && norm > tc.clip_grad) optimizer.scale_gradients(tc.clip_grad / (norm + 1e-6));
-      optimizer.step(lr);
+      optimizer.step(lr, tc.clip_grad > 0 && norm > tc.clip_grad ? tc.clip_grad / (norm + 1e-6) : 1.0);
     }
     optimizer.zero_grad();
     state.step += 1;

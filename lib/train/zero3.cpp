@@ -285,12 +285,7 @@ double Zero3AdamW::grad_norm() {
   return std::sqrt(model_.comm().all_reduce_sum(norm * norm));
 }
 
-void Zero3AdamW::scale_gradients(double factor) {
-  at::NoGradGuard no_grad;
-  model_.local_grads().mul_(factor);
-}
-
-void Zero3AdamW::step(double lr) {
+void Zero3AdamW::step(double lr, double grad_scale) {
   at::NoGradGuard no_grad;
   ++step_;
   for (const auto& piece : pieces_) {
@@ -298,7 +293,7 @@ void Zero3AdamW::step(double lr) {
     at::Tensor g = model_.local_grads().narrow(0, piece.local, piece.length);
     at::Tensor m = exp_avg_.narrow(0, piece.local, piece.length);
     at::Tensor v = exp_avg_sq_.narrow(0, piece.local, piece.length);
-    adamw_update(p, g, m, v, lr, step_, config_, piece.decay);
+    adamw_update(p, g, m, v, lr, step_, config_, piece.decay, grad_scale);
   }
 }
 

@@ -103,8 +103,7 @@ class Zero3AdamW final : public DistributedOptimizer {
 
   void reduce_gradients() override {}
   double grad_norm() override;
-  void scale_gradients(double factor) override;
-  void step(double lr) override;
+  void step(double lr, double grad_scale = 1.0) override;
   void zero_grad() override;
   int64_t steps() const override { return step_; }
   std::vector<OptimizerShard> owned_states() const override;

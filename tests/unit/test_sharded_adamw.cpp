@@ -5,6 +5,8 @@
 
 #include "core/error.h"
 #include "dist/communicator.h"
+#include "kernels/cpu/ce_kl_avx2.h"
+#include "train/optimizer.h"
 #include "train/sharded_adamw.h"
 
 namespace {
@@ -96,4 +98,48 @@ TEST_CASE("sharded adamw: state saved in slices reloads at another split", "[dis
   CHECK_THROWS_AS(again.load_state(two, 1), lf::InputError);
   two[0].total = 18;  // another student
   CHECK_THROWS_AS(again.load_state(two, 1), lf::InputError);
+}
+
+TEST_CASE("adamw: the one-pass CPU update is torch.optim.AdamW's and does not depend on slicing", "[optimizer]") {
+  // Without AVX2 + FMA the LibTorch path serves and the comparison below holds exactly.
+  const lf::AdamWConfig config{0.9, 0.999, 1e-8, 0.1};
+  at::manual_seed(5);
+  const int64_t n = 100003;  // several parallel slices and an odd tail
+  at::Tensor p = at::randn({n}), m = at::zeros({n}), v = at::zeros({n});
+  at::Tensor ref_p = p.clone(), ref_m = m.clone(), ref_v = v.clone();
+  at::Tensor sliced_p = p.clone(), sliced_m = m.clone(), sliced_v = v.clone();
+  at::Tensor g_max = at::zeros({n});
+  for (int step = 1; step <= 5; ++step) {
+    // Gradients across magnitudes, a few exactly zero: the elements where AdamW is most sensitive.
+    at::Tensor g = at::randn({n}) * at::pow(10.0, at::randint(-6, 1, {n}).to(at::kFloat));
+    g.narrow(0, 7, 11).zero_();
+    for (bool decay : {true, false}) {
+      lf::adamw_update(p, g, m, v, 3e-3, step, config, decay);
+      reference_step(ref_p, g, ref_m, ref_v, 3e-3, step, config, decay);
+      // The same update on slices that start off the vector width.
+      for (auto [a, b] : {std::pair<int64_t, int64_t>{0, 13}, {13, 50001}, {50001, n}}) {
+        at::Tensor ps = sliced_p.narrow(0, a, b - a), ms = sliced_m.narrow(0, a, b - a), vs = sliced_v.narrow(0, a, b - a);
+        lf::adamw_update(ps, g.narrow(0, a, b - a), ms, vs, 3e-3, step, config, decay);
+      }
+    }
+    CHECK(at::equal(p, sliced_p));
+    CHECK(at::equal(m, sliced_m));
+    CHECK(at::equal(v, sliced_v));
+    // Only the rounding of fused multiply-adds differs from the op-by-op update. m's terms may cancel,
+    // so its bound is relative to the largest gradient it has averaged.
+    g_max = at::maximum(g_max, g.abs());
+    CHECK(((m - ref_m).abs() <= 1e-6 * (ref_m.abs() + g_max)).all().item<bool>());
+    CHECK(at::allclose(v, ref_v, 1e-6, 1e-18));
+    CHECK(at::allclose(p, ref_p, 1e-6, 1e-7));
+    const double update = 3e-3;  // each step moves an element by about lr
+    CHECK((p - ref_p).abs().max().item<double>() < 1e-3 * update);
+  }
+  // Clipping inside the update: the same as the update from the scaled gradient.
+  at::Tensor g = at::randn({n});
+  at::Tensor p2 = p.clone(), m2 = m.clone(), v2 = v.clone();
+  lf::adamw_update(p, g, m, v, 3e-3, 6, config, true, 0.37);
+  lf::adamw_update(p2, g * 0.37, m2, v2, 3e-3, 6, config, true);
+  CHECK(at::equal(p, p2));
+  CHECK(at::equal(m, m2));
+  CHECK(at::equal(v, v2));
 }
