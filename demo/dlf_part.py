@@ -2,7 +2,8 @@
 model; a small base with the student's tokenizer is trained on the general pool, and each expert is
 the base fine-tuned lightly on its skill's pool. Each skill's held-out set is decoded with that
 skill's expert by every strategy (single task), and with both experts (multi-task: one active expert
-per step, J summed over both experts, method.md §4)."""
+per step, J summed over both experts, method.md §4). The in-context rows (k worked examples before
+every question) run on models of their own, trained to read such prompts (in_context_models)."""
 import json
 import time
 
