@@ -43,7 +43,7 @@ def run_dlf(lf, root, data, toks, args, pivot):
         lf("merge", "--base", base, *[a for s in skills for a in ("--expert", experts[s], "--weight", args.merge_weight)],
            "--method", "ties", "--out", merged_ties)
     experts["merged-ties"] = merged_ties
-    large_names = {"": "the pivot"}
+    large_names = {"main": "the pivot"}
     log(f"DLF base and experts ready ({time.time() - t0:.0f}s); large model: the pivot")
     shift = expert_shift(lf, eval_root, data, base, {s: experts[s] for s in skills})
     for name, by_skill in shift.items():

@@ -37,7 +37,7 @@ void adamw_update(at::Tensor& p, const at::Tensor& grad, at::Tensor& exp_avg, at
     const float* gp = grad.data_ptr<float>();
     float* mp = exp_avg.data_ptr<float>();
     float* vp = exp_avg_sq.data_ptr<float>();
-    // Slices start at multiples of the grain, and a result does not depend on where its slice starts.
+    // Threads take slices; a result does not depend on where its slice starts (adamw_avx2.h).
     at::parallel_for(0, p.numel(), 1 << 15, [&](int64_t begin, int64_t end) {
       kernels::cpu::adamw_avx2(pp + begin, gp + begin, mp + begin, vp + begin, end - begin, s);
     });
