@@ -122,7 +122,8 @@ def in_context_models(lf, root, data, args, pivot, base_init, skills):
 
 
 def in_context_jobs(job, k, skills, models):
-    """Each in-context row with and without the k examples, on the same (in-context) models."""
+    """Each in-context row with and without the k examples, on the same (in-context) models; static
+    with both experts too, so the multi-task goal can be checked on them."""
     jobs = []
     for shots, suffix in ((0, ""), (k, f", {k}-shot")):
         name = f"-{k}shot" if shots else ""
@@ -136,6 +137,8 @@ def in_context_jobs(job, k, skills, models):
                         skills, shots=shots, models=models))
         jobs.append(job(f"in-context models: dynamic, both, route{suffix}", f"dynamic-both-route{name}", "dynamic",
                         skills, skills, criterion="route", shots=shots, models=models))
+        jobs.append(job(f"in-context models: static, both experts{suffix}", f"static-both{name}", "static", skills,
+                        skills, shots=shots, models=models))
     return jobs
 
 

@@ -257,16 +257,21 @@ def main():
         # The multi-task goal (issue 14): with both experts, dynamic >= static >= large-only on every skill
         # and within 5 points of dynamic with the skill's own expert.
         # Each part is printed, since the static-vs-large part does not depend on the criterion.
-        both = dlf["static, both experts"]
-        print("static, both experts >= large-only on: " +
-              (", ".join(k for k in SKILLS if both[k] >= dlf["large_only"][k]) or "no skill"))
-        for row in [r for r in dlf if r.startswith("dynamic, both") and "shot" not in r]:
-            parts = [(">= static, both", lambda k: dlf[row][k] >= both[k]),
-                     (">= large-only", lambda k: dlf[row][k] >= dlf["large_only"][k]),
-                     ("within 5 points of the own expert", lambda k: dlf[row][k] >= dlf["dynamic"][k] - 0.05)]
-            met = [k for k in SKILLS if all(test(k) for _, test in parts) and both[k] >= dlf["large_only"][k]]
-            print(f"multi-task goal ({row}): met on {', '.join(met) if met else 'no skill'}; " + "; ".join(
-                f"{name}: {', '.join(k for k in SKILLS if test(k)) or 'no skill'}" for name, test in parts))
+        # The in-context models' 0-shot rows are checked the same way (their rows carry a prefix).
+        for prefix in ("", "in-context models: "):
+            if f"{prefix}static, both experts" not in dlf:
+                continue
+            row_of = lambda name: dlf[prefix + name]
+            both, large_only, own = row_of("static, both experts"), row_of("large_only"), row_of("dynamic")
+            print(f"{prefix}static, both experts >= large-only on: " +
+                  (", ".join(k for k in SKILLS if both[k] >= large_only[k]) or "no skill"))
+            for row in [r for r in dlf if r.startswith(prefix + "dynamic, both") and "shot" not in r]:
+                parts = [(">= static, both", lambda k: dlf[row][k] >= both[k]),
+                         (">= large-only", lambda k: dlf[row][k] >= large_only[k]),
+                         ("within 5 points of the own expert", lambda k: dlf[row][k] >= own[k] - 0.05)]
+                met = [k for k in SKILLS if all(test(k) for _, test in parts) and both[k] >= large_only[k]]
+                print(f"multi-task goal ({row}): met on {', '.join(met) if met else 'no skill'}; " + "; ".join(
+                    f"{name}: {', '.join(k for k in SKILLS if test(k)) or 'no skill'}" for name, test in parts))
         suffix = f", {args.shots}-shot"
         for row in [r for r in dlf if r.endswith(suffix)]:
             plain = dlf[row[:-len(suffix)]]
