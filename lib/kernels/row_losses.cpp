@@ -5,6 +5,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "kernels/cpu/ce_kl_avx2.h"
+#include "kernels/cpu/features.h"
 #include "kernels/logit_stats.h"
 
 namespace lf::kernels {
@@ -117,8 +118,7 @@ struct CpuCeKlRows : public torch::autograd::Function<CpuCeKlRows> {
 }  // namespace
 
 bool cpu_row_kernel_applies(const at::Tensor& student, const at::Tensor& teacher) {
-  static const bool avx2 = cpu::avx2_available();
-  return avx2 && student.is_cpu() && student.scalar_type() == at::kFloat && student.dim() == 2 &&
+  return cpu::avx2_available() && student.is_cpu() && student.scalar_type() == at::kFloat && student.dim() == 2 &&
          (!teacher.defined() || (teacher.is_cpu() && teacher.scalar_type() == at::kFloat && teacher.sizes() == student.sizes()));
 }
 

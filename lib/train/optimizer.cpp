@@ -6,7 +6,7 @@
 #include <cmath>
 
 #include "kernels/cpu/adamw_avx2.h"
-#include "kernels/cpu/ce_kl_avx2.h"
+#include "kernels/cpu/features.h"
 
 namespace lf {
 

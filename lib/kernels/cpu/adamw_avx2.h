@@ -2,7 +2,7 @@
 // update written as LibTorch ops (train/optimizer.cpp) makes eight passes and a temporary (on the
 // 125M-parameter CPU training step, 2 threads: ~8 % of perf samples as LibTorch ops, 1.9 % as one
 // pass). Compiled with -mavx2 -mfma -ffp-contract=off; call only when kernels::cpu::avx2_available()
-// (ce_kl_avx2.h).
+// (features.h).
 #pragma once
 
 #include <cstdint>

@@ -49,8 +49,6 @@ inline float row_max(const float* x, int64_t V, bool& nan) {
 
 }  // namespace
 
-bool avx2_available() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
-
 void ce_kl_forward_avx2(const float* s, const float* t, const int64_t* labels, int64_t V, int64_t r0, int64_t r1,
                         float temperature, float* ce, float* kl, float* stats) {
   const float inv_t = 1.0f / temperature;
@@ -152,7 +150,6 @@ void ce_kl_backward_avx2(const float* s, const float* t, const int64_t* labels, 
 #else  // not built for AVX2 (another architecture): the callers take the LibTorch path
 
 namespace lf::kernels::cpu {
-bool avx2_available() { return false; }
 void ce_kl_forward_avx2(const float*, const float*, const int64_t*, int64_t, int64_t, int64_t, float, float*, float*,
                         float*) {}
 void ce_kl_backward_avx2(const float*, const float*, const int64_t*, int64_t, int64_t, int64_t, float, const float*,

@@ -1,14 +1,13 @@
 // The CPU row kernel behind kernels::ce_kl_rows (row_losses.h): cross entropy and full-vocabulary
 // KL of a block of float32 logit rows in two reads forward and one read + one write backward.
 // Compiled with -mavx2 -mfma (ce_kl_avx2.cpp includes nothing with inline functions of external
-// linkage, so no AVX2 code can stand in for another file's); call only when avx2_available().
+// linkage, so no AVX2 code can stand in for another file's); call only when avx2_available()
+// (features.h).
 #pragma once
 
 #include <cstdint>
 
 namespace lf::kernels::cpu {
-
-bool avx2_available();
 
 // Per row r of [r0, r1): s, t: [rows, V] row-major (t may be null: CE only); labels[r] < 0: no CE.
 // Writes ce[r], kl[r] (τ² · KL(softmax(t/τ) ‖ softmax(s/τ)); kl may be null when t is) and the
