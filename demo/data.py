@@ -70,6 +70,23 @@ def make_data(root, args):
     return data
 
 
+def dlf_held_out(data):
+    """Each skill's held-out set for Dynamic Logit Fusion: the evaluation rows and the fusion set's
+    rows of the skill (clean responses). No DLF model trains on either (the pivot and the small base
+    train on the general pool, the experts on the teacher pools), and 80 questions alone leave a
+    binomial spread of about ±5 points, wider than the differences the multi-task goal compares.
+    Writes data/dlf-heldout_<skill>.jsonl; returns {skill: questions}."""
+    fusion = read_jsonl(data / "fusion-clean.jsonl")
+    sizes = {}
+    for skill in tasks.SKILLS:
+        rows = read_jsonl(data / f"eval_{skill}.jsonl") + [r for r in fusion if r["skill"] == skill]
+        path = data / f"dlf-heldout_{skill}.jsonl"
+        if not path.exists():
+            write_jsonl(path, rows)
+        sizes[skill] = len(rows)
+    return sizes
+
+
 def with_worked_examples(source, out, max_shots, share, seed):
     """`source` plus, for a `share` of its rows, a copy with 1..max_shots worked examples of the same
     skill (other rows of `source`) as chat turns before the question: {"messages": [...]}, rendered by

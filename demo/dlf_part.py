@@ -10,26 +10,31 @@ import time
 import data as bench_data
 import report
 import tasks
-from lf import evaluate, init_model, log, parse_size, train
+from lf import answered_right, evaluate, init_model, log, parse_size, train
 
 STRATEGIES = ["large_only", "static", "dynamic"]
 
 
 def run_dlf(lf, root, data, toks, args, pivot):
-    """Returns ({row name: {skill: EM}}, experts' KL from the base, {section: what its large model is})."""
+    """Returns {"strategies": {row: {skill: EM}}, "correct": {row: {skill: [right or not, per
+    question]}}, "expert_kl_from_base": {expert: {skill: nats}}, "large": {section: what its large
+    model is}, "held_out": {skill: questions}}."""
     skills = list(tasks.SKILLS)
     hidden, layers = parse_size(args.dlf_base_size)
     base_init = init_model(lf, root / "models" / f"dlf_base_init_{args.dlf_base_size}", "llama", toks["student"],
                            (hidden, layers), 21)
     t0 = time.time()
-    # Folders named by the training lengths, so a rerun with other steps trains new models.
-    tag = f"base{args.dlf_base_steps}-expert{args.expert_steps}"
-    dlf, eval_root = root / "dlf" / tag, root / "eval" / "dlf" / tag
-    base = train(lf, dlf / "base", base_init, data / "general.jsonl", steps=args.dlf_base_steps, seed=1, lr=3e-3,
-                 batch=16)
+    held_out = bench_data.dlf_held_out(data)
+    # Folders named by the training recipe (and evaluations by the held-out size), so a rerun with
+    # other steps or rates trains new models.
+    tag = f"base{args.dlf_base_steps}-expert{args.expert_steps}-lr{args.expert_lr:g}"
+    dlf, eval_root = root / "dlf" / tag, root / "eval" / "dlf" / f"{tag}-heldout{max(held_out.values())}"
+    # The base does not depend on the experts' recipe: shared by the runs that differ in it.
+    base = train(lf, root / "dlf" / f"base{args.dlf_base_steps}" / "base", base_init, data / "general.jsonl",
+                 steps=args.dlf_base_steps, seed=1, lr=3e-3, batch=16)
     experts = dict(zip(skills, lf.parallel(
         lambda skill: train(lf, dlf / f"expert_{skill}", base, data / f"pool_{skill}.jsonl", steps=args.expert_steps,
-                            seed=1, lr=1e-3, batch=16), skills)))
+                            seed=1, lr=args.expert_lr, batch=16), skills)))
     # Task arithmetic (method.md §4b): one small model from both experts, used as a single expert.
     merged = dlf / "merged"
     if not (merged / "config.json").exists():
@@ -57,7 +62,9 @@ def run_dlf(lf, root, data, toks, args, pivot):
         _, name, strategy, expert_skills, eval_skills, only, criterion, shots, models = spec
         large_, base_, experts_, where = models or (pivot, base, experts, eval_root)
         fusion = fusion_section(large_, base_, {s: experts_[s] for s in expert_skills}, strategy, criterion, only)
-        return evaluate(lf, None, where / name, data, eval_skills, fusion=fusion, perplexity=False, shots=shots)
+        scores = evaluate(lf, None, where / name, data, eval_skills, fusion=fusion, perplexity=False, shots=shots,
+                          held_out="dlf-heldout")
+        return scores, {skill: answered_right(where / name, skill) for skill in eval_skills}
 
     jobs = []
     for strategy in STRATEGIES:  # single task: each skill with its own expert
@@ -76,30 +83,38 @@ def run_dlf(lf, root, data, toks, args, pivot):
     jobs.append(job("TIES-merged expert alone", "expert-merged-ties", "expert_only", ["merged-ties"], skills,
                     "merged-ties"))
     if args.shots:
-        models, large_names["in-context"] = in_context_models(lf, root, data, args, pivot, base_init, skills)
+        models, large_names["in-context"] = in_context_models(lf, root, data, args, pivot, base, skills,
+                                                              max(held_out.values()))
         jobs += in_context_jobs(job, args.shots, skills, models)
-    scores = lf.parallel(run, jobs)
-    results = {}
-    for job_, score in zip(jobs, scores):
+    results, correct = {}, {}
+    for job_, (score, right) in zip(jobs, lf.parallel(run, jobs)):
         results.setdefault(job_[0], {}).update(score)
+        correct.setdefault(job_[0], {}).update(right)
     for name, score in results.items():
         log(f"DLF {name}: " + ", ".join(f"{s} EM {100 * v:.0f}%" for s, v in score.items()))
     trace_picture(lf, root, eval_root, data, skills, pivot, base, experts)
-    return results, shift, large_names
+    return {"strategies": results, "correct": correct, "expert_kl_from_base": shift, "large": large_names,
+            "held_out": held_out}
 
 
-def in_context_models(lf, root, data, args, pivot, base_init, skills):
+def in_context_models(lf, root, data, args, pivot, plain_base, skills, held_out):
     """In-context learning (method.md §4b) needs models that read a few-shot prompt: measured, the
     models above score 0 % on every row when k worked examples precede the question, since none has
     seen more than one example in a sequence. So the in-context rows have their own models, trained
     as above on files where a share of the rows (--icl-share) also comes as a copy with 1..k worked
-    examples of the same skill before it (data.with_worked_examples): a base (trained twice as long,
-    since the two-layer base learns the longer rows more slowly), its two experts, and as the large
-    model the pivot taught the same on the general pool (--icl-steps). Returns ((large, base,
+    examples of the same skill before it (data.with_worked_examples): as the large model the pivot
+    and as the base the plain base, each taught worked examples on the general pool (--icl-steps),
+    and the base's two experts. (A base trained from scratch on the worked-example rows learned the
+    general pool's reversals by heart instead of the skill: on one data seed its reversal expert
+    stayed at 17-22 % alone whatever its rate and steps.) Returns ((large, base,
     experts, evaluation folder), what the large model is)."""
     k = args.shots
-    tag = f"icl{k}-share{args.icl_share:g}-base{2 * args.dlf_base_steps}-expert{args.expert_steps}-large{args.icl_steps}"
-    dlf, eval_root = root / "dlf" / tag, root / "eval" / "dlf" / tag
+    # Both taught models depend on the plain base's and the pivot's training only: shared by the runs
+    # that differ in the experts' recipe.
+    taught = f"icl{k}-share{args.icl_share:g}-base{args.dlf_base_steps}-taught{args.icl_steps}"
+    tag = f"{taught}-expert{args.expert_steps}-lr{args.expert_lr:g}"
+    shared, dlf = root / "dlf" / taught, root / "dlf" / tag
+    eval_root = root / "eval" / "dlf" / f"{tag}-heldout{held_out}"
     lengths = dict(max_length=96 + 48 * k, max_prompt_length=48 + 48 * k)
 
     def with_shots(name):
@@ -107,13 +122,12 @@ def in_context_models(lf, root, data, args, pivot, base_init, skills):
                                                args.icl_share, args.data_seed)
 
     general = with_shots("general")
-    base, large = lf.parallel(lambda make: make(), [
-        lambda: train(lf, dlf / "base", base_init, general, steps=2 * args.dlf_base_steps, seed=1, lr=3e-3, batch=16,
-                      **lengths),
-        lambda: train(lf, dlf / "large", pivot, general, steps=args.icl_steps, seed=1, lr=1e-3, batch=16, **lengths)])
+    base, large = lf.parallel(lambda start: train(lf, shared / start[0], start[1], general, steps=args.icl_steps, seed=1,
+                                                  lr=1e-3, batch=16, **lengths),
+                              [("base", plain_base), ("large", pivot)])
     experts = dict(zip(skills, lf.parallel(
         lambda skill: train(lf, dlf / f"expert_{skill}", base, with_shots(f"pool_{skill}"), steps=args.expert_steps,
-                            seed=1, lr=1e-3, batch=16, **lengths), skills)))
+                            seed=1, lr=args.expert_lr, batch=16, **lengths), skills)))
     # The examples shown at evaluation: the first k of each skill's pool (never held out).
     for skill in skills:
         pool = (data / f"pool_{skill}.jsonl").read_text().splitlines(keepends=True)

@@ -86,6 +86,12 @@ log: {{every_steps: 10}}
     return final
 
 
+def answered_right(out_dir, task):
+    """Per question of an evaluation in out_dir, in file order: whether its answer was right."""
+    rows = [json.loads(line) for line in (out_dir / "predictions" / f"{task}.jsonl").read_text().splitlines()]
+    return [row["correct"] for row in sorted(rows, key=lambda row: row["line"])]
+
+
 def train_seconds(run_dir):
     """How long the run's `train` took when it ran (a rerun that reuses it reports the same)."""
     path = run_dir / "wall_seconds"
@@ -101,19 +107,19 @@ def checkpoints_of(run_dir):
     return out
 
 
-def evaluate(lf, model_dir, out_dir, data, skills, *, fusion=None, perplexity=True, shots=0):
-    """Exact match (and response perplexity) on each skill's held-out set through `logitfuse eval`,
-    kept in out_dir/metrics.json; with `fusion` (the models and fusion sections of a DLF config), of
-    fused decoding instead of one model; with `shots`, that many worked examples of the skill
-    (data/shots_<skill>.jsonl) before every question."""
+def evaluate(lf, model_dir, out_dir, data, skills, *, fusion=None, perplexity=True, shots=0, held_out="eval"):
+    """Exact match (and response perplexity) on each skill's held-out set (data/<held_out>_<skill>.jsonl)
+    through `logitfuse eval`, kept in out_dir/metrics.json; with `fusion` (the models and fusion
+    sections of a DLF config), of fused decoding instead of one model; with `shots`, that many worked
+    examples of the skill (data/shots_<skill>.jsonl) before every question."""
     metrics_file = out_dir / "metrics.json"
     if not metrics_file.exists():
         out_dir.mkdir(parents=True, exist_ok=True)
         tasks_yaml = "".join(
-            f"\n  - {{name: {skill}, type: exact_match, data: {data / f'eval_{skill}.jsonl'}, extract: regex, "
+            f"\n  - {{name: {skill}, type: exact_match, data: {data / f'{held_out}_{skill}.jsonl'}, extract: regex, "
             f"regex: '{ANSWER_REGEX}'" + (f", shots: {shots}, shots_file: {data / f'shots_{skill}.jsonl'}" if shots else "")
             + "}" +
-            (f"\n  - {{name: {skill}-ppl, type: perplexity, data: {data / f'eval_{skill}.jsonl'}}}" if perplexity else "")
+            (f"\n  - {{name: {skill}-ppl, type: perplexity, data: {data / f'{held_out}_{skill}.jsonl'}}}" if perplexity else "")
             for skill in skills)
         models = fusion if fusion else f"model: {{path: {model_dir}, device: cpu}}"
         config = out_dir / "eval.yaml"

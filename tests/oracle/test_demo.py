@@ -65,9 +65,13 @@ def test_demo_quick_produces_the_report(tmp_path):
     shift = report["dlf"]["expert_kl_from_base"]
     assert set(shift) == set(SKILLS) and all(v >= 0 for by in shift.values() for v in by.values())
     assert "multi-task goal (dynamic, both, route)" in out
+    # DLF's held-out set: each skill's evaluation and fusion prompts (20 + 30 in --quick), which no DLF
+    # model trains on.
+    assert report["dlf"]["held_out"] == {skill: 50 for skill in SKILLS}
     for row in ("dynamic", "static", "large_only"):
-        metrics = json.loads((root / "eval" / "dlf" / "base10-expert10" / f"{row}-arithmetic" / "metrics.json").read_text())
-        assert metrics["strategy"] == row
+        where = root / "eval" / "dlf" / "base10-expert10-lr0.0005-heldout50" / f"{row}-arithmetic"
+        metrics = json.loads((where / "metrics.json").read_text())
+        assert metrics["strategy"] == row and metrics["tasks"]["arithmetic"]["n"] == 50
     # A rerun reuses everything it has and prints the same tables.
     again = run_demo(tmp_path)
     assert again.returncode == 0, again.stderr
@@ -105,6 +109,38 @@ def test_data_seed_regenerates_every_split(tmp_path):
             assert row["response"].endswith(f"The answer is {row['answer']}.")
     other = {r["prompt"] for r in bench_data.read_jsonl(made[1] / "fusion-clean.jsonl")}
     assert other != prompts["fusion-clean"]
+
+
+def test_dlf_held_out_is_eval_and_clean_fusion_rows(tmp_path):
+    """DLF's held-out set: each skill's evaluation rows and its fusion rows with their clean answers,
+    none of whose prompts any DLF model trains on (general pool, teacher pools)."""
+    import types
+
+    import data as bench_data
+    args = types.SimpleNamespace(data_seed=0, eval_size=30, fusion_size=40, general_size=30, pool_size=100, noise=0.25)
+    d = bench_data.make_data(tmp_path, args)
+    assert bench_data.dlf_held_out(d) == {skill: 70 for skill in SKILLS}
+    trained = {r["prompt"] for name in ("general", "pool_arithmetic", "pool_reverse")
+               for r in bench_data.read_jsonl(d / f"{name}.jsonl")}
+    clean = {r["prompt"]: r for r in bench_data.read_jsonl(d / "fusion-clean.jsonl")}
+    for skill in SKILLS:
+        rows = bench_data.read_jsonl(d / f"dlf-heldout_{skill}.jsonl")
+        assert rows[:30] == bench_data.read_jsonl(d / f"eval_{skill}.jsonl")
+        assert all(r["skill"] == skill and r["prompt"] not in trained for r in rows)
+        assert all(clean[r["prompt"]] == r and not r.get("corrupted") for r in rows[30:])
+        assert len({r["prompt"] for r in rows}) == 70
+
+
+def test_sign_test_counts_only_the_questions_the_two_decodings_disagree_on():
+    import report
+    a = [True] * 50 + [True] * 5 + [False] * 7 + [False] * 30
+    b = [True] * 50 + [False] * 5 + [True] * 7 + [False] * 30
+    only_a, only_b, p = report.sign_test(a, b)
+    assert (only_a, only_b) == (5, 7)
+    assert abs(p - 2 * (1 + 12 + 66 + 220 + 495 + 792) / 2 ** 12) < 1e-12  # exact binomial, n = 12, k <= 5
+    assert report.sign_test(b, a)[2] == p
+    assert report.sign_test(a, a) == (0, 0, 1.0)
+    assert report.sign_test([True] * 10, [False] * 10)[2] == 2 / 2 ** 10
 
 
 def test_corrupted_arithmetic_is_self_consistent():
