@@ -243,8 +243,7 @@ def main():
         print("\n".join(lines))
         out["conditions"][c] = {"students": students[c], "verdict": verdict}
     if outcome:
-        dlf, shift, large_names, held_out = (outcome[k] for k in ("strategies", "expert_kl_from_base", "large",
-                                                                  "held_out"))
+        dlf, shift, held_out = (outcome[k] for k in ("strategies", "expert_kl_from_base", "held_out"))
         out["dlf"] = {**{k: v for k, v in outcome.items() if k != "correct"}, "dlf_base_size": args.dlf_base_size,
                       "dlf_base_steps": args.dlf_base_steps, "expert_steps": args.expert_steps,
                       "expert_lr": args.expert_lr, "shots": args.shots, "icl_share": args.icl_share}
