@@ -25,29 +25,26 @@ def run_dlf(lf, root, data, toks, args, pivot):
                            (hidden, layers), 21)
     t0 = time.time()
     held_out = bench_data.dlf_held_out(data)
+    questions = max(held_out.values())
     # Folders named by the training recipe (and evaluations by the held-out size), so a rerun with
     # other steps or rates trains new models.
     tag = f"base{args.dlf_base_steps}-expert{args.expert_steps}-lr{args.expert_lr:g}"
-    dlf, eval_root = root / "dlf" / tag, root / "eval" / "dlf" / f"{tag}-heldout{max(held_out.values())}"
+    dlf, eval_root = root / "dlf" / tag, root / "eval" / "dlf" / f"{tag}-heldout{questions}"
     # The base does not depend on the experts' recipe: shared by the runs that differ in it.
     base = train(lf, root / "dlf" / f"base{args.dlf_base_steps}" / "base", base_init, data / "general.jsonl",
                  steps=args.dlf_base_steps, seed=1, lr=3e-3, batch=16)
     experts = dict(zip(skills, lf.parallel(
         lambda skill: train(lf, dlf / f"expert_{skill}", base, data / f"pool_{skill}.jsonl", steps=args.expert_steps,
                             seed=1, lr=args.expert_lr, batch=16), skills)))
-    # Task arithmetic (method.md §4b): one small model from both experts, used as a single expert.
-    merged = dlf / "merged"
-    if not (merged / "config.json").exists():
-        lf("merge", "--base", base, *[a for s in skills for a in ("--expert", experts[s], "--weight", args.merge_weight)],
-           "--out", merged)
-    experts["merged"] = merged
-    # TIES (method.md §4b): each task vector trimmed to its largest 20 %, signs elected per entry,
-    # agreeing entries averaged, so the two skills' vectors interfere less than in the plain sum.
-    merged_ties = dlf / "merged-ties"
-    if not (merged_ties / "config.json").exists():
-        lf("merge", "--base", base, *[a for s in skills for a in ("--expert", experts[s], "--weight", args.merge_weight)],
-           "--method", "ties", "--out", merged_ties)
-    experts["merged-ties"] = merged_ties
+    # Task arithmetic (method.md §4b): one small model from both experts, used as a single expert;
+    # and TIES: each task vector trimmed to its largest 20 %, signs elected per entry, agreeing entries
+    # averaged, so the two skills' vectors interfere less than in the plain sum.
+    for name, method in (("merged", "task_arithmetic"), ("merged-ties", "ties")):
+        experts[name] = dlf / name
+        if not (experts[name] / "config.json").exists():
+            lf("merge", "--base", base,
+               *[a for s in skills for a in ("--expert", experts[s], "--weight", args.merge_weight)],
+               "--method", method, "--out", experts[name])
     large_names = {"main": "the pivot"}
     log(f"DLF base and experts ready ({time.time() - t0:.0f}s); large model: the pivot")
     shift = expert_shift(lf, eval_root, data, base, {s: experts[s] for s in skills})
@@ -83,8 +80,7 @@ def run_dlf(lf, root, data, toks, args, pivot):
     jobs.append(job("TIES-merged expert alone", "expert-merged-ties", "expert_only", ["merged-ties"], skills,
                     "merged-ties"))
     if args.shots:
-        models, large_names["in-context"] = in_context_models(lf, root, data, args, pivot, base, skills,
-                                                              max(held_out.values()))
+        models, large_names["in-context"] = in_context_models(lf, root, data, args, pivot, base, skills, questions)
         jobs += in_context_jobs(job, args.shots, skills, models)
     results, correct = {}, {}
     for job_, (score, right) in zip(jobs, lf.parallel(run, jobs)):
