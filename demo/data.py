@@ -70,6 +70,24 @@ def make_data(root, args):
     return data
 
 
+def pivot_pool(data, rows_per_skill):
+    """The pivot's training file: the first rows_per_skill[skill] rows of each skill in the general
+    pool, in the pool's mixed order (data/general-pivot-<n>-<n>.jsonl; returns its path). Fewer rows
+    of a skill than the pool holds keep the pivot stably behind on it: with all 300 reversal rows,
+    whether the pivot generalises reversal was a draw of its training seed (README, findings)."""
+    counts = dict(zip(tasks.SKILLS, rows_per_skill))
+    path = data / ("general-pivot-" + "-".join(str(n) for n in rows_per_skill) + ".jsonl")
+    if not path.exists():
+        taken = {skill: 0 for skill in tasks.SKILLS}
+        keep = []
+        for row in read_jsonl(data / "general.jsonl"):
+            if taken[row["skill"]] < counts[row["skill"]]:
+                taken[row["skill"]] += 1
+                keep.append(row)
+        write_jsonl(path, keep)
+    return path
+
+
 def dlf_held_out(data):
     """Each skill's held-out set for Dynamic Logit Fusion: the evaluation rows and the fusion set's
     rows of the skill (clean responses). No DLF model trains on either (the pivot and the small base

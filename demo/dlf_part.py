@@ -15,8 +15,9 @@ from lf import answered_right, evaluate, init_model, log, parse_size, train
 STRATEGIES = ["large_only", "static", "dynamic"]
 
 
-def run_dlf(lf, root, data, toks, args, pivot):
-    """Returns {"strategies": {row: {skill: EM}}, "correct": {row: {skill: [right or not, per
+def run_dlf(lf, root, data, toks, args, pivot, pivot_tag):
+    """`pivot_tag` names the pivot's recipe: the evaluations and the in-context large model depend on it.
+    Returns {"strategies": {row: {skill: EM}}, "correct": {row: {skill: [right or not, per
     question]}}, "expert_kl_from_base": {expert: {skill: nats}}, "large": {section: what its large
     model is}, "held_out": {skill: questions}}."""
     skills = list(tasks.SKILLS)
@@ -29,7 +30,7 @@ def run_dlf(lf, root, data, toks, args, pivot):
     # Folders named by the training recipe (and evaluations by the held-out size), so a rerun with
     # other steps or rates trains new models.
     tag = f"base{args.dlf_base_steps}-expert{args.expert_steps}-lr{args.expert_lr:g}"
-    dlf, eval_root = root / "dlf" / tag, root / "eval" / "dlf" / f"{tag}-heldout{questions}"
+    dlf, eval_root = root / "dlf" / tag, root / "eval" / "dlf" / f"pivot-{pivot_tag}" / f"{tag}-heldout{questions}"
     # The base does not depend on the experts' recipe: shared by the runs that differ in it.
     base = train(lf, root / "dlf" / f"base{args.dlf_base_steps}" / "base", base_init, data / "general.jsonl",
                  steps=args.dlf_base_steps, seed=1, lr=3e-3, batch=16)
@@ -80,7 +81,8 @@ def run_dlf(lf, root, data, toks, args, pivot):
     jobs.append(job("TIES-merged expert alone", "expert-merged-ties", "expert_only", ["merged-ties"], skills,
                     "merged-ties"))
     if args.shots:
-        models, large_names["in-context"] = in_context_models(lf, root, data, args, pivot, base, skills, questions)
+        models, large_names["in-context"] = in_context_models(lf, root, data, args, pivot, pivot_tag, base, skills,
+                                                              questions)
         jobs += in_context_jobs(job, args.shots, skills, models)
     results, correct = {}, {}
     for job_, (score, right) in zip(jobs, lf.parallel(run, jobs)):
@@ -93,7 +95,7 @@ def run_dlf(lf, root, data, toks, args, pivot):
             "held_out": held_out}
 
 
-def in_context_models(lf, root, data, args, pivot, plain_base, skills, held_out):
+def in_context_models(lf, root, data, args, pivot, pivot_tag, plain_base, skills, held_out):
     """In-context learning (method.md §4b) needs models that read a few-shot prompt: measured, the
     models above score 0 % on every row when k worked examples precede the question, since none has
     seen more than one example in a sequence. So the in-context rows have their own models, trained
@@ -110,7 +112,7 @@ def in_context_models(lf, root, data, args, pivot, plain_base, skills, held_out)
     taught = f"icl{k}-share{args.icl_share:g}-base{args.dlf_base_steps}-taught{args.icl_steps}"
     tag = f"{taught}-expert{args.expert_steps}-lr{args.expert_lr:g}"
     shared, dlf = root / "dlf" / taught, root / "dlf" / tag
-    eval_root = root / "eval" / "dlf" / f"{tag}-heldout{held_out}"
+    eval_root = root / "eval" / "dlf" / f"pivot-{pivot_tag}" / f"{tag}-heldout{held_out}"
     lengths = dict(max_length=96 + 48 * k, max_prompt_length=48 + 48 * k)
 
     def with_shots(name):
@@ -120,7 +122,7 @@ def in_context_models(lf, root, data, args, pivot, plain_base, skills, held_out)
     general = with_shots("general")
     base, large = lf.parallel(lambda start: train(lf, shared / start[0], start[1], general, steps=args.icl_steps, seed=1,
                                                   lr=1e-3, batch=16, **lengths),
-                              [("base", plain_base), ("large", pivot)])
+                              [("base", plain_base), (f"large-pivot-{pivot_tag}", pivot)])
     experts = dict(zip(skills, lf.parallel(
         lambda skill: train(lf, dlf / f"expert_{skill}", base, with_shots(f"pool_{skill}"), steps=args.expert_steps,
                             seed=1, lr=args.expert_lr, batch=16, **lengths), skills)))

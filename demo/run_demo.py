@@ -77,6 +77,10 @@ def parse_args():
     p.add_argument("--teacher-size", default="128x4", help="hidden x layers")
     p.add_argument("--teacher-steps", default="2400,1000", help="per skill (arithmetic,reverse)")
     p.add_argument("--pivot-steps", type=int, default=1500)
+    p.add_argument("--pivot-rows", default="150,100",
+                   help="general-pool rows per skill (arithmetic,reverse) the pivot trains on: with all 300 of each, "
+                        "at lr 3e-3, its scores were a draw of the training seed (reverse 19-64%% on one data seed)")
+    p.add_argument("--pivot-lr", type=float, default=1e-3)
     p.add_argument("--ample-steps", type=int, default=1500, help="steps of the ample-data SFT row")
     p.add_argument("--student-steps", type=int, default=150)
     p.add_argument("--student-lr", type=float, default=1e-3)
@@ -88,10 +92,10 @@ def parse_args():
                    help="steps of the small DLF base on the general pool (with 600, one data seed's reverse expert "
                         "did not learn its skill: 16%% alone)")
     p.add_argument("--expert-steps", type=int, default=150, help="light fine-tuning steps of each DLF expert")
-    p.add_argument("--expert-lr", type=float, default=5e-4,
+    p.add_argument("--expert-lr", type=float, default=2.5e-4,
                    help="learning rate of the DLF experts' fine-tuning: the lighter the experts, the less they move "
-                        "from the base on the other skill, which static decoding with both experts pays for "
-                        "(docs/decoding.md)")
+                        "from the base on the other skill, which static decoding with both experts pays for, and the "
+                        "less DLF gains (docs/decoding.md)")
     p.add_argument("--shots", type=int, default=3,
                    help="worked examples before every question in the DLF in-context rows, whose models are also "
                         "trained with 1..shots examples in a share of their rows (0: no in-context rows)")
@@ -113,11 +117,16 @@ def parse_args():
         args.seeds, args.eval_size, args.fusion_size, args.general_size, args.pool_size = 1, 20, 30, 40, 120
         args.student_size, args.teacher_size, args.dlf_base_size = "32x2", "32x2", "32x2"
         args.teacher_steps, args.pivot_steps, args.ample_steps, args.student_steps = "20,20", 10, 20, 10
+        args.pivot_rows = "30,20"
         args.dlf_base_steps, args.expert_steps, args.eval_points, args.shots, args.icl_steps = 10, 10, 2, 2, 10
         args.variants = "sft,infigfusion,on-policy"
     for v in args.variants.split(","):
         if v not in VARIANTS:
             p.error(f"unknown variant {v!r} (known: {', '.join(VARIANTS)})")
+    rows = args.pivot_rows.split(",")
+    if len(rows) != len(tasks.SKILLS) or not all(r.isdigit() and 0 < int(r) <= args.general_size for r in rows):
+        p.error(f"--pivot-rows {args.pivot_rows!r}: one count per skill ({', '.join(tasks.SKILLS)}), each 1..{args.general_size}")
+    args.pivot_rows = [int(r) for r in rows]
     for c in args.conditions.split(","):
         if c not in ("clean", "noisy"):
             p.error(f"unknown condition {c!r} (known: clean, noisy)")
@@ -156,14 +165,19 @@ def main():
                                     parse_size(args.teacher_size), arches[k][1]) for k in SKILLS}
         jobs[2:2] = [(f"twin-{k}", lambda k=k: train(lf, root / "twins" / k, twin_inits[k], data / f"pool_{k}.jsonl",
                                                      steps=teacher_steps[k], seed=1, lr=3e-3, batch=32)) for k in SKILLS]
-    jobs.append(("pivot", lambda: train(lf, root / "pivot", student_init, data / "general.jsonl",
-                                        steps=args.pivot_steps, seed=1, lr=3e-3, batch=16)))
+    # Everything trained from the pivot lives in folders named by its recipe, so a rerun with another
+    # one trains its own students and DLF rows instead of reusing stale ones.
+    pivot_tag = f"rows{'-'.join(map(str, args.pivot_rows))}-lr{args.pivot_lr:g}-steps{args.pivot_steps}"
+    jobs.append(("pivot", lambda: train(lf, root / "pivot" / pivot_tag, student_init,
+                                        bench_data.pivot_pool(data, args.pivot_rows), steps=args.pivot_steps, seed=1,
+                                        lr=args.pivot_lr, batch=16)))
 
     def reference_job(job):
         name, make = job
         final = make()
         # The harsh teachers are other models than the usual ones: their own evaluation folders.
-        scores = evaluate(lf, final, root / "eval" / (name + tag if name.startswith("teacher-") else name), data, SKILLS)
+        where = name + tag if name.startswith("teacher-") else f"pivot/{pivot_tag}" if name == "pivot" else name
+        scores = evaluate(lf, final, root / "eval" / where, data, SKILLS)
         log(f"{name}: " + ", ".join(f"{k} EM {100 * scores[k]:.0f}%" for k in SKILLS))
         return name, final, {**scores, "wall_s": train_seconds(final.parent)}
 
@@ -175,8 +189,8 @@ def main():
     if f"twin-{SKILLS[0]}" in finals:
         teacher_sets["twin"] = [(k, finals[f"twin-{k}"]) for k in SKILLS]
 
-    students_dir = root / f"students{tag}"
-    students_eval = root / "eval" / f"students{tag}"
+    students_dir = root / f"students{tag}" / f"pivot-{pivot_tag}"
+    students_eval = root / "eval" / f"students{tag}" / f"pivot-{pivot_tag}"
     if args.fresh:
         shutil.rmtree(students_dir, ignore_errors=True)
         shutil.rmtree(students_eval, ignore_errors=True)
@@ -214,7 +228,7 @@ def main():
                     by_step.setdefault(step, []).append(scores)
             curves[c][v] = by_step
 
-    outcome = run_dlf(lf, root, data, toks, args, pivot) if not args.skip_dlf else None
+    outcome = run_dlf(lf, root, data, toks, args, pivot, pivot_tag) if not args.skip_dlf else None
     pictures = report.plot_curves(curves, lambda k: root / f"exact_match_{k}{tag}.png", SKILLS, conditions)
     if outcome and (root / "dlf_trace.png").exists():
         pictures.append(root / "dlf_trace.png")
@@ -224,12 +238,15 @@ def main():
            "distill_weight": args.distill_weight, "positions": args.positions, "exact_coverage": coverage,
            "sizes": {"student": args.student_size, "teacher": args.teacher_size, "eval": args.eval_size,
                      "fusion": args.fusion_size, "general": args.general_size, "pool": args.pool_size},
+           "pivot": {"rows": dict(zip(SKILLS, args.pivot_rows)), "lr": args.pivot_lr, "steps": args.pivot_steps},
            "models": reference, "conditions": {}, "curves": {c: {v: {str(s): r for s, r in by.items()}
                                                               for v, by in cv.items()} for c, cv in curves.items()},
            "pictures": [str(p) for p in pictures]}
     print()
     print(f"Fusion benchmark v2, data seed {args.data_seed}: exact match % and response perplexity on {args.eval_size} "
-          f"held-out examples per skill; students start from the pivot and train {args.student_steps} steps on "
+          f"held-out examples per skill; the pivot trained {args.pivot_steps} steps (lr {args.pivot_lr:g}) on "
+          + ", ".join(f"{n} {k}" for k, n in zip(SKILLS, args.pivot_rows)) + " general-pool rows; "
+          f"students start from it and train {args.student_steps} steps on "
           f"{len(SKILLS) * args.fusion_size} fusion examples (mean ± half-range over {args.seeds} seed(s); λ = "
           f"{args.distill_weight}; positions {args.positions})")
     print("student response tokens with an identical teacher token (what `exact` pairs): " + "; ".join(

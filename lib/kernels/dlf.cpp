@@ -309,10 +309,20 @@ void apply_multi_expert_criterion(DlfSolve& solve, const std::string& criterion,
     }
     return at::argmin(at::stack(distance, 1), 1).to(own.device());  // [rows]
   };
+  // The expert surest of the large model's likeliest token, per row: route's choice at a first
+  // token. An expert fine-tuned on a task has learned how that task's answers begin; the KL of the
+  // whole distributions there is dominated by the near-zero tail and picked one expert for nearly
+  // every prompt of both skills with one of the demo's large models (docs/decoding.md).
+  auto surest_expert = [&] {
+    const at::Tensor token = at::argmax(masked.zl, -1, /*keepdim=*/true);  // [rows, 1]
+    std::vector<at::Tensor> log_prob;
+    for (const auto& z : masked.experts) log_prob.push_back(at::log_softmax(z, -1).gather(1, token).squeeze(1));
+    return at::argmax(at::stack(log_prob, 1), 1).to(own.device());  // [rows]; ties: the first expert
+  };
   if (criterion == "closest" || criterion == "route") {
     at::Tensor chosen;
     if (criterion == "route") {
-      if (!route->defined()) *route = closest_expert();
+      if (!route->defined()) *route = surest_expert();
       if (route->size(0) != rows) throw std::logic_error("multi_expert route: state rows differ from the batch");
       chosen = route->to(own.device());
     } else {

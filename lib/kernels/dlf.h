@@ -60,8 +60,9 @@ DlfSolve dlf_solve(const at::Tensor& z_large, const at::Tensor& z_small, const s
 //   active   J with only the candidate expert's own terms: (KL(P̃_α‖P) − KL(Q_t‖Q))² + (KL(P‖P̃_α) − KL(Q‖Q_t))²
 //   closest  the expert whose next-token distribution is closest to the large model's (smallest
 //            KL(P‖Q_u)), then α by its own terms; an expert lost on the text disagrees with P
-//   route    closest, decided once per sequence: at its first generated token (where the prompt
-//            alone says which task it is) and kept for the rest of it; α by that expert's terms
+//   route    one expert per sequence, chosen at its first generated token (where the prompt alone
+//            says which task it is) as the expert that gives the large model's likeliest token
+//            the highest probability, and kept for the rest of it; α by that expert's terms
 // Ties go to the first expert, then the smallest α. `route` holds each row's expert for `route`
 // ([rows] int64): undefined on the first step, when it is chosen and stored; required for `route`.
 void apply_multi_expert_criterion(DlfSolve& solve, const std::string& criterion, const at::Tensor& z_large,

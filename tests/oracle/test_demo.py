@@ -26,6 +26,7 @@ def test_demo_quick_produces_the_report(tmp_path):
     root = tmp_path / "data-seed-0"
     report = json.loads((root / "report.json").read_text())
     assert set(report["models"]) == {"teacher-arithmetic", "teacher-reverse", "pivot", "ample-data SFT"}
+    assert report["pivot"] == {"rows": {"arithmetic": 30, "reverse": 20}, "lr": 1e-3, "steps": 10}
     assert set(report["conditions"]) == {"clean", "noisy"}
     for condition in report["conditions"].values():
         assert set(condition["students"]) == {"sft", "infigfusion", "on-policy"}
@@ -69,7 +70,8 @@ def test_demo_quick_produces_the_report(tmp_path):
     # model trains on.
     assert report["dlf"]["held_out"] == {skill: 50 for skill in SKILLS}
     for row in ("dynamic", "static", "large_only"):
-        where = root / "eval" / "dlf" / "base10-expert10-lr0.0005-heldout50" / f"{row}-arithmetic"
+        where = (root / "eval" / "dlf" / "pivot-rows30-20-lr0.001-steps10" / "base10-expert10-lr0.00025-heldout50"
+                 / f"{row}-arithmetic")
         metrics = json.loads((where / "metrics.json").read_text())
         assert metrics["strategy"] == row and metrics["tasks"]["arithmetic"]["n"] == 50
     # A rerun reuses everything it has and prints the same tables.
@@ -129,6 +131,24 @@ def test_dlf_held_out_is_eval_and_clean_fusion_rows(tmp_path):
         assert all(r["skill"] == skill and r["prompt"] not in trained for r in rows)
         assert all(clean[r["prompt"]] == r and not r.get("corrupted") for r in rows[30:])
         assert len({r["prompt"] for r in rows}) == 70
+
+
+def test_pivot_pool_is_the_first_rows_of_each_skill_in_the_general_pool(tmp_path):
+    """The pivot trains on a given number of each skill's general-pool rows (--pivot-rows): the first
+    ones of each skill, in the pool's mixed order."""
+    import types
+
+    import data as bench_data
+    args = types.SimpleNamespace(data_seed=0, eval_size=10, fusion_size=10, general_size=30, pool_size=20, noise=0.3)
+    d = bench_data.make_data(tmp_path, args)
+    general = bench_data.read_jsonl(d / "general.jsonl")
+    path = bench_data.pivot_pool(d, [20, 7])
+    assert path.name == "general-pivot-20-7.jsonl"
+    rows = bench_data.read_jsonl(path)
+    for skill, n in zip(SKILLS, (20, 7)):
+        assert [r for r in rows if r["skill"] == skill] == [r for r in general if r["skill"] == skill][:n]
+    positions = [general.index(r) for r in rows]
+    assert positions == sorted(positions)  # still mixed, in the pool's order
 
 
 def test_sign_test_counts_only_the_questions_the_two_decodings_disagree_on():

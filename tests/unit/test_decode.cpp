@@ -173,15 +173,15 @@ TEST_CASE("dlf: the multi-expert criteria equal a brute-force search", "[decode]
         }
       }
       INFO("row " << r);
-      if (std::string(criterion) == "route") {  // the first step's choice is the closest expert there
-        const at::Tensor log_p1 = at::log_softmax(first_zl[r], -1);
-        int64_t first_closest = 0;
-        double first_nearest = std::numeric_limits<double>::infinity();
+      if (std::string(criterion) == "route") {  // the first step's choice: the expert surest of the large model's token
+        const int64_t token = first_zl[r].argmax().item<int64_t>();
+        int64_t surest = 0;
+        double highest = -std::numeric_limits<double>::infinity();
         for (int64_t u = 0; u < m; ++u) {
-          const double d = kl(log_p1, at::log_softmax(ze[u][r], -1)).item<double>();
-          if (d < first_nearest) { first_nearest = d; first_closest = u; }
+          const double lp = at::log_softmax(ze[u][r], -1)[token].item<double>();
+          if (lp > highest) { highest = lp; surest = u; }
         }
-        CHECK(route[r].item<int64_t>() == first_closest);
+        CHECK(route[r].item<int64_t>() == surest);
       }
       CHECK(solve.expert[r].item<int64_t>() == best_t);
       CHECK(solve.alpha[r].item<double>() == Approx(best_alpha));
