@@ -25,12 +25,16 @@ class Runner:
     """Runs logitfuse commands; `parallel` maps a function over items on `jobs` workers, each
     command with `threads` intra-op threads (tiny models scale far better across processes)."""
 
-    def __init__(self, jobs, threads):
+    def __init__(self, jobs, threads, cpu_kernels="native"):
         self.jobs, self.threads = max(1, jobs), max(1, threads)
+        # LibTorch's own override of its CPU dispatch (ATEN_CPU_CAPABILITY): kernels of one instruction
+        # set sum in one order, so the same recipe trains the same models on machines that have it
+        # (two measured; MKL's choice of GEMM path is not pinned: README, findings).
+        self.kernels = {} if cpu_kernels == "native" else {"ATEN_CPU_CAPABILITY": cpu_kernels}
 
     def __call__(self, *args):
         cmd = [str(BINARY), "--log-level", "warn", *map(str, args)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads), **self.kernels}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             sys.exit(f"demo: `{' '.join(cmd)}` failed ({proc.returncode}):\n{proc.stderr}")
@@ -42,6 +46,13 @@ class Runner:
             return [fn(x) for x in items]
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
             return list(pool.map(fn, items))
+
+
+def machine(lf):
+    """The CPU line of `logitfuse version` (processor, threads, the ATen kernels' instruction set):
+    trained weights, and so every figure of the demo, depend on it (README, findings)."""
+    lines = [line for line in lf("version").stdout.splitlines() if line.startswith("CPU ")]
+    return lines[0] if lines else "CPU unknown"
 
 
 def init_model(lf, out_dir, arch, tokenizer, size, seed):

@@ -21,7 +21,7 @@ const char* kGenerateHelp = R"(Decoding, plain or Dynamic Logit Fusion; prompts 
 Config keys (see docs/decoding.md):
   model: {path, dtype, device}                      a plain model, or
   models: {large: {path, dtype, device}, base: {path}, experts: [{name, path}]}
-  fusion: {strategy: dynamic|static|large_only|expert_only, alpha: {min, max, step}, static_alpha, expert, multi_expert: sum|active|closest}
+  fusion: {strategy: dynamic|static|large_only|expert_only, alpha: {min, max, step}, static_alpha, expert, multi_expert: sum|active|closest|route}
   sampling: {temperature (0 = greedy), top_p, top_k, seed}
   generation: {max_new_tokens, stop: [str], batch_size, chat_template, kv_cache}
   input: prompts.jsonl      {"prompt": str[, "system": str]} per line

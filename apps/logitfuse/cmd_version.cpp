@@ -1,10 +1,14 @@
-// `logitfuse version`: versions of logitfuse, LibTorch, CUDA and NCCL.
+// `logitfuse version`: versions of logitfuse, LibTorch, CUDA and NCCL, and the CPU kernels in use.
 #include <CLI/CLI.hpp>
 #include <ATen/Context.h>
+#include <ATen/Version.h>
 #include <torch/version.h>
 #include <dlfcn.h>
 
+#include <fstream>
 #include <iostream>
+#include <string>
+#include <thread>
 
 #include "commands.h"
 
@@ -25,10 +29,21 @@ std::string nccl_version() {
   return std::to_string(major) + "." + std::to_string(minor) + "." + std::to_string(patch);
 }
 
+// The processor's name as Linux reports it ("unknown" elsewhere).
+std::string cpu_model() {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  for (std::string line; std::getline(cpuinfo, line);) {
+    if (line.rfind("model name", 0) != 0) continue;
+    const auto colon = line.find(':');
+    if (colon != std::string::npos && colon + 2 <= line.size()) return line.substr(colon + 2);
+  }
+  return "unknown";
+}
+
 }  // namespace
 
 void add_version(CLI::App& root) {
-  CLI::App* cmd = root.add_subcommand("version", "Versions of logitfuse, LibTorch, CUDA and NCCL");
+  CLI::App* cmd = root.add_subcommand("version", "Versions of logitfuse, LibTorch, CUDA and NCCL, and the CPU kernels in use");
   cmd->callback([] {
     std::cout << "logitfuse " << LOGITFUSE_VERSION << "\n";
     std::cout << "LibTorch " << TORCH_VERSION << "\n";
@@ -50,6 +65,11 @@ void add_version(CLI::App& root) {
     const char* nccl_backend = "not built";
 #endif
     std::cout << "distributed: cpu (MPI) " << mpi << ", nccl (c10d) " << nccl_backend << "\n";
+    // Trained weights depend on it: LibTorch picks its CPU kernels (and MKL its GEMM) by instruction
+    // set, and each sums in its own order, so runs on two processors round differently
+    // (ATEN_CPU_CAPABILITY=avx2 chooses the AVX2 kernels on an AVX-512 machine).
+    std::cout << "CPU " << cpu_model() << ", " << std::thread::hardware_concurrency() << " threads; ATen CPU kernels "
+              << at::get_cpu_capability() << "\n";
   });
 }
 

@@ -26,6 +26,8 @@ def test_demo_quick_produces_the_report(tmp_path):
     root = tmp_path / "data-seed-0"
     report = json.loads((root / "report.json").read_text())
     assert set(report["models"]) == {"teacher-arithmetic", "teacher-reverse", "pivot", "ample-data SFT"}
+    # The machine's CPU kernels decide how trained weights round, so the report says which ran.
+    assert report["machine"].startswith("CPU ") and "ATen CPU kernels" in report["machine"]
     assert report["pivot"] == {"rows": {"arithmetic": 30, "reverse": 20}, "lr": 1e-3, "steps": 10}
     assert set(report["conditions"]) == {"clean", "noisy"}
     for condition in report["conditions"].values():
@@ -205,3 +207,21 @@ def test_worked_example_rows(tmp_path):
     assert counts == {1, 2, 3}
     # Written once: a second call keeps the file.
     assert bench_data.with_worked_examples(source, out, 1, 0.1, seed=5).read_text() == out.read_text()
+
+
+def test_the_demo_pins_the_cpu_kernels_the_machine_has():
+    """The demo's runs use LibTorch's AVX2 kernels by default (the same weights on every machine
+    that has them); LibTorch would run kernels the processor lacks, so the demo refuses those."""
+    import lf
+    from run_demo import kernels_available
+
+    line = "CPU Some CPU, 2 threads; ATen CPU kernels "
+    assert kernels_available("avx2", line + "AVX512") and kernels_available("avx2", line + "AVX2")
+    assert not kernels_available("avx2", line + "DEFAULT") and not kernels_available("avx512", line + "AVX2")
+    assert not kernels_available("avx2", line + "SVE256")  # not an x86 machine
+    assert kernels_available("native", line + "DEFAULT") and kernels_available("default", line + "AVX2")
+    # What the runner passes: LibTorch's own override, and nothing for native.
+    assert lf.Runner(1, 1, "avx2").kernels == {"ATEN_CPU_CAPABILITY": "avx2"}
+    assert lf.Runner(1, 1, "native").kernels == {}
+    version = lf.Runner(1, 1, "default")("version").stdout
+    assert "ATen CPU kernels DEFAULT" in version

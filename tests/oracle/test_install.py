@@ -45,3 +45,16 @@ def test_an_installed_prefix_runs_after_a_move(workspace, tmp_path):
     proc = subprocess.run([str(moved / "bin" / "logitfuse"), "version"], capture_output=True, text=True,
                           env={**bare, "LOGITFUSE_TORCH_LIB": str(tmp_path / "nowhere")})
     assert proc.returncode == 2 and "LOGITFUSE_TORCH_LIB" in proc.stderr, proc.stderr
+
+
+def test_version_names_the_cpu_kernels_libtorch_dispatches_to():
+    """Trained weights depend on the instruction set LibTorch's CPU kernels use (the demo's figures
+    moved with the machine), so `version` says which: the same as torch itself reports, and the
+    override LibTorch honours (ATEN_CPU_CAPABILITY) shows in it."""
+    def kernels(env):
+        out = subprocess.run([str(BINARY), "version"], capture_output=True, text=True, env=env, check=True).stdout
+        line = next(line for line in out.splitlines() if line.startswith("CPU "))
+        return line.rsplit("ATen CPU kernels ", 1)[1]
+
+    assert kernels(dict(os.environ)) == torch.backends.cpu.get_cpu_capability()
+    assert kernels({**os.environ, "ATEN_CPU_CAPABILITY": "default"}) == "DEFAULT"
