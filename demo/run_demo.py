@@ -143,9 +143,7 @@ def kernels_available(wanted, native_line):
     would run them anyway and stop on an illegal instruction)."""
     order = ["DEFAULT", "AVX2", "AVX512"]
     native = native_line.rsplit("ATen CPU kernels ", 1)[-1].strip()
-    if wanted == "native" or wanted == "default":
-        return True
-    return native in order and order.index(native) >= order.index(wanted.upper())
+    return wanted in ("native", "default") or (native in order and order.index(native) >= order.index(wanted.upper()))
 
 
 def main():
