@@ -55,6 +55,14 @@ def machine(lf):
     return lines[0] if lines else "CPU unknown"
 
 
+def kernels_available(wanted, native_line):
+    """Whether LibTorch can run the requested kernels here (asked for ones the processor lacks, it
+    would run them anyway and stop on an illegal instruction)."""
+    order = ["DEFAULT", "AVX2", "AVX512"]
+    native = native_line.rsplit("ATen CPU kernels ", 1)[-1].strip()
+    return wanted in ("native", "default") or (native in order and order.index(native) >= order.index(wanted.upper()))
+
+
 def init_model(lf, out_dir, arch, tokenizer, size, seed):
     if (out_dir / "config.json").exists():
         return out_dir

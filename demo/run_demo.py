@@ -27,7 +27,8 @@ import data as bench_data  # noqa: E402
 import report  # noqa: E402
 import tasks  # noqa: E402
 from dlf_part import run_dlf  # noqa: E402
-from lf import ROOT, Runner, checkpoints_of, evaluate, init_model, log, machine, parse_size, train, train_seconds  # noqa: E402
+from lf import (ROOT, Runner, checkpoints_of, evaluate, init_model, kernels_available, log, machine, parse_size,  # noqa: E402
+                train, train_seconds)
 
 SKILLS = list(tasks.SKILLS)
 # Each teacher knows one skill, so teachers are mixed per sequence by their own CE on it (FuseLLM's
@@ -136,14 +137,6 @@ def parse_args():
         if c not in ("clean", "noisy"):
             p.error(f"unknown condition {c!r} (known: clean, noisy)")
     return args
-
-
-def kernels_available(wanted, native_line):
-    """Whether LibTorch can run the requested kernels here (asked for ones the processor lacks, it
-    would run them anyway and stop on an illegal instruction)."""
-    order = ["DEFAULT", "AVX2", "AVX512"]
-    native = native_line.rsplit("ATen CPU kernels ", 1)[-1].strip()
-    return wanted in ("native", "default") or (native in order and order.index(native) >= order.index(wanted.upper()))
 
 
 def main():

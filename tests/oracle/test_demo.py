@@ -213,7 +213,7 @@ def test_the_demo_pins_the_cpu_kernels_the_machine_has():
     """The demo's runs use LibTorch's AVX2 kernels by default (the same weights on every machine
     that has them); LibTorch would run kernels the processor lacks, so the demo refuses those."""
     import lf
-    from run_demo import kernels_available
+    from lf import kernels_available
 
     line = "CPU Some CPU, 2 threads; ATen CPU kernels "
     assert kernels_available("avx2", line + "AVX512") and kernels_available("avx2", line + "AVX2")
