@@ -81,13 +81,20 @@ void add_init_model(CLI::App& root) {
     }
     if (opt->vocab_size) config.vocab_size = *opt->vocab_size;
     if (opt->hidden) config.hidden_size = *opt->hidden;
-    if (opt->layers) config.num_layers = *opt->layers;
+    if (opt->layers && *opt->layers != config.num_layers) {
+      config.num_layers = *opt->layers;
+      config.layer_types.clear();  // Gemma: the family's sliding/full pattern over the new depth
+    }
     if (opt->heads) config.num_heads = *opt->heads;
     if (opt->kv_heads) config.num_kv_heads = *opt->kv_heads;
     else if (opt->heads && config.num_kv_heads > config.num_heads) config.num_kv_heads = config.num_heads;
     if (opt->intermediate) config.intermediate_size = *opt->intermediate;
+    const int64_t old_head_dim = config.head_dim;
     if (opt->head_dim) config.head_dim = *opt->head_dim;
     else if (opt->hidden || opt->heads) config.head_dim = config.hidden_size / config.num_heads;
+    // Gemma scales attention by query_pre_attn_scalar, which its configs set to the head size.
+    if (config.query_pre_attn_scalar && *config.query_pre_attn_scalar == static_cast<double>(old_head_dim))
+      config.query_pre_attn_scalar = static_cast<double>(config.head_dim);
     if (opt->rope_theta) config.rope.theta = *opt->rope_theta;
     if (opt->tie_embeddings) config.tie_word_embeddings = true;
     const c10::ScalarType dtype = parse_dtype(opt->dtype, "--dtype");

@@ -12,11 +12,7 @@ TokenizedSequence tokenize_example(const Example& example, const Tokenizer& toke
   const RenderedChat chat = render_chat(chat_template, example.messages, special.eos_text);
 
   std::vector<int64_t> prompt;
-  if (chat.bos) {
-    if (!special.bos) throw InputError("chat template '" + chat_template.name + "' needs a BOS token, and tokenizer " +
-                                       tokenizer.source() + " has none");
-    prompt.push_back(*special.bos);
-  }
+  if (const auto bos = leading_bos(chat, chat_template, tokenizer)) prompt.push_back(*bos);
   const Encoding prompt_encoding = tokenizer.encode(chat.prompt);
   prompt.insert(prompt.end(), prompt_encoding.ids.begin(), prompt_encoding.ids.end());
 

@@ -53,12 +53,7 @@ std::vector<int64_t> encode_prompt(const Session& session, const std::string& pr
   const Tokenizer& tokenizer = *session.set.tokenizer;
   const RenderedChat chat = render_generation_prompt(session.chat_template, messages, tokenizer.special_tokens().eos_text);
   std::vector<int64_t> ids;
-  if (chat.bos) {
-    if (!tokenizer.special_tokens().bos)
-      throw InputError("chat template '" + session.chat_template.name + "' needs a BOS token, and tokenizer " +
-                       tokenizer.source() + " has none");
-    ids.push_back(*tokenizer.special_tokens().bos);
-  }
+  if (const auto bos = leading_bos(chat, session.chat_template, tokenizer)) ids.push_back(*bos);
   const Encoding encoded = tokenizer.encode(chat.prompt);
   ids.insert(ids.end(), encoded.ids.begin(), encoded.ids.end());
   return ids;

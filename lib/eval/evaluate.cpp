@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "core/error.h"
@@ -76,27 +77,52 @@ nlohmann::json perplexity(const TaskConfig& task, Session& session, const std::v
   ExampleSet set = read_examples(task.data, /*skip_invalid=*/false);
   if (task.limit && static_cast<int64_t>(set.examples.size()) > *task.limit) set.examples.resize(*task.limit);
   std::vector<ScoreRequest> requests;
+  std::vector<int64_t> content_tokens, content_bytes;
   const Truncation no_truncation{int64_t{1} << 40, int64_t{1} << 40};
+  const Tokenizer& tokenizer = *session.set.tokenizer;
+  // A response with nothing before it (plain text that the tokenizer starts with no BOS) is predicted
+  // from the tokenizer's EOS, the end of a previous text, as lm-evaluation-harness scores rolling
+  // text (its BOS where it has no EOS): every byte of the text is scored.
+  const SpecialTokens& special = tokenizer.special_tokens();
+  const std::optional<int64_t> start = special.eos ? special.eos : special.bos;
   for (Example e : set.examples) {
     // The in-context examples go after a leading system message, before the conversation.
     const auto at = e.messages.begin() + (!e.messages.empty() && e.messages.front().role == "system" ? 1 : 0);
     e.messages.insert(at, shots.begin(), shots.end());
-    const TokenizedSequence seq = tokenize_example(e, *session.set.tokenizer, session.chat_template, no_truncation);
-    // With an empty prompt the first token has nothing to be predicted from: it becomes the context.
-    const int64_t split = std::max<int64_t>(1, seq.prompt_length);
-    requests.push_back({{seq.ids.begin(), seq.ids.begin() + split}, {seq.ids.begin() + split, seq.ids.end()}});
+    const TokenizedSequence seq = tokenize_example(e, tokenizer, session.chat_template, no_truncation);
+    int64_t split = seq.prompt_length;
+    std::vector<int64_t> context(seq.ids.begin(), seq.ids.begin() + split);
+    if (context.empty()) {
+      if (start) {
+        context = {*start};
+      } else {  // no start token at all: the first token becomes the context
+        split = 1;
+        context = {seq.ids.front()};
+      }
+    }
+    requests.push_back({context, {seq.ids.begin() + split, seq.ids.end()}});
+    content_tokens.push_back(seq.content_tokens - (split - seq.prompt_length));
+    content_bytes.push_back(static_cast<int64_t>(e.messages.back().content.size()));
   }
   const auto scores = score_continuations(session.set, requests, session.options.batch_size);
-  double nll = 0;
-  int64_t tokens = 0;
+  double nll = 0, content_nll = 0;
+  int64_t tokens = 0, bytes = 0;
   for (size_t i = 0; i < scores.size(); ++i) {
     nll -= scores[i].logprob;
     tokens += scores[i].tokens;
-    predictions.push_back({{"line", set.examples[i].line}, {"logprob", scores[i].logprob}, {"tokens", scores[i].tokens}});
+    double row_content = 0;
+    for (int64_t k = 0; k < content_tokens[i]; ++k) row_content -= scores[i].token_logprobs[k];
+    content_nll += row_content;
+    bytes += content_bytes[i];
+    predictions.push_back({{"line", set.examples[i].line}, {"logprob", scores[i].logprob}, {"tokens", scores[i].tokens},
+                           {"content_logprob", -row_content}, {"bytes", content_bytes[i]}});
   }
   const double per_token = nll / std::max<int64_t>(1, tokens);
+  // Bits per UTF-8 byte of the response text: the content tokens only (no end-of-turn or EOS), so
+  // that models with different tokenizers compare on the same text.
   return {{"type", task.type}, {"n", static_cast<int64_t>(scores.size())}, {"tokens", tokens},
-          {"nll_per_token", per_token}, {"perplexity", std::exp(per_token)}};
+          {"nll_per_token", per_token}, {"perplexity", std::exp(per_token)}, {"bytes", bytes},
+          {"bits_per_byte", content_nll / std::log(2.0) / std::max<int64_t>(1, bytes)}};
 }
 
 }  // namespace

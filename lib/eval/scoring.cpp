@@ -54,6 +54,7 @@ std::vector<ScoreResult> score_continuations(ModelSet& set, const std::vector<Sc
     for (size_t k = 0; k < request_of.size(); ++k) {
       out[request_of[k]].logprob += lp[k];
       out[request_of[k]].tokens += 1;
+      out[request_of[k]].token_logprobs.push_back(lp[k]);
     }
   }
   return out;

@@ -18,6 +18,7 @@ struct ScoreRequest {
 struct ScoreResult {
   double logprob = 0;  // Σ log p(continuation token | everything before it)
   int64_t tokens = 0;
+  std::vector<double> token_logprobs;  // one per continuation token, in order
 };
 
 // Sequences are batched (right-padded: causal attention keeps real positions exact) batch_size at a time.

@@ -47,7 +47,9 @@ void load_weights_into(CausalLM& model, const std::string& dir) {
   auto checkpoint = SafetensorsCheckpoint::open_dir(dir);
   at::NoGradGuard no_grad;
   std::set<std::string> used;
-  for (auto& [name, param] : model.checkpoint_tensors()) {
+  const auto has = [&](const std::string& n) { return checkpoint.contains(n); };
+  for (auto& [param_name, param] : model.checkpoint_tensors()) {
+    const std::string name = checkpoint_tensor_name(config, param_name, has);
     if (!checkpoint.contains(name))
       throw InputError(dir + ": checkpoint has no tensor '" + name + "'", "is config.json the one these weights were saved with?");
     const auto& entry = checkpoint.entry(name);
@@ -58,10 +60,7 @@ void load_weights_into(CausalLM& model, const std::string& dir) {
     used.insert(name);
   }
   for (const auto& name : checkpoint.names()) {
-    if (used.count(name)) continue;
-    // Old Llama exports carry the rotary table; a tied model may still store lm_head.
-    if (name.find("rotary_emb.inv_freq") != std::string::npos) continue;
-    if (name == "lm_head.weight" && config.tie_word_embeddings) continue;
+    if (used.count(name) || checkpoint_tensor_skippable(config, name)) continue;
     throw InputError(dir + ": unexpected tensor '" + name + "' in the checkpoint",
                      "the weights do not match config.json's architecture");
   }

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <map>
@@ -24,7 +25,32 @@ int64_t ModelConfig::rotary_dim() const {
 
 namespace {
 
-const std::set<std::string> kSupported = {"llama", "mistral", "qwen2", "qwen3", "phi3"};
+const std::vector<std::string> kSupportedList = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text"};
+const std::set<std::string> kSupported(kSupportedList.begin(), kSupportedList.end());
+
+bool is_gemma(const std::string& model_type) { return model_type == "gemma2" || model_type == "gemma3_text"; }
+
+// Fields of Gemma 2/3 that logitfuse implements (elsewhere some are refused below).
+const std::set<std::string> kGemmaRead = {"hidden_activation", "query_pre_attn_scalar", "attn_logit_softcapping",
+                                          "final_logit_softcapping", "rope_local_base_freq", "sliding_window_pattern",
+                                          "_sliding_window_pattern", "use_bidirectional_attention"};
+
+// transformers' Gemma2Config / Gemma3TextConfig defaults: a field the file leaves out has this value
+// (the 4B-and-larger Gemma 3 configs list only what differs from them in their text_config).
+const nlohmann::json& gemma_defaults(const std::string& model_type) {
+  static const nlohmann::json gemma2 = {
+      {"vocab_size", 256000}, {"hidden_size", 2304}, {"intermediate_size", 9216}, {"num_hidden_layers", 26},
+      {"num_attention_heads", 8}, {"num_key_value_heads", 4}, {"head_dim", 256},
+      {"hidden_activation", "gelu_pytorch_tanh"}, {"max_position_embeddings", 8192}, {"rms_norm_eps", 1e-6},
+      {"tie_word_embeddings", true}, {"query_pre_attn_scalar", 256}, {"sliding_window", 4096},
+      {"final_logit_softcapping", 30.0}, {"attn_logit_softcapping", 50.0}, {"rope_theta", 10000.0}};
+  static const nlohmann::json gemma3 = {
+      {"vocab_size", 262208}, {"hidden_size", 2304}, {"intermediate_size", 9216}, {"num_hidden_layers", 26},
+      {"num_attention_heads", 8}, {"num_key_value_heads", 4}, {"head_dim", 256},
+      {"hidden_activation", "gelu_pytorch_tanh"}, {"max_position_embeddings", 131072}, {"rms_norm_eps", 1e-6},
+      {"tie_word_embeddings", true}, {"query_pre_attn_scalar", 256}, {"sliding_window", 4096}};
+  return model_type == "gemma2" ? gemma2 : gemma3;
+}
 
 // Fields that the forward pass reads and logitfuse implements, validated below; plus bookkeeping
 // that is known to change nothing.
@@ -87,7 +113,7 @@ struct Fields {
 // LongRoPE as transformers' _compute_longrope_parameters reads it: the original context from the
 // block, else the top-level field (Phi-3 keeps it there), else max_position_embeddings; the factor,
 // when absent, from the two context lengths; the attention factor, when absent, from the factor.
-void parse_longrope(const Fields& f, const json& params, const std::string& key, ModelConfig& c) {
+void parse_longrope(const Fields& f, const json& params, const std::string& key, const ModelConfig& c, RopeConfig& r) {
   const double top_original = f.number(f.j, "original_max_position_embeddings",
                                        static_cast<double>(c.max_position_embeddings), "original_max_position_embeddings");
   const double original = f.number(params, "original_max_position_embeddings", top_original,
@@ -95,19 +121,20 @@ void parse_longrope(const Fields& f, const json& params, const std::string& key,
   if (original <= 0) throw f.error(key + ".original_max_position_embeddings", "must be positive");
   // Converted to an integer below: a larger value would not fit (found by fuzz_model_config).
   if (original > 1e15) throw f.error(key + ".original_max_position_embeddings", "is too large");
-  c.rope.original_max_position_embeddings = static_cast<int64_t>(original);
-  c.rope.factor = params.contains("factor") && !params["factor"].is_null()
+  r.original_max_position_embeddings = static_cast<int64_t>(original);
+  r.factor = params.contains("factor") && !params["factor"].is_null()
                       ? f.number(params, "factor", 1.0, key + ".factor")
                       : static_cast<double>(c.max_position_embeddings) / original;
   if (params.contains("attention_factor") && !params["attention_factor"].is_null())
-    c.rope.attention_factor = f.number(params, "attention_factor", 1.0, key + ".attention_factor");
+    r.attention_factor = f.number(params, "attention_factor", 1.0, key + ".attention_factor");
   else
-    c.rope.attention_factor = c.rope.factor <= 1.0 ? 1.0 : std::sqrt(1 + std::log(c.rope.factor) / std::log(original));
-  const size_t expected = static_cast<size_t>(c.rotary_dim() / 2);
+    r.attention_factor = r.factor <= 1.0 ? 1.0 : std::sqrt(1 + std::log(r.factor) / std::log(original));
+  int64_t rotary = static_cast<int64_t>(static_cast<double>(c.head_dim) * r.partial_rotary_factor);
+  const size_t expected = static_cast<size_t>((rotary - rotary % 2) / 2);
   for (const char* name : {"short_factor", "long_factor"}) {
     const std::string field = key + "." + name;
     if (!params.contains(name) || !params[name].is_array()) throw f.error(field, "expected a list of numbers");
-    std::vector<double>& out = std::string(name) == "short_factor" ? c.rope.short_factor : c.rope.long_factor;
+    std::vector<double>& out = std::string(name) == "short_factor" ? r.short_factor : r.long_factor;
     for (const auto& v : params[name]) {
       if (!v.is_number() || v.get<double>() <= 0) throw f.error(field, "expected positive numbers");
       out.push_back(v.get<double>());
@@ -118,7 +145,86 @@ void parse_longrope(const Fields& f, const json& params, const std::string& key,
   }
 }
 
+// One RoPE block ({rope_type, rope_theta, factor, ...}) into `r`. `theta` is the base when the block
+// names none; `partial` the rotated fraction when it names none.
+void parse_rope_block(const Fields& f, const json& params, const std::string& params_key, double theta, double partial,
+                      const ModelConfig& c, RopeConfig& r) {
+  if (!params.is_object()) throw f.error(params_key, "expected an object");
+  r.theta = f.number(params, "rope_theta", theta, params_key + ".rope_theta");
+  r.partial_rotary_factor = f.number(params, "partial_rotary_factor", partial, params_key + ".partial_rotary_factor");
+  if (r.partial_rotary_factor <= 0 || r.partial_rotary_factor > 1)
+    throw f.error("partial_rotary_factor", "must be in (0, 1]");
+  std::string type = "default";
+  if (params.contains("rope_type") && params["rope_type"].is_string()) type = params["rope_type"];
+  else if (params.contains("type") && params["type"].is_string()) type = params["type"];
+  // Phi-3's configuration class reads the LongRoPE block's older names as longrope.
+  if (type == "su" || (type == "yarn" && c.model_type == "phi3")) type = "longrope";
+  r.type = type;
+  const std::set<std::string> known_keys = {"rope_type", "type", "rope_theta", "partial_rotary_factor", "factor",
+                                            "low_freq_factor", "high_freq_factor", "original_max_position_embeddings",
+                                            "short_factor", "long_factor", "attention_factor"};
+  for (auto it = params.begin(); it != params.end(); ++it)
+    if (!known_keys.count(it.key()))
+      throw f.error(params_key + "." + it.key(), "not supported by logitfuse's RoPE");
+  if (type == "default") {
+    if (f.number(params, "factor", 1.0, params_key + ".factor") != 1.0)
+      throw f.error(params_key + ".factor", "a factor needs a rope_type (linear or llama3)");
+  } else if (type == "linear") {
+    r.factor = f.number(params, "factor", 1.0, params_key + ".factor");
+  } else if (type == "llama3") {
+    r.factor = f.number(params, "factor", 8.0, params_key + ".factor");
+    r.low_freq_factor = f.number(params, "low_freq_factor", 1.0, params_key + ".low_freq_factor");
+    r.high_freq_factor = f.number(params, "high_freq_factor", 4.0, params_key + ".high_freq_factor");
+    const double original =
+        f.number(params, "original_max_position_embeddings", 8192, params_key + ".original_max_position_embeddings");
+    if (original <= 0 || original > 1e15)
+      throw f.error(params_key + ".original_max_position_embeddings", "must be a positive number of positions");
+    r.original_max_position_embeddings = static_cast<int64_t>(original);
+    if (r.high_freq_factor <= r.low_freq_factor)
+      throw f.error(params_key + ".high_freq_factor", "must be greater than low_freq_factor");
+  } else if (type == "longrope") {
+    parse_longrope(f, params, params_key, c, r);
+  } else {
+    throw f.error(params_key + ".rope_type", "rope type '" + type + "' is not supported",
+                  "logitfuse implements default, linear, llama3 and longrope RoPE");
+  }
+  if (r.factor <= 0) throw f.error(params_key + ".factor", "must be positive");
+}
+
+// Gemma 3 rotates its full-attention layers with one RoPE (rope_theta, and the linear scaling of the
+// 4B-and-larger models) and its sliding layers with another (rope_local_base_freq, unscaled).
+// transformers 5 writes rope_parameters {full_attention: {...}, sliding_attention: {...}}; the Hub's
+// files write rope_theta, rope_local_base_freq and rope_scaling (which applies to the full layers).
+void parse_gemma3_rope(const Fields& f, ModelConfig& c) {
+  const json& j = f.j;
+  json full = json::object(), local = json::object();
+  if (f.has("rope_parameters")) {
+    const json& p = j["rope_parameters"];
+    if (!p.is_object()) throw f.error("rope_parameters", "expected an object");
+    for (auto it = p.begin(); it != p.end(); ++it)
+      if (it.key() != "full_attention" && it.key() != "sliding_attention")
+        throw f.error("rope_parameters." + it.key(), "expected full_attention and sliding_attention blocks");
+    if (p.contains("full_attention") && !p["full_attention"].is_null()) full = p["full_attention"];
+    if (p.contains("sliding_attention") && !p["sliding_attention"].is_null()) local = p["sliding_attention"];
+  }
+  if (f.has("rope_scaling")) {
+    if (!j["rope_scaling"].is_object()) throw f.error("rope_scaling", "expected an object");
+    if (!full.is_object()) throw f.error("rope_parameters.full_attention", "expected an object");
+    full.update(j["rope_scaling"]);
+  }
+  // Errors name the field the file has: the Hub's rope_scaling, or transformers 5's block.
+  const std::string full_key = f.has("rope_scaling") && !f.has("rope_parameters") ? "rope_scaling"
+                                                                                   : "rope_parameters.full_attention";
+  parse_rope_block(f, full, full_key, f.number(j, "rope_theta", 1000000.0, "rope_theta"), 1.0, c,
+                   c.rope);
+  RopeConfig sliding;
+  parse_rope_block(f, local, "rope_parameters.sliding_attention",
+                   f.number(j, "rope_local_base_freq", 10000.0, "rope_local_base_freq"), 1.0, c, sliding);
+  c.local_rope = sliding;
+}
+
 void parse_rope(const Fields& f, ModelConfig& c) {
+  if (c.model_type == "gemma3_text") return parse_gemma3_rope(f, c);
   const json& j = f.j;
   // transformers 5 writes rope_parameters {rope_type, rope_theta, ...}; older files write rope_theta
   // and rope_scaling {type|rope_type, factor, ...}. Both are read.
@@ -130,67 +236,117 @@ void parse_rope(const Fields& f, ModelConfig& c) {
     params = j["rope_scaling"];
     params_key = "rope_scaling";
   }
-  if (!params.is_object()) throw f.error(params_key, "expected an object");
-  c.rope.theta = f.number(params, "rope_theta", f.number(j, "rope_theta", 10000.0, "rope_theta"), params_key + ".rope_theta");
-  c.rope.partial_rotary_factor = f.number(params, "partial_rotary_factor",
-                                          f.number(j, "partial_rotary_factor", 1.0, "partial_rotary_factor"),
-                                          params_key + ".partial_rotary_factor");
-  if (c.rope.partial_rotary_factor <= 0 || c.rope.partial_rotary_factor > 1)
-    throw f.error("partial_rotary_factor", "must be in (0, 1]");
-  std::string type = "default";
-  if (params.contains("rope_type") && params["rope_type"].is_string()) type = params["rope_type"];
-  else if (params.contains("type") && params["type"].is_string()) type = params["type"];
-  // Phi-3's configuration class reads the LongRoPE block's older names as longrope.
-  if (type == "su" || (type == "yarn" && c.model_type == "phi3")) type = "longrope";
-  c.rope.type = type;
-  const std::set<std::string> known_keys = {"rope_type", "type", "rope_theta", "partial_rotary_factor", "factor",
-                                            "low_freq_factor", "high_freq_factor", "original_max_position_embeddings",
-                                            "short_factor", "long_factor", "attention_factor"};
-  for (auto it = params.begin(); it != params.end(); ++it)
-    if (!known_keys.count(it.key()))
-      throw f.error(params_key + "." + it.key(), "not supported by logitfuse's RoPE");
-  if (type == "default") {
-    if (f.number(params, "factor", 1.0, params_key + ".factor") != 1.0)
-      throw f.error(params_key + ".factor", "a factor needs a rope_type (linear or llama3)");
-  } else if (type == "linear") {
-    c.rope.factor = f.number(params, "factor", 1.0, params_key + ".factor");
-  } else if (type == "llama3") {
-    c.rope.factor = f.number(params, "factor", 8.0, params_key + ".factor");
-    c.rope.low_freq_factor = f.number(params, "low_freq_factor", 1.0, params_key + ".low_freq_factor");
-    c.rope.high_freq_factor = f.number(params, "high_freq_factor", 4.0, params_key + ".high_freq_factor");
-    const double original =
-        f.number(params, "original_max_position_embeddings", 8192, params_key + ".original_max_position_embeddings");
-    if (original <= 0 || original > 1e15)
-      throw f.error(params_key + ".original_max_position_embeddings", "must be a positive number of positions");
-    c.rope.original_max_position_embeddings = static_cast<int64_t>(original);
-    if (c.rope.high_freq_factor <= c.rope.low_freq_factor)
-      throw f.error(params_key + ".high_freq_factor", "must be greater than low_freq_factor");
-  } else if (type == "longrope") {
-    parse_longrope(f, params, params_key, c);
+  parse_rope_block(f, params, params_key, f.number(j, "rope_theta", 10000.0, "rope_theta"),
+                   f.number(j, "partial_rotary_factor", 1.0, "partial_rotary_factor"), c, c.rope);
+}
+
+// Which layers slide, for Gemma: layer_types when given, else the family's pattern (Gemma 2: every
+// other layer; Gemma 3: five of every six, sliding_window_pattern), as transformers derives them.
+void parse_gemma_layers(const Fields& f, ModelConfig& c) {
+  const json& j = f.j;
+  if (f.has("layer_types")) {
+    if (!j["layer_types"].is_array()) throw f.error("layer_types", "expected a list");
+    for (size_t i = 0; i < j["layer_types"].size(); ++i) {
+      const json& t = j["layer_types"][i];
+      if (!t.is_string() || (t != "full_attention" && t != "sliding_attention"))
+        throw f.error("layer_types[" + std::to_string(i) + "]",
+                      (t.is_string() ? "'" + t.get<std::string>() + "'" : std::string("this value")) + " is not supported",
+                      "logitfuse implements full_attention and sliding_attention layers");
+      c.layer_types.push_back(t.get<std::string>());
+    }
+    if (static_cast<int64_t>(c.layer_types.size()) != c.num_layers)
+      throw f.error("layer_types", "has " + std::to_string(c.layer_types.size()) + " entries for " +
+                                       std::to_string(c.num_layers) + " layers");
   } else {
-    throw f.error(params_key + ".rope_type", "rope type '" + type + "' is not supported",
-                  "logitfuse implements default, linear, llama3 and longrope RoPE");
+    int64_t pattern = 2;
+    if (c.model_type == "gemma3_text") {
+      pattern = 6;
+      if (f.has("sliding_window_pattern")) {
+        if (!j["sliding_window_pattern"].is_number_integer() || j["sliding_window_pattern"].get<int64_t>() <= 0)
+          throw f.error("sliding_window_pattern", "expected a positive integer");
+        pattern = j["sliding_window_pattern"].get<int64_t>();
+      }
+    }
+    for (int64_t i = 0; i < c.num_layers; ++i)
+      c.layer_types.push_back((i + 1) % pattern != 0 ? "sliding_attention" : "full_attention");
   }
-  if (c.rope.factor <= 0) throw f.error(params_key + ".factor", "must be positive");
+  if (f.has("sliding_window")) {
+    if (!j["sliding_window"].is_number_integer() || j["sliding_window"].get<int64_t>() <= 0)
+      throw f.error("sliding_window", "expected a positive integer");
+    c.sliding_window = j["sliding_window"].get<int64_t>();
+  } else if (std::count(c.layer_types.begin(), c.layer_types.end(), "sliding_attention") > 0) {
+    throw f.error("sliding_window", "missing, and layer_types has sliding_attention layers");
+  }
+}
+
+// The Gemma-only fields: activation, attention scale, soft-capping, norms and embedding scale.
+void parse_gemma(const Fields& f, ModelConfig& c) {
+  const json& j = f.j;
+  if (f.boolean("use_bidirectional_attention", false))
+    throw f.error("use_bidirectional_attention", "bidirectional attention (EmbeddingGemma) is not supported",
+                  "logitfuse runs causal language models");
+  c.gemma_norms = c.scale_embeddings = true;
+  c.qk_norm = c.model_type == "gemma3_text";
+  const double scalar = f.number(j, "query_pre_attn_scalar", 0.0, "query_pre_attn_scalar");
+  if (scalar <= 0) throw f.error("query_pre_attn_scalar", "must be a positive number");
+  c.query_pre_attn_scalar = scalar;
+  for (auto [key, slot] : {std::pair{"attn_logit_softcapping", &c.attn_logit_softcapping},
+                           std::pair{"final_logit_softcapping", &c.final_logit_softcapping}}) {
+    if (!f.has(key)) continue;
+    const double cap = f.number(j, key, 0.0, key);
+    if (cap <= 0) throw f.error(key, "must be a positive number or null");
+    *slot = cap;
+  }
+  parse_gemma_layers(f, c);
+}
+
+// A multimodal Gemma 3 config (`gemma3`): its text_config, as Gemma3ForCausalLM reads it, with the
+// special-token ids and dtype of the outer config where the text part has none.
+json gemma3_text_part(const json& j, const std::string& origin) {
+  if (!j.contains("text_config") || !j["text_config"].is_object())
+    throw InputError(origin + ": field 'text_config': missing", "a gemma3 config keeps its language model there");
+  json text = j["text_config"];
+  if (text.contains("model_type") && text["model_type"] != "gemma3_text")
+    throw InputError(origin + ": field 'text_config.model_type': expected gemma3_text");
+  text["model_type"] = "gemma3_text";
+  for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id", "torch_dtype", "dtype", "tie_word_embeddings"})
+    if (!text.contains(key) && j.contains(key)) text[key] = j[key];
+  return text;
 }
 
 }  // namespace
 
-ModelConfig parse_model_config(const std::string& json_text, const std::string& origin) {
+ModelConfig parse_model_config(const std::string& json_text, const std::string& origin_name) {
   json j;
   try {
     j = json::parse(json_text);
   } catch (const json::exception& e) {
-    throw InputError(origin + ": not valid JSON: " + e.what());
+    throw InputError(origin_name + ": not valid JSON: " + e.what());
   }
-  if (!j.is_object()) throw InputError(origin + ": expected a JSON object");
-  Fields f{j, origin};
+  if (!j.is_object()) throw InputError(origin_name + ": expected a JSON object");
   ModelConfig c;
   c.source_json = json_text;
-  if (!f.has("model_type") || !j["model_type"].is_string()) throw f.error("model_type", "missing");
+  std::string origin = origin_name;
+  if (j.contains("model_type") && j["model_type"] == "gemma3") {
+    j = gemma3_text_part(j, origin);
+    origin += " (text_config)";
+    c.text_of_multimodal = true;
+    c.source_json = j.dump();
+  }
+  if (!j.contains("model_type") || !j["model_type"].is_string()) throw InputError(origin + ": field 'model_type': missing");
   c.model_type = j["model_type"];
   if (!kSupported.count(c.model_type))
-    throw f.error("model_type", "'" + c.model_type + "' is not supported", "supported: llama, mistral, qwen2, qwen3, phi3");
+    throw InputError(origin + ": field 'model_type': '" + c.model_type + "' is not supported",
+                     "supported: " + join(kSupportedList, ", "));
+  const bool gemma = is_gemma(c.model_type);
+  if (gemma) {  // absent fields take the configuration class's defaults, as transformers fills them in
+    json filled = gemma_defaults(c.model_type);
+    for (auto it = j.begin(); it != j.end(); ++it)
+      if (!it.value().is_null() || !filled.contains(it.key()) || it.key().find("softcapping") != std::string::npos)
+        filled[it.key()] = it.value();
+    j = filled;
+  }
+  Fields f{j, origin};
 
   // Everything else is ignored, as transformers' modeling code for these types ignores it
   // (`_name_or_path`, token ids, generation defaults, dropout, `auto_map` of a type transformers
@@ -198,7 +354,7 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   std::vector<std::string> ignored;
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& key = it.key();
-    if (kRead.count(key)) continue;
+    if (kRead.count(key) || (gemma && kGemmaRead.count(key))) continue;
     const auto refused = kRefused.find(key);
     if (refused != kRefused.end() && !it.value().is_null() && it.value() != false && it.value() != 0)
       throw f.error(key, refused->second);
@@ -224,9 +380,13 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   }
   if (f.has("initializer_range") && j["initializer_range"].is_number()) c.initializer_range = j["initializer_range"];
   c.tie_word_embeddings = f.boolean("tie_word_embeddings", false);
-  if (f.has("hidden_act") && !j["hidden_act"].is_string()) throw f.error("hidden_act", "expected a string");
-  const std::string act = f.has("hidden_act") ? j["hidden_act"].get<std::string>() : "silu";
-  if (act != "silu") throw f.error("hidden_act", "'" + act + "' is not supported (SwiGLU with silu only)");
+  // Gemma's modeling code reads hidden_activation (its configs may carry an unused hidden_act too).
+  const char* act_key = gemma ? "hidden_activation" : "hidden_act";
+  if (f.has(act_key) && !j[act_key].is_string()) throw f.error(act_key, "expected a string");
+  c.hidden_act = f.has(act_key) ? j[act_key].get<std::string>() : "silu";
+  if (c.hidden_act != "silu" && !(gemma && (c.hidden_act == "gelu_pytorch_tanh" || c.hidden_act == "gelu")))
+    throw f.error(act_key, "'" + c.hidden_act + "' is not supported",
+                  gemma ? "Gemma models: gelu_pytorch_tanh or gelu" : "SwiGLU with silu only");
   for (const char* key : {"torch_dtype", "dtype"})
     if (f.has(key) && j[key].is_string()) c.dtype = j[key];
   parse_rope(f, c);
@@ -234,7 +394,7 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   const bool attention_bias = f.boolean("attention_bias", false);
   c.mlp_bias = f.boolean("mlp_bias", false);
   if (c.mlp_bias && c.model_type != "llama") throw f.error("mlp_bias", "only Llama models have an MLP bias");
-  if (c.model_type == "llama" || c.model_type == "qwen3") {
+  if (c.model_type == "llama" || c.model_type == "qwen3" || gemma) {
     c.qkv_bias = c.o_bias = attention_bias;
   } else if (c.model_type == "qwen2") {
     c.qkv_bias = true;  // Qwen2 always has q/k/v biases and no output bias
@@ -246,6 +406,10 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   c.fused_qkv = c.model_type == "phi3";
   if (c.model_type != "phi3" && c.rope.partial_rotary_factor != 1.0)
     throw f.error("partial_rotary_factor", "only Phi-3 models rotate part of the head");
+  if (gemma) {
+    parse_gemma(f, c);
+    return c;
+  }
 
   // Sliding-window attention: Mistral applies it whenever sliding_window is set; Qwen2/3 and Phi-3 only
   // when use_sliding_window says so (transformers ignores their sliding_window otherwise).
@@ -276,18 +440,89 @@ ModelConfig load_model_config(const std::string& model_dir) {
   return parse_model_config(read_text_file(path), path);
 }
 
+const std::vector<std::string>& supported_model_types() { return kSupportedList; }
+
+bool ModelConfig::sliding(int64_t layer) const {
+  if (!sliding_window) return false;
+  return layer_types.empty() || layer_types.at(static_cast<size_t>(layer)) == "sliding_attention";
+}
+
+std::string checkpoint_tensor_name(const ModelConfig& config, const std::string& param_name,
+                                   const std::function<bool(const std::string&)>& has) {
+  if (!config.text_of_multimodal || has(param_name)) return param_name;
+  // transformers 5 writes model.language_model.* and lm_head.*; the Hub's Gemma 3 files
+  // language_model.model.* and language_model.lm_head.*.
+  const std::string rest = param_name.rfind("model.", 0) == 0 ? param_name.substr(6) : std::string();
+  for (const std::string& candidate : rest.empty() ? std::vector<std::string>{"language_model." + param_name}
+                                                   : std::vector<std::string>{"model.language_model." + rest,
+                                                                              "language_model.model." + rest})
+    if (has(candidate)) return candidate;
+  return param_name;
+}
+
+bool checkpoint_tensor_skippable(const ModelConfig& config, const std::string& name) {
+  if (name.find("rotary_emb.inv_freq") != std::string::npos) return true;  // old Llama exports
+  const bool tied_head = name == "lm_head.weight" || name == "language_model.lm_head.weight";
+  if (tied_head && config.tie_word_embeddings) return true;
+  if (config.text_of_multimodal)
+    for (const char* part : {"vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector."})
+      if (name.rfind(part, 0) == 0) return true;
+  return false;
+}
+
 ModelConfig default_model_config(const std::string& model_type) {
   json j = {{"model_type", model_type}, {"vocab_size", 32000}, {"hidden_size", 256}, {"intermediate_size", 688},
             {"num_hidden_layers", 4}, {"num_attention_heads", 4}, {"num_key_value_heads", 2},
             {"rms_norm_eps", 1e-6}, {"max_position_embeddings", 4096}};
   if (!kSupported.count(model_type))
-    throw InputError("--arch: '" + model_type + "' is not supported", "supported: llama, mistral, qwen2, qwen3, phi3");
+    throw InputError("--arch: '" + model_type + "' is not supported", "supported: " + join(kSupportedList, ", "));
   if (model_type == "phi3") j["rms_norm_eps"] = 1e-5;
   if (model_type == "qwen2" || model_type == "qwen3") j["rope_theta"] = 1000000.0;
+  if (is_gemma(model_type)) {
+    // The family's layout at a small size: heads of hidden / heads channels, the attention scaled
+    // by them, a window that the default context outgrows.
+    j["head_dim"] = 64;
+    j["query_pre_attn_scalar"] = 64;
+    j["sliding_window"] = 512;
+    j["tie_word_embeddings"] = true;
+  }
   ModelConfig c = parse_model_config(j.dump(), "--arch " + model_type);
   c.source_json.clear();
   return c;
 }
+
+namespace {
+
+json rope_scaling_json(const RopeConfig& r) {
+  if (r.type == "linear") return {{"rope_type", "linear"}, {"type", "linear"}, {"factor", r.factor}};
+  if (r.type == "llama3")
+    return {{"rope_type", "llama3"}, {"factor", r.factor}, {"low_freq_factor", r.low_freq_factor},
+            {"high_freq_factor", r.high_freq_factor}, {"original_max_position_embeddings", r.original_max_position_embeddings}};
+  if (r.type == "longrope")
+    return {{"rope_type", "longrope"}, {"type", "longrope"}, {"short_factor", r.short_factor},
+            {"long_factor", r.long_factor}, {"factor", r.factor}, {"attention_factor", r.attention_factor},
+            {"original_max_position_embeddings", r.original_max_position_embeddings}};
+  return nullptr;
+}
+
+// Gemma's fields, in the layout of the Hub's files (which transformers 4.x and 5.x and vLLM read).
+void write_gemma_fields(const ModelConfig& c, json& j) {
+  j.erase("hidden_act");
+  j["hidden_activation"] = c.hidden_act;
+  // An integer where it is one: transformers' config classes type-check it as int.
+  const double scalar = *c.query_pre_attn_scalar;
+  j["query_pre_attn_scalar"] = scalar == std::floor(scalar) ? json(static_cast<int64_t>(scalar)) : json(scalar);
+  j["attn_logit_softcapping"] = c.attn_logit_softcapping ? json(*c.attn_logit_softcapping) : json(nullptr);
+  j["final_logit_softcapping"] = c.final_logit_softcapping ? json(*c.final_logit_softcapping) : json(nullptr);
+  j["sliding_window"] = c.sliding_window ? json(*c.sliding_window) : json(nullptr);
+  if (c.layer_types.empty()) j.erase("layer_types");  // derived from the family's pattern when read
+  else j["layer_types"] = c.layer_types;
+  j["attention_bias"] = c.qkv_bias;
+  j.erase("sliding_window_pattern");
+  if (c.local_rope) j["rope_local_base_freq"] = c.local_rope->theta;
+}
+
+}  // namespace
 
 std::string model_config_to_json(const ModelConfig& c) {
   json j = c.source_json.empty() ? json::object() : json::parse(c.source_json);
@@ -298,7 +533,8 @@ std::string model_config_to_json(const ModelConfig& c) {
   j.erase("partial_rotary_factor");
   static const std::map<std::string, std::string> kArchitectures = {
       {"llama", "LlamaForCausalLM"}, {"mistral", "MistralForCausalLM"}, {"qwen2", "Qwen2ForCausalLM"},
-      {"qwen3", "Qwen3ForCausalLM"}, {"phi3", "Phi3ForCausalLM"}};
+      {"qwen3", "Qwen3ForCausalLM"}, {"phi3", "Phi3ForCausalLM"}, {"gemma2", "Gemma2ForCausalLM"},
+      {"gemma3_text", "Gemma3ForCausalLM"}};
   j["architectures"] = {kArchitectures.at(c.model_type)};
   j["model_type"] = c.model_type;
   j["vocab_size"] = c.vocab_size;
@@ -315,21 +551,8 @@ std::string model_config_to_json(const ModelConfig& c) {
   j["initializer_range"] = c.initializer_range;
   j["torch_dtype"] = c.dtype;
   j["rope_theta"] = c.rope.theta;
-  if (c.rope.type == "linear") {
-    j["rope_scaling"] = {{"rope_type", "linear"}, {"type", "linear"}, {"factor", c.rope.factor}};
-  } else if (c.rope.type == "llama3") {
-    j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", c.rope.factor},
-                         {"low_freq_factor", c.rope.low_freq_factor}, {"high_freq_factor", c.rope.high_freq_factor},
-                         {"original_max_position_embeddings", c.rope.original_max_position_embeddings}};
-  } else if (c.rope.type == "longrope") {
-    j["rope_scaling"] = {{"rope_type", "longrope"}, {"type", "longrope"}, {"short_factor", c.rope.short_factor},
-                         {"long_factor", c.rope.long_factor}, {"factor", c.rope.factor},
-                         {"attention_factor", c.rope.attention_factor},
-                         {"original_max_position_embeddings", c.rope.original_max_position_embeddings}};
-    j["original_max_position_embeddings"] = c.rope.original_max_position_embeddings;
-  } else {
-    j["rope_scaling"] = nullptr;
-  }
+  j["rope_scaling"] = rope_scaling_json(c.rope);
+  if (c.rope.type == "longrope") j["original_max_position_embeddings"] = c.rope.original_max_position_embeddings;
   if (c.model_type == "phi3") j["partial_rotary_factor"] = c.rope.partial_rotary_factor;
   if (c.model_type == "llama" || c.model_type == "qwen3") j["attention_bias"] = c.qkv_bias;
   if (c.model_type == "llama") j["mlp_bias"] = c.mlp_bias;
@@ -339,6 +562,7 @@ std::string model_config_to_json(const ModelConfig& c) {
   }
   if (c.model_type == "qwen2" || c.model_type == "qwen3") j["use_sliding_window"] = false;
   if (c.model_type == "qwen2" || c.model_type == "qwen3") j.erase("layer_types");
+  if (is_gemma(c.model_type)) write_gemma_fields(c, j);
   // transformers fills absent special-token ids with family defaults (Phi-3: 32000) that may lie outside
   // this vocabulary; write them explicitly, dropping ids the vocabulary does not have.
   for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id"}) {

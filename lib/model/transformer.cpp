@@ -9,6 +9,8 @@
 
 #include <cmath>
 #include <functional>
+#include <limits>
+#include <tuple>
 
 #include "core/error.h"
 
@@ -28,15 +30,18 @@ LinearImpl::LinearImpl(int64_t in, int64_t out, bool with_bias, const at::Tensor
 
 at::Tensor LinearImpl::forward(const at::Tensor& x) const { return at::linear(x, weight, bias); }
 
-RMSNormImpl::RMSNormImpl(int64_t dim, double eps_, const at::TensorOptions& options) : eps(eps_) {
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps_, const at::TensorOptions& options, bool gemma_)
+    : eps(eps_), gemma(gemma_) {
   weight = register_parameter("weight", at::empty({dim}, options));
 }
 
 at::Tensor RMSNormImpl::forward(const at::Tensor& x) const {
-  // Same order of operations as transformers: normalise in float32, cast back, then scale.
+  // Same order of operations as transformers: normalise in float32, then Llama casts back and scales,
+  // Gemma scales by (1 + w) in float32 and casts back.
   const auto dtype = x.scalar_type();
   at::Tensor h = x.to(at::kFloat);
   h = h * at::rsqrt(h.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  if (gemma) return (h * (1.0 + weight.to(at::kFloat))).to(dtype);
   return weight * h.to(dtype);
 }
 
@@ -45,7 +50,9 @@ EmbeddingImpl::EmbeddingImpl(int64_t vocab, int64_t dim, const at::TensorOptions
 }
 
 AttentionImpl::AttentionImpl(const ModelConfig& c, const at::TensorOptions& options)
-    : num_heads(c.num_heads), num_kv_heads(c.num_kv_heads), head_dim(c.head_dim), qk_norm_enabled(c.qk_norm) {
+    : num_heads(c.num_heads), num_kv_heads(c.num_kv_heads), head_dim(c.head_dim), qk_norm_enabled(c.qk_norm),
+      softcap(c.attn_logit_softcapping) {
+  if (c.query_pre_attn_scalar) scale = 1.0 / std::sqrt(*c.query_pre_attn_scalar);
   const int64_t q_out = c.num_heads * c.head_dim, kv_out = c.num_kv_heads * c.head_dim;
   if (c.fused_qkv) {
     qkv_proj = register_module("qkv_proj", std::make_shared<LinearImpl>(c.hidden_size, q_out + 2 * kv_out, false, options));
@@ -56,8 +63,8 @@ AttentionImpl::AttentionImpl(const ModelConfig& c, const at::TensorOptions& opti
   }
   o_proj = register_module("o_proj", std::make_shared<LinearImpl>(q_out, c.hidden_size, c.o_bias, options));
   if (c.qk_norm) {
-    q_norm = register_module("q_norm", std::make_shared<RMSNormImpl>(c.head_dim, c.rms_norm_eps, options));
-    k_norm = register_module("k_norm", std::make_shared<RMSNormImpl>(c.head_dim, c.rms_norm_eps, options));
+    q_norm = register_module("q_norm", std::make_shared<RMSNormImpl>(c.head_dim, c.rms_norm_eps, options, c.gemma_norms));
+    k_norm = register_module("k_norm", std::make_shared<RMSNormImpl>(c.head_dim, c.rms_norm_eps, options, c.gemma_norms));
   }
 }
 
@@ -95,6 +102,26 @@ void reserve_cache(KVCache& cache, int64_t layers, int64_t batch, int64_t kv_hea
   }
 }
 
+// Attention with soft-capped scores, as transformers' eager path computes it (SDPA cannot cap):
+// scores = cap * tanh(q k^T * scale / cap), masked, softmax in float32, times v. k/v [B, kv_heads, S, D].
+at::Tensor softcapped_attention(const at::Tensor& q, at::Tensor k, at::Tensor v, const at::Tensor& mask, bool causal,
+                                double scale, double cap) {
+  const int64_t groups = q.size(1) / k.size(1);
+  if (groups > 1) {
+    k = k.repeat_interleave(groups, 1);
+    v = v.repeat_interleave(groups, 1);
+  }
+  at::Tensor scores = at::matmul(q, k.transpose(2, 3)) * scale;
+  scores = at::tanh(scores / cap) * cap;
+  at::Tensor allowed = mask;
+  if (!allowed.defined() && causal) {
+    const int64_t T = q.size(2), S = k.size(2);
+    allowed = at::ones({T, S}, q.options().dtype(at::kBool)).tril(S - T);
+  }
+  if (allowed.defined()) scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<double>::infinity());
+  return at::matmul(at::softmax(scores, -1, at::kFloat).to(q.scalar_type()), v);
+}
+
 }  // namespace
 
 at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
@@ -128,12 +155,14 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos, co
     k = cache->keys[layer].narrow(2, 0, past + T);
     v = cache->values[layer].narrow(2, 0, past + T);
   }
-  at::Tensor out = at::scaled_dot_product_attention(q, k, v, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt,
-                                                    0.0, causal, std::nullopt, /*enable_gqa=*/num_heads != num_kv_heads);
+  at::Tensor out =
+      softcap ? softcapped_attention(q, k, v, mask, causal, scale.value_or(1.0 / std::sqrt(static_cast<double>(head_dim))), *softcap)
+              : at::scaled_dot_product_attention(q, k, v, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt, 0.0,
+                                                 causal, scale, /*enable_gqa=*/num_heads != num_kv_heads);
   return o_proj->forward(out.transpose(1, 2).reshape({B, T, q_out}));
 }
 
-MLPImpl::MLPImpl(const ModelConfig& c, const at::TensorOptions& options) {
+MLPImpl::MLPImpl(const ModelConfig& c, const at::TensorOptions& options) : act(c.hidden_act) {
   if (c.fused_qkv) {
     gate_up_proj = register_module("gate_up_proj", std::make_shared<LinearImpl>(c.hidden_size, 2 * c.intermediate_size, false, options));
   } else {
@@ -144,26 +173,42 @@ MLPImpl::MLPImpl(const ModelConfig& c, const at::TensorOptions& options) {
 }
 
 at::Tensor MLPImpl::forward(const at::Tensor& x) const {
+  auto gate = [this](const at::Tensor& g) {
+    if (act == "gelu_pytorch_tanh") return at::gelu(g, "tanh");
+    if (act == "gelu") return at::gelu(g);
+    return at::silu(g);
+  };
   if (gate_up_proj) {
     at::Tensor gate_up = gate_up_proj->forward(x);
     const int64_t n = gate_up.size(-1) / 2;
-    return down_proj->forward(at::silu(gate_up.narrow(-1, 0, n)) * gate_up.narrow(-1, n, n));
+    return down_proj->forward(gate(gate_up.narrow(-1, 0, n)) * gate_up.narrow(-1, n, n));
   }
-  return down_proj->forward(at::silu(gate_proj->forward(x)) * up_proj->forward(x));
+  return down_proj->forward(gate(gate_proj->forward(x)) * up_proj->forward(x));
 }
 
 DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, const at::TensorOptions& options) {
-  input_layernorm = register_module("input_layernorm", std::make_shared<RMSNormImpl>(c.hidden_size, c.rms_norm_eps, options));
+  auto norm = [&](const char* name) {
+    return register_module(name, std::make_shared<RMSNormImpl>(c.hidden_size, c.rms_norm_eps, options, c.gemma_norms));
+  };
+  input_layernorm = norm("input_layernorm");
   self_attn = register_module("self_attn", std::make_shared<AttentionImpl>(c, options));
-  post_attention_layernorm =
-      register_module("post_attention_layernorm", std::make_shared<RMSNormImpl>(c.hidden_size, c.rms_norm_eps, options));
+  post_attention_layernorm = norm("post_attention_layernorm");
+  if (c.gemma_norms) {
+    pre_feedforward_layernorm = norm("pre_feedforward_layernorm");
+    post_feedforward_layernorm = norm("post_feedforward_layernorm");
+  }
   mlp = register_module("mlp", std::make_shared<MLPImpl>(c, options));
 }
 
 at::Tensor DecoderLayerImpl::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& mask,
                                      bool causal, KVCache* cache, int64_t layer) {
-  at::Tensor h = x + self_attn->forward(input_layernorm->forward(x), cos, sin, mask, causal, cache, layer);
-  return h + mlp->forward(post_attention_layernorm->forward(h));
+  at::Tensor attended = self_attn->forward(input_layernorm->forward(x), cos, sin, mask, causal, cache, layer);
+  if (!pre_feedforward_layernorm) {
+    at::Tensor h = x + attended;
+    return h + mlp->forward(post_attention_layernorm->forward(h));
+  }
+  at::Tensor h = x + post_attention_layernorm->forward(attended);
+  return h + post_feedforward_layernorm->forward(mlp->forward(pre_feedforward_layernorm->forward(h)));
 }
 
 namespace {
@@ -213,23 +258,22 @@ BackboneImpl::BackboneImpl(const ModelConfig& c, const at::TensorOptions& option
     decoder_layers.push_back(std::make_shared<DecoderLayerImpl>(c, options));
     layers->push_back(decoder_layers.back());
   }
-  norm = register_module("norm", std::make_shared<RMSNormImpl>(c.hidden_size, c.rms_norm_eps, options));
+  norm = register_module("norm", std::make_shared<RMSNormImpl>(c.hidden_size, c.rms_norm_eps, options, c.gemma_norms));
 }
 
 namespace {
 
 // Inverse frequencies exactly as transformers computes them (float32), with llama3/linear scaling;
 // for longrope, the set for `long_context` (positions beyond the original context) or the short one.
-at::Tensor inverse_frequencies(const ModelConfig& c, bool long_context = false) {
-  const int64_t dim = c.rotary_dim();
+at::Tensor inverse_frequencies(const RopeConfig& rope, int64_t dim, bool long_context = false) {
   auto f32 = at::TensorOptions().dtype(at::kFloat);
   at::Tensor exponent = at::arange(0, dim, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) / static_cast<double>(dim);
-  at::Tensor inv_freq = 1.0 / at::pow(at::scalar_tensor(c.rope.theta, f32), exponent);
-  if (c.rope.type == "linear") {
-    inv_freq = inv_freq / c.rope.factor;
-  } else if (c.rope.type == "llama3") {
-    const double factor = c.rope.factor, low = c.rope.low_freq_factor, high = c.rope.high_freq_factor;
-    const double old_context = static_cast<double>(c.rope.original_max_position_embeddings);
+  at::Tensor inv_freq = 1.0 / at::pow(at::scalar_tensor(rope.theta, f32), exponent);
+  if (rope.type == "linear") {
+    inv_freq = inv_freq / rope.factor;
+  } else if (rope.type == "llama3") {
+    const double factor = rope.factor, low = rope.low_freq_factor, high = rope.high_freq_factor;
+    const double old_context = static_cast<double>(rope.original_max_position_embeddings);
     const double low_wavelen = old_context / low, high_wavelen = old_context / high;
     at::Tensor wavelen = 2 * M_PI / inv_freq;
     at::Tensor scaled = at::where(wavelen > low_wavelen, inv_freq / factor, inv_freq);
@@ -237,11 +281,11 @@ at::Tensor inverse_frequencies(const ModelConfig& c, bool long_context = false) 
     at::Tensor smoothed = (1 - smooth) * scaled / factor + smooth * scaled;
     at::Tensor medium = (wavelen >= high_wavelen).logical_and(wavelen <= low_wavelen);
     inv_freq = at::where(medium, smoothed, scaled);
-  } else if (c.rope.type == "longrope") {
-    const auto& factors = long_context ? c.rope.long_factor : c.rope.short_factor;
+  } else if (rope.type == "longrope") {
+    const auto& factors = long_context ? rope.long_factor : rope.short_factor;
     std::vector<float> ext(factors.begin(), factors.end());
     at::Tensor ext_factors = at::tensor(ext, f32);
-    inv_freq = 1.0 / (ext_factors * at::pow(at::scalar_tensor(c.rope.theta, f32), exponent));
+    inv_freq = 1.0 / (ext_factors * at::pow(at::scalar_tensor(rope.theta, f32), exponent));
   }
   return inv_freq;
 }
@@ -256,24 +300,43 @@ CausalLM::CausalLM(ModelConfig config, const at::TensorOptions& options, const a
   if (!config_.tie_word_embeddings)
     lm_head_ = register_module("lm_head", std::make_shared<LinearImpl>(config_.hidden_size, config_.vocab_size, false,
                                                                         parameter_options));
-  inv_freq_ = inverse_frequencies(config_).to(options_.device());
-  if (config_.rope.type == "longrope") long_inv_freq_ = inverse_frequencies(config_, true).to(options_.device());
+  const int64_t rotary = config_.rotary_dim();
+  inv_freq_ = inverse_frequencies(config_.rope, rotary).to(options_.device());
+  if (config_.rope.type == "longrope") long_inv_freq_ = inverse_frequencies(config_.rope, rotary, true).to(options_.device());
+  if (config_.local_rope) local_inv_freq_ = inverse_frequencies(*config_.local_rope, rotary).to(options_.device());
 }
 
-std::pair<at::Tensor, at::Tensor> CausalLM::rotary(const at::Tensor& positions) const {
+std::pair<at::Tensor, at::Tensor> CausalLM::rotary(const at::Tensor& positions, bool local) const {
+  const RopeConfig& rope = local ? *config_.local_rope : config_.rope;
   // longrope switches to its long set when this call reaches past the original context (transformers
   // decides per forward call from the largest position, so a cached prefix keeps the short set).
-  const bool long_context = long_inv_freq_.defined() &&
+  const bool long_context = !local && long_inv_freq_.defined() &&
                             positions.max().item<int64_t>() + 1 > config_.rope.original_max_position_embeddings;
-  at::Tensor freqs = positions.to(at::kFloat).unsqueeze(-1) * (long_context ? long_inv_freq_ : inv_freq_);  // [B, T, rotary/2]
+  const at::Tensor& inv_freq = local ? local_inv_freq_ : long_context ? long_inv_freq_ : inv_freq_;
+  at::Tensor freqs = positions.to(at::kFloat).unsqueeze(-1) * inv_freq;  // [B, T, rotary/2]
   at::Tensor emb = at::cat({freqs, freqs}, -1);
   const auto dtype = options_.dtype().toScalarType();
   at::Tensor cos = emb.cos(), sin = emb.sin();
-  if (config_.rope.attention_factor != 1.0) {
-    cos = cos * config_.rope.attention_factor;
-    sin = sin * config_.rope.attention_factor;
+  if (rope.attention_factor != 1.0) {
+    cos = cos * rope.attention_factor;
+    sin = sin * rope.attention_factor;
   }
   return {cos.to(dtype).unsqueeze(1), sin.to(dtype).unsqueeze(1)};
+}
+
+at::Tensor CausalLM::embed(const at::Tensor& ids) const {
+  at::Tensor h = at::embedding(model_->embed_tokens->weight, ids);
+  if (!config_.scale_embeddings) return h;
+  // transformers multiplies by sqrt(hidden) made a float32 scalar and cast to the weights' dtype.
+  const at::Tensor scale = at::scalar_tensor(std::sqrt(static_cast<double>(config_.hidden_size)), at::kFloat);
+  return h * scale.to(h.scalar_type());
+}
+
+at::Tensor CausalLM::head(const at::Tensor& hidden, const at::Tensor& weight) const {
+  at::Tensor out = at::linear(hidden, weight);
+  if (!config_.final_logit_softcapping) return out;
+  const double cap = *config_.final_logit_softcapping;
+  return at::tanh(out / cap) * cap;
 }
 
 at::Tensor CausalLM::hidden_states(const at::Tensor& input_ids, const ForwardOptions& options) {
@@ -286,7 +349,14 @@ at::Tensor CausalLM::hidden_states(const at::Tensor& input_ids, const ForwardOpt
 
   at::Tensor positions = options.positions ? options.positions->to(device)
                                            : at::arange(past, S, at::TensorOptions().dtype(at::kLong).device(device)).expand({B, T});
-  auto [cos, sin] = rotary(positions);
+  // RoPE tables and attention masks per kind of layer: full attention, and the sliding window's
+  // (Mistral and Phi-3 slide on every layer, Gemma on those layer_types names; Gemma 3 also rotates
+  // them with its own base).
+  bool any_sliding = false, any_full = false;
+  for (int64_t l = 0; l < config_.num_layers; ++l) (config_.sliding(l) ? any_sliding : any_full) = true;
+  at::Tensor cos, sin, local_cos, local_sin;
+  std::tie(cos, sin) = rotary(positions);
+  if (config_.local_rope && any_sliding) std::tie(local_cos, local_sin) = rotary(positions, /*local=*/true);
 
   // Key validity over the whole attended range, when any padding is involved.
   at::Tensor key_valid;
@@ -301,10 +371,9 @@ at::Tensor CausalLM::hidden_states(const at::Tensor& input_ids, const ForwardOpt
 
   // SDPA's own causal mask is enough for a plain prefill or a single new token; anything else
   // (a chunk after a prefix, padding, a sliding window that matters) gets an explicit mask.
-  const bool window_matters = config_.sliding_window && S > *config_.sliding_window;
-  at::Tensor mask;
-  bool causal = false;
-  if (key_valid.defined() || window_matters || (past > 0 && T > 1)) {
+  auto attention_mask = [&](bool sliding) -> std::pair<at::Tensor, bool> {
+    const bool window_matters = sliding && S > *config_.sliding_window;
+    if (!key_valid.defined() && !window_matters && !(past > 0 && T > 1)) return {at::Tensor(), past == 0 && T > 1};
     auto long_options = at::TensorOptions().dtype(at::kLong).device(device);
     at::Tensor q_idx = at::arange(past, S, long_options).unsqueeze(1);  // [T, 1]
     at::Tensor k_idx = at::arange(0, S, long_options).unsqueeze(0);     // [1, S]
@@ -314,10 +383,22 @@ at::Tensor CausalLM::hidden_states(const at::Tensor& input_ids, const ForwardOpt
     if (key_valid.defined()) allowed = allowed.logical_and(key_valid.unsqueeze(1));
     // A padding query may see no valid key at all; let it see itself so the row stays finite.
     allowed = allowed.logical_or((k_idx == q_idx).unsqueeze(0));
-    mask = allowed.unsqueeze(1);
-  } else {
-    causal = past == 0 && T > 1;
-  }
+    return {allowed.unsqueeze(1), false};
+  };
+  std::pair<at::Tensor, bool> full_mask, sliding_mask;
+  if (any_full) full_mask = attention_mask(false);
+  if (any_sliding) sliding_mask = any_full && S <= *config_.sliding_window ? full_mask : attention_mask(true);
+  // What layer l attends with: its RoPE tables, mask (undefined: none) and whether SDPA masks causally.
+  struct LayerInputs {
+    const at::Tensor &cos, &sin, &mask;
+    bool causal;
+  };
+  auto layer_inputs = [&](int64_t l) -> LayerInputs {
+    const bool slides = config_.sliding(l);
+    const auto& [mask, causal] = slides ? sliding_mask : full_mask;
+    const bool local = slides && local_cos.defined();
+    return {local ? local_cos : cos, local ? local_sin : sin, mask, causal};
+  };
 
   if (cache)
     reserve_cache(*cache, config_.num_layers, B, config_.num_kv_heads, config_.head_dim, S, options_);
@@ -337,25 +418,28 @@ at::Tensor CausalLM::hidden_states(const at::Tensor& input_ids, const ForwardOpt
       return out;
     };
     const at::Tensor ids = input_ids.to(device);
-    at::Tensor h = through(0, ids, {}, 0, [&] { return at::embedding(model_->embed_tokens->weight, ids); });
+    at::Tensor h = through(0, ids, {}, 0, [&] { return embed(ids); });
     const at::Tensor no_mask = at::empty({0}, at::TensorOptions().dtype(at::kBool).device(device));
     for (int64_t l = 0; l < config_.num_layers; ++l) {
       DecoderLayerImpl& layer = *model_->decoder_layers[l];
-      h = through(l + 1, h, {cos, sin, mask.defined() ? mask : no_mask}, causal ? 1 : 0,
-                  [&] { return layer.forward(h, cos, sin, mask, causal, cache, l); });
+      const LayerInputs in = layer_inputs(l);
+      h = through(l + 1, h, {in.cos, in.sin, in.mask.defined() ? in.mask : no_mask}, in.causal ? 1 : 0,
+                  [&] { return layer.forward(h, in.cos, in.sin, in.mask, in.causal, cache, l); });
     }
     if (cache) cache->length = S;
     return through(config_.num_layers + 1, h, {}, 0, [&] { return model_->norm->forward(h); });
   }
 
-  at::Tensor h = at::embedding(model_->embed_tokens->weight, input_ids.to(device));
+  at::Tensor h = embed(input_ids.to(device));
   const bool checkpoint = checkpointing_ && !cache && at::GradMode::is_enabled();
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     DecoderLayerImpl& layer = *model_->decoder_layers[l];
+    const LayerInputs in = layer_inputs(l);
     // Autograd functions take defined tensors only: no mask travels as an empty one.
-    h = checkpoint ? CheckpointedLayer::apply(h, cos, sin, mask.defined() ? mask : at::empty({0}, h.options().dtype(at::kBool)),
-                                              causal, reinterpret_cast<int64_t>(&layer))
-                   : layer.forward(h, cos, sin, mask, causal, cache, l);
+    h = checkpoint ? CheckpointedLayer::apply(h, in.cos, in.sin,
+                                              in.mask.defined() ? in.mask : at::empty({0}, h.options().dtype(at::kBool)),
+                                              in.causal, reinterpret_cast<int64_t>(&layer))
+                   : layer.forward(h, in.cos, in.sin, in.mask, in.causal, cache, l);
   }
   if (cache) cache->length = S;
   return model_->norm->forward(h);
@@ -363,12 +447,12 @@ at::Tensor CausalLM::hidden_states(const at::Tensor& input_ids, const ForwardOpt
 
 at::Tensor CausalLM::logits(const at::Tensor& hidden) const {
   const at::Tensor& weight = lm_head_ ? lm_head_->weight : model_->embed_tokens->weight;
-  if (!units_ || units_->is_gathered(head_unit())) return at::linear(hidden, weight);
+  if (!units_ || units_->is_gathered(head_unit())) return head(hidden, weight);
   // A head gathered for this call alone cannot serve a backward: a trainer gathers it for the loss.
   if (at::GradMode::is_enabled() && hidden.requires_grad())
     throw RuntimeFailure("ZeRO-3: differentiable logits need the LM head gathered first (ParameterUnits::gather)");
   units_->gather(head_unit());
-  at::Tensor out = at::linear(hidden, weight);
+  at::Tensor out = head(hidden, weight);
   units_->release(head_unit());
   return out;
 }
@@ -389,13 +473,13 @@ std::vector<std::vector<std::pair<std::string, at::Tensor>>> CausalLM::parameter
 
 at::Tensor CausalLM::compute_unit(int64_t unit, const at::Tensor& x, const std::vector<at::Tensor>& extras, int64_t flags) {
   const int64_t L = config_.num_layers;
-  if (unit == 0) return at::embedding(model_->embed_tokens->weight, x);
+  if (unit == 0) return embed(x);
   if (unit <= L) {
     const at::Tensor mask = extras[2].numel() > 0 ? extras[2] : at::Tensor();
     return model_->decoder_layers[unit - 1]->forward(x, extras[0], extras[1], mask, (flags & 1) != 0, nullptr, 0);
   }
   if (unit == L + 1) return model_->norm->forward(x);
-  return at::linear(x, lm_head_->weight);
+  return head(x, lm_head_->weight);
 }
 
 void CausalLM::init_weights(uint64_t seed) {
@@ -406,7 +490,7 @@ void CausalLM::init_weights(uint64_t seed) {
     at::Tensor& param = item.value();
     at::Tensor init = at::empty(param.sizes(), at::TensorOptions().dtype(at::kFloat));
     const bool is_norm = name.find("norm.weight") != std::string::npos || name.find("layernorm.weight") != std::string::npos;
-    if (is_norm) init.fill_(1.0);
+    if (is_norm) init.fill_(config_.gemma_norms ? 0.0 : 1.0);  // Gemma's norms scale by (1 + w)
     else if (param.dim() == 1) init.zero_();
     else init.normal_(0.0, config_.initializer_range, generator);
     param.copy_(init);

@@ -1,4 +1,5 @@
-// The decoder-only transformer behind every supported family (Llama, Mistral, Qwen2/3, Phi-3).
+// The decoder-only transformer behind every supported family (Llama, Mistral, Qwen2/3, Phi-3,
+// Gemma 2/3).
 // Parameter names are the Hugging Face ones, so a state dict is a checkpoint and vice versa.
 // Runs under autograd (training) and with a KV cache (decoding).
 #pragma once
@@ -7,6 +8,7 @@
 #include <torch/nn/modules/container/modulelist.h>
 
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "model/model_config.h"
@@ -59,10 +61,12 @@ struct LinearImpl : torch::nn::Module {
 };
 
 struct RMSNormImpl : torch::nn::Module {
-  RMSNormImpl(int64_t dim, double eps, const at::TensorOptions& options);
+  // `gemma`: the weight is an offset from one, applied in float32 before the cast back (Gemma 2/3).
+  RMSNormImpl(int64_t dim, double eps, const at::TensorOptions& options, bool gemma = false);
   at::Tensor forward(const at::Tensor& x) const;
   at::Tensor weight;
   double eps;
+  bool gemma;
 };
 
 struct EmbeddingImpl : torch::nn::Module {
@@ -77,6 +81,8 @@ struct AttentionImpl : torch::nn::Module {
                      bool causal, KVCache* cache, int64_t layer);
   int64_t num_heads, num_kv_heads, head_dim;
   bool qk_norm_enabled;
+  std::optional<double> scale;    // query_pre_attn_scalar^-1/2; none: SDPA's head_dim^-1/2
+  std::optional<double> softcap;  // attention-logit soft-capping (Gemma 2), computed without SDPA
   std::shared_ptr<LinearImpl> q_proj, k_proj, v_proj, qkv_proj, o_proj;
   std::shared_ptr<RMSNormImpl> q_norm, k_norm;
 };
@@ -85,13 +91,17 @@ struct MLPImpl : torch::nn::Module {
   MLPImpl(const ModelConfig& config, const at::TensorOptions& options);
   at::Tensor forward(const at::Tensor& x) const;
   std::shared_ptr<LinearImpl> gate_proj, up_proj, gate_up_proj, down_proj;
+  std::string act;  // silu | gelu_pytorch_tanh | gelu
 };
 
 struct DecoderLayerImpl : torch::nn::Module {
   DecoderLayerImpl(const ModelConfig& config, const at::TensorOptions& options);
   at::Tensor forward(const at::Tensor& h, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& mask, bool causal,
                      KVCache* cache, int64_t layer);
+  // Llama order: input_layernorm before attention, post_attention_layernorm before the MLP. Gemma:
+  // post_attention_layernorm on the attention's output, and pre/post_feedforward_layernorm around the MLP.
   std::shared_ptr<RMSNormImpl> input_layernorm, post_attention_layernorm;
+  std::shared_ptr<RMSNormImpl> pre_feedforward_layernorm, post_feedforward_layernorm;
   std::shared_ptr<AttentionImpl> self_attn;
   std::shared_ptr<MLPImpl> mlp;
 };
@@ -146,13 +156,19 @@ class CausalLM : public torch::nn::Module {
   at::Tensor compute_unit(int64_t unit, const at::Tensor& x, const std::vector<at::Tensor>& extras, int64_t flags);
 
  private:
-  // cos/sin tables for the rotated part of each head, [B, T, rotary_dim], in float32.
-  std::pair<at::Tensor, at::Tensor> rotary(const at::Tensor& positions) const;
+  // cos/sin tables for the rotated part of each head, [B, 1, T, rotary_dim], in the model's dtype;
+  // `local`: those of the sliding layers, where they have their own RoPE (Gemma 3).
+  std::pair<at::Tensor, at::Tensor> rotary(const at::Tensor& positions, bool local = false) const;
+  // Embedding lookup, scaled by sqrt(hidden) where the family does so.
+  at::Tensor embed(const at::Tensor& ids) const;
+  // LM head on hidden states, then final-logit soft-capping where the config sets it.
+  at::Tensor head(const at::Tensor& hidden, const at::Tensor& weight) const;
 
   ModelConfig config_;
   at::TensorOptions options_;
   at::Tensor inv_freq_;       // float32 [rotary_dim / 2], not a parameter
   at::Tensor long_inv_freq_;  // longrope's set beyond the original context; undefined otherwise
+  at::Tensor local_inv_freq_;  // the sliding layers' set (Gemma 3); undefined otherwise
   std::shared_ptr<BackboneImpl> model_;
   std::shared_ptr<LinearImpl> lm_head_;  // null when tied to the embedding
   bool checkpointing_ = false;

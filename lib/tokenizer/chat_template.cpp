@@ -9,6 +9,7 @@
 #include "core/strings.h"
 #include "io/file.h"
 #include "tokenizer/jinja.h"
+#include "tokenizer/tokenizer.h"
 
 namespace fs = std::filesystem;
 
@@ -60,6 +61,7 @@ std::map<std::string, ChatTemplate> make_presets() {
   auto& plain = p["plain"];  // prompt and response as they are, EOS after the response
   plain.system_suffix = "\n";
   plain.add_eos = true;
+  plain.bos_as_tokenizer = true;
   for (auto& [name, t] : p) t.name = name;
   return p;
 }
@@ -289,6 +291,7 @@ RenderedChat render_chat(const ChatTemplate& t, const std::vector<Message>& mess
   if (t.jinja) return render_jinja_training(t, messages);
   RenderedChat out;
   out.bos = t.add_bos;
+  out.bos_as_tokenizer = t.bos_as_tokenizer;
   out.prompt = render_turns(t, messages, messages.size() - 1, eos_text) + t.assistant_prefix;
   out.response = messages.back().content;
   out.response_suffix = t.assistant_suffix;
@@ -305,8 +308,20 @@ RenderedChat render_generation_prompt(const ChatTemplate& t, const std::vector<M
     return out;
   }
   out.bos = t.add_bos;
+  out.bos_as_tokenizer = t.bos_as_tokenizer;
   out.prompt = render_turns(t, messages, messages.size(), eos_text) + t.assistant_prefix;
   return out;
+}
+
+std::optional<int64_t> leading_bos(const RenderedChat& chat, const ChatTemplate& t, const Tokenizer& tokenizer) {
+  const auto& bos = tokenizer.special_tokens().bos;
+  if (chat.bos) {
+    if (!bos)
+      throw InputError("chat template '" + t.name + "' needs a BOS token, and tokenizer " + tokenizer.source() + " has none");
+    return bos;
+  }
+  if (chat.bos_as_tokenizer && tokenizer.prepends_bos()) return bos;
+  return std::nullopt;
 }
 
 }  // namespace lf

@@ -8,6 +8,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,7 @@ namespace lf {
 namespace jinja {
 class Template;
 }
+class Tokenizer;
 
 struct ChatTemplate {
   std::string name;
@@ -23,6 +25,9 @@ struct ChatTemplate {
   std::string user_prefix, user_suffix;
   std::string assistant_prefix, assistant_suffix;
   bool add_bos = false;               // the tokenizer's BOS id first
+  // The tokenizer's BOS id first where its own post-processing puts one first (`plain`: text starts
+  // as transformers' tokenizer(text) starts it, e.g. Gemma's <bos>; a model reads text without it wrong).
+  bool bos_as_tokenizer = false;
   bool add_eos = false;               // the tokenizer's EOS id after each assistant turn
   bool system_in_first_user = false;  // Llama-2/Mistral style: the system text opens the first user turn
   std::string system_in_user_format = "{system}\n\n{user}";
@@ -48,11 +53,16 @@ struct Message {
 // tokenizer's ids are used whatever their spelling.
 struct RenderedChat {
   bool bos = false;
+  bool bos_as_tokenizer = false;  // BOS first if the tokenizer's post-processing puts one first
   std::string prompt;
   std::string response;         // the final assistant content, the text that alignment works on
   std::string response_suffix;  // end-of-turn text after it (e.g. "<|im_end|>\n")
   bool eos = false;
 };
+
+// The BOS id a rendering starts with for `tokenizer`, if any (see ChatTemplate::add_bos and
+// bos_as_tokenizer); InputError if the template needs one and the tokenizer has none.
+std::optional<int64_t> leading_bos(const RenderedChat& chat, const ChatTemplate& chat_template, const Tokenizer& tokenizer);
 
 // Names of the presets: chatml, llama2, llama3, mistral, phi3, phi4, plain.
 std::vector<std::string> chat_template_presets();

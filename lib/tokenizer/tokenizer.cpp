@@ -22,6 +22,12 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
   return load_sentencepiece_tokenizer(file);
 }
 
+bool Tokenizer::prepends_bos() const {
+  if (!special_.bos) return false;
+  const Encoding e = encode("", /*add_special_tokens=*/true);
+  return !e.ids.empty() && e.ids.front() == *special_.bos;
+}
+
 namespace tok {
 
 namespace {

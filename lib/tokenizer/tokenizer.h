@@ -42,6 +42,9 @@ class Tokenizer {
   // tokens, their text.
   virtual std::string id_to_bytes(int64_t id) const = 0;
   virtual bool is_special(int64_t id) const = 0;
+  // Whether encoding with add_special_tokens puts the BOS id first (Gemma's and Llama's tokenizers do,
+  // as `tokenizers` and transformers' tokenizer(text) show).
+  bool prepends_bos() const;
 
   const SpecialTokens& special_tokens() const { return special_; }
   // Which back end: "sentencepiece" or "tokenizer.json".

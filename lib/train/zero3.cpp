@@ -132,6 +132,7 @@ int64_t ShardedModel::shard_bytes() const {
 
 void ShardedModel::load(const std::string& dir) {
   auto checkpoint = SafetensorsCheckpoint::open_dir(dir);
+  const auto has = [&](const std::string& n) { return checkpoint.contains(n); };
   at::NoGradGuard no_grad;
   local_params_.zero_();
   const int64_t rank = comm_.rank();
@@ -139,7 +140,7 @@ void ShardedModel::load(const std::string& dir) {
   for (auto& u : units_) {
     const int64_t begin = rank * u.shard, end = std::min(u.numel, begin + u.shard);
     for (size_t i = 0; i < u.names.size(); ++i) {
-      const std::string& name = u.names[i];
+      const std::string name = checkpoint_tensor_name(model_.config(), u.names[i], has);
       if (!checkpoint.contains(name))
         throw InputError(dir + ": checkpoint has no tensor '" + name + "'", "is config.json the one these weights were saved with?");
       const auto& entry = checkpoint.entry(name);
@@ -156,8 +157,7 @@ void ShardedModel::load(const std::string& dir) {
     }
   }
   for (const auto& name : checkpoint.names()) {
-    if (used.count(name) || name.find("rotary_emb.inv_freq") != std::string::npos) continue;
-    if (name == "lm_head.weight" && model_.config().tie_word_embeddings) continue;
+    if (used.count(name) || checkpoint_tensor_skippable(model_.config(), name)) continue;
     throw InputError(dir + ": unexpected tensor '" + name + "' in the checkpoint",
                      "the weights do not match config.json's architecture");
   }

@@ -40,3 +40,21 @@ def small_filesystem(path, kib):
         yield Path(path)
     finally:
         subprocess.run(["umount", str(path)], capture_output=True)
+
+
+REAL_MODELS = Path(os.environ.get("LOGITFUSE_HOME", Path.home() / ".cache" / "logitfuse")) / "models"
+
+
+@pytest.fixture(scope="session")
+def real_models():
+    """The pretrained checkpoints scripts/fetch-models.sh writes (scripts/test.sh runs it first).
+    Skips where it could not reach the package index (LOGITFUSE_REAL_MODELS_UNREACHABLE holds why);
+    fails where the models should be there and are not."""
+    names = ["smollm2-135m-instruct", "gemma-3-270m"]
+    missing = [n for n in names if not (REAL_MODELS / n / "SOURCE.json").exists()]
+    if missing:
+        reason = os.environ.get("LOGITFUSE_REAL_MODELS_UNREACHABLE")
+        if reason:
+            pytest.skip(f"real models not fetched: {reason}")
+        pytest.fail(f"{REAL_MODELS / missing[0]} is missing: run scripts/fetch-models.sh")
+    return {n: REAL_MODELS / n for n in names}
