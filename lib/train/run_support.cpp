@@ -1,5 +1,8 @@
 #include "train/run_support.h"
 
+#include <fstream>
+#include <string>
+
 #include <ATen/autocast_mode.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -53,6 +56,12 @@ double peak_memory_bytes(const c10::Device& device) {
     return static_cast<double>(stats.allocated_bytes[0].peak);
   }
 #endif
+  // VmHWM is this process's own high-water mark. getrusage's ru_maxrss is not: Linux carries the
+  // parent's peak across fork and exec, so a run started by a large process (a test harness holding
+  // models) would report the parent's memory.
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) * 1024.0;  // "VmHWM:   1234 kB"
   struct rusage usage {};
   getrusage(RUSAGE_SELF, &usage);
   return static_cast<double>(usage.ru_maxrss) * 1024.0;
