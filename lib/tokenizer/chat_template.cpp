@@ -291,7 +291,6 @@ RenderedChat render_chat(const ChatTemplate& t, const std::vector<Message>& mess
   if (t.jinja) return render_jinja_training(t, messages);
   RenderedChat out;
   out.bos = t.add_bos;
-  out.bos_as_tokenizer = t.bos_as_tokenizer;
   out.prompt = render_turns(t, messages, messages.size() - 1, eos_text) + t.assistant_prefix;
   out.response = messages.back().content;
   out.response_suffix = t.assistant_suffix;
@@ -308,7 +307,6 @@ RenderedChat render_generation_prompt(const ChatTemplate& t, const std::vector<M
     return out;
   }
   out.bos = t.add_bos;
-  out.bos_as_tokenizer = t.bos_as_tokenizer;
   out.prompt = render_turns(t, messages, messages.size(), eos_text) + t.assistant_prefix;
   return out;
 }
@@ -320,7 +318,7 @@ std::optional<int64_t> leading_bos(const RenderedChat& chat, const ChatTemplate&
       throw InputError("chat template '" + t.name + "' needs a BOS token, and tokenizer " + tokenizer.source() + " has none");
     return bos;
   }
-  if (chat.bos_as_tokenizer && tokenizer.prepends_bos()) return bos;
+  if (t.bos_as_tokenizer && tokenizer.prepends_bos()) return bos;
   return std::nullopt;
 }
 

@@ -53,7 +53,6 @@ struct Message {
 // tokenizer's ids are used whatever their spelling.
 struct RenderedChat {
   bool bos = false;
-  bool bos_as_tokenizer = false;  // BOS first if the tokenizer's post-processing puts one first
   std::string prompt;
   std::string response;         // the final assistant content, the text that alignment works on
   std::string response_suffix;  // end-of-turn text after it (e.g. "<|im_end|>\n")
