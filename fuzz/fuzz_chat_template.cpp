@@ -1,5 +1,5 @@
 // A model's own chat template (Jinja source from tokenizer_config.json or chat_template.jinja,
-// tokenizer/jinja.h): parsed, then rendered as training and generation do with a fixed conversation.
+// template/jinja.h): parsed, then rendered as training and generation do with a fixed conversation.
 #include "fuzz_common.h"
 #include "tokenizer/chat_template.h"
 

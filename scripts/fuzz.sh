@@ -33,7 +33,7 @@ mkdir -p "$work"
 fixtures() {
   case "$1" in
     fuzz_model_config) ls tests/fixtures/hub_configs/*.json tests/fixtures/paper_models/*/config.json ;;
-    fuzz_chat_template) ls tests/fixtures/chat_templates/*.jinja ;;
+    fuzz_chat_template | fuzz_jinja) ls tests/fixtures/chat_templates/*.jinja ;;
     fuzz_recipe) ls configs/*.yaml ;;
     fuzz_tokenizer_json) ;;  # tokenizer_config.json fixtures go in as "{}\0CONFIG" below
   esac

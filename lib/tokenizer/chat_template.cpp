@@ -8,7 +8,7 @@
 #include "core/hash.h"
 #include "core/strings.h"
 #include "io/file.h"
-#include "tokenizer/jinja.h"
+#include "template/jinja.h"
 #include "tokenizer/tokenizer.h"
 
 namespace fs = std::filesystem;

@@ -1,7 +1,7 @@
 // Chat templates: how each model family wraps a conversation in text and special tokens.
 // Presets for the families logitfuse fuses, custom templates from the recipe, and `auto`, which
 // renders the model's own Jinja template (tokenizer_config.json's chat_template or
-// chat_template.jinja) as transformers' apply_chat_template does (lib/tokenizer/jinja.h).
+// chat_template.jinja) as transformers' apply_chat_template does (lib/template/jinja.h).
 #pragma once
 
 #include <nlohmann/json.hpp>

@@ -1,11 +1,11 @@
-// The Jinja subset of lib/tokenizer/jinja.h: expressions, whitespace control with trim_blocks and
+// The Jinja subset of lib/template/jinja.h: expressions, whitespace control with trim_blocks and
 // lstrip_blocks, loops, namespaces, filters, tests, methods, and errors that name the construct.
 // (tests/oracle/test_chat_templates.py compares real templates with transformers.)
 #include <catch2/catch.hpp>
 
 #include "core/error.h"
 #include "test_helpers.h"
-#include "tokenizer/jinja.h"
+#include "template/jinja.h"
 
 using Catch::Matchers::Contains;
 

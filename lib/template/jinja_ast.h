@@ -1,4 +1,4 @@
-// The Jinja engine's syntax tree (internal to lib/tokenizer/jinja*.cpp): what the parser builds from
+// The Jinja engine's syntax tree (internal to lib/template/jinja*.cpp): what the parser builds from
 // a template and the evaluator walks. Every node keeps its template line for error messages.
 #pragma once
 
@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "tokenizer/jinja_value.h"
+#include "template/jinja_value.h"
 
 namespace lf::jinja {
 

@@ -1,4 +1,4 @@
-// The Jinja engine's lexer (internal to lib/tokenizer/jinja*.cpp): a template's text and tags as
+// The Jinja engine's lexer (internal to lib/template/jinja*.cpp): a template's text and tags as
 // tokens, with the whitespace rules of the environment transformers renders chat templates in:
 // trim_blocks=True (a block or comment tag eats the newline after it), lstrip_blocks=True (spaces and
 // tabs before a block or comment tag at the start of a line go), `-` on a tag strips all whitespace
@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "tokenizer/jinja_value.h"
+#include "template/jinja_value.h"
 
 namespace lf::jinja {
 

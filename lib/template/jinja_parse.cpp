@@ -1,12 +1,12 @@
 // Parser of the Jinja subset: jinja2's grammar (statements, and expressions with its precedence:
 // conditional, or, and, not, comparisons and `in`, + -, ~, * / // %, **, unary, then postfix
-// access, calls, filters and tests) over the tokens of lib/tokenizer/jinja_lex.h.
+// access, calls, filters and tests) over the tokens of lib/template/jinja_lex.h.
 #include <set>
 
 #include "core/error.h"
-#include "tokenizer/jinja_ast.h"
-#include "tokenizer/jinja_builtins.h"
-#include "tokenizer/jinja_lex.h"
+#include "template/jinja_ast.h"
+#include "template/jinja_builtins.h"
+#include "template/jinja_lex.h"
 
 namespace lf::jinja {
 

@@ -1,4 +1,4 @@
-#include "tokenizer/jinja_builtins.h"
+#include "template/jinja_builtins.h"
 
 #include <algorithm>
 #include <cmath>
@@ -6,7 +6,7 @@
 #include <stdexcept>
 
 #include "core/error.h"
-#include "tokenizer/jinja_strings.h"
+#include "template/jinja_strings.h"
 
 namespace lf::jinja {
 

@@ -1,10 +1,10 @@
-#include "tokenizer/jinja_lex.h"
+#include "template/jinja_lex.h"
 
 #include <charconv>
 #include <cstdlib>
 #include <cctype>
 
-#include "tokenizer/jinja_builtins.h"
+#include "template/jinja_builtins.h"
 
 namespace lf::jinja {
 

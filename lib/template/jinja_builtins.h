@@ -1,11 +1,11 @@
-// The Jinja engine's built-ins (internal to lib/tokenizer/jinja*.cpp): attribute and item access with
+// The Jinja engine's built-ins (internal to lib/template/jinja*.cpp): attribute and item access with
 // jinja2's sandboxed semantics, the filters, the tests, and the str/dict methods chat templates call.
 // Anything outside the subset is an InputError naming it and the template line.
 #pragma once
 
 #include <string>
 
-#include "tokenizer/jinja_value.h"
+#include "template/jinja_value.h"
 
 namespace lf::jinja {
 

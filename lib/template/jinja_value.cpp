@@ -1,6 +1,6 @@
-#include "tokenizer/jinja_value.h"
+#include "template/jinja_value.h"
 
-#include "tokenizer/text_util.h"
+#include "core/utf8.h"
 
 #include <algorithm>
 #include <charconv>
@@ -400,7 +400,7 @@ std::u32string utf8_decode(const std::string& s) {
 std::string utf8_encode(const std::u32string& s) {
   std::string out;
   out.reserve(s.size());
-  for (char32_t c : s) tok::utf8_append(out, static_cast<uint32_t>(c));
+  for (char32_t c : s) utf8_append(out, static_cast<uint32_t>(c));
   return out;
 }
 

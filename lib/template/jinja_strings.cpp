@@ -1,10 +1,10 @@
-#include "tokenizer/jinja_strings.h"
+#include "template/jinja_strings.h"
 
 #include <algorithm>
 #include <set>
 #include <stdexcept>
 
-#include "tokenizer/jinja_builtins.h"
+#include "template/jinja_builtins.h"
 
 namespace lf::jinja {
 

@@ -1,11 +1,11 @@
-// Python's str methods as chat templates call them (internal to lib/tokenizer/jinja*.cpp): strip with
+// Python's str methods as chat templates call them (internal to lib/template/jinja*.cpp): strip with
 // Python's Unicode whitespace, split/rsplit, replace, title, ... Case mapping is ASCII only.
 #pragma once
 
 #include <cstdint>
 #include <string>
 
-#include "tokenizer/jinja_value.h"
+#include "template/jinja_value.h"
 
 namespace lf::jinja {
 

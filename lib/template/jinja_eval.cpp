@@ -1,4 +1,4 @@
-// The Jinja engine's evaluator: walks the syntax tree of lib/tokenizer/jinja_ast.h with jinja2's
+// The Jinja engine's evaluator: walks the syntax tree of lib/template/jinja_ast.h with jinja2's
 // scoping (a for-loop iteration and a macro call are scopes of their own, `if` is not; a `set` in
 // a loop does not outlive it, which is why templates carry state in a namespace()).
 #include <cmath>
@@ -6,9 +6,9 @@
 #include <map>
 
 #include "core/error.h"
-#include "tokenizer/jinja.h"
-#include "tokenizer/jinja_ast.h"
-#include "tokenizer/jinja_builtins.h"
+#include "template/jinja.h"
+#include "template/jinja_ast.h"
+#include "template/jinja_builtins.h"
 
 namespace lf::jinja {
 

@@ -1,4 +1,4 @@
-// Values of the Jinja engine (lib/tokenizer/jinja.h): Python's data model as far as chat templates
+// Values of the Jinja engine (lib/template/jinja.h): Python's data model as far as chat templates
 // use it — undefined, none, bool, int, float, str, list, dict (insertion-ordered), namespace and
 // callables — with Python's truthiness, equality, ordering, str() and repr(). Pure C++ plus
 // nlohmann-json (for conversion at the edges); no LibTorch.
