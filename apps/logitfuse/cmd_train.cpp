@@ -88,6 +88,12 @@ void add_train(CLI::App& root) {
     TrainOptions options;
     options.resume = opt->resume;
     options.local_world_size = launch.local_world_size;
+    if (const char* fault = std::getenv("LOGITFUSE_INJECT_FAULT")) {
+      options.inject_fault = fault;
+      if (options.inject_fault != "local_token_mean")
+        throw InputError("LOGITFUSE_INJECT_FAULT: unknown fault '" + options.inject_fault + "'", "known: local_token_mean");
+      spdlog::warn("LOGITFUSE_INJECT_FAULT={}: a known-wrong gradient average, for the tests", options.inject_fault);
+    }
     const char* home = std::getenv("LOGITFUSE_HOME");
     const char* user_home = std::getenv("HOME");
     options.vocab_cache_dir = home ? std::string(home) + "/vocab-maps"

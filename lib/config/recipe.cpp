@@ -222,14 +222,16 @@ void check_cross_keys(Recipe& recipe, const schema::Reader& reader, const YAML::
     for (const auto& t : recipe.teachers) total += t.weight;
     if (total <= 0) fail("loss.teacher_mix", "'weights' needs a positive teachers.N.weight on some teacher");
   }
-  if (recipe.loss.on_policy.weight > 0) {
-    if (recipe.teachers.empty()) fail("loss.on_policy.weight", "on-policy distillation needs teachers");
+  // Rules about the distillation terms bind only a run that distils (distils()): a recipe whose
+  // teachers a sweep switched off, or whose λ is 0, keeps them without being refused.
+  const bool distilling = distils(recipe);
+  if (distilling && recipe.loss.on_policy.weight > 0) {
     for (size_t i = 0; i < recipe.teachers.size(); ++i)
       if (recipe.teachers[i].logits_cache)
         fail("loss.on_policy.weight", "teachers." + std::to_string(i) + " reads a logits cache, which holds only the data's responses",
              "run the teachers online (drop logits_cache) or set loss.on_policy.weight: 0");
   }
-  if (recipe.alignment.positions == "span" && recipe.loss.token.type == "uld")
+  if (distilling && recipe.alignment.positions == "span" && recipe.loss.token.type == "uld")
     fail("alignment.positions", "'span' projects the teacher onto the student's token ids, which ULD does not use",
          "use span with loss.token.type kl, rkl or jsd, or offsets/exact/dtw/index with uld");
   for (auto& [name, t] : recipe.chat_templates) t.name = name;
@@ -243,11 +245,18 @@ void check_cross_keys(Recipe& recipe, const schema::Reader& reader, const YAML::
   kwargs_need_auto("student", recipe.student.chat_template, recipe.student.chat_template_kwargs);
   for (size_t i = 0; i < recipe.teachers.size(); ++i)
     kwargs_need_auto("teachers." + std::to_string(i), recipe.teachers[i].chat_template, recipe.teachers[i].chat_template_kwargs);
-  if (recipe.loss.graph.type == "gld" && recipe.loss.graph.nodes == "vocab" && recipe.loss.graph.solver == "entropic")
+  if (distilling && recipe.loss.graph.type == "gld" && recipe.loss.graph.nodes == "vocab" &&
+      recipe.loss.graph.solver == "entropic")
     fail("loss.graph.solver", "'entropic' is defined on rank nodes", "use loss.graph.nodes=rank with the entropic solver");
 }
 
 }  // namespace
+
+bool distils(const Recipe& recipe) { return !recipe.teachers.empty() && recipe.loss.distill_weight > 0; }
+
+double effective_on_policy_weight(const Recipe& recipe) {
+  return distils(recipe) ? recipe.loss.on_policy.weight : 0.0;
+}
 
 Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides) {
   schema::Source source{path, {}};

@@ -151,6 +151,14 @@ struct Recipe {
 // out-of-range values, cross-key rules) and throws InputError naming the key path and YAML line.
 Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides = {});
 
+// Whether the run distils: it has teachers and λ > 0. Without, the loss's token, graph and on-policy
+// terms and the alignment are not used (a sweep that switches the teachers off keeps their keys), and
+// the cross-key rules about them do not apply.
+bool distils(const Recipe& recipe);
+
+// loss.on_policy.weight where the run distils, else 0: no completions are generated for nothing.
+double effective_on_policy_weight(const Recipe& recipe);
+
 // The resolved recipe as YAML (for --print-config and recipe.resolved.yaml); loads back unchanged.
 std::string recipe_to_yaml(const Recipe& recipe);
 

@@ -142,7 +142,7 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
   const std::string device = recipe.run.device;
   const bool zero3 = recipe.dist.zero == 3;
   const std::vector<std::string>& placements = plan.placements;
-  if (recipe.loss.on_policy.weight > 0 && (zero3 || std::count(placements.begin(), placements.end(), "shard")))
+  if (effective_on_policy_weight(recipe) > 0 && (zero3 || std::count(placements.begin(), placements.end(), "shard")))
     throw NotAvailable("on-policy distillation with a sharded student or teacher (dist.zero=3, teachers.N.placement=shard): "
                        "each rank generates a different number of tokens, which sharded forwards cannot follow");
   Participant student = load_participant("student", recipe.student.path, recipe.student.tokenizer,
@@ -304,7 +304,7 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
   loss::ObjectiveConfig objective = objective_config(recipe);
   // On-policy distillation splits the distillation weight λ: λ·(1 − ρ) on the data's responses (whose
   // SFT weight stays 1 − λ), λ·ρ on the student's own completions (no SFT term there).
-  const double on_policy = recipe.loss.on_policy.weight;
+  const double on_policy = effective_on_policy_weight(recipe);
   loss::ObjectiveConfig on_policy_objective = objective;
   if (on_policy > 0) {
     objective.sft_weight = 1.0 - recipe.loss.distill_weight;
@@ -373,7 +373,8 @@ int run_training(const Recipe& recipe, const TrainOptions& options, Communicator
         }
       }
     }
-    const loss::GlobalCounts counts{comm.all_reduce_sum(local_tokens), comm.all_reduce_sum(local_sequences)};
+    loss::GlobalCounts counts{comm.all_reduce_sum(local_tokens), comm.all_reduce_sum(local_sequences)};
+    if (options.inject_fault == "local_token_mean") counts.tokens = local_tokens * comm.world_size();
     loss::GlobalCounts policy_counts;
     if (on_policy > 0) policy_counts = {comm.all_reduce_sum(policy_tokens), comm.all_reduce_sum(policy_sequences)};
 

@@ -240,16 +240,25 @@ def test_on_policy_distillation_uses_the_students_completions_and_resumes_exactl
     assert any(not torch.equal(a[name], b[name]) for name in a)
 
 
-def test_on_policy_without_distillation_is_plain_sft(workspace, tmp_path, logitfuse):
-    # λ = 0: the completions carry no SFT term and no distillation weight, so the student is the SFT
-    # student bit for bit (generating in eval mode leaves nothing behind).
-    common = {"loss.distill_weight": 0.0, "train.max_steps": 4, "checkpoint.every_steps": 0}
+def test_on_policy_generation_leaves_nothing_behind(workspace, tmp_path, logitfuse):
+    # λ > 0 with no distillation term (token and graph off): the completions are generated and carry
+    # no loss, so the student is the one trained without on-policy, bit for bit (generating in eval
+    # mode leaves nothing behind).
+    common = {"loss.token.type": "none", "loss.graph.type": "none", "train.max_steps": 4, "checkpoint.every_steps": 0}
     path, overrides = recipe(workspace, tmp_path / "on", **common, **ON_POLICY)
     logitfuse("train", path, *overrides)
     assert all(x["on_policy_tokens"] > 0 for x in metrics(tmp_path / "on") if "loss" in x)
     path2, overrides2 = recipe(workspace, tmp_path / "off", **common)
     logitfuse("train", path2, *overrides2)
     assert_same_weights(tmp_path / "on" / "final", tmp_path / "off" / "final")
+    # λ = 0 does not distil: on-policy is off, nothing is generated, and the run is plain SFT.
+    zero = {"loss.distill_weight": 0.0, "train.max_steps": 4, "checkpoint.every_steps": 0}
+    path3, overrides3 = recipe(workspace, tmp_path / "zero", **zero, **ON_POLICY)
+    logitfuse("train", path3, *overrides3)
+    assert not any("on_policy_tokens" in x for x in metrics(tmp_path / "zero"))
+    path4, overrides4 = recipe(workspace, tmp_path / "sft", **zero)
+    logitfuse("train", path4, *overrides4)
+    assert_same_weights(tmp_path / "zero" / "final", tmp_path / "sft" / "final")
 
 
 def test_on_policy_recipe_errors(workspace, tmp_path, logitfuse):

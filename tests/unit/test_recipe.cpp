@@ -166,3 +166,29 @@ TEST_CASE("recipe: the printed config loads back to the same recipe", "[recipe]"
   const std::string cr_printed = lf::recipe_to_yaml(cr);
   CHECK(load_recipe(dir.file("cr-printed.yaml", cr_printed)).data.train == cr.data.train);
 }
+
+TEST_CASE("recipe: rules about distillation bind only a run that distils", "[recipe]") {
+  lf::test::TempDir dir;
+  auto path = dir.file("r.yaml", kMinimal);
+  const std::vector<std::string> span_uld = {"alignment.positions=span", "loss.token.type=uld"};
+  // With teachers and λ > 0, span with ULD is refused, naming the key ...
+  CHECK_THAT(error_of(path, span_uld), Contains("alignment.positions: 'span' projects"));
+  // ... but a sweep that switches the teachers off, or sets λ to 0, keeps the keys it does not use.
+  auto no_teachers = span_uld;
+  no_teachers.push_back("teachers=[]");
+  no_teachers.push_back("loss.distill_weight=0");
+  const lf::Recipe off = load_recipe(path, no_teachers);
+  CHECK_FALSE(lf::distils(off));
+  auto lambda_zero = span_uld;
+  lambda_zero.push_back("loss.distill_weight=0");
+  CHECK_FALSE(lf::distils(load_recipe(path, lambda_zero)));
+  auto entropic = std::vector<std::string>{"loss.graph.nodes=vocab", "loss.graph.solver=entropic"};
+  CHECK_THAT(error_of(path, entropic), Contains("loss.graph.solver"));
+  entropic.push_back("loss.distill_weight=0");
+  CHECK_NOTHROW(load_recipe(path, entropic));
+  // On-policy distillation without teachers is not used (no completions are generated for nothing).
+  auto on_policy = std::vector<std::string>{"teachers=[]", "loss.on_policy.weight=0.5"};
+  const lf::Recipe sft_only = load_recipe(path, on_policy);
+  CHECK(lf::effective_on_policy_weight(sft_only) == 0.0);
+  CHECK(lf::effective_on_policy_weight(load_recipe(path, {"loss.on_policy.weight=0.5"})) == 0.5);
+}
