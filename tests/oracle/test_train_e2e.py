@@ -22,10 +22,17 @@ from conftest import BINARY, small_filesystem
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, logitfuse):
+    return build_workspace(tmp_path_factory.mktemp("fusion"), logitfuse)
+
+
+def build_workspace(root, logitfuse):
+    """Tiny student and teachers with genuinely different tokenizers, and arithmetic data, in `root`
+    (also used by scripts/trainer_parity.py). `logitfuse(*args)` runs the binary."""
     import sentencepiece as spm
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    root = tmp_path_factory.mktemp("fusion")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
     examples = []
     for _ in range(240):

@@ -1,0 +1,345 @@
+#include "train/trainer_parts.h"
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+
+#include "core/error.h"
+#include "core/strings.h"
+#include "decode/session.h"
+#include "model/checkpoint.h"
+#include "model/model_config.h"
+#include "train/cache_logits.h"
+
+namespace fs = std::filesystem;
+
+namespace lf {
+
+namespace {
+
+// A model whose parameters are never whole on one rank: built with its parameters in untouched host
+// memory, then sharded and filled slice by slice from `dir`.
+std::unique_ptr<ShardedModel> load_sharded(Participant& p, const std::string& dir, c10::ScalarType dtype,
+                                           Communicator& comm, bool trainable) {
+  p.model = std::make_shared<CausalLM>(load_model_config(dir), at::TensorOptions().dtype(dtype).device(p.device),
+                                       at::TensorOptions().dtype(dtype));
+  auto sharded = std::make_unique<ShardedModel>(*p.model, comm, trainable);
+  sharded->load(dir);
+  return sharded;
+}
+
+// teachers.s as the plan places it: replicate (whole), shard, or cache (no weights).
+void load_teacher(const Recipe& recipe, size_t s, const std::string& placement, const std::string& data_hash,
+                  Communicator& comm, Participants& parts) {
+  const auto& t = recipe.teachers[s];
+  const std::string teacher_device = t.device == "auto" ? parts.student.device.str() : t.device;
+  parts.teachers.push_back(load_participant(t.name, t.path, t.tokenizer, t.chat_template, t.dtype, teacher_device,
+                                            recipe.chat_templates, /*load_weights=*/placement == "replicate",
+                                            t.chat_template_kwargs));
+  Participant& teacher = parts.teachers.back();
+  if (placement == "cache") {
+    parts.caches.push_back(LogitsCache::open(*t.logits_cache, expected_cache_spec(recipe, s, teacher, data_hash)));
+    spdlog::info("teacher {}: reading cached logits from {}", t.name, *t.logits_cache);
+    return;
+  }
+  parts.caches.push_back(nullptr);
+  if (placement == "shard") {
+    if (teacher.device != parts.student.device)
+      throw InputError("teachers." + std::to_string(s) + ".placement: 'shard' gathers over the student's communicator",
+                       "leave teachers." + std::to_string(s) + ".device at auto (the student's device)");
+    parts.sharded_teachers[s] = load_sharded(teacher, t.path, parse_dtype(t.dtype, "teachers.N.dtype"), comm, false);
+    spdlog::info("teacher {}: sharded over {} rank(s), {} on this rank", t.name, comm.world_size(),
+                 format_bytes(parts.sharded_teachers[s]->shard_bytes()));
+  }
+  teacher.model->eval();
+  for (auto& p : teacher.model->parameters()) p.set_requires_grad(false);
+}
+
+}  // namespace
+
+std::vector<const Participant*> Participants::teacher_pointers() const {
+  std::vector<const Participant*> out;
+  for (const auto& t : teachers) out.push_back(&t);
+  return out;
+}
+
+Participants load_participants(const Recipe& recipe, const MemoryPlan& plan, const std::string& data_hash,
+                               Communicator& comm) {
+  const bool zero3 = recipe.dist.zero == 3;
+  const std::vector<std::string>& placements = plan.placements;
+  if (effective_on_policy_weight(recipe) > 0 && (zero3 || std::count(placements.begin(), placements.end(), "shard")))
+    throw NotAvailable("on-policy distillation with a sharded student or teacher (dist.zero=3, teachers.N.placement=shard): "
+                       "each rank generates a different number of tokens, which sharded forwards cannot follow");
+  Participants parts;
+  parts.student = load_participant("student", recipe.student.path, recipe.student.tokenizer, recipe.student.chat_template,
+                                   "fp32", recipe.run.device, recipe.chat_templates, /*load_weights=*/!zero3,
+                                   recipe.student.chat_template_kwargs);
+  if (zero3) {
+    parts.sharded_student = load_sharded(parts.student, recipe.student.path, at::kFloat, comm, /*trainable=*/true);
+    spdlog::info("student sharded over {} rank(s) (ZeRO-3): {} of parameters and gradients on this rank",
+                 comm.world_size(), format_bytes(parts.sharded_student->shard_bytes()));
+  }
+  parts.sharded_teachers.resize(recipe.teachers.size());
+  for (size_t s = 0; s < recipe.teachers.size(); ++s) load_teacher(recipe, s, placements[s], data_hash, comm, parts);
+  parts.student.model->set_activation_checkpointing(recipe.train.activation_checkpointing);
+  parts.student.model->train();
+  return parts;
+}
+
+TrainingData load_training_data(const Recipe& recipe, const Participants& participants) {
+  const Truncation truncation{recipe.data.max_length, recipe.data.max_prompt_length};
+  const ExampleSet train_set = read_examples(recipe.data.train, recipe.data.skip_invalid);
+  TrainingData data{FusionData(train_set, participants.student, participants.teacher_pointers(), truncation,
+                               recipe.alignment.positions, recipe.data.skip_invalid),
+                    {}};
+  if (recipe.data.eval)
+    for (const auto& ex : read_examples(*recipe.data.eval, recipe.data.skip_invalid).examples)
+      data.eval.push_back(tokenize_example(ex, *participants.student.tokenizer, participants.student.chat_template,
+                                           truncation));
+  return data;
+}
+
+void log_plan_and_coverage(const Recipe& recipe, const MemoryPlan& plan, const Participants& participants,
+                           const FusionData& data) {
+  for (const auto& line : split(format_plan(plan), '\n'))
+    if (!line.empty()) spdlog::debug("{}", line);
+  const MemoryItem& biggest = plan.biggest();
+  spdlog::info("memory plan per rank ({} rank(s), dist.zero {}): {}{}; biggest item: {} ({}); teachers: {}", plan.world_size,
+               plan.zero, format_bytes(plan.total()),
+               plan.limit > 0 ? " of " + format_bytes(plan.limit) + " (" + plan.limit_source + ")" : std::string(),
+               biggest.name, format_bytes(biggest.bytes), join(plan.placements, ", "));
+  for (size_t s = 0; s < participants.teachers.size(); ++s) {
+    const auto c = data.coverage(s);
+    spdlog::info("alignment ({}): teacher {} pairs {} of the student's {} response positions ({:.1f}%)",
+                 recipe.alignment.positions, participants.teachers[s].name, c.paired, c.positions,
+                 c.positions ? 100.0 * static_cast<double>(c.paired) / static_cast<double>(c.positions) : 0.0);
+  }
+}
+
+TokenAlignment build_token_alignment(const Recipe& recipe, const TrainOptions& options, const Participants& participants) {
+  const auto& teachers = participants.teachers;
+  const Tokenizer& student = *participants.student.tokenizer;
+  TokenAlignment out;
+  out.vocab_maps.resize(teachers.size());
+  out.projectors.resize(teachers.size());
+  const std::string& token = recipe.loss.token.type;
+  out.kl_family = token == "kl" || token == "rkl" || token == "jsd";
+  if (!out.kl_family) return out;
+  const bool span = recipe.alignment.positions == "span";
+  for (size_t s = 0; s < teachers.size(); ++s) {
+    const Tokenizer& teacher = *teachers[s].tokenizer;
+    VocabMap& map = out.vocab_maps[s];
+    map = load_or_build_vocab_map(teacher, student, span ? "exact" : recipe.alignment.vocab,
+                                  recipe.alignment.cache_dir.value_or(options.vocab_cache_dir));
+    spdlog::info("vocabulary map {} -> student: {} exact, {} mined of {}{}", teachers[s].name, map.exact, map.mined,
+                 map.to_student.size(),
+                 span ? " (span alignment: the rest through the student's tokenizer; alignment.vocab unused)" : "");
+    if (!span) continue;
+    out.projectors[s] = std::make_unique<SpanProjector>(student, teacher, map);
+    if (!recipe.loss.token.top_k && teacher.vocab_size() > 32768)
+      spdlog::warn("alignment.positions=span without loss.token.top_k projects all {} entries of teacher {}'s "
+                   "distribution per position on the CPU; set loss.token.top_k (e.g. 20)",
+                   teacher.vocab_size(), teachers[s].name);
+  }
+  return out;
+}
+
+std::unique_ptr<DistributedOptimizer> make_optimizer(const Recipe& recipe, Participants& participants, Communicator& comm) {
+  const auto& tc = recipe.train;
+  const AdamWConfig adamw{tc.adam_beta1, tc.adam_beta2, tc.adam_eps, tc.weight_decay};
+  if (participants.sharded_student) return std::make_unique<Zero3AdamW>(*participants.sharded_student, adamw);
+  std::vector<std::pair<std::string, at::Tensor>> params;
+  for (auto& item : participants.student.model->named_parameters()) params.emplace_back(item.key(), item.value());
+  const ShardingConfig sharding{recipe.dist.zero, static_cast<int64_t>(recipe.dist.bucket_mb * (1 << 20) / 4)};
+  auto flat = std::make_unique<ShardedAdamW>(params, adamw, sharding, comm);
+  // An untied LM head has its final gradient before the transformer's backward starts.
+  if (recipe.dist.overlap) flat->enable_overlap({"lm_head.weight"});
+  return flat;
+}
+
+StudentWeights student_weights(Participants& participants, Communicator& comm) {
+  ShardedModel* sharded = participants.sharded_student.get();
+  if (!sharded) return whole_student(*participants.student.model, comm);
+  return {[sharded, &comm](const std::string& dir, const SaveOptions& save) { sharded->save(dir, save, comm.is_main()); },
+          [sharded](const std::string& dir) { sharded->load(dir); }};
+}
+
+StepPlan plan_steps(const Recipe& recipe, const FusionData& data, const Communicator& comm) {
+  const auto& tc = recipe.train;
+  StepPlan plan;
+  plan.sampler = SamplerConfig{tc.micro_batch_size, recipe.run.seed, comm.rank(), comm.world_size()};
+  plan.batches_per_epoch = Sampler(data.lengths(), plan.sampler).batches_per_epoch();
+  const int64_t steps_per_epoch = std::max<int64_t>(1, plan.batches_per_epoch / tc.grad_accum);
+  plan.total_steps = tc.max_steps ? *tc.max_steps : tc.epochs * steps_per_epoch;
+  plan.schedule = {tc.schedule, tc.lr, static_cast<int64_t>(std::ceil(tc.warmup_ratio * plan.total_steps)), plan.total_steps};
+  plan.global_micro_batch = tc.micro_batch_size * comm.world_size();
+  return plan;
+}
+
+namespace {
+
+// The newest complete checkpoint that loads on every rank (one that fails on any rank is skipped by
+// all, and what it half-loaded undone); `fresh` when none does.
+TrainerState newest_loadable_checkpoint(const Recipe& recipe, const TrainerState& fresh, const StudentWeights& weights,
+                                        DistributedOptimizer& optimizer, Communicator& comm) {
+  for (const auto& dir : complete_checkpoints(recipe.run.output_dir)) {
+    std::string failure;
+    TrainerState state = fresh;
+    try {
+      state = read_checkpoint(dir, weights, optimizer);
+    } catch (const Error& e) {
+      failure = e.one_line();
+    }
+    if (comm.all_reduce_sum(failure.empty() ? 0.0 : 1.0) == 0) {
+      spdlog::info("resuming from {} (step {})", dir, state.step);
+      return state;
+    }
+    spdlog::warn("skipping checkpoint {}: {}", dir, failure.empty() ? "it failed to load on another rank" : failure);
+    weights.load(recipe.student.path);  // undo a partial load
+    optimizer.reset_state();
+  }
+  return fresh;
+}
+
+}  // namespace
+
+TrainerState resume_state(const Recipe& recipe, const std::string& resume, const TrainerState& fresh,
+                          const StudentWeights& weights, DistributedOptimizer& optimizer, Communicator& comm) {
+  TrainerState state = fresh;
+  if (resume == "auto") {
+    state = newest_loadable_checkpoint(recipe, fresh, weights, optimizer, comm);
+  } else if (!resume.empty()) {
+    state = read_checkpoint(resume, weights, optimizer);
+    spdlog::info("resuming from {} (step {})", resume, state.step);
+  }
+  // The data cursor counts global micro-batches: it means the same thing only for the same global
+  // micro-batch. The optimizer state itself reshards to any world size.
+  const int64_t global = fresh.global_micro_batch;
+  const int64_t saved_global = state.global_micro_batch > 0 ? state.global_micro_batch : global;
+  if (saved_global != global)
+    throw InputError("the checkpoint was written with a global micro-batch of " + std::to_string(saved_global) +
+                         " (micro_batch_size x ranks), this run has " + std::to_string(recipe.train.micro_batch_size) +
+                         " x " + std::to_string(comm.world_size()),
+                     "set train.micro_batch_size so that micro_batch_size x ranks = " + std::to_string(saved_global));
+  // The data cursor indexes the examples of the file as it was: an edited file would resume on other
+  // examples in another order, silently.
+  if (!state.data_hash.empty() && state.data_hash != fresh.data_hash)
+    throw InputError(recipe.data.train + ": data.train changed since the checkpoint of step " +
+                         std::to_string(state.step) + " was written (its resume position would point at other examples)",
+                     "restore the file as it was, or start a new run in another run.output_dir");
+  state.data_hash = fresh.data_hash;
+  state.world_size = comm.world_size();
+  state.global_micro_batch = global;
+  return state;
+}
+
+namespace {
+
+loss::ObjectiveConfig objective_config(const Recipe& r) {
+  loss::ObjectiveConfig c;
+  c.distill_weight = r.loss.distill_weight;
+  c.teacher_mix = r.loss.teacher_mix;
+  c.token = {r.loss.token.type, r.loss.token.top_k, r.loss.token.temperature, r.loss.token.beta};
+  c.graph = r.loss.graph.type == "gld";
+  c.graph_weight = r.loss.graph.weight;
+  c.graph_top_k = r.loss.graph.top_k;
+  c.graph_temperature = r.loss.graph.temperature;
+  c.graph_nodes = r.loss.graph.nodes;
+  c.graph_solver = r.loss.graph.solver;
+  c.gld = {r.loss.graph.feature, r.loss.graph.normalize_features, r.loss.graph.p};
+  c.entropic.epsilon = r.loss.graph.epsilon;
+  c.chunk_rows = r.train.logit_chunk_size;
+  return c;
+}
+
+}  // namespace
+
+Objectives make_objectives(const Recipe& recipe, const Participant& student) {
+  Objectives out;
+  out.data = objective_config(recipe);
+  out.on_policy = effective_on_policy_weight(recipe);
+  out.completions = out.data;
+  const double lambda = recipe.loss.distill_weight;
+  if (out.on_policy > 0) {
+    out.data.sft_weight = 1.0 - lambda;
+    out.data.distill_weight = lambda * (1.0 - out.on_policy);
+    out.completions.sft_weight = 0.0;
+    out.completions.distill_weight = lambda * out.on_policy;
+  }
+  const Truncation truncation{recipe.data.max_length, recipe.data.max_prompt_length};
+  out.on_policy_options = {recipe.loss.on_policy.max_new_tokens, truncation, recipe.alignment.positions,
+                           stop_token_ids(*student.tokenizer, student.chat_template)};
+  const size_t n = recipe.teachers.size();
+  out.mix_weights.assign(n, 1.0 / std::max<size_t>(1, n));
+  if (recipe.loss.teacher_mix == "weights") {
+    double total = 0;
+    for (const auto& t : recipe.teachers) total += t.weight;
+    for (size_t s = 0; s < n; ++s) out.mix_weights[s] = recipe.teachers[s].weight / total;
+  }
+  return out;
+}
+
+double evaluate_student(const Participant& student, const std::vector<TokenizedSequence>& eval, int64_t batch_size,
+                        bool bf16, Communicator& comm, bool lockstep) {
+  at::NoGradGuard no_grad;
+  student.model->eval();
+  std::vector<const TokenizedSequence*> mine;
+  for (size_t i = static_cast<size_t>(comm.rank()); i < eval.size(); i += static_cast<size_t>(comm.world_size()))
+    mine.push_back(&eval[i]);
+  const size_t most = (eval.size() + comm.world_size() - 1) / comm.world_size();
+  const size_t batches = ((lockstep ? most : mine.size()) + batch_size - 1) / batch_size;
+  double loss_sum = 0, tokens = 0;
+  for (size_t i = 0; i < batches; ++i) {
+    const size_t start = std::min(mine.size(), i * batch_size);
+    std::vector<const TokenizedSequence*> rows(mine.begin() + start, mine.begin() + std::min(mine.size(), start + batch_size));
+    const bool idle = rows.empty();
+    if (idle) rows.push_back(&eval.front());
+    ModelBatch batch = collate(rows, student.pad_id());
+    AutocastGuard autocast(student.device.type(), bf16);
+    at::Tensor hidden = student.model->hidden_states(batch.input_ids.to(student.device));
+    at::Tensor labels = batch.labels.to(student.device);
+    at::Tensor where = (labels != kIgnoreIndex).nonzero();
+    at::Tensor logits = student.logits(hidden.index({where.select(1, 0), where.select(1, 1)}));
+    if (idle) continue;
+    loss_sum += at::cross_entropy_loss(logits.to(at::kFloat), labels.index({where.select(1, 0), where.select(1, 1)}),
+                                       {}, at::Reduction::Sum).item<double>();
+    tokens += static_cast<double>(where.size(0));
+  }
+  student.model->train();
+  return comm.all_reduce_sum(loss_sum) / std::max(1.0, comm.all_reduce_sum(tokens));
+}
+
+RunLog::RunLog(const Recipe& recipe, const Communicator& comm, int64_t total_steps, int64_t first_step) {
+  if (!comm.is_main()) return;
+  metrics_.emplace((fs::path(recipe.run.output_dir) / "metrics.jsonl").string(), total_steps, first_step);
+  if (recipe.log.tensorboard) {
+    tensorboard_.emplace((fs::path(recipe.run.output_dir) / "tensorboard").string());
+    spdlog::info("TensorBoard events: {}", tensorboard_->path());
+  }
+}
+
+void RunLog::write(const nlohmann::json& line) {
+  if (metrics_) metrics_->write(line.dump());
+  if (!tensorboard_) return;
+  // Every number of the line as a scalar: train/<key>, or eval/<key> for an evaluation line.
+  const std::string prefix = line.contains("eval_loss") ? "eval/" : "train/";
+  std::vector<std::pair<std::string, double>> values;
+  for (auto it = line.begin(); it != line.end(); ++it)
+    if (it.key() != "step" && (it->is_number() || it->is_boolean()))
+      values.emplace_back(prefix + it.key(), it->is_boolean() ? (it->get<bool>() ? 1.0 : 0.0) : it->get<double>());
+  tensorboard_->scalars(line.at("step").get<int64_t>(), values);
+}
+
+void RunLog::progress(int64_t step, double loss, double lr) {
+  if (metrics_) metrics_->progress(step, loss, lr);
+}
+
+void RunLog::finish_progress() {
+  if (metrics_) metrics_->finish_progress();
+}
+
+}  // namespace lf
