@@ -197,14 +197,20 @@ tasks: [{{name: text, type: perplexity, data: {tmp_path / 'text.jsonl'}}}]
     assert got["bits_per_byte"] == pytest.approx(bits / size, rel=1e-5)
 
 
+def run_bench(script, out, *extra):
+    """bench/SCRIPT --quick --out OUT [extra] with this build's binary; fails the test on an error."""
+    from conftest import BINARY
+    env = {**os.environ, "LOGITFUSE_BIN": str(BINARY)}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick", "--out", str(out), *extra],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc
+
+
 def test_real_fusion_benchmark_quick(real_models, tmp_path):
     # bench/real_fusion.py --quick: the real benchmark's whole path (corpus split by file, teacher cache,
     # three variants trained from the pivot, bpb per domain) at a minute's scale.
-    from conftest import BINARY
-    env = {**os.environ, "LOGITFUSE_BIN": str(BINARY)}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "real_fusion.py"), "--quick", "--out", str(tmp_path)],
-                          capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    run_bench("real_fusion.py", tmp_path)
     report = json.loads((tmp_path / "report.json").read_text())
     assert [r["variant"] for r in report["results"]] == ["sft", "kl-span", "gld+uld"]
     domains = ["de", "fr", "en", "code"]
@@ -221,3 +227,36 @@ def test_real_fusion_benchmark_quick(real_models, tmp_path):
             text = json.loads(line)["response"]
             assert len(text) < 300 or text not in train
     assert (tmp_path / "report.md").exists() and (tmp_path / "bpb_vs_steps.png").exists()
+
+    # A sweep of λ on the same split: the teacher's cache, the base evaluations and SFT are kept; the
+    # distilled variants train again, each in a directory that names its λ.
+    kept = {path: path.stat().st_mtime_ns for path in [tmp_path / "teacher-cache" / "manifest.json",
+                                                       tmp_path / "eval-pivot" / "metrics.json",
+                                                       tmp_path / "runs" / "sft-s1" / "result.json"]}
+    run_bench("real_fusion.py", tmp_path, "--distill-weight", "0.3")
+    assert all(path.stat().st_mtime_ns == when for path, when in kept.items())
+    assert (tmp_path / "runs" / "kl-span-s1-lambda0.2" / "result.json").exists()
+    again = json.loads((tmp_path / "report.json").read_text())
+    assert again["cache_seconds"] == pytest.approx(report["cache_seconds"], abs=0.1)
+    assert again["settings"]["distill_weight"] == 0.3
+    assert (tmp_path / "runs" / "kl-span-s1-lambda0.3.yaml").read_text().count("distill_weight: 0.3") == 1
+
+
+def test_real_span_proof_quick(real_models, tmp_path):
+    # bench/real_span.py --quick: two tiny students from scratch, Gemma's tokenizer (the twin) and
+    # SmolLM2's, SFT-only and KL + SFT from Gemma-3-270M's cached logits, the gain of each measured.
+    proc = run_bench("real_span.py", tmp_path)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [r["variant"] for r in report["results"]] == ["twin-sft", "twin-kl", "cross-sft", "cross-kl-span",
+                                                         "cross-kl-exact"]
+    # The twin reads Gemma's 262,144-entry vocabulary, the cross student SmolLM2's 49,152.
+    twin = json.loads((tmp_path / "init" / "twin" / "config.json").read_text())
+    cross = json.loads((tmp_path / "init" / "cross" / "config.json").read_text())
+    assert twin["vocab_size"] == 262144 and cross["vocab_size"] == 49152
+    assert {k: v for k, v in twin.items() if k != "vocab_size" and "token_id" not in k} == \
+        {k: v for k, v in cross.items() if k != "vocab_size" and "token_id" not in k}
+    for r in report["results"]:
+        assert all(2 < r["bpb"][d] < 20 for d in ["de", "fr", "en", "code"]), r  # untrained: near log2 of the vocabulary per token
+    gains = report["summary"]["gains"]
+    assert set(gains) == {"twin", "span", "exact"}
+    assert "span's gain is" in proc.stdout
