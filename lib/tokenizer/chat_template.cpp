@@ -318,8 +318,12 @@ std::optional<int64_t> leading_bos(const RenderedChat& chat, const ChatTemplate&
       throw InputError("chat template '" + t.name + "' needs a BOS token, and tokenizer " + tokenizer.source() + " has none");
     return bos;
   }
-  if (t.bos_as_tokenizer && tokenizer.prepends_bos()) return bos;
+  if (adds_tokenizer_bos(t, tokenizer)) return bos;
   return std::nullopt;
+}
+
+bool adds_tokenizer_bos(const ChatTemplate& chat_template, const Tokenizer& tokenizer) {
+  return chat_template.bos_as_tokenizer && tokenizer.prepends_bos();
 }
 
 }  // namespace lf

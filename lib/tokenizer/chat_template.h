@@ -59,6 +59,10 @@ struct RenderedChat {
   bool eos = false;
 };
 
+// Whether `chat_template` (bos_as_tokenizer, e.g. `plain`) starts text with `tokenizer`'s BOS because
+// its post-processor does (Gemma): the tokenization, and the logits caches keyed by it, depend on this.
+bool adds_tokenizer_bos(const ChatTemplate& chat_template, const Tokenizer& tokenizer);
+
 // The BOS id a rendering starts with for `tokenizer`, if any (see ChatTemplate::add_bos and
 // bos_as_tokenizer); InputError if the template needs one and the tokenizer has none.
 std::optional<int64_t> leading_bos(const RenderedChat& chat, const ChatTemplate& chat_template, const Tokenizer& tokenizer);

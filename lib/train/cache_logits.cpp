@@ -26,7 +26,7 @@ CacheSpec expected_cache_spec(const Recipe& r, size_t index, const Participant& 
   // `plain` puts the tokenizer's BOS first where its post-processing does (caches written before
   // it did so hold another tokenization, and are refused by this name).
   spec.chat_template = teacher.chat_template.name;
-  if (teacher.chat_template.bos_as_tokenizer && teacher.tokenizer->prepends_bos()) spec.chat_template += "+bos";
+  if (adds_tokenizer_bos(teacher.chat_template, *teacher.tokenizer)) spec.chat_template += "+bos";
   spec.max_length = r.data.max_length;
   spec.max_prompt_length = r.data.max_prompt_length;
   spec.k = std::max<int64_t>(graph ? r.loss.graph.top_k : 1, token ? *r.loss.token.top_k : 1);
