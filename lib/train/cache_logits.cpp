@@ -43,7 +43,7 @@ size_t temperature_index(const CacheSpec& spec, double temperature) {
 
 void write_logits_caches(const Recipe& r) {
   bool any = false;
-  const Truncation truncation{r.data.max_length, r.data.max_prompt_length};
+  const Truncation truncation = recipe_truncation(r);
   const ExampleSet examples = read_examples(r.data.train, r.data.skip_invalid);
   const std::string data_hash = hex64(hash_file(r.data.train));
   for (size_t s = 0; s < r.teachers.size(); ++s) {

@@ -29,6 +29,12 @@ struct PreparedExample {
   int64_t line = 0;
 };
 
+// The recipe's data.max_length and data.max_prompt_length: how every model's tokens of an example
+// are cut, for training, on-policy completions and logits caches alike.
+inline Truncation recipe_truncation(const Recipe& recipe) {
+  return {recipe.data.max_length, recipe.data.max_prompt_length};
+}
+
 // A response that truncation empties (for any model) is an InputError without the location.
 PreparedExample prepare_example(const Example& example, const Participant& student,
                                 const std::vector<const Participant*>& teachers, const Truncation& truncation,

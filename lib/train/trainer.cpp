@@ -57,6 +57,7 @@ Trainer::Trainer(const Recipe& recipe, const TrainOptions& options, const std::s
   // data.train's bytes, hashed once: the key of its logits caches and of a checkpoint's resume.
   const std::string data_hash = hex64(hash_file(recipe.data.train));
   participants_ = std::make_unique<Participants>(load_participants(recipe, plan, data_hash, comm));
+  teachers_ = participants_->teacher_pointers();
   data_ = std::make_unique<TrainingData>(load_training_data(recipe, *participants_));
   log_plan_and_coverage(recipe, plan, *participants_, data_->train);
   alignment_ = std::make_unique<TokenAlignment>(build_token_alignment(recipe, options, *participants_));
@@ -105,8 +106,8 @@ Trainer::StepBatch Trainer::next_step_batch() {
     local_sequences += static_cast<double>(mb.sequences());
     for (const auto* row : mb.student.rows) batch.input_tokens += static_cast<double>(row->length());
     if (on_policy <= 0) continue;
-    batch.completions.push_back(make_on_policy_batch(data_->train, indices, participants_->student,
-                                                     participants_->teacher_pointers(), objectives_->on_policy_options));
+    batch.completions.push_back(
+        make_on_policy_batch(data_->train, indices, participants_->student, teachers_, objectives_->on_policy_options));
     if (const auto& completion = batch.completions.back()) {
       policy_tokens += static_cast<double>(completion->micro.student.label_tokens);
       policy_sequences += static_cast<double>(completion->micro.sequences());
@@ -237,6 +238,13 @@ void Trainer::log_step(const StepResult& r, double seconds) {
   spdlog::debug("{}", line.dump());
 }
 
+double Trainer::evaluate_and_log() {
+  const double eval_loss = evaluate_student(participants_->student, data_->eval, recipe_.train.micro_batch_size, bf16_,
+                                            comm_, participants_->sharded_student != nullptr);
+  log_->write({{"step", state_->step}, {"eval_loss", eval_loss}, {"eval_ppl", std::exp(eval_loss)}});
+  return eval_loss;
+}
+
 void Trainer::checkpoint() {
   write_checkpoint(recipe_.run.output_dir, *weights_, *optimizer_, *state_, comm_, participants_->student.tokenizer_dir,
                    recipe_.checkpoint.keep_last);
@@ -245,16 +253,13 @@ void Trainer::checkpoint() {
 int Trainer::run() {
   const auto& tc = recipe_.train;
   const int64_t total = plan_->total_steps;
-  const bool sharded = participants_->sharded_student != nullptr;
   while (state_->step < total) {
     const auto started = std::chrono::steady_clock::now();
     const StepResult result = step();
     log_step(result, std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
     const int64_t step = state_->step;
-    if (!data_->eval.empty() && tc.eval_every_steps > 0 && step % tc.eval_every_steps == 0 && step < total) {
-      const double eval_loss = evaluate_student(participants_->student, data_->eval, tc.micro_batch_size, bf16_, comm_, sharded);
-      log_->write({{"step", step}, {"eval_loss", eval_loss}, {"eval_ppl", std::exp(eval_loss)}});
-    }
+    if (!data_->eval.empty() && tc.eval_every_steps > 0 && step % tc.eval_every_steps == 0 && step < total)
+      evaluate_and_log();
     if (recipe_.checkpoint.every_steps > 0 && step % recipe_.checkpoint.every_steps == 0 && step < total) checkpoint();
     // Ranks stop together: a signal that reached any rank stops all of them after this step.
     if (comm_.all_reduce_sum(stop_requested() ? 1.0 : 0.0) > 0) {
@@ -273,9 +278,7 @@ int Trainer::run() {
 void Trainer::write_final_model() {
   // The evaluation, then the final model in the student's dtype and Hugging Face layout.
   if (!data_->eval.empty()) {
-    const double eval_loss = evaluate_student(participants_->student, data_->eval, recipe_.train.micro_batch_size, bf16_,
-                                              comm_, participants_->sharded_student != nullptr);
-    log_->write({{"step", state_->step}, {"eval_loss", eval_loss}, {"eval_ppl", std::exp(eval_loss)}});
+    const double eval_loss = evaluate_and_log();
     spdlog::info("eval loss {:.4f} (perplexity {:.3f})", eval_loss, std::exp(eval_loss));
   }
   const fs::path final_dir = fs::path(recipe_.run.output_dir) / "final";

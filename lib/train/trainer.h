@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "config/recipe.h"
 #include "dist/communicator.h"
@@ -35,6 +36,7 @@ struct StepResult {
   bool skipped = false;
 };
 
+struct Participant;
 struct Participants;
 struct TrainingData;
 struct TokenAlignment;
@@ -72,6 +74,8 @@ class Trainer {
   // whose logits were non-finite on any rank), or "". Collective.
   std::string nonfinite_reason(const StepResult& result);
   void log_step(const StepResult& result, double seconds);
+  // The student's loss on data.eval, logged as an evaluation line of the current step.
+  double evaluate_and_log();
   void checkpoint();
   void write_final_model();
   void remove_unfinished_writes();
@@ -81,6 +85,7 @@ class Trainer {
   Communicator& comm_;
   bool bf16_ = false;
   std::unique_ptr<Participants> participants_;
+  std::vector<const Participant*> teachers_;  // participants_->teachers, as the data and on-policy code take them
   std::unique_ptr<TrainingData> data_;
   std::unique_ptr<TokenAlignment> alignment_;
   std::unique_ptr<DistributedOptimizer> optimizer_;

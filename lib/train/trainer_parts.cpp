@@ -91,7 +91,7 @@ Participants load_participants(const Recipe& recipe, const MemoryPlan& plan, con
 }
 
 TrainingData load_training_data(const Recipe& recipe, const Participants& participants) {
-  const Truncation truncation{recipe.data.max_length, recipe.data.max_prompt_length};
+  const Truncation truncation = recipe_truncation(recipe);
   const ExampleSet train_set = read_examples(recipe.data.train, recipe.data.skip_invalid);
   TrainingData data{FusionData(train_set, participants.student, participants.teacher_pointers(), truncation,
                                recipe.alignment.positions, recipe.data.skip_invalid),
@@ -270,8 +270,7 @@ Objectives make_objectives(const Recipe& recipe, const Participant& student) {
     out.completions.sft_weight = 0.0;
     out.completions.distill_weight = lambda * out.on_policy;
   }
-  const Truncation truncation{recipe.data.max_length, recipe.data.max_prompt_length};
-  out.on_policy_options = {recipe.loss.on_policy.max_new_tokens, truncation, recipe.alignment.positions,
+  out.on_policy_options = {recipe.loss.on_policy.max_new_tokens, recipe_truncation(recipe), recipe.alignment.positions,
                            stop_token_ids(*student.tokenizer, student.chat_template)};
   const size_t n = recipe.teachers.size();
   out.mix_weights.assign(n, 1.0 / std::max<size_t>(1, n));

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from conftest import ROOT
-from test_model_logits import SEQUENCES, TOL, logitfuse_logits, reference_logits, write_ids
+from test_model_logits import SEQUENCES, TOL, logitfuse_logits, reference_logits, refused_logits, write_ids
 
 FIXTURES = ROOT / "tests" / "fixtures"
 # Gemma's configs need their layer_types and text_config shrunk too: tests/oracle/test_gemma.py.
@@ -82,9 +82,5 @@ def test_longrope_beyond_the_original_context_uses_the_long_factors(tmp_path, lo
 def test_a_field_that_changes_the_forward_pass_is_refused_by_name(field, value, tmp_path, logitfuse):
     config = shrink(json.loads(CONFIGS["tinyllama-1.1b-chat-v1.0"].read_text()))
     config[field] = value
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "config.json").write_text(json.dumps(config))
-    write_ids(tmp_path / "ids.jsonl", [[1, 2]])
-    proc = logitfuse("logits", "--model", tmp_path / "model", "--input", tmp_path / "ids.jsonl",
-                     "--out", tmp_path / "out.safetensors", expect=2)
-    assert f"field '{field}'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    stderr = refused_logits(config, [1, 2], tmp_path, logitfuse)
+    assert f"field '{field}'" in stderr, stderr

@@ -55,6 +55,19 @@ def write_ids(path, sequences):
     path.write_text("".join(json.dumps(s) + "\n" for s in sequences))
 
 
+def refused_logits(config, ids, tmp_path, logitfuse):
+    """`logitfuse logits` on a model of `config` (no weights needed): it must refuse with one line and
+    exit 2, writing nothing. Returns its stderr."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps(config))
+    write_ids(tmp_path / "ids.jsonl", [ids])
+    proc = logitfuse("logits", "--model", tmp_path / "model", "--input", tmp_path / "ids.jsonl",
+                     "--out", tmp_path / "out.safetensors", expect=2)
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "out.safetensors").exists()
+    return proc.stderr
+
+
 def logitfuse_logits(logitfuse, model_dir, ids_file, out_file, *extra):
     logitfuse("logits", "--model", model_dir, "--input", ids_file, "--out", out_file, *extra)
     tensors = load_file(str(out_file))
