@@ -12,7 +12,9 @@ packages=(cmake ninja-build g++ pkg-config ccache python3-venv libyaml-cpp-dev l
           libopenmpi-dev openmpi-bin
           # The fuzz build (scripts/fuzz.sh, tests/oracle/test_fuzz.py): clang, and libFuzzer with the
           # sanitizer runtimes, which clang only recommends.
-          clang libclang-rt-14-dev)
+          clang libclang-rt-14-dev
+          # `serve`'s HTTP layer (lib/serve/http_server.cpp).
+          libcpp-httplib-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -21,6 +21,7 @@ void add_version(CLI::App& root);
 void add_bench(CLI::App& root);
 void add_loss_eval(CLI::App& root);
 void add_sweep(CLI::App& root);
+void add_serve(CLI::App& root);
 // `bench tokenize`, added to the `bench` subcommand by add_bench.
 void add_bench_tokenize(CLI::App& bench);
 // `bench dlf`, added to the `bench` subcommand by add_bench.

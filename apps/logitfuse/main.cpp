@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
   lf::app::add_bench(app);
   lf::app::add_loss_eval(app);
   lf::app::add_sweep(app);
+  lf::app::add_serve(app);
 
   try {
     app.parse(argc, argv);

@@ -106,6 +106,26 @@ void visit(V& v, EvalConfig& c) {
   v("output_dir", c.output_dir, non_empty());
 }
 
+template <class V>
+void visit(V& v, ServeSettings& c) {
+  v("host", c.host, non_empty());
+  v("port", c.port, in_range<int64_t>(0, 65535));
+  v("model_name", c.model_name);
+  v("max_batch", c.max_batch, at_least<int64_t>(1));
+  v("max_queue", c.max_queue, at_least<int64_t>(0));
+  v("max_context", c.max_context, at_least<int64_t>(0));
+  v("threads", c.threads, at_least<int64_t>(0));
+}
+
+template <class V>
+void visit(V& v, ServeConfig& c) {
+  visit_decoding(v, c);
+  v("serve", c.serve);
+  v("input", c.input);
+  v("output", c.output);
+  v("trace", c.trace);
+}
+
 namespace {
 
 // Throws an InputError for `path`, located at its YAML line (or the override that set it).
@@ -226,7 +246,12 @@ EvalConfig load_eval_config(const std::string& path, const std::vector<std::stri
   return load<EvalConfig>(path, overrides, &check_tasks);
 }
 
+ServeConfig load_serve_config(const std::string& path, const std::vector<std::string>& overrides) {
+  return load<ServeConfig>(path, overrides, nullptr);
+}
+
 std::string generate_config_to_yaml(const GenerateConfig& config) { return to_yaml(config); }
+std::string serve_config_to_yaml(const ServeConfig& config) { return to_yaml(config); }
 std::string eval_config_to_yaml(const EvalConfig& config) { return to_yaml(config); }
 
 }  // namespace lf

@@ -91,12 +91,31 @@ struct EvalConfig : DecodingConfig {
   std::string output_dir = "eval";
 };
 
+// `serve`'s own settings (the `serve:` section); the models, fusion, sampling and generation keys are
+// generate's, and a generate config's input/output/trace are accepted and unused.
+struct ServeSettings {
+  std::string host = "127.0.0.1";
+  int64_t port = 8000;          // 0: any free port (logged)
+  std::string model_name;       // the name clients pass as "model"; default: the model's path as configured (as vLLM)
+  int64_t max_batch = 16;       // requests decoded together
+  int64_t max_queue = 64;       // requests waiting for a batch slot; beyond it: 429
+  int64_t max_context = 0;      // prompt + completion tokens; 0: the model's max_position_embeddings
+  int64_t threads = 0;          // connections served at once; 0: max_batch + max_queue + 8
+};
+
+struct ServeConfig : DecodingConfig {
+  ServeSettings serve;
+  std::optional<std::string> input, output, trace;  // generate's keys: accepted, unused
+};
+
 // Read `path`, apply `key.path=value` overrides, validate every key; InputError names key path and line.
 GenerateConfig load_generate_config(const std::string& path, const std::vector<std::string>& overrides = {});
 EvalConfig load_eval_config(const std::string& path, const std::vector<std::string>& overrides = {});
+ServeConfig load_serve_config(const std::string& path, const std::vector<std::string>& overrides = {});
 
 // The resolved config as YAML (--print-config).
 std::string generate_config_to_yaml(const GenerateConfig& config);
 std::string eval_config_to_yaml(const EvalConfig& config);
+std::string serve_config_to_yaml(const ServeConfig& config);
 
 }  // namespace lf

@@ -50,6 +50,10 @@ std::vector<int64_t> encode_prompt(const Session& session, const std::string& pr
   const auto& examples = shots ? *shots : session.shots;
   messages.insert(messages.end(), examples.begin(), examples.end());
   messages.push_back({"user", prompt});
+  return encode_messages(session, messages);
+}
+
+std::vector<int64_t> encode_messages(const Session& session, const std::vector<Message>& messages) {
   const Tokenizer& tokenizer = *session.set.tokenizer;
   const RenderedChat chat = render_generation_prompt(session.chat_template, messages, tokenizer.special_tokens().eos_text);
   std::vector<int64_t> ids;

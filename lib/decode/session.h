@@ -31,6 +31,8 @@ std::unique_ptr<Session> open_session(const DecodingConfig& config);
 // the in-context examples (`shots`, else the session's) as user/assistant turns before it.
 std::vector<int64_t> encode_prompt(const Session& session, const std::string& prompt, const std::string& system = {},
                                    const std::vector<Message>* shots = nullptr);
+// A conversation ending with a user turn, rendered with the generation prompt (serve's chat requests).
+std::vector<int64_t> encode_messages(const Session& session, const std::vector<Message>& messages);
 
 // The first `n` worked examples of a JSONL file ({"prompt", "response"} per line) as alternating
 // user and assistant messages; fewer lines than `n`, or a malformed line, is an InputError naming it.

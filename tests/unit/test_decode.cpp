@@ -21,49 +21,17 @@
 #include "kernels/dlf_rows.h"
 #include "model/transformer.h"
 #include "test_helpers.h"
+#include "decode_fixtures.h"
 
 using Catch::Matchers::Contains;
 
+using lf::test::fused_set;
+using lf::test::ids_of;
+using lf::test::kVocab;
+using lf::test::prompts;
+using lf::test::tiny;
+
 namespace {
-
-constexpr int64_t kVocab = 50;
-
-lf::DecodingModel tiny(const std::string& name, uint64_t seed, int64_t hidden = 32, const std::string& arch = "llama") {
-  lf::ModelConfig c = lf::default_model_config(arch);
-  c.vocab_size = kVocab;
-  c.hidden_size = hidden;
-  c.intermediate_size = 2 * hidden;
-  c.num_layers = 2;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = hidden / 4;
-  lf::DecodingModel m;
-  m.name = name;
-  m.model = std::make_shared<lf::CausalLM>(c, at::TensorOptions().dtype(at::kFloat));
-  m.model->init_weights(seed);
-  m.model->eval();
-  return m;
-}
-
-// large (hidden 48), base, and `experts` experts: all random, sharing the vocabulary.
-lf::ModelSet fused_set(const std::string& strategy, std::vector<double> grid = lf::kernels::alpha_grid(0, 2, 0.1),
-                       int experts = 2, double static_alpha = 1.0) {
-  std::vector<lf::DecodingModel> models = {tiny("large", 1, 48, "qwen3"), tiny("base", 2)};
-  for (int i = 0; i < experts; ++i) models.push_back(tiny("e" + std::to_string(i), 3 + i));
-  lf::FusionSpec spec{strategy, grid, static_alpha};
-  if (strategy == "large_only") models.resize(1);
-  return lf::make_model_set(models, spec, kVocab);
-}
-
-std::vector<std::vector<int64_t>> prompts() {
-  return {{5, 6, 7, 8, 9, 10, 11}, {12, 13}, {14, 15, 16, 17}, {18}, {19, 20, 21, 22, 23}};
-}
-
-std::vector<std::vector<int64_t>> ids_of(const std::vector<lf::Completion>& cs) {
-  std::vector<std::vector<int64_t>> out;
-  for (const auto& c : cs) out.push_back(c.ids);
-  return out;
-}
 
 at::Tensor random_logits(int64_t rows, int64_t vocab, uint64_t seed, double scale = 3.0) {
   auto g = at::detail::createCPUGenerator(seed);

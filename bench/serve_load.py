@@ -1,0 +1,183 @@
+"""Load test of `logitfuse serve` (localhost only, bounded): 1, 4, 16 and 64 concurrent streams on a
+small model and on SmolLM2-135M-Instruct, on this machine's CPU. Each stream is one streamed
+completion of a distinct prompt with a fixed number of tokens (ignore_eos). Reported per level:
+requests/s, generated tokens/s, p50/p99 time to first token and between tokens; the speed-up of
+tokens/s over one stream; whether every stream's tokens equal its own run alone (sequential, not
+streamed). Beside it, on the same model, threads and prompts: transformers' generate loop with the
+level's batch (left-padded, greedy, the same token count), tokens/s.
+
+    python bench/serve_load.py [--models small,smollm2] [--streams 1,4,16,64] [--tokens 32] [--quick]
+
+Writes runs/serve-load/report.json and prints a markdown table."""
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import http.client
+import torch
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "oracle"))
+import serve_client  # noqa: E402
+
+BINARY = Path(os.environ.get("LOGITFUSE_BIN", ROOT / "build" / "bin" / "logitfuse"))
+MODELS = Path(os.environ.get("LOGITFUSE_HOME", Path.home() / ".cache" / "logitfuse")) / "models"
+SMOLLM2 = MODELS / "smollm2-135m-instruct"
+
+WORDS = ("river stone cloud tiger piano lemon candle forest rocket violet castle garden pepper silver "
+         "winter apple harbor meadow thunder marble canyon falcon lantern orchard").split()
+
+
+def prompts(n):
+    return [f"Write a short story about a {WORDS[i % len(WORDS)]} and a {WORDS[(7 * i + 3) % len(WORDS)]} "
+            f"(number {i})." for i in range(n)]
+
+
+def small_model(out):
+    """A random Llama (hidden 256, 4 layers) with SmolLM2's tokenizer: the serving path without the
+    weight of a real model."""
+    if not (out / "config.json").exists():
+        serve_client.subprocess.run([str(BINARY), "init-model", "--arch", "llama", "--out", str(out), "--tokenizer",
+                                     str(SMOLLM2), "--hidden", "256", "--layers", "4", "--heads", "4", "--kv-heads", "2",
+                                     "--intermediate", "512", "--seed", "1"], check=True, capture_output=True)
+    return out
+
+
+def stream_one(url, prompt, tokens):
+    """One streamed completion: (token ids, time to first token, gaps between tokens)."""
+    body = {"model": "m", "prompt": prompt, "max_tokens": tokens, "stream": True, "ignore_eos": True,
+            "return_token_ids": True, "temperature": 0}
+    start = time.perf_counter()
+    ids, stamps = [], []
+    u = urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
+    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    for raw in r:
+        line = raw.decode().rstrip("\n")
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        chunk = json.loads(line[6:])
+        for t in (chunk["choices"][0].get("token_ids") or []) if chunk["choices"] else []:
+            ids.append(t)
+            stamps.append(time.perf_counter())
+    conn.close()
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    return ids, stamps[0] - start, gaps
+
+
+def alone(url, prompt, tokens):
+    u = urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
+    conn.request("POST", "/v1/completions", json.dumps({"model": "m", "prompt": prompt, "max_tokens": tokens,
+                                                        "ignore_eos": True, "return_token_ids": True,
+                                                        "temperature": 0}), {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    body = json.loads(r.read())
+    conn.close()
+    if r.status != 200:
+        raise RuntimeError(f"{r.status}: {body}")
+    return body["choices"][0]["token_ids"]
+
+
+def pct(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))] if values else float("nan")
+
+
+def transformers_tokens_per_s(model_dir, texts, tokens, threads):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    torch.set_num_threads(threads)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    batch = tok(texts, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        start = time.perf_counter()
+        out = model.generate(**batch, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                             pad_token_id=tok.pad_token_id)
+        seconds = time.perf_counter() - start
+    return (out.shape[1] - batch["input_ids"].shape[1]) * len(texts) / seconds
+
+
+def run_model(name, model_dir, levels, tokens, work, hf):
+    cfg = work / f"{name}.yaml"
+    cfg.write_text(f"model: {{path: {model_dir}, dtype: fp32, device: cpu}}\n"
+                   f"generation: {{max_new_tokens: {tokens}, chat_template: plain}}\n")
+    rows = []
+    with serve_client.serving(BINARY, cfg, "serve.model_name=m", f"serve.max_batch={max(levels)}",
+                              f"serve.max_queue={2 * max(levels)}") as server:
+        texts = prompts(max(levels))
+        alone(server.url, texts[0], 4)  # warm-up
+        reference = {}
+        for level in levels:
+            batch = texts[:level]
+            for p in batch:
+                if p not in reference:
+                    reference[p] = alone(server.url, p, tokens)
+            start = time.perf_counter()
+            with cf.ThreadPoolExecutor(level) as pool:
+                results = list(pool.map(lambda p: stream_one(server.url, p, tokens), batch))
+            wall = time.perf_counter() - start
+            generated = sum(len(ids) for ids, _, _ in results)
+            row = {"model": name, "streams": level, "requests_per_s": level / wall, "tokens_per_s": generated / wall,
+                   "ttft_p50": pct([t for _, t, _ in results], 0.5), "ttft_p99": pct([t for _, t, _ in results], 0.99),
+                   "itl_p50": pct([g for *_, gs in results for g in gs], 0.5),
+                   "itl_p99": pct([g for *_, gs in results for g in gs], 0.99),
+                   "equal_to_alone": all(ids == reference[p] for (ids, _, _), p in zip(results, batch)),
+                   "wall_s": wall}
+            if hf:
+                row["transformers_tokens_per_s"] = transformers_tokens_per_s(model_dir, batch, tokens, torch.get_num_threads())
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    one = next(r["tokens_per_s"] for r in rows if r["streams"] == levels[0])
+    for r in rows:
+        r["speedup_vs_one"] = r["tokens_per_s"] / one
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="small,smollm2")
+    ap.add_argument("--streams", default="1,4,16,64")
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--no-transformers", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="small model, 1 and 4 streams, 8 tokens (the tests)")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "serve-load"))
+    a = ap.parse_args()
+    if a.quick:
+        a.models, a.streams, a.tokens = "small", "1,4", 8
+    levels = [int(s) for s in a.streams.split(",")]
+    work = Path(a.out)
+    work.mkdir(parents=True, exist_ok=True)
+    if not SMOLLM2.exists():
+        sys.exit(f"{SMOLLM2} is missing: run scripts/fetch-models.sh")
+    rows = []
+    for name in a.models.split(","):
+        model_dir = small_model(work / "small-model") if name == "small" else SMOLLM2
+        rows += run_model(name, model_dir, levels, a.tokens, work, not a.no_transformers)
+    (work / "report.json").write_text(json.dumps({"tokens": a.tokens, "threads": torch.get_num_threads(),
+                                                  "cpu_count": os.cpu_count(), "rows": rows}, indent=1))
+    print(f"\n{a.tokens} tokens per stream, {torch.get_num_threads()} threads\n")
+    print("| model | streams | req/s | tok/s | × one stream | TTFT p50 / p99 s | ITL p50 / p99 ms | "
+          "tokens = alone | transformers generate tok/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        hf = f"{r['transformers_tokens_per_s']:.1f}" if "transformers_tokens_per_s" in r else ""
+        print(f"| {r['model']} | {r['streams']} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.1f} | "
+              f"{r['speedup_vs_one']:.2f} | {r['ttft_p50']:.3f} / {r['ttft_p99']:.3f} | "
+              f"{1000 * r['itl_p50']:.1f} / {1000 * r['itl_p99']:.1f} | {r['equal_to_alone']} | {hf} |")
+    if not all(r["equal_to_alone"] for r in rows):
+        sys.exit("some stream's tokens differ from its run alone")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,324 @@
+#include "serve/engine.h"
+
+#include <ATen/ATen.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <map>
+
+#include "decode/sampling.h"
+#include "tokenizer/tokenizer.h"
+
+namespace lf::serve {
+
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// The longest prefix of `text` that ends on a UTF-8 character boundary at or before `end`.
+size_t utf8_boundary(const std::string& text, size_t end) {
+  while (end > 0 && end < text.size() && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) --end;
+  return end;
+}
+
+}  // namespace
+
+struct Engine::Row {
+  std::shared_ptr<Request> request;
+  std::vector<int64_t> ids;  // generated so far (without the EOS that ends a row)
+  int64_t step = 0;          // tokens sampled so far
+  int64_t pending = -1;      // the last sampled token, fed at the next step
+  int64_t route = -1;        // fusion.multi_expert route: the row's expert once chosen
+  size_t emitted = 0;        // bytes of the decoded text already sent
+  size_t hold_back = 0;      // bytes a stop string could still be completing
+  bool done = false;
+  Clock::time_point last_token;
+};
+
+struct Engine::ScoreJob {
+  std::vector<int64_t> ids;
+  int64_t k = 0;
+  RequestFusion fusion;
+  std::promise<PromptLogprobs> result;
+};
+
+Request::Request(GenerationParams params) : params_(std::move(params)) {}
+
+std::optional<Event> Request::next(std::chrono::milliseconds wait) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (!ready_.wait_for(lock, wait, [&] { return !events_.empty(); })) return std::nullopt;
+  Event e = std::move(events_.front());
+  events_.pop_front();
+  return e;
+}
+
+void Request::push(Event event) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    events_.push_back(std::move(event));
+  }
+  ready_.notify_all();
+}
+
+Engine::Engine(ModelSet& set, const Tokenizer& tokenizer, std::vector<int64_t> eos_ids, int64_t pad_id,
+               EngineLimits limits, Metrics& metrics)
+    : set_(set),
+      tokenizer_(tokenizer),
+      eos_ids_(std::move(eos_ids)),
+      pad_id_(pad_id),
+      limits_(limits),
+      metrics_(metrics),
+      batch_(std::make_unique<ContinuousBatch>(set)) {
+  thread_ = std::thread([this] { loop(); });
+}
+
+Engine::~Engine() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+Engine::Admission Engine::submit(const std::shared_ptr<Request>& request) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (closed_) return Admission::kClosed;
+    if (static_cast<int64_t>(waiting_.size() + scoring_.size()) >= limits_.max_queue) return Admission::kQueueFull;
+    waiting_.push_back(request);
+    metrics_.queue_length(static_cast<int64_t>(waiting_.size()));
+  }
+  wake_.notify_all();
+  return Admission::kAccepted;
+}
+
+Engine::Admission Engine::score(const std::vector<int64_t>& ids, int64_t k, const RequestFusion& fusion,
+                                std::future<PromptLogprobs>& result) {
+  auto job = std::make_shared<ScoreJob>();
+  job->ids = ids;
+  job->k = k;
+  job->fusion = fusion;
+  result = job->result.get_future();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (closed_) return Admission::kClosed;
+    if (static_cast<int64_t>(waiting_.size() + scoring_.size()) >= limits_.max_queue) return Admission::kQueueFull;
+    scoring_.push_back(job);
+  }
+  wake_.notify_all();
+  return Admission::kAccepted;
+}
+
+void Engine::close() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  closed_ = true;
+}
+
+void Engine::wait_idle() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  idle_.wait(lock, [&] { return waiting_.empty() && scoring_.empty() && running_count_ == 0; });
+}
+
+void Engine::loop() {
+  c10::InferenceMode inference;
+  while (true) {
+    std::vector<std::shared_ptr<Request>> joiners;
+    std::shared_ptr<ScoreJob> job;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_.wait(lock, [&] { return stopping_ || !waiting_.empty() || !scoring_.empty() || !rows_.empty(); });
+      if (stopping_) break;
+      while (!waiting_.empty() && static_cast<int64_t>(rows_.size() + joiners.size()) < limits_.max_batch) {
+        if (!waiting_.front()->cancelled()) joiners.push_back(waiting_.front());
+        waiting_.pop_front();
+      }
+      if (!scoring_.empty()) {
+        job = scoring_.front();
+        scoring_.pop_front();
+      }
+      running_count_ = static_cast<int64_t>(rows_.size() + joiners.size()) + (job ? 1 : 0);
+      metrics_.queue_length(static_cast<int64_t>(waiting_.size()));
+    }
+    if (job) {
+      try {
+        job->result.set_value(prompt_logprobs(set_, job->fusion, job->ids, job->k));
+      } catch (...) {
+        job->result.set_exception(std::current_exception());
+      }
+    }
+    const auto start = Clock::now();
+    try {
+      drop_finished();
+      if (!joiners.empty()) admit(joiners);
+      drop_finished();
+      if (!rows_.empty()) step();
+      drop_finished();
+    } catch (const std::exception& e) {
+      spdlog::error("serve: a decoding step failed, its requests get an error: {}", e.what());
+      fail_all(e.what());
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    running_count_ = static_cast<int64_t>(rows_.size());
+    metrics_.step(static_cast<int64_t>(rows_.size()), limits_.max_batch, static_cast<int64_t>(waiting_.size()),
+                  seconds_since(start));
+    if (rows_.empty() && waiting_.empty() && scoring_.empty()) idle_.notify_all();
+  }
+  fail_all("the server is shutting down");
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (auto& r : waiting_) r->push(Event{Event::Kind::kError, -1, "the server is shutting down", {}, {}, 0});
+  waiting_.clear();
+  running_count_ = 0;
+  idle_.notify_all();
+}
+
+void Engine::admit(std::vector<std::shared_ptr<Request>>& joiners) {
+  std::vector<std::vector<int64_t>> prompts;
+  for (const auto& r : joiners) prompts.push_back(r->params().prompt);
+  const size_t first = rows_.size();
+  std::vector<at::Tensor> logits;
+  try {
+    logits = batch_->admit(prompts, pad_id_);
+  } catch (const std::exception& e) {
+    // The running rows are untouched (the joiners' caches were never appended): only joiners fail.
+    for (auto& r : joiners) r->push(Event{Event::Kind::kError, -1, e.what(), {}, {}, 0});
+    return;
+  }
+  for (auto& r : joiners) {
+    Row row;
+    row.request = r;
+    for (const auto& s : r->params().stop) row.hold_back = std::max(row.hold_back, s.empty() ? 0 : s.size() - 1);
+    rows_.push_back(std::move(row));
+    metrics_.tokens(static_cast<int64_t>(r->params().prompt.size()), 0);
+  }
+  sample_and_emit(logits, first, /*first_step=*/true);
+}
+
+void Engine::step() {
+  std::vector<int64_t> tokens;
+  for (const auto& row : rows_) tokens.push_back(row.pending);
+  sample_and_emit(batch_->step(tokens), 0, /*first_step=*/false);
+}
+
+void Engine::sample_and_emit(const std::vector<at::Tensor>& logits, size_t first_row, bool first_step) {
+  // Rows with the same fusion are fused in one call.
+  std::map<std::string, std::vector<int64_t>> groups;
+  const int64_t n = logits.at(0).size(0);
+  for (int64_t j = 0; j < n; ++j) groups[rows_[first_row + j].request->params().fusion.key()].push_back(j);
+  for (const auto& [key, members] : groups) {
+    const RequestFusion& fusion = rows_[first_row + members[0]].request->params().fusion;
+    const FusionView view = fusion_view(set_, fusion);
+    const at::Tensor index = at::tensor(members, at::TensorOptions().dtype(at::kLong));
+    std::vector<at::Tensor> rows(logits.size());
+    for (size_t i : view.inputs) rows[i] = logits[i].index_select(0, index.to(logits[i].device()));
+    at::Tensor route;
+    const bool routed = fusion.spec.strategy == "dynamic" && fusion.spec.multi_expert == "route" && view.set.experts.size() > 1;
+    if (routed && !first_step) {
+      std::vector<int64_t> chosen;
+      for (int64_t j : members) chosen.push_back(rows_[first_row + j].route);
+      route = at::tensor(chosen, at::TensorOptions().dtype(at::kLong));
+    }
+    const FusedRows fused = fuse_view(view, rows, &route);
+    if (routed && first_step) {
+      const at::Tensor chosen = route.to(at::kCPU);
+      for (size_t m = 0; m < members.size(); ++m) rows_[first_row + members[m]].route = chosen[m].item<int64_t>();
+    }
+    for (size_t m = 0; m < members.size(); ++m) {
+      Row& row = rows_[first_row + members[m]];
+      const GenerationParams& p = row.request->params();
+      const at::Tensor z = fused.logits.narrow(0, static_cast<int64_t>(m), 1);
+      const int64_t token = sample_tokens(z, p.sampling, {0}, row.step).item<int64_t>();
+      std::optional<TokenLogprobs> lp;
+      if (p.top_logprobs >= 0) {
+        const at::Tensor l = at::log_softmax(z.squeeze(0).to(at::kFloat), -1).to(at::kCPU);
+        lp = TokenLogprobs{l[token].item<double>(), {}};
+        if (p.top_logprobs > 0) {
+          auto [values, ids] = l.topk(std::min<int64_t>(p.top_logprobs, l.size(0)));
+          for (int64_t i = 0; i < values.size(0); ++i) lp->top.emplace_back(ids[i].item<int64_t>(), values[i].item<double>());
+        }
+      }
+      emit(row, token, std::move(lp));
+    }
+  }
+}
+
+void Engine::emit(Row& row, int64_t token, std::optional<TokenLogprobs> logprobs) {
+  const GenerationParams& p = row.request->params();
+  const auto now = Clock::now();
+  if (row.step == 0)
+    metrics_.time_to_first_token(std::chrono::duration<double>(now - row.request->arrival).count());
+  else
+    metrics_.inter_token(std::chrono::duration<double>(now - row.last_token).count());
+  row.last_token = now;
+  ++row.step;
+  if (!p.ignore_eos && std::find(eos_ids_.begin(), eos_ids_.end(), token) != eos_ids_.end()) {
+    finish(row, "stop");
+    return;
+  }
+  row.ids.push_back(token);
+  metrics_.tokens(0, 1);
+  const std::string text = tokenizer_.decode(row.ids, /*skip_special_tokens=*/true);
+  size_t stop_at = std::string::npos;
+  for (const auto& s : p.stop)
+    if (!s.empty()) stop_at = std::min(stop_at, text.find(s));
+  Event event{Event::Kind::kToken, token, {}, std::move(logprobs), {}, 0};
+  if (stop_at != std::string::npos) {
+    if (stop_at > row.emitted) event.text = text.substr(row.emitted, stop_at - row.emitted);
+    row.emitted = std::max(row.emitted, stop_at);
+    row.request->push(std::move(event));
+    finish(row, "stop");
+    return;
+  }
+  // Hold back what a stop string could still be completing, and a character whose bytes are not all
+  // here yet (decoded as U+FFFD until they are).
+  size_t visible = text.size() - std::min(text.size(), row.hold_back);
+  static const std::string kReplacement = "\xEF\xBF\xBD";
+  if (text.size() >= 3 && text.compare(text.size() - 3, 3, kReplacement) == 0) visible = std::min(visible, text.size() - 3);
+  visible = utf8_boundary(text, visible);
+  if (visible > row.emitted) {
+    event.text = text.substr(row.emitted, visible - row.emitted);
+    row.emitted = visible;
+  }
+  row.request->push(std::move(event));
+  if (static_cast<int64_t>(row.ids.size()) >= p.max_tokens) {
+    finish(row, "length");
+    return;
+  }
+  row.pending = token;
+}
+
+void Engine::finish(Row& row, const std::string& reason) {
+  Event event{Event::Kind::kFinish, -1, {}, {}, reason, static_cast<int64_t>(row.ids.size())};
+  // Whatever was held back is final now, up to the first stop string (where a stop already cut the
+  // text, `emitted` is at the cut and nothing follows).
+  const std::string text = tokenizer_.decode(row.ids, true);
+  size_t end = text.size();
+  for (const auto& s : row.request->params().stop)
+    if (!s.empty()) end = std::min(end, text.find(s));
+  if (end > row.emitted) event.text = text.substr(row.emitted, end - row.emitted);
+  row.done = true;
+  metrics_.request_latency(seconds_since(row.request->arrival));
+  row.request->push(std::move(event));
+}
+
+void Engine::drop_finished() {
+  std::vector<int64_t> keep;
+  for (size_t i = 0; i < rows_.size(); ++i)
+    if (!rows_[i].done && !rows_[i].request->cancelled()) keep.push_back(static_cast<int64_t>(i));
+  if (keep.size() == rows_.size()) return;
+  batch_->keep(keep);
+  std::vector<Row> kept;
+  for (int64_t i : keep) kept.push_back(std::move(rows_[i]));
+  rows_ = std::move(kept);
+}
+
+void Engine::fail_all(const std::string& message) {
+  for (auto& row : rows_)
+    if (!row.done) row.request->push(Event{Event::Kind::kError, -1, message, {}, {}, 0});
+  rows_.clear();
+  batch_ = std::make_unique<ContinuousBatch>(set_);
+}
+
+}  // namespace lf::serve

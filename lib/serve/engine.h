@@ -1,0 +1,134 @@
+// The serving engine: one thread that runs the continuous batch (decode/continuous.h). Requests join
+// at step boundaries (up to a batch limit, behind a bounded queue) and leave when they finish or
+// their client goes away; each row keeps its own sampling, stop rules and fusion. HTTP threads talk
+// to it through a Request (a queue of events) and never touch a model.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "decode/config.h"
+#include "decode/continuous.h"
+#include "decode/model_set.h"
+#include "serve/metrics.h"
+#include "serve/request_fusion.h"
+
+namespace lf {
+class Tokenizer;
+}
+
+namespace lf::serve {
+
+struct GenerationParams {
+  std::vector<int64_t> prompt;
+  int64_t max_tokens = 16;  // >= 1
+  SamplingConfig sampling;  // per request; randomness keyed by (seed, 0, step) as generate's first prompt
+  std::vector<std::string> stop;
+  int64_t top_logprobs = -1;  // -1: no logprobs; else that many alternatives per generated token
+  bool ignore_eos = false;    // vLLM's extension: generate max_tokens whatever the model says (load tests)
+  RequestFusion fusion;
+};
+
+struct TokenLogprobs {
+  double logprob = 0;
+  std::vector<std::pair<int64_t, double>> top;
+};
+
+struct Event {
+  enum class Kind { kToken, kFinish, kError };
+  Kind kind = Kind::kToken;
+  int64_t token = -1;
+  std::string text;  // kToken: text this token made final (may be empty: held back for a stop string)
+  std::optional<TokenLogprobs> logprobs;
+  std::string finish_reason;  // kFinish: stop | length; kError: the message in `text`
+  int64_t completion_tokens = 0;
+};
+
+// One generation request, shared by its HTTP thread (consumer) and the engine (producer).
+class Request {
+ public:
+  explicit Request(GenerationParams params);
+  const GenerationParams& params() const { return params_; }
+  // The next event, waiting at most `wait`; nullopt on time-out.
+  std::optional<Event> next(std::chrono::milliseconds wait);
+  // The client went away: the engine frees the row at its next step boundary.
+  void cancel() { cancelled_ = true; }
+  bool cancelled() const { return cancelled_; }
+  void push(Event event);
+  const std::chrono::steady_clock::time_point arrival = std::chrono::steady_clock::now();
+
+ private:
+  GenerationParams params_;
+  std::atomic<bool> cancelled_{false};
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::deque<Event> events_;
+};
+
+struct EngineLimits {
+  int64_t max_batch = 16;  // rows decoded together
+  int64_t max_queue = 64;  // requests waiting for a row; beyond it submit() refuses
+};
+
+class Engine {
+ public:
+  Engine(ModelSet& set, const Tokenizer& tokenizer, std::vector<int64_t> eos_ids, int64_t pad_id, EngineLimits limits,
+         Metrics& metrics);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  enum class Admission { kAccepted, kQueueFull, kClosed };
+  Admission submit(const std::shared_ptr<Request>& request);
+  // Prompt logprobs, computed on the engine's thread between steps (a queued job like a request).
+  Admission score(const std::vector<int64_t>& ids, int64_t k, const RequestFusion& fusion,
+                  std::future<PromptLogprobs>& result);
+  // Stops admissions; what is running or queued still finishes.
+  void close();
+  // Blocks until nothing runs or waits (after close(): the engine is done).
+  void wait_idle();
+  int64_t running() const { return running_count_; }
+
+ private:
+  struct Row;
+  struct ScoreJob;
+  void loop();
+  void admit(std::vector<std::shared_ptr<Request>>& joiners);
+  void step();
+  void sample_and_emit(const std::vector<at::Tensor>& logits, size_t first_row, bool first_step);
+  void drop_finished();
+  void fail_all(const std::string& message);
+  void emit(Row& row, int64_t token, std::optional<TokenLogprobs> logprobs);
+  void finish(Row& row, const std::string& reason);
+
+  ModelSet& set_;
+  const Tokenizer& tokenizer_;
+  std::vector<int64_t> eos_ids_;
+  int64_t pad_id_;
+  EngineLimits limits_;
+  Metrics& metrics_;
+
+  std::mutex mutex_;
+  std::condition_variable wake_, idle_;
+  std::deque<std::shared_ptr<Request>> waiting_;
+  std::deque<std::shared_ptr<ScoreJob>> scoring_;
+  bool closed_ = false, stopping_ = false;
+  std::atomic<int64_t> running_count_{0};
+
+  // Engine thread only.
+  std::unique_ptr<ContinuousBatch> batch_;
+  std::vector<Row> rows_;
+  std::thread thread_;
+};
+
+}  // namespace lf::serve

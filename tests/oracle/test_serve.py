@@ -1,0 +1,315 @@
+"""`logitfuse serve` with real clients (the official `openai` package, curl, raw sockets) on the DLF
+workspace's models (dlf_workspace.py): greedy outputs equal `generate`'s token for token, plain and
+fused, alone and in a full batch; prompt and completion logprobs equal `logits`; the `fusion` field;
+bad requests, the queue limit, clients that vanish mid-stream, and SIGTERM under load."""
+import concurrent.futures as cf
+import json
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from openai import OpenAI
+import openai
+from safetensors.numpy import load_file
+
+import dlf_workspace as ws
+from conftest import BINARY
+import serve_client
+
+
+def serving(binary, cfg, *overrides):
+    """The generate config served as the model "tiny", 16 rows at once (the overrides may change it)."""
+    return serve_client.serving(binary, cfg, "serve.model_name=tiny", "serve.max_batch=16", *overrides)
+
+
+wait_until = serve_client.wait_until
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory, logitfuse):
+    return ws.build(tmp_path_factory.mktemp("serve"), logitfuse)
+
+
+def read_jsonl(path):
+    return [json.loads(l) for l in Path(path).read_text().splitlines()]
+
+
+def config(paths, name, strategy="dynamic", experts=("secret", "color"), extra=""):
+    root = Path(paths["root"])
+    if strategy == "plain":
+        models = f"model: {{path: {paths['large']}, dtype: fp32, device: cpu}}\n"
+    else:
+        lines = "".join(f"    - {{name: {e}, path: {paths[e]}, dtype: fp32, device: cpu}}\n" for e in experts)
+        models = (f"models:\n  large: {{path: {paths['large']}, dtype: fp32, device: cpu}}\n"
+                  f"  base: {{path: {paths['base']}, dtype: fp32, device: cpu}}\n  experts:\n{lines}"
+                  f"fusion: {{strategy: {strategy}}}\n")
+    path = root / f"{name}.yaml"
+    path.write_text(models + f"""generation: {{max_new_tokens: 6, batch_size: 16, chat_template: plain}}
+input: {root}/secret_prompts.jsonl
+output: {root}/{name}.jsonl
+{extra}""")
+    return path
+
+
+def generated(logitfuse, cfg, *overrides):
+    logitfuse("generate", cfg, *overrides)
+    out = Path(cfg).with_suffix(".jsonl")
+    return read_jsonl(out)
+
+
+def client(server):
+    return OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=120)
+
+
+def chat(c, prompt, **kw):
+    r = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": prompt}],
+                                  extra_body={"return_token_ids": True, **kw.pop("extra", {})}, **kw)
+    return r.choices[0]
+
+
+def post(server, path, body, raw=None):
+    """(status, parsed JSON) through curl, so the HTTP seen is a plain client's."""
+    data = raw if raw is not None else json.dumps(body)
+    proc = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", "-X", "POST", server.url + path, "-H",
+                           "Content-Type: application/json", "--data-binary", data], capture_output=True, text=True)
+    text, code = proc.stdout.rsplit("\n", 1)
+    return int(code), json.loads(text)
+
+
+@pytest.mark.parametrize("strategy", ["plain", "dynamic"])
+def test_greedy_outputs_equal_generate_alone_and_in_a_full_batch(paths, logitfuse, strategy):
+    cfg = config(paths, f"greedy_{strategy}", strategy)
+    want = generated(logitfuse, cfg)
+    assert len(want) == 16 and any(w["completion_ids"] for w in want)
+    with serving(BINARY, cfg) as server:
+        c = client(server)
+        for w in want[:4]:  # one at a time
+            got = chat(c, w["prompt"])
+            assert got.prompt_token_ids == w["prompt_ids"]
+            assert got.token_ids == w["completion_ids"], w["prompt"]
+            assert got.message.content == w["completion"]
+        with cf.ThreadPoolExecutor(16) as pool:  # all 16 at once: one full batch, joining as they come
+            got = list(pool.map(lambda w: chat(c, w["prompt"]), want))
+        assert [g.token_ids for g in got] == [w["completion_ids"] for w in want]
+        assert [g.message.content for g in got] == [w["completion"] for w in want]
+        # The completions endpoint with the same token ids gives the same tokens.
+        r = c.completions.create(model="tiny", prompt=want[0]["prompt_ids"], max_tokens=6,
+                                 extra_body={"return_token_ids": True})
+        assert r.choices[0].token_ids == want[0]["completion_ids"]
+
+
+def test_streaming_equals_the_whole_answer_with_openai_and_curl(paths):
+    cfg = config(paths, "stream", "dynamic")
+    with serving(BINARY, cfg) as server:
+        c = client(server)
+        prompt = ws.secret_prompt("apple")
+        whole = chat(c, prompt, max_tokens=12, extra={"ignore_eos": True})
+        chunks = list(c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": prompt}],
+                                                max_tokens=12, stream=True, stream_options={"include_usage": True},
+                                                extra_body={"ignore_eos": True}))
+        text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        assert text == whole.message.content
+        assert chunks[0].choices[0].delta.role == "assistant"
+        assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "length"
+        assert chunks[-1].usage.completion_tokens == 12 and chunks[-1].usage.prompt_tokens > 0
+        # Completions, streamed through curl: server-sent events ending with [DONE].
+        proc = subprocess.run(["curl", "-sN", server.url + "/v1/completions", "-d",
+                               json.dumps({"prompt": prompt, "max_tokens": 12, "stream": True, "ignore_eos": True})],
+                              capture_output=True, text=True, check=True)
+        events = [l[len("data: "):] for l in proc.stdout.splitlines() if l.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        streamed = "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1])
+        plain = c.completions.create(model="tiny", prompt=prompt, max_tokens=12, extra_body={"ignore_eos": True})
+        assert streamed == plain.choices[0].text
+
+
+def log_softmax(z):
+    z = z.astype(np.float64)
+    m = z.max(-1, keepdims=True)
+    return z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
+
+
+def test_prompt_and_completion_logprobs_equal_logits(paths, logitfuse, tmp_path):
+    cfg = config(paths, "logprobs", "plain")
+    with serving(BINARY, cfg) as server:
+        c = client(server)
+        r = c.completions.create(model="tiny", prompt=ws.secret_prompt("river"), max_tokens=6, logprobs=3,
+                                 extra_body={"return_token_ids": True, "ignore_eos": True})
+        choice = r.choices[0]
+        ids = choice.prompt_token_ids + choice.token_ids
+        # The teacher's request: top-5 logprobs at every prompt position (vLLM's shape).
+        code, scored = post(server, "/v1/completions", {"model": "tiny", "prompt": ids, "max_tokens": 0, "echo": True,
+                                                        "prompt_logprobs": 5})
+        assert code == 200
+    (tmp_path / "ids.jsonl").write_text(json.dumps(ids) + "\n")
+    logitfuse("logits", "--model", paths["large"], "--input", tmp_path / "ids.jsonl", "--out", tmp_path / "l.safetensors")
+    lp = log_softmax(load_file(str(tmp_path / "l.safetensors"))["logits.0"])  # [T, V]
+    vocab = lp.shape[1]
+    prompt_lp = scored["choices"][0]["prompt_logprobs"]
+    assert prompt_lp[0] is None and len(prompt_lp) == len(ids)
+    for pos in range(1, len(ids)):
+        row = lp[pos - 1]
+        entry = {int(k): v for k, v in prompt_lp[pos].items()}
+        # The top 5 are there (a token within rounding of the fifth may stand in for it).
+        for t in np.nonzero(row > np.sort(row)[-5] + 1e-4)[0]:
+            assert int(t) in entry, (pos, t)
+        for t, v in entry.items():
+            assert 0 <= t < vocab
+            assert abs(v["logprob"] - row[t]) < 1e-4
+            # Rank: 1 + the tokens likelier than t (those within rounding of it may fall either way).
+            assert 1 + int((row > row[t] + 1e-4).sum()) <= v["rank"] <= 1 + int((row > row[t] - 1e-4).sum())
+        assert ids[pos] in entry
+    # Completion logprobs: the chosen token's and the top 3 at each generated position.
+    P = len(choice.prompt_token_ids)
+    for i, tok in enumerate(choice.token_ids):
+        row = lp[P - 1 + i]
+        assert abs(choice.logprobs.token_logprobs[i] - row[tok]) < 1e-4
+        assert abs(max(choice.logprobs.top_logprobs[i].values()) - row.max()) < 1e-4
+
+
+def test_the_fusion_field_chooses_per_request(paths, logitfuse):
+    cfg = config(paths, "fusion", "dynamic")
+    large_only = generated(logitfuse, cfg, "fusion.strategy=large_only")
+    static = generated(logitfuse, cfg, "fusion.strategy=static", "fusion.static_alpha=0.5")
+    secret_only = generated(logitfuse, config(paths, "fusion_secret", "dynamic", experts=("secret",)))
+    with serving(BINARY, cfg) as server:
+        c = client(server)
+        prompts = [w["prompt"] for w in large_only[:6]]
+        jobs = [(p, "off") for p in prompts] + [(p, {"strategy": "static", "static_alpha": 0.5}) for p in prompts] + \
+               [(p, {"expert": "secret"}) for p in prompts]
+        with cf.ThreadPoolExecutor(16) as pool:  # mixed fusions in one batch
+            got = list(pool.map(lambda j: chat(c, j[0], extra={"fusion": j[1]}).token_ids, jobs))
+        assert got[:6] == [w["completion_ids"] for w in large_only[:6]]
+        assert got[6:12] == [w["completion_ids"] for w in static[:6]]
+        assert got[12:] == [w["completion_ids"] for w in secret_only[:6]]
+        for bad in ({"expert": "nope"}, {"strategy": "blend"}, {"alpha": "x"}, {"colour": 1}, 7):
+            code, body = post(server, "/v1/chat/completions",
+                              {"messages": [{"role": "user", "content": "x"}], "fusion": bad})
+            assert code == 400 and "fusion" in body["error"]["message"], bad
+    with serving(BINARY, config(paths, "fusion_plain", "plain")) as server:
+        code, body = post(server, "/v1/completions", {"prompt": "x", "fusion": {"strategy": "dynamic"}})
+        assert code == 400 and "strategy" in body["error"]["message"]
+
+
+def test_bad_requests_get_openai_errors_and_the_queue_limit_429(paths):
+    cfg = config(paths, "bad", "plain", extra="")
+    with serving(BINARY, cfg, "serve.max_context=400", "serve.max_batch=1", "serve.max_queue=1") as server:
+        cases = [
+            ("/v1/completions", None, "{not json", 400),
+            ("/v1/completions", {"prompt": "x", "max_tokens": "many"}, None, 400),
+            ("/v1/completions", {"prompt": "x", "temperature": [1]}, None, 400),
+            ("/v1/completions", {"prompt": "x", "model": "gpt-9"}, None, 404),
+            ("/v1/completions", {"prompt": "word " * 500}, None, 400),
+            ("/v1/completions", {"prompt": "x", "max_tokens": 1000}, None, 400),
+            ("/v1/completions", {"prompt": "x", "n": 2}, None, 400),
+            ("/v1/completions", {"prompt": [1, 2, 99999]}, None, 400),
+            ("/v1/chat/completions", {"messages": []}, None, 400),
+            ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "x"}]}, None, 400),
+            ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, None, 400),
+            ("/v1/nothing", {}, None, 404),
+        ]
+        for path, body, raw, want in cases:
+            code, answer = post(server, path, body, raw)
+            assert code == want, (path, body, raw, answer)
+            assert set(answer["error"]) >= {"message", "type", "param", "code"}
+        c = client(server)
+        # One row and one queue place: of 8 requests sent at once, each of 380 tokens (hundreds of
+        # steps, against milliseconds for the 8 to arrive), one runs, one waits and the rest get 429.
+        # Those answered are answered right.
+        long = dict(max_tokens=380, extra={"ignore_eos": True})
+        ok = chat(c, ws.secret_prompt("apple"), **long).token_ids
+
+        def one(_):
+            try:
+                return chat(c, ws.secret_prompt("apple"), **dict(long)).token_ids
+            except openai.RateLimitError:
+                return 429
+        with cf.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(one, range(8)))
+        assert results.count(429) >= 1 and results.count(ok) >= 1, [r if r == 429 else len(r) for r in results]
+        assert all(r == ok for r in results if r != 429)
+
+
+def stream_then_vanish(url, prompt, chunks=2):
+    """Opens a streaming request, reads a couple of events, and closes the socket mid-stream."""
+    host, port = url.split("//")[1].split(":")
+    s = socket.create_connection((host, int(port)))
+    body = json.dumps({"prompt": prompt, "max_tokens": 400, "stream": True, "ignore_eos": True})
+    s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+    got = b""
+    while got.count(b"data: ") < chunks:
+        got += s.recv(4096)
+    s.close()
+
+
+def metric(server, name):
+    text = subprocess.run(["curl", "-s", server.url + "/metrics"], capture_output=True, text=True).stdout
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} missing from /metrics")
+
+
+def test_vanishing_clients_malformed_requests_and_sigterm_under_load(paths):
+    cfg = config(paths, "faults", "dynamic")
+    prompts = [ws.secret_prompt(w) for w in ws.WORDS]
+    server_cm = serving(BINARY, cfg)
+    server = server_cm.__enter__()
+    try:
+        c = client(server)
+        run = lambda p: chat(c, p, max_tokens=24, extra={"ignore_eos": True}).token_ids
+        with cf.ThreadPoolExecutor(16) as pool:
+            want = list(pool.map(run, prompts))  # warm-up load: the allocator reaches its level
+        with cf.ThreadPoolExecutor(16) as pool:
+            list(pool.map(run, prompts))
+        rss_before = server.rss_kib()
+        # Clients that vanish mid-stream, with malformed requests in between.
+        with cf.ThreadPoolExecutor(16) as pool:
+            jobs = [pool.submit(stream_then_vanish, server.url, p) for p in prompts[:8]]
+            for _ in range(8):
+                assert post(server, "/v1/completions", None, '{"prompt": ')[0] == 400
+            jobs += [pool.submit(run, p) for p in prompts[8:]]
+            later = [j.result() for j in jobs][8:]
+        assert later == want[8:]  # nobody got another's tokens
+        # Every vanished row is freed at a step boundary: nothing runs or waits.
+        assert wait_until(lambda: metric(server, "logitfuse_running_requests") == 0
+                          and metric(server, "logitfuse_queued_requests") == 0)
+        with cf.ThreadPoolExecutor(16) as pool:
+            assert list(pool.map(run, prompts)) == want
+        rss_after = server.rss_kib()
+        # The same load again needs no more memory: 10% (or 32 MiB) over its level is allocator slack.
+        assert rss_after <= max(rss_before * 1.10, rss_before + 32 * 1024), (rss_before, rss_after)
+        assert metric(server, "logitfuse_generation_tokens_total") > 0
+
+        # SIGTERM under load: what runs finishes and is answered; then the server exits 0.
+        def streamed(p):
+            chunks = list(c.completions.create(model="tiny", prompt=p, max_tokens=60, stream=True,
+                                               extra_body={"ignore_eos": True, "return_token_ids": True}))
+            return [t for ch in chunks for t in (ch.choices[0].token_ids or [])], chunks[-1].choices[0].finish_reason
+        with cf.ThreadPoolExecutor(8) as pool:
+            jobs = [pool.submit(streamed, p) for p in prompts[:8]]
+            assert wait_until(lambda: metric(server, "logitfuse_running_requests") > 0)
+            server.proc.send_signal(signal.SIGTERM)
+            results = [j.result() for j in jobs]
+        assert all(len(ids) == 60 and reason == "length" for ids, reason in results), [(len(i), r) for i, r in results]
+        assert server.proc.wait(120) == 0
+        assert any("serve: stopped" in l for l in server.log)
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+
+
+def test_the_load_benchmark_runs_and_every_stream_equals_its_run_alone(real_models, tmp_path):
+    """bench/serve_load.py --quick (a random model with SmolLM2's tokenizer, 1 and 4 streams): the
+    benchmark exits 0 only if every stream's tokens equal its sequential run."""
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[2] / "bench" / "serve_load.py"),
+                           "--quick", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads((tmp_path / "report.json").read_text())["rows"]
+    assert [r["streams"] for r in rows] == [1, 4] and all(r["equal_to_alone"] for r in rows)
+    assert all(r["tokens_per_s"] > 0 and r["transformers_tokens_per_s"] > 0 for r in rows)

@@ -1,0 +1,160 @@
+// Continuous batching (decode/continuous.h, model/kv_cache_rows.h): rows that join a running batch,
+// leave it, and join again get, at every step, the logits they get when decoded alone; serve's
+// per-request fusion equals the whole-set fusion it narrows.
+#include <catch2/catch.hpp>
+
+#include <ATen/ATen.h>
+
+#include <map>
+
+#include "decode/continuous.h"
+#include "decode/generate.h"
+#include "decode_fixtures.h"
+#include "model/kv_cache_rows.h"
+#include "serve/request_fusion.h"
+
+using lf::test::fused_set;
+using lf::test::prompts;
+using lf::test::tiny;
+
+namespace {
+
+// Greedy decoding of one prompt alone (BatchDecoder, batch of one): each step's logits of every model.
+struct Solo {
+  std::vector<int64_t> tokens;                 // the token fed after step s
+  std::vector<std::vector<at::Tensor>> steps;  // [step][model] logits [V]
+};
+
+Solo decode_alone(lf::ModelSet& set, const std::vector<int64_t>& prompt, int steps) {
+  Solo solo;
+  lf::ContinuousBatch one(set);
+  std::vector<at::Tensor> logits = one.admit({prompt}, 0);
+  for (int s = 0; s < steps; ++s) {
+    std::vector<at::Tensor> row;
+    for (const auto& l : logits) row.push_back(l[0].clone());
+    solo.steps.push_back(row);
+    solo.tokens.push_back(row[0].argmax().item<int64_t>());
+    logits = one.step({solo.tokens.back()});
+  }
+  return solo;
+}
+
+// Float32 products of a 2-layer model of width ≤ 48 over ≤ 20 positions: each logit is a sum of a few
+// hundred products of O(1) terms, so batching (other shapes, other summation orders) moves it by a
+// few float32 ulps of O(1) values, well under 1e-4 absolute.
+constexpr double kTolerance = 1e-4;
+
+lf::ModelSet sliding_set() {
+  auto window = [](lf::ModelConfig& c) {
+    c.sliding_window = 3;  // shorter than every prompt here: the window matters at every step
+    c.layer_types = {"sliding_attention", "full_attention"};
+  };
+  std::vector<lf::DecodingModel> models = {tiny("gemma", 7, 32, "gemma3_text", window)};
+  return lf::make_model_set(models, lf::FusionSpec{"large_only", {}, 1.0}, lf::test::kVocab);
+}
+
+}  // namespace
+
+TEST_CASE("continuous batch: rows joining and leaving get the logits they get alone", "[decode][serve]") {
+  for (const char* kind : {"large_only", "dynamic", "sliding"}) {
+    INFO(kind);
+    lf::ModelSet set = std::string(kind) == "sliding" ? sliding_set() : fused_set(kind);
+    const auto ps = prompts();
+    constexpr int kSteps = 8;
+    std::vector<Solo> solo;
+    for (const auto& p : ps) solo.push_back(decode_alone(set, p, kSteps));
+
+    // Schedule: rows 0, 1 join; two steps; row 2 (longer than both) joins; a step; row 1 leaves;
+    // rows 3, 4 join; steps until done. `step_of[r]` is the next solo step row r is at.
+    lf::ContinuousBatch batch(set);
+    std::vector<int> order;  // prompt index of each batch row
+    std::map<int, int> step_of;
+    auto check_rows = [&](const std::vector<at::Tensor>& logits, size_t first) {
+      for (size_t b = first; b < order.size(); ++b) {
+        const int r = order[b];
+        for (size_t m = 0; m < logits.size(); ++m)
+          CHECK((logits[m][b - first] - solo[r].steps[step_of[r]][m]).abs().max().item<double>() < kTolerance);
+      }
+    };
+    auto admit = [&](std::vector<int> rows) {
+      std::vector<std::vector<int64_t>> prompts_in;
+      for (int r : rows) prompts_in.push_back(ps[r]);
+      const size_t first = order.size();
+      order.insert(order.end(), rows.begin(), rows.end());
+      for (int r : rows) step_of[r] = 0;
+      check_rows(batch.admit(prompts_in, 0), first);
+    };
+    auto step = [&] {
+      std::vector<int64_t> tokens;
+      for (int r : order) tokens.push_back(solo[r].tokens[step_of[r]++]);
+      check_rows(batch.step(tokens), 0);
+    };
+    admit({0, 1});
+    step();
+    step();
+    admit({2});
+    step();
+    // Row 1 leaves: keep rows 0 and 2 (batch rows 0 and 2).
+    batch.keep({0, 2});
+    order = {0, 2};
+    step();
+    admit({3, 4});
+    step();
+    step();
+    CHECK(batch.rows() == 4);
+    // Everyone but row 4 leaves; the cache shrinks to what row 4 attends to.
+    batch.keep({3});
+    order = {4};
+    step();
+    CHECK(batch.columns() == static_cast<int64_t>(ps[4].size()) + step_of[4]);  // its prompt and the tokens fed
+  }
+}
+
+TEST_CASE("continuous batch: cache rows keep their keys, masks and length", "[decode][serve]") {
+  lf::KVCache a, b;
+  auto layer = [](int64_t rows, int64_t length, double value) {
+    return at::full({rows, 1, length + 4, 2}, value, at::TensorOptions().dtype(at::kFloat));
+  };
+  a.keys = {layer(2, 3, 1.0)};
+  a.values = {layer(2, 3, 2.0)};
+  a.length = 3;
+  b.keys = {layer(1, 5, 3.0)};
+  b.values = {layer(1, 5, 4.0)};
+  b.length = 5;
+  lf::append_cache_rows(a, b);
+  REQUIRE(a.length == 5);
+  REQUIRE(lf::cache_rows(a) == 3);
+  // a's rows are right-aligned behind two masked columns.
+  CHECK(a.key_mask.to(at::kLong).sum(1).equal(at::tensor({3, 3, 5}, at::kLong)));
+  CHECK(a.keys[0][0][0][2][0].item<float>() == 1.0f);
+  CHECK(a.keys[0][0][0][1][0].item<float>() == 0.0f);
+  CHECK(a.values[0][2][0][0][0].item<float>() == 4.0f);
+  // Keeping a's two rows drops the two columns none of them attends to.
+  lf::keep_cache_rows(a, {1, 0});
+  CHECK(a.length == 3);
+  CHECK(a.key_mask.all().item<bool>());
+  CHECK(a.keys[0].narrow(2, 0, 3).eq(1.0).all().item<bool>());
+  lf::keep_cache_rows(a, {});
+  CHECK(lf::cache_rows(a) == 0);
+}
+
+TEST_CASE("serve: a request's fusion narrows the set's and fuses like the set it names", "[decode][serve]") {
+  lf::ModelSet set = fused_set("dynamic");
+  lf::ContinuousBatch batch(set);
+  const auto logits = batch.admit(prompts(), 0);
+  // The default fusion is the set's own.
+  const auto all = lf::serve::fuse_view(lf::serve::fusion_view(set, lf::serve::default_fusion(set)), logits);
+  CHECK(at::equal(all.logits, lf::fuse_rows(set, logits).logits));
+  // Off: the large model's logits.
+  lf::serve::RequestFusion off = lf::serve::default_fusion(set);
+  off.spec.strategy = "large_only";
+  off.experts.clear();
+  CHECK(at::equal(lf::serve::fuse_view(lf::serve::fusion_view(set, off), logits).logits, logits[0].to(at::kFloat)));
+  // One expert of two: the same as a set loaded with that expert alone.
+  lf::serve::RequestFusion second = lf::serve::default_fusion(set);
+  second.experts = {1};
+  lf::ModelSet alone = fused_set("dynamic");
+  alone.experts.erase(alone.experts.begin());
+  const auto want = lf::fuse_rows(alone, {logits[0], logits[1], logits[3]});
+  CHECK(at::equal(lf::serve::fuse_view(lf::serve::fusion_view(set, second), logits).logits, want.logits));
+}
