@@ -35,6 +35,16 @@ void visit(V& v, StudentConfig& c) {
 }
 
 template <class V>
+void visit(V& v, TeacherServerConfig& c) {
+  v.required("url", c.url, non_empty());
+  v.required("model", c.model, non_empty());
+  v("top_k", c.top_k, at_least<int64_t>(0));
+  v("timeout_s", c.timeout_s, greater_than(0.0));
+  v("retries", c.retries, at_least<int64_t>(0));
+  v("concurrency", c.concurrency, at_least<int64_t>(1));
+}
+
+template <class V>
 void visit(V& v, TeacherConfig& c) {
   v("name", c.name);
   v.required("path", c.path, non_empty());
@@ -46,6 +56,7 @@ void visit(V& v, TeacherConfig& c) {
   v("device", c.device, non_empty());
   v("tokenizer", c.tokenizer);
   v("placement", c.placement, one_of({"auto", "replicate", "shard", "cache"}));
+  v("server", c.server);
 }
 
 template <class V>
@@ -213,6 +224,12 @@ void check_cross_keys(Recipe& recipe, const schema::Reader& reader, const YAML::
     if (t.placement == "cache" && !t.logits_cache)
       fail(key, "'cache' reads the teacher's logits from teachers." + std::to_string(i) + ".logits_cache, which is not set",
            "run logitfuse cache-logits and set logits_cache, or use replicate or shard");
+    if (t.server && !t.logits_cache)
+      fail("teachers." + std::to_string(i) + ".server",
+           "a teacher on a server is read through its logits cache, and teachers." + std::to_string(i) + ".logits_cache is not set",
+           "set logits_cache: DIR, run logitfuse cache-logits, then train");
+    if (t.server && t.server->url.rfind("http://", 0) != 0)
+      fail("teachers." + std::to_string(i) + ".server.url", "expected http://host:port (got '" + t.server->url + "')");
     if (t.logits_cache && (t.placement == "replicate" || t.placement == "shard"))
       fail(key, "'" + t.placement + "' runs the teacher, but teachers." + std::to_string(i) + ".logits_cache is set",
            "drop logits_cache, or set placement: cache (or auto)");

@@ -30,6 +30,17 @@ struct StudentConfig {
   std::optional<std::string> tokenizer;  // default: the model directory
 };
 
+// A teacher served over HTTP (serve's /v1/completions with vLLM's prompt_logprobs: logitfuse serve,
+// vLLM): cache-logits reads its top-k logprobs instead of running it (docs/serving.md).
+struct TeacherServerConfig {
+  std::string url;          // http://host:port
+  std::string model;        // the served model's name
+  int64_t top_k = 0;        // logprobs asked per position; 0: the cache's k
+  double timeout_s = 300;   // per request
+  int64_t retries = 4;      // after the first attempt, backing off from 0.5 s
+  int64_t concurrency = 4;  // requests in flight
+};
+
 struct TeacherConfig {
   std::string name;
   std::string path;
@@ -43,6 +54,8 @@ struct TeacherConfig {
   // replicate (whole on every rank) | shard (1/N per rank, gathered layer by layer, ZeRO-3 style) |
   // cache (logits_cache) | auto: cache with a logits_cache, else replicate unless only shard fits.
   std::string placement = "auto";
+  // Remote: `path` still gives the teacher's config.json and tokenizer (no weights are read).
+  std::optional<TeacherServerConfig> server;
 };
 
 struct DataConfig {

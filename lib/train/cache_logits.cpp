@@ -10,6 +10,9 @@
 #include "data/batch.h"
 #include "data/examples.h"
 #include "kernels/logit_stats.h"
+#ifdef LOGITFUSE_HAVE_SERVE
+#include "serve/teacher_client.h"
+#endif
 
 namespace lf {
 
@@ -22,7 +25,9 @@ CacheSpec expected_cache_spec(const Recipe& r, size_t index, const Participant& 
   spec.teacher = teacher.name;
   spec.data_hash = data_hash;
   spec.tokenizer_hash = hex64(hash_file(teacher.tokenizer->source()));
-  spec.model_fingerprint = model_fingerprint(teacher.dir);
+  // A served teacher is known by its served name (its URL may change from run to run).
+  const auto& server = r.teachers.at(index).server;
+  spec.model_fingerprint = server ? "server model '" + server->model + "'" : model_fingerprint(teacher.dir);
   // `plain` puts the tokenizer's BOS first where its post-processing does (caches written before
   // it did so hold another tokenization, and are refused by this name).
   spec.chat_template = teacher.chat_template.name;
@@ -41,6 +46,40 @@ size_t temperature_index(const CacheSpec& spec, double temperature) {
   return static_cast<size_t>(it - spec.temperatures.begin());
 }
 
+namespace {
+
+// The rows of one sequence from a served teacher: probabilities exp(logprob) of its top k at
+// temperature 1, and the token-mean CE of the response from the prompt tokens' own logprobs.
+void write_remote_teacher(const Recipe& r, size_t index, const CacheSpec& spec, const std::vector<TokenizedSequence>& sequences,
+                          const std::vector<int64_t>& lines, LogitsCacheWriter& writer, int64_t& rows) {
+#ifndef LOGITFUSE_HAVE_SERVE
+  throw NotAvailable("teachers." + std::to_string(index) + ".server in a build without cpp-httplib");
+#else
+  const std::string key = "teachers." + std::to_string(index) + ".server";
+  serve::TeacherServer server = *r.teachers[index].server;
+  for (double t : spec.temperatures)
+    if (t != 1.0)
+      throw InputError(key + ": a server gives logprobs at temperature 1 only, and the recipe's losses use " + std::to_string(t),
+                       "set loss.token.temperature and loss.graph.temperature to 1, or run the teacher locally");
+  if (server.top_k == 0) server.top_k = spec.k;
+  if (server.top_k < spec.k)
+    throw InputError(key + ".top_k: " + std::to_string(server.top_k) + " is less than the " + std::to_string(spec.k) + " the losses need");
+  std::vector<std::vector<int64_t>> ids;
+  for (const auto& seq : sequences) ids.push_back(seq.ids);
+  const auto scored = serve::score_remote(server, ids);
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    const int64_t first = sequences[i].first_label_position(), n = sequences[i].label_count();
+    const auto& s = scored[i];
+    const at::Tensor probs = s.top_logprobs.narrow(0, first, n).narrow(1, 0, spec.k).exp();
+    const at::Tensor top = s.top_ids.narrow(0, first, n).narrow(1, 0, spec.k);
+    writer.add(lines[i], {probs}, {top}, -s.token_logprob.narrow(0, first, n).to(at::kDouble).mean().item<double>());
+    rows += n;
+  }
+#endif
+}
+
+}  // namespace
+
 void write_logits_caches(const Recipe& r) {
   bool any = false;
   const Truncation truncation = recipe_truncation(r);
@@ -50,10 +89,11 @@ void write_logits_caches(const Recipe& r) {
     const TeacherConfig& tc = r.teachers[s];
     if (!tc.logits_cache) continue;
     any = true;
+    const bool remote = tc.server.has_value();
     Participant teacher = load_participant(tc.name, tc.path, tc.tokenizer, tc.chat_template, tc.dtype,
                                            tc.device == "auto" ? r.run.device : tc.device, r.chat_templates,
-                                           /*load_weights=*/true, tc.chat_template_kwargs);
-    teacher.model->eval();
+                                           /*load_weights=*/!remote, tc.chat_template_kwargs);
+    if (!remote) teacher.model->eval();
     const CacheSpec spec = expected_cache_spec(r, s, teacher, data_hash);
     LogitsCacheWriter writer(*tc.logits_cache, spec);
     at::NoGradGuard no_grad;
@@ -70,7 +110,8 @@ void write_logits_caches(const Recipe& r) {
         ++skipped;
       }
     }
-    for (size_t start = 0; start < sequences.size(); start += batch_size) {
+    if (remote) write_remote_teacher(r, s, spec, sequences, lines, writer, rows);
+    for (size_t start = 0; !remote && start < sequences.size(); start += batch_size) {
       std::vector<const TokenizedSequence*> batch_rows;
       for (size_t i = start; i < std::min(sequences.size(), start + batch_size); ++i) batch_rows.push_back(&sequences[i]);
       ModelBatch batch = collate(batch_rows, teacher.pad_id());
@@ -91,8 +132,8 @@ void write_logits_caches(const Recipe& r) {
       }
     }
     writer.finish();
-    spdlog::info("{}: cached top-{} logits of teacher {} for {} examples ({} rows, {} temperature(s)){}", *tc.logits_cache,
-                 spec.k, tc.name, sequences.size(), rows, spec.temperatures.size(),
+    spdlog::info("{}: cached top-{} logits of teacher {}{} for {} examples ({} rows, {} temperature(s)){}", *tc.logits_cache,
+                 spec.k, tc.name, remote ? " (server " + tc.server->url + ")" : "", sequences.size(), rows, spec.temperatures.size(),
                  skipped ? ", " + std::to_string(skipped) + " skipped" : "");
   }
   if (!any) throw InputError("cache-logits: no teacher has teachers.N.logits_cache set", "set it to a directory for each teacher to cache");

@@ -313,3 +313,54 @@ def test_the_load_benchmark_runs_and_every_stream_equals_its_run_alone(real_mode
     rows = json.loads((tmp_path / "report.json").read_text())["rows"]
     assert [r["streams"] for r in rows] == [1, 4] and all(r["equal_to_alone"] for r in rows)
     assert all(r["tokens_per_s"] > 0 and r["transformers_tokens_per_s"] > 0 for r in rows)
+
+
+def distill_recipe(paths, out, cache):
+    root = Path(paths["root"])
+    path = Path(out).with_suffix(".yaml")
+    path.write_text(f"""
+run: {{name: r, output_dir: {out}, seed: 5, device: cpu}}
+student: {{path: {paths['base']}, dtype: fp32, chat_template: plain}}
+teachers:
+  - {{name: big, path: {paths['large']}, dtype: fp32, chat_template: plain, logits_cache: {cache}}}
+data: {{train: {root}/secret_train.jsonl, max_length: 32, max_prompt_length: 24}}
+loss: {{distill_weight: 0.5, token: {{type: kl, top_k: 8, temperature: 1.0}}, graph: {{type: gld, top_k: 8, temperature: 1.0}}}}
+train: {{micro_batch_size: 8, lr: 3.0e-3, precision: fp32, max_steps: 6, schedule: constant}}
+checkpoint: {{every_steps: 0}}
+log: {{every_steps: 1}}
+""")
+    return path
+
+
+def test_a_cache_read_from_a_server_trains_like_one_made_directly(paths, logitfuse, tmp_path):
+    direct = distill_recipe(paths, tmp_path / "direct", tmp_path / "cache_direct")
+    logitfuse("cache-logits", direct)
+    logitfuse("train", direct)
+    served = distill_recipe(paths, tmp_path / "served", tmp_path / "cache_served")
+    with serving(BINARY, config(paths, "teacher", "plain")) as server:
+        over = [f"teachers.0.server.url={server.url}", "teachers.0.server.model=tiny", "teachers.0.server.concurrency=3"]
+        logitfuse("cache-logits", served, *over)
+        logitfuse("train", served, *over)
+        # Another served model name: refused by the server (404), named in one line, exit 1, no cache.
+        bad = distill_recipe(paths, tmp_path / "bad", tmp_path / "cache_bad")
+        proc = logitfuse("cache-logits", bad, f"teachers.0.server.url={server.url}", "teachers.0.server.model=other",
+                         expect=1)
+        assert server.url in proc.stderr and "404" in proc.stderr and not (tmp_path / "cache_bad").exists()
+    # Same top-k ids; probabilities exp(logprob) against softmax, equal to float32 rounding; six steps
+    # of Adam at lr 3e-3 on that keep the weights within 1e-4 and the losses within 1e-5 relative.
+    a, b = (load_file(str(tmp_path / d / "final" / "model.safetensors")) for d in ("direct", "served"))
+    assert a.keys() == b.keys()
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-4
+    la = [json.loads(l) for l in (tmp_path / "direct" / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
+    lb = [json.loads(l) for l in (tmp_path / "served" / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
+    assert len(la) == len(lb) == 6
+    for x, y in zip(la, lb):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
+    # The server gone: the URL is named after the retries, exit 1, nothing half-written.
+    proc = logitfuse("cache-logits", served, f"teachers.0.server.url={server.url}", "teachers.0.server.model=tiny",
+                     "teachers.0.server.retries=1", f"teachers.0.logits_cache={tmp_path}/cache_down", expect=1)
+    assert server.url in proc.stderr and "is the server up" in proc.stderr
+    assert not (tmp_path / "cache_down").exists()
+    # A temperature the server cannot give is refused before any request.
+    proc = logitfuse("cache-logits", served, *over[:2], "loss.token.temperature=2.0", expect=2)
+    assert "temperature 1 only" in proc.stderr
