@@ -55,7 +55,7 @@ void visit(V& v, TeacherConfig& c) {
   v("logits_cache", c.logits_cache);
   v("device", c.device, non_empty());
   v("tokenizer", c.tokenizer);
-  v("placement", c.placement, one_of({"auto", "replicate", "shard", "cache"}));
+  v("placement", c.placement, one_of({"auto", "replicate", "shard", "cache", "server"}));
   v("server", c.server);
 }
 
@@ -224,10 +224,13 @@ void check_cross_keys(Recipe& recipe, const schema::Reader& reader, const YAML::
     if (t.placement == "cache" && !t.logits_cache)
       fail(key, "'cache' reads the teacher's logits from teachers." + std::to_string(i) + ".logits_cache, which is not set",
            "run logitfuse cache-logits and set logits_cache, or use replicate or shard");
-    if (t.server && !t.logits_cache)
-      fail("teachers." + std::to_string(i) + ".server",
-           "a teacher on a server is read through its logits cache, and teachers." + std::to_string(i) + ".logits_cache is not set",
-           "set logits_cache: DIR, run logitfuse cache-logits, then train");
+    if (t.placement == "server" && (!t.server || t.logits_cache))
+      fail(key, t.server ? "'server' queries the teacher at every step, but teachers." + std::to_string(i) + ".logits_cache is set"
+                         : "'server' queries teachers." + std::to_string(i) + ".server, which is not set",
+           t.server ? "drop logits_cache, or set placement: cache (or auto)" : "set server: {url, model}, or use replicate or shard");
+    if (t.server && (t.placement == "replicate" || t.placement == "shard"))
+      fail(key, "'" + t.placement + "' runs the teacher here, but teachers." + std::to_string(i) + ".server is set",
+           "drop server, or set placement: server (or auto)");
     if (t.server && t.server->url.rfind("http://", 0) != 0)
       fail("teachers." + std::to_string(i) + ".server.url", "expected http://host:port (got '" + t.server->url + "')");
     if (t.logits_cache && (t.placement == "replicate" || t.placement == "shard"))
@@ -247,7 +250,16 @@ void check_cross_keys(Recipe& recipe, const schema::Reader& reader, const YAML::
       if (recipe.teachers[i].logits_cache)
         fail("loss.on_policy.weight", "teachers." + std::to_string(i) + " reads a logits cache, which holds only the data's responses",
              "run the teachers online (drop logits_cache) or set loss.on_policy.weight: 0");
+      else if (recipe.teachers[i].server)
+        fail("loss.on_policy.weight", "teachers." + std::to_string(i) + " is on a server, which scores only the data's responses here",
+             "run the teacher locally (drop server) or set loss.on_policy.weight: 0");
   }
+  for (size_t i = 0; distilling && i < recipe.teachers.size(); ++i)
+    for (double t : {recipe.loss.token.temperature, recipe.loss.graph.temperature})
+      if (recipe.teachers[i].server && t != 1.0)
+        fail("teachers." + std::to_string(i) + ".server",
+             "a server gives logprobs at temperature 1 only, and the recipe's losses use " + std::to_string(t),
+             "set loss.token.temperature and loss.graph.temperature to 1, or run the teacher locally");
   if (distilling && recipe.alignment.positions == "span" && recipe.loss.token.type == "uld")
     fail("alignment.positions", "'span' projects the teacher onto the student's token ids, which ULD does not use",
          "use span with loss.token.type kl, rkl or jsd, or offsets/exact/dtw/index with uld");

@@ -31,7 +31,8 @@ struct StudentConfig {
 };
 
 // A teacher served over HTTP (serve's /v1/completions with vLLM's prompt_logprobs: logitfuse serve,
-// vLLM): cache-logits reads its top-k logprobs instead of running it (docs/serving.md).
+// vLLM): cache-logits (with logits_cache) or train (without) reads its top-k logprobs instead of
+// running it (docs/serving.md).
 struct TeacherServerConfig {
   std::string url;          // http://host:port
   std::string model;        // the served model's name
@@ -52,7 +53,8 @@ struct TeacherConfig {
   std::string device = "auto";  // auto = the student's device
   std::optional<std::string> tokenizer;
   // replicate (whole on every rank) | shard (1/N per rank, gathered layer by layer, ZeRO-3 style) |
-  // cache (logits_cache) | auto: cache with a logits_cache, else replicate unless only shard fits.
+  // cache (logits_cache) | server (teachers.N.server queried at every step) | auto: cache with a
+  // logits_cache, else server with a server, else replicate unless only shard fits.
   std::string placement = "auto";
   // Remote: `path` still gives the teacher's config.json and tokenizer (no weights are read).
   std::optional<TeacherServerConfig> server;

@@ -11,6 +11,7 @@
 #include <exception>
 #include <mutex>
 #include <thread>
+#include <utility>
 
 #include "core/error.h"
 
@@ -69,11 +70,12 @@ RemoteLogprobs parse(const json& body, const std::vector<int64_t>& ids, int64_t 
   return out;
 }
 
-RemoteLogprobs score_one(const TeacherServer& server, const std::vector<int64_t>& ids) {
-  const json request = {{"model", server.model}, {"prompt", ids},       {"max_tokens", 0},
-                        {"echo", true},          {"prompt_logprobs", server.top_k}, {"return_token_ids", true},
-                        {"temperature", 0}};
-  const std::string body = request.dump();
+std::string where(const TeacherServer& server) { return "teacher server " + server.url + " (model '" + server.model + "')"; }
+
+// `send` on a fresh client, retried with backoff (0.5 s, 1 s, 2 s, ...) on no answer, 429 or 5xx;
+// `read` turns any other answer into the result (BadAnswer or a parse error: not retried).
+template <class Send, class Read>
+auto with_retries(const TeacherServer& server, Send send, Read read) -> decltype(read(std::declval<const httplib::Response&>())) {
   std::string last_error;
   for (int64_t attempt = 0; attempt <= server.retries; ++attempt) {
     if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int64_t>(500.0 * (1 << std::min<int64_t>(attempt - 1, 6)))));
@@ -82,7 +84,7 @@ RemoteLogprobs score_one(const TeacherServer& server, const std::vector<int64_t>
     client.set_connection_timeout(std::min<time_t>(seconds, 10), 0);
     client.set_read_timeout(seconds, 0);
     client.set_write_timeout(seconds, 0);
-    auto res = client.Post("/v1/completions", body, "application/json");
+    auto res = send(client);
     if (!res) {
       last_error = "no answer (" + httplib::to_string(res.error()) + ")";
       continue;
@@ -93,17 +95,42 @@ RemoteLogprobs score_one(const TeacherServer& server, const std::vector<int64_t>
     }
     try {
       if (res->status != 200) throw BadAnswer("HTTP " + std::to_string(res->status) + ": " + res->body.substr(0, 300));
-      return parse(json::parse(res->body), ids, server.top_k);
+      return read(*res);
     } catch (const std::exception& e) {
-      throw RuntimeFailure("teacher server " + server.url + " (model '" + server.model + "'): " + e.what());
+      throw RuntimeFailure(where(server) + ": " + e.what());
     }
   }
-  throw RuntimeFailure("teacher server " + server.url + " (model '" + server.model + "'): " + last_error + " after " +
-                           std::to_string(server.retries + 1) + " attempt(s)",
+  throw RuntimeFailure(where(server) + ": " + last_error + " after " + std::to_string(server.retries + 1) + " attempt(s)",
                        "is the server up? (logitfuse serve or vLLM's OpenAI server, with this model name)");
 }
 
+RemoteLogprobs score_one(const TeacherServer& server, const std::vector<int64_t>& ids) {
+  const json request = {{"model", server.model}, {"prompt", ids},       {"max_tokens", 0},
+                        {"echo", true},          {"prompt_logprobs", server.top_k}, {"return_token_ids", true},
+                        {"temperature", 0}};
+  const std::string body = request.dump();
+  return with_retries(
+      server, [&](httplib::Client& client) { return client.Post("/v1/completions", body, "application/json"); },
+      [&](const httplib::Response& res) { return parse(json::parse(res.body), ids, server.top_k); });
+}
+
 }  // namespace
+
+void check_served_model(const TeacherServer& server) {
+  with_retries(
+      server, [](httplib::Client& client) { return client.Get("/v1/models"); },
+      [&](const httplib::Response& res) {
+        std::vector<std::string> served;
+        const json body = json::parse(res.body);  // kept: a range-for over a temporary's member dangles
+        for (const auto& m : body.at("data")) served.push_back(m.at("id").get<std::string>());
+        if (std::find(served.begin(), served.end(), server.model) == served.end()) {
+          std::string list;
+          for (const auto& name : served) list += (list.empty() ? "'" : ", '") + name + "'";
+          throw BadAnswer("not served here (it serves " + (list.empty() ? std::string("nothing") : list) + ")");
+        }
+        return true;
+      });
+}
 
 std::vector<RemoteLogprobs> score_remote(const TeacherServer& server, const std::vector<std::vector<int64_t>>& sequences) {
   std::vector<RemoteLogprobs> out(sequences.size());

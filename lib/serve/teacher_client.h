@@ -1,5 +1,6 @@
 // A teacher read over HTTP (teachers.N.server): top-k prompt logprobs from any server that speaks
-// serve's /v1/completions with vLLM's prompt_logprobs (logitfuse serve, vLLM), for cache-logits.
+// serve's /v1/completions with vLLM's prompt_logprobs (logitfuse serve, vLLM), for cache-logits and
+// train (train/remote_teacher.h).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -20,6 +21,10 @@ using TeacherServer = TeacherServerConfig;
 struct RemoteLogprobs {
   at::Tensor top_ids, top_logprobs, token_logprob;
 };
+
+// The server answers GET /v1/models and lists server.model; else a RuntimeFailure naming the URL
+// (after the retries where it does not answer).
+void check_served_model(const TeacherServer& server);
 
 // Scores every sequence (token ids, as the teacher's tokenizer gives them); results in input order.
 // The server must return these ids as its prompt_token_ids. A server that cannot be reached after

@@ -10,17 +10,21 @@
 #include "data/batch.h"
 #include "data/examples.h"
 #include "kernels/logit_stats.h"
-#ifdef LOGITFUSE_HAVE_SERVE
-#include "serve/teacher_client.h"
-#endif
+#include "train/remote_teacher.h"
 
 namespace lf {
 
-CacheSpec expected_cache_spec(const Recipe& r, size_t index, const Participant& teacher, const std::string& data_hash) {
+int64_t teacher_rows_k(const Recipe& r, const std::string& key) {
   const bool token = r.loss.token.type != "none", graph = r.loss.graph.type == "gld";
   if (token && !r.loss.token.top_k)
-    throw InputError("teachers." + std::to_string(index) + ".logits_cache: loss.token.top_k must be set",
-                     "a cache holds top-k probabilities; full-vocabulary token losses need an online teacher");
+    throw InputError(key + ": loss.token.top_k must be set",
+                     "a teacher read as rows (a cache or a server) gives top-k probabilities; full-vocabulary token "
+                     "losses need a teacher run here");
+  return std::max<int64_t>(graph ? r.loss.graph.top_k : 1, token ? *r.loss.token.top_k : 1);
+}
+
+CacheSpec expected_cache_spec(const Recipe& r, size_t index, const Participant& teacher, const std::string& data_hash) {
+  const int64_t k = teacher_rows_k(r, "teachers." + std::to_string(index) + ".logits_cache");
   CacheSpec spec;
   spec.teacher = teacher.name;
   spec.data_hash = data_hash;
@@ -34,7 +38,7 @@ CacheSpec expected_cache_spec(const Recipe& r, size_t index, const Participant& 
   if (adds_tokenizer_bos(teacher.chat_template, *teacher.tokenizer)) spec.chat_template += "+bos";
   spec.max_length = r.data.max_length;
   spec.max_prompt_length = r.data.max_prompt_length;
-  spec.k = std::max<int64_t>(graph ? r.loss.graph.top_k : 1, token ? *r.loss.token.top_k : 1);
+  spec.k = k;
   spec.temperatures = {r.loss.graph.temperature};
   if (r.loss.token.temperature != r.loss.graph.temperature) spec.temperatures.push_back(r.loss.token.temperature);
   return spec;
@@ -45,40 +49,6 @@ size_t temperature_index(const CacheSpec& spec, double temperature) {
   if (it == spec.temperatures.end()) throw InputError("logits cache has no rows at temperature " + std::to_string(temperature));
   return static_cast<size_t>(it - spec.temperatures.begin());
 }
-
-namespace {
-
-// The rows of one sequence from a served teacher: probabilities exp(logprob) of its top k at
-// temperature 1, and the token-mean CE of the response from the prompt tokens' own logprobs.
-void write_remote_teacher(const Recipe& r, size_t index, const CacheSpec& spec, const std::vector<TokenizedSequence>& sequences,
-                          const std::vector<int64_t>& lines, LogitsCacheWriter& writer, int64_t& rows) {
-#ifndef LOGITFUSE_HAVE_SERVE
-  throw NotAvailable("teachers." + std::to_string(index) + ".server in a build without cpp-httplib");
-#else
-  const std::string key = "teachers." + std::to_string(index) + ".server";
-  serve::TeacherServer server = *r.teachers[index].server;
-  for (double t : spec.temperatures)
-    if (t != 1.0)
-      throw InputError(key + ": a server gives logprobs at temperature 1 only, and the recipe's losses use " + std::to_string(t),
-                       "set loss.token.temperature and loss.graph.temperature to 1, or run the teacher locally");
-  if (server.top_k == 0) server.top_k = spec.k;
-  if (server.top_k < spec.k)
-    throw InputError(key + ".top_k: " + std::to_string(server.top_k) + " is less than the " + std::to_string(spec.k) + " the losses need");
-  std::vector<std::vector<int64_t>> ids;
-  for (const auto& seq : sequences) ids.push_back(seq.ids);
-  const auto scored = serve::score_remote(server, ids);
-  for (size_t i = 0; i < sequences.size(); ++i) {
-    const int64_t first = sequences[i].first_label_position(), n = sequences[i].label_count();
-    const auto& s = scored[i];
-    const at::Tensor probs = s.top_logprobs.narrow(0, first, n).narrow(1, 0, spec.k).exp();
-    const at::Tensor top = s.top_ids.narrow(0, first, n).narrow(1, 0, spec.k);
-    writer.add(lines[i], {probs}, {top}, -s.token_logprob.narrow(0, first, n).to(at::kDouble).mean().item<double>());
-    rows += n;
-  }
-#endif
-}
-
-}  // namespace
 
 void write_logits_caches(const Recipe& r) {
   bool any = false;
@@ -110,7 +80,17 @@ void write_logits_caches(const Recipe& r) {
         ++skipped;
       }
     }
-    if (remote) write_remote_teacher(r, s, spec, sequences, lines, writer, rows);
+    if (remote) {
+      for (double t : spec.temperatures)  // load_recipe refuses these where the run distils
+        if (t != 1.0) throw InputError("teachers." + std::to_string(s) + ".server: a server gives logprobs at temperature 1 only");
+      std::vector<const TokenizedSequence*> all;
+      for (const auto& seq : sequences) all.push_back(&seq);
+      auto remote_rows = remote_label_rows(r, s, spec.k, all);
+      for (size_t i = 0; i < remote_rows.size(); ++i) {
+        writer.add(lines[i], {remote_rows[i].probs}, {remote_rows[i].ids}, remote_rows[i].ce);
+        rows += remote_rows[i].probs.size(0);
+      }
+    }
     for (size_t start = 0; !remote && start < sequences.size(); start += batch_size) {
       std::vector<const TokenizedSequence*> batch_rows;
       for (size_t i = start; i < std::min(sequences.size(), start + batch_size); ++i) batch_rows.push_back(&sequences[i]);

@@ -12,6 +12,10 @@
 
 namespace lf {
 
+// The k of the top-k rows a teacher read as rows (a cache or a server) must give this recipe's
+// losses; InputError naming `key` if a token loss without loss.token.top_k needs the full vocabulary.
+int64_t teacher_rows_k(const Recipe& recipe, const std::string& key);
+
 // What a cache for teachers[index] must match under this recipe (data, tokenizer, weights, template,
 // truncation, k, temperatures). InputError if the recipe's losses cannot be served from a cache.
 // `data_hash`: hex64(hash_file(recipe.data.train)), read once by the caller for every teacher.

@@ -126,7 +126,7 @@ void build_items(MemoryPlan& plan, const Recipe& recipe, const ModelConfig& stud
   for (size_t t = 0; t < teachers.size(); ++t) {
     const auto& rc = recipe.teachers[t];
     const std::string& placement = plan.placements[t];
-    if (placement == "cache") continue;
+    if (placement == "cache" || placement == "server") continue;
     const ModelFootprint& f = footprints[t + 1];
     plan.parameters.emplace_back("teacher " + rc.name, f.params);
     const double b = dtype_bytes(rc.dtype), Pt = static_cast<double>(f.params);
@@ -167,6 +167,7 @@ MemoryPlan plan_memory(const Recipe& recipe, const ModelConfig& student, const s
     const auto& rc = recipe.teachers[t];
     if (rc.placement != "auto") plan.placements.push_back(rc.placement);
     else if (rc.logits_cache) plan.placements.push_back("cache");
+    else if (rc.server) plan.placements.push_back("server");
     else {
       plan.placements.push_back("replicate");
       automatic.push_back(t);

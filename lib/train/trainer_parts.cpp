@@ -14,6 +14,7 @@
 #include "model/checkpoint.h"
 #include "model/model_config.h"
 #include "train/cache_logits.h"
+#include "train/remote_teacher.h"
 
 namespace fs = std::filesystem;
 
@@ -47,6 +48,12 @@ void load_teacher(const Recipe& recipe, size_t s, const std::string& placement, 
     return;
   }
   parts.caches.push_back(nullptr);
+  if (placement == "server") {
+    check_teacher_server(recipe, s);
+    parts.remote[s] = true;
+    spdlog::info("teacher {}: reading top-k logprobs at every step from {} (model '{}')", t.name, t.server->url, t.server->model);
+    return;
+  }
   if (placement == "shard") {
     if (teacher.device != parts.student.device)
       throw InputError("teachers." + std::to_string(s) + ".placement: 'shard' gathers over the student's communicator",
@@ -84,6 +91,7 @@ Participants load_participants(const Recipe& recipe, const MemoryPlan& plan, con
                  comm.world_size(), format_bytes(parts.sharded_student->shard_bytes()));
   }
   parts.sharded_teachers.resize(recipe.teachers.size());
+  parts.remote.resize(recipe.teachers.size(), false);
   for (size_t s = 0; s < recipe.teachers.size(); ++s) load_teacher(recipe, s, placements[s], data_hash, comm, parts);
   parts.student.model->set_activation_checkpointing(recipe.train.activation_checkpointing);
   parts.student.model->train();

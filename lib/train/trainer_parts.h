@@ -31,13 +31,15 @@ namespace lf {
 // The models: the student in float32 (master weights; bf16 precision autocasts the compute), each
 // teacher in its own dtype on its own device without gradients, placed as the memory plan says
 // (replicate: whole; shard: only this rank's shards, at dist.zero 3 the student too; cache: its
-// config, tokenizer and template, its logits read from teachers.N.logits_cache).
+// config, tokenizer and template, its logits read from teachers.N.logits_cache; server: the same,
+// its logits asked of teachers.N.server at every step).
 struct Participants {
   Participant student;
   std::unique_ptr<ShardedModel> sharded_student;               // dist.zero 3
   std::vector<Participant> teachers;
   std::vector<std::shared_ptr<LogitsCache>> caches;            // per teacher; null: run online
   std::vector<std::unique_ptr<ShardedModel>> sharded_teachers;  // per teacher; null: whole or cached
+  std::vector<bool> remote;  // per teacher: on a server (teachers.N.server), asked at every step
   std::vector<const Participant*> teacher_pointers() const;
 };
 // `data_hash`: hex64(hash_file(data.train)), the key of the logits caches.

@@ -318,11 +318,12 @@ def test_the_load_benchmark_runs_and_every_stream_equals_its_run_alone(real_mode
 def distill_recipe(paths, out, cache):
     root = Path(paths["root"])
     path = Path(out).with_suffix(".yaml")
+    cache_key = f", logits_cache: {cache}" if cache else ""
     path.write_text(f"""
 run: {{name: r, output_dir: {out}, seed: 5, device: cpu}}
 student: {{path: {paths['base']}, dtype: fp32, chat_template: plain}}
 teachers:
-  - {{name: big, path: {paths['large']}, dtype: fp32, chat_template: plain, logits_cache: {cache}}}
+  - {{name: big, path: {paths['large']}, dtype: fp32, chat_template: plain{cache_key}}}
 data: {{train: {root}/secret_train.jsonl, max_length: 32, max_prompt_length: 24}}
 loss: {{distill_weight: 0.5, token: {{type: kl, top_k: 8, temperature: 1.0}}, graph: {{type: gld, top_k: 8, temperature: 1.0}}}}
 train: {{micro_batch_size: 8, lr: 3.0e-3, precision: fp32, max_steps: 6, schedule: constant}}
@@ -332,7 +333,7 @@ log: {{every_steps: 1}}
     return path
 
 
-def test_a_cache_read_from_a_server_trains_like_one_made_directly(paths, logitfuse, tmp_path):
+def test_a_teacher_on_a_server_trains_like_one_run_here_through_a_cache_or_live(paths, logitfuse, tmp_path):
     direct = distill_recipe(paths, tmp_path / "direct", tmp_path / "cache_direct")
     logitfuse("cache-logits", direct)
     logitfuse("train", direct)
@@ -346,9 +347,20 @@ def test_a_cache_read_from_a_server_trains_like_one_made_directly(paths, logitfu
         proc = logitfuse("cache-logits", bad, f"teachers.0.server.url={server.url}", "teachers.0.server.model=other",
                          expect=1)
         assert server.url in proc.stderr and "404" in proc.stderr and not (tmp_path / "cache_bad").exists()
+        # No cache: `train` asks the server at every step (placement server), the same numbers as the
+        # cache read through it, so the same weights bit for bit.
+        live = distill_recipe(paths, tmp_path / "live", None)
+        proc = logitfuse("train", live, *over)
+        assert "reading top-k logprobs at every step from " + server.url in proc.stderr
+        # A model the server does not serve: refused at start-up, naming the URL and what it serves.
+        proc = logitfuse("train", live, over[0], "teachers.0.server.model=other", "run.output_dir=" + str(tmp_path / "x"),
+                         expect=1)
+        assert server.url in proc.stderr and "'other'" in proc.stderr and "'tiny'" in proc.stderr
+        assert not (tmp_path / "x" / "final").exists()
     # Same top-k ids; probabilities exp(logprob) against softmax, equal to float32 rounding; six steps
     # of Adam at lr 3e-3 on that keep the weights within 1e-4 and the losses within 1e-5 relative.
-    a, b = (load_file(str(tmp_path / d / "final" / "model.safetensors")) for d in ("direct", "served"))
+    a, b, c = (load_file(str(tmp_path / d / "final" / "model.safetensors")) for d in ("direct", "served", "live"))
+    assert b.keys() == c.keys() and all(np.array_equal(b[k], c[k]) for k in b)
     assert a.keys() == b.keys()
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-4
     la = [json.loads(l) for l in (tmp_path / "direct" / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
@@ -364,3 +376,10 @@ def test_a_cache_read_from_a_server_trains_like_one_made_directly(paths, logitfu
     # A temperature the server cannot give is refused before any request.
     proc = logitfuse("cache-logits", served, *over[:2], "loss.token.temperature=2.0", expect=2)
     assert "temperature 1 only" in proc.stderr
+    # A served teacher the recipe would also run here, or ask on-policy: refused, naming the key.
+    proc = logitfuse("train", live, *over[:2], "teachers.0.placement=replicate", expect=2)
+    assert "teachers.0.placement" in proc.stderr and "server is set" in proc.stderr
+    proc = logitfuse("train", live, *over[:2], "loss.on_policy.weight=0.5", expect=2)
+    assert "loss.on_policy.weight" in proc.stderr and "on a server" in proc.stderr
+    proc = logitfuse("train", direct, "teachers.0.placement=server", expect=2)
+    assert "teachers.0.placement" in proc.stderr and "teachers.0.server, which is not set" in proc.stderr
