@@ -2,20 +2,28 @@
 small model and on SmolLM2-135M-Instruct, on this machine's CPU. Each stream is one streamed
 completion of a distinct prompt with a fixed number of tokens (ignore_eos). Reported per level:
 requests/s, generated tokens/s, p50/p99 time to first token and between tokens; the speed-up of
-tokens/s over one stream; whether every stream's tokens equal its own run alone (sequential, not
+tokens/s over one stream; the ceiling the LM head alone puts on that speed-up (its time on one row
+against the level's rows, same run); whether every stream's tokens equal its own run alone (sequential, not
 streamed). Beside it, on the same model, threads and prompts: transformers' generate loop with the
-level's batch (left-padded, greedy, the same token count), tokens/s.
+level's batch (left-padded, greedy, the same token count), tokens/s; and `transformers serve` with
+its continuous batching (where its serving extras, FastAPI and uvicorn, are installed), the same
+streams, each asked for exactly the same token count through its `generation_config` field (it has
+no ignore_eos), tokens/s as its usage counts them.
 
     python bench/serve_load.py [--models small,smollm2] [--streams 1,4,16,64] [--tokens 32] [--quick]
 
 Writes runs/serve-load/report.json and prints a markdown table."""
 import argparse
 import concurrent.futures as cf
+import contextlib
 import json
 import os
+import socket
 import statistics
+import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import http.client
@@ -108,6 +116,95 @@ def transformers_tokens_per_s(model_dir, texts, tokens, threads):
     return (out.shape[1] - batch["input_ids"].shape[1]) * len(texts) / seconds
 
 
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def transformers_serve(model_dir):
+    """`transformers serve` (FastAPI + uvicorn) with its continuous batching, on the CPU in float32,
+    the model preloaded; None where its serving extras are not installed."""
+    try:
+        import fastapi, uvicorn  # noqa: F401
+    except ImportError:
+        yield None
+        return
+    port = free_port()
+    cli = Path(sys.executable).parent / "transformers"
+    proc = subprocess.Popen([str(cli), "serve", str(model_dir), "--device", "cpu", "--dtype", "float32",
+                             "--continuous-batching", "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def up():
+            try:
+                with urllib.request.urlopen(url + "/v1/models", timeout=2):
+                    return True
+            except OSError:
+                return False
+        if not serve_client.wait_until(up, 180):
+            raise RuntimeError("transformers serve did not start")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def stream_chunks(url, model, prompt, tokens):
+    """One streamed completion from `transformers serve`: its own generation config (greedy, exactly
+    `tokens` new tokens, as ignore_eos gives logitfuse), and the tokens its final usage counts."""
+    body = {"model": model, "prompt": prompt, "max_tokens": tokens, "stream": True, "temperature": 0,
+            "generation_config": json.dumps({"max_new_tokens": tokens, "min_new_tokens": tokens, "do_sample": False})}
+    u = urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
+    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    count, usage = 0, None
+    for raw in conn.getresponse():
+        line = raw.decode().rstrip("\n")
+        if line.startswith("data: ") and line != "data: [DONE]":
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                usage = chunk["usage"]["completion_tokens"]
+            count += sum(1 for c in chunk.get("choices") or [] if not c.get("finish_reason"))
+    conn.close()
+    return usage if usage is not None else count
+
+
+def transformers_serve_tokens_per_s(url, model, texts, tokens):
+    with cf.ThreadPoolExecutor(len(texts)) as pool:
+        start = time.perf_counter()
+        counts = list(pool.map(lambda p: stream_chunks(url, model, p, tokens), texts))
+        return sum(counts) / (time.perf_counter() - start)
+
+
+def head_speedup(model_dir, level, threads, repeats=20):
+    """The ceiling the LM head alone puts on batching: level × t(1 row) / t(level rows) for the
+    model's own head weights ([vocab, hidden] fp32, the same threads), median of `repeats` runs.
+    A head that dominates the step (the small model: 12.6M of its 15.2M parameters) turns
+    compute-bound with a few rows, and no scheduler can batch past this."""
+    from safetensors.torch import load_file
+    torch.set_num_threads(threads)
+    weights = load_file(str(Path(model_dir) / "model.safetensors"))
+    head = weights.get("lm_head.weight", weights["model.embed_tokens.weight"]).float().contiguous()
+
+    def seconds(rows):
+        x = torch.randn(rows, head.shape[1])
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.nn.functional.linear(x, head)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    seconds(1)  # warm-up
+    return level * seconds(1) / seconds(level)
+
+
 def run_model(name, model_dir, levels, tokens, work, hf):
     cfg = work / f"{name}.yaml"
     cfg.write_text(f"model: {{path: {model_dir}, dtype: fp32, device: cpu}}\n"
@@ -134,10 +231,20 @@ def run_model(name, model_dir, levels, tokens, work, hf):
                    "itl_p99": pct([g for *_, gs in results for g in gs], 0.99),
                    "equal_to_alone": all(ids == reference[p] for (ids, _, _), p in zip(results, batch)),
                    "wall_s": wall}
+            row["head_speedup"] = head_speedup(model_dir, level, torch.get_num_threads())
             if hf:
                 row["transformers_tokens_per_s"] = transformers_tokens_per_s(model_dir, batch, tokens, torch.get_num_threads())
             rows.append(row)
-            print(json.dumps(row), flush=True)
+    if hf:
+        # After logitfuse's server has stopped, so the two never share the cores.
+        with transformers_serve(model_dir) as url:
+            for row in rows if url else []:
+                texts = prompts(row["streams"])
+                if row is rows[0]:
+                    transformers_serve_tokens_per_s(url, str(model_dir), texts[:1], 4)  # warm-up
+                row["transformers_serve_tokens_per_s"] = transformers_serve_tokens_per_s(url, str(model_dir), texts, tokens)
+    for row in rows:
+        print(json.dumps(row), flush=True)
     one = next(r["tokens_per_s"] for r in rows if r["streams"] == levels[0])
     for r in rows:
         r["speedup_vs_one"] = r["tokens_per_s"] / one
@@ -168,13 +275,15 @@ def main():
                                                   "cpu_count": os.cpu_count(), "rows": rows}, indent=1))
     print(f"\n{a.tokens} tokens per stream, {torch.get_num_threads()} threads\n")
     print("| model | streams | req/s | tok/s | × one stream | TTFT p50 / p99 s | ITL p50 / p99 ms | "
-          "tokens = alone | transformers generate tok/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "LM head alone × | tokens = alone | transformers generate tok/s | transformers serve tok/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         hf = f"{r['transformers_tokens_per_s']:.1f}" if "transformers_tokens_per_s" in r else ""
+        ts = f"{r['transformers_serve_tokens_per_s']:.1f}" if "transformers_serve_tokens_per_s" in r else ""
         print(f"| {r['model']} | {r['streams']} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.1f} | "
               f"{r['speedup_vs_one']:.2f} | {r['ttft_p50']:.3f} / {r['ttft_p99']:.3f} | "
-              f"{1000 * r['itl_p50']:.1f} / {1000 * r['itl_p99']:.1f} | {r['equal_to_alone']} | {hf} |")
+              f"{1000 * r['itl_p50']:.1f} / {1000 * r['itl_p99']:.1f} | {r['head_speedup']:.2f} | "
+              f"{r['equal_to_alone']} | {hf} | {ts} |")
     if not all(r["equal_to_alone"] for r in rows):
         sys.exit("some stream's tokens differ from its run alone")
 

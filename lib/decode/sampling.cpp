@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <limits>
 
 namespace lf {
@@ -24,10 +25,35 @@ double sampling_uniform(int64_t seed, int64_t key, int64_t step) {
   return static_cast<double>(h >> 11) * (1.0 / 9007199254740992.0);  // 53 random bits
 }
 
+at::Tensor greedy_tokens(const at::Tensor& logits) {
+  const auto dtype = logits.scalar_type();
+  const bool widens_exactly = dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf;
+  if (!logits.device().is_cpu() || logits.dim() != 2 || !widens_exactly) return logits.argmax(-1).to(at::kCPU);
+  // Widening to float32 is exact, so bf16/fp16 ties stay ties (float64 would not narrow exactly).
+  const at::Tensor x = logits.to(at::kFloat).contiguous();
+  const at::Tensor best = x.amax(-1).contiguous();  // NaN where a row holds one
+  const int64_t rows = x.size(0), vocab = x.size(1);
+  at::Tensor out = at::empty({rows}, at::TensorOptions().dtype(at::kLong));
+  const float* data = x.data_ptr<float>();
+  const float* maxima = best.data_ptr<float>();
+  int64_t* picked = out.data_ptr<int64_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = data + r * vocab;
+    const float m = maxima[r];
+    int64_t v = 0;
+    if (std::isnan(m))
+      while (v < vocab && !std::isnan(row[v])) ++v;
+    else
+      while (v < vocab && row[v] != m) ++v;
+    picked[r] = v < vocab ? v : 0;  // (vocab == 0 only: argmax would throw on it)
+  }
+  return out;
+}
+
 at::Tensor sample_tokens(const at::Tensor& logits, const SamplingConfig& sampling, const std::vector<int64_t>& row_keys,
                          int64_t step) {
   at::NoGradGuard no_grad;
-  if (sampling.temperature == 0.0) return logits.argmax(-1).to(at::kCPU);  // first maximum on ties
+  if (sampling.temperature == 0.0) return greedy_tokens(logits);  // first maximum on ties
   at::Tensor x = logits.to(at::kDouble) / sampling.temperature;
   const int64_t vocab = x.size(-1);
   // Candidates in descending order of logit; top-k and top-p cut this list.

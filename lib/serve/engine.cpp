@@ -225,11 +225,14 @@ void Engine::sample_and_emit(const std::vector<at::Tensor>& logits, size_t first
       const at::Tensor chosen = route.to(at::kCPU);
       for (size_t m = 0; m < members.size(); ++m) rows_[first_row + members[m]].route = chosen[m].item<int64_t>();
     }
+    at::Tensor greedy;  // the group's greedy tokens, found in one pass once a member needs them
     for (size_t m = 0; m < members.size(); ++m) {
       Row& row = rows_[first_row + members[m]];
       const GenerationParams& p = row.request->params();
       const at::Tensor z = fused.logits.narrow(0, static_cast<int64_t>(m), 1);
-      const int64_t token = sample_tokens(z, p.sampling, {0}, row.step).item<int64_t>();
+      if (p.sampling.temperature == 0.0 && !greedy.defined()) greedy = greedy_tokens(fused.logits);
+      const int64_t token = p.sampling.temperature == 0.0 ? greedy.data_ptr<int64_t>()[m]
+                                                          : sample_tokens(z, p.sampling, {0}, row.step).item<int64_t>();
       std::optional<TokenLogprobs> lp;
       if (p.top_logprobs >= 0) {
         const at::Tensor l = at::log_softmax(z.squeeze(0).to(at::kFloat), -1).to(at::kCPU);

@@ -313,6 +313,8 @@ def test_the_load_benchmark_runs_and_every_stream_equals_its_run_alone(real_mode
     rows = json.loads((tmp_path / "report.json").read_text())["rows"]
     assert [r["streams"] for r in rows] == [1, 4] and all(r["equal_to_alone"] for r in rows)
     assert all(r["tokens_per_s"] > 0 and r["transformers_tokens_per_s"] > 0 for r in rows)
+    # `transformers serve` (continuous batching) ran beside it on the same streams.
+    assert all(r["transformers_serve_tokens_per_s"] > 0 for r in rows)
 
 
 def distill_recipe(paths, out, cache):

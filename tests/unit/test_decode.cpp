@@ -327,6 +327,22 @@ TEST_CASE("decode: sampling is seeded and independent of batching", "[decode]") 
   CHECK((top == picks.unsqueeze(1)).any(1).all().item<bool>());
 }
 
+TEST_CASE("decode: greedy tokens are argmax's, ties and NaNs included, in every dtype", "[decode]") {
+  at::manual_seed(3);
+  // Coarse values make ties common: argmax takes the first maximum, and so must greedy_tokens.
+  at::Tensor logits = at::randint(0, 6, {32, 1000}).to(at::kFloat);
+  logits[5][700] = std::numeric_limits<float>::quiet_NaN();
+  logits[5][900] = std::numeric_limits<float>::quiet_NaN();
+  logits[6].fill_(-std::numeric_limits<float>::infinity());
+  logits[7][999] = 100;
+  for (auto dtype : {at::kFloat, at::kBFloat16, at::kHalf, at::kDouble}) {
+    const at::Tensor x = logits.to(dtype);
+    CHECK(at::equal(lf::greedy_tokens(x), x.argmax(-1)));
+  }
+  CHECK(lf::greedy_tokens(logits)[5].item<int64_t>() == 700);
+  CHECK(at::equal(lf::greedy_tokens(logits.t().contiguous().t()), logits.argmax(-1)));  // a strided view
+}
+
 TEST_CASE("decode: models must share one vocabulary", "[decode]") {
   lf::test::ChunkTokenizer a(1, "a"), b(1, "b"), c(1, "c");
   for (auto* t : {&a, &b, &c}) t->add("x");
