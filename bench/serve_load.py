@@ -182,15 +182,19 @@ def transformers_serve_tokens_per_s(url, model, texts, tokens):
         return sum(counts) / (time.perf_counter() - start)
 
 
-def head_speedup(model_dir, level, threads, repeats=20):
-    """The ceiling the LM head alone puts on batching: level × t(1 row) / t(level rows) for the
-    model's own head weights ([vocab, hidden] fp32, the same threads), median of `repeats` runs.
-    A head that dominates the step (the small model: 12.6M of its 15.2M parameters) turns
-    compute-bound with a few rows, and no scheduler can batch past this."""
+def lm_head(model_dir):
+    """The model's own LM head weights ([vocab, hidden], fp32; the embedding where they are tied)."""
     from safetensors.torch import load_file
-    torch.set_num_threads(threads)
     weights = load_file(str(Path(model_dir) / "model.safetensors"))
-    head = weights.get("lm_head.weight", weights["model.embed_tokens.weight"]).float().contiguous()
+    return weights.get("lm_head.weight", weights["model.embed_tokens.weight"]).float().contiguous()
+
+
+def head_speedup(head, level, threads, repeats=20):
+    """The ceiling the LM head alone puts on batching: level × t(1 row) / t(level rows) with the
+    same threads, median of `repeats` runs. A head that dominates the step (the small model: 12.6M
+    of its 15.2M parameters) turns compute-bound with a few rows, and no scheduler can batch past
+    this."""
+    torch.set_num_threads(threads)
 
     def seconds(rows):
         x = torch.randn(rows, head.shape[1])
@@ -210,6 +214,7 @@ def run_model(name, model_dir, levels, tokens, work, hf):
     cfg.write_text(f"model: {{path: {model_dir}, dtype: fp32, device: cpu}}\n"
                    f"generation: {{max_new_tokens: {tokens}, chat_template: plain}}\n")
     rows = []
+    head = lm_head(model_dir)
     with serve_client.serving(BINARY, cfg, "serve.model_name=m", f"serve.max_batch={max(levels)}",
                               f"serve.max_queue={2 * max(levels)}") as server:
         texts = prompts(max(levels))
@@ -231,7 +236,7 @@ def run_model(name, model_dir, levels, tokens, work, hf):
                    "itl_p99": pct([g for *_, gs in results for g in gs], 0.99),
                    "equal_to_alone": all(ids == reference[p] for (ids, _, _), p in zip(results, batch)),
                    "wall_s": wall}
-            row["head_speedup"] = head_speedup(model_dir, level, torch.get_num_threads())
+            row["head_speedup"] = head_speedup(head, level, torch.get_num_threads())
             if hf:
                 row["transformers_tokens_per_s"] = transformers_tokens_per_s(model_dir, batch, tokens, torch.get_num_threads())
             rows.append(row)

@@ -224,10 +224,12 @@ void check_cross_keys(Recipe& recipe, const schema::Reader& reader, const YAML::
     if (t.placement == "cache" && !t.logits_cache)
       fail(key, "'cache' reads the teacher's logits from teachers." + std::to_string(i) + ".logits_cache, which is not set",
            "run logitfuse cache-logits and set logits_cache, or use replicate or shard");
-    if (t.placement == "server" && (!t.server || t.logits_cache))
-      fail(key, t.server ? "'server' queries the teacher at every step, but teachers." + std::to_string(i) + ".logits_cache is set"
-                         : "'server' queries teachers." + std::to_string(i) + ".server, which is not set",
-           t.server ? "drop logits_cache, or set placement: cache (or auto)" : "set server: {url, model}, or use replicate or shard");
+    if (t.placement == "server" && !t.server)
+      fail(key, "'server' queries teachers." + std::to_string(i) + ".server, which is not set",
+           "set server: {url, model}, or use replicate or shard");
+    if (t.placement == "server" && t.logits_cache)
+      fail(key, "'server' queries the teacher at every step, but teachers." + std::to_string(i) + ".logits_cache is set",
+           "drop logits_cache, or set placement: cache (or auto)");
     if (t.server && (t.placement == "replicate" || t.placement == "shard"))
       fail(key, "'" + t.placement + "' runs the teacher here, but teachers." + std::to_string(i) + ".server is set",
            "drop server, or set placement: server (or auto)");

@@ -3,7 +3,6 @@
 #include <ATen/ATen.h>
 #include <httplib.h>
 #include <nlohmann/json.hpp>
-#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <atomic>
@@ -70,12 +69,12 @@ RemoteLogprobs parse(const json& body, const std::vector<int64_t>& ids, int64_t 
   return out;
 }
 
-std::string where(const TeacherServer& server) { return "teacher server " + server.url + " (model '" + server.model + "')"; }
+std::string where(const TeacherServerConfig& server) { return "teacher server " + server.url + " (model '" + server.model + "')"; }
 
 // `send` on a fresh client, retried with backoff (0.5 s, 1 s, 2 s, ...) on no answer, 429 or 5xx;
 // `read` turns any other answer into the result (BadAnswer or a parse error: not retried).
 template <class Send, class Read>
-auto with_retries(const TeacherServer& server, Send send, Read read) -> decltype(read(std::declval<const httplib::Response&>())) {
+auto with_retries(const TeacherServerConfig& server, Send send, Read read) -> decltype(read(std::declval<const httplib::Response&>())) {
   std::string last_error;
   for (int64_t attempt = 0; attempt <= server.retries; ++attempt) {
     if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int64_t>(500.0 * (1 << std::min<int64_t>(attempt - 1, 6)))));
@@ -104,7 +103,7 @@ auto with_retries(const TeacherServer& server, Send send, Read read) -> decltype
                        "is the server up? (logitfuse serve or vLLM's OpenAI server, with this model name)");
 }
 
-RemoteLogprobs score_one(const TeacherServer& server, const std::vector<int64_t>& ids) {
+RemoteLogprobs score_one(const TeacherServerConfig& server, const std::vector<int64_t>& ids) {
   const json request = {{"model", server.model}, {"prompt", ids},       {"max_tokens", 0},
                         {"echo", true},          {"prompt_logprobs", server.top_k}, {"return_token_ids", true},
                         {"temperature", 0}};
@@ -116,7 +115,7 @@ RemoteLogprobs score_one(const TeacherServer& server, const std::vector<int64_t>
 
 }  // namespace
 
-void check_served_model(const TeacherServer& server) {
+void check_served_model(const TeacherServerConfig& server) {
   with_retries(
       server, [](httplib::Client& client) { return client.Get("/v1/models"); },
       [&](const httplib::Response& res) {
@@ -132,7 +131,7 @@ void check_served_model(const TeacherServer& server) {
       });
 }
 
-std::vector<RemoteLogprobs> score_remote(const TeacherServer& server, const std::vector<std::vector<int64_t>>& sequences) {
+std::vector<RemoteLogprobs> score_remote(const TeacherServerConfig& server, const std::vector<std::vector<int64_t>>& sequences) {
   std::vector<RemoteLogprobs> out(sequences.size());
   std::atomic<size_t> next{0};
   std::exception_ptr failure;

@@ -13,9 +13,6 @@
 
 namespace lf::serve {
 
-// teachers.N.server: url, model, top_k (here > 0), timeout, retries, concurrency.
-using TeacherServer = TeacherServerConfig;
-
 // Per sequence, positions 0..T-2 (position p predicts token p+1): the top-k ids and logprobs
 // [T-1, k] (descending) and the logprob of the sequence's own next token [T-1], float32.
 struct RemoteLogprobs {
@@ -24,11 +21,12 @@ struct RemoteLogprobs {
 
 // The server answers GET /v1/models and lists server.model; else a RuntimeFailure naming the URL
 // (after the retries where it does not answer).
-void check_served_model(const TeacherServer& server);
+void check_served_model(const TeacherServerConfig& server);
 
-// Scores every sequence (token ids, as the teacher's tokenizer gives them); results in input order.
+// Scores every sequence (token ids, as the teacher's tokenizer gives them) with server.top_k (> 0)
+// logprobs per position; results in input order.
 // The server must return these ids as its prompt_token_ids. A server that cannot be reached after
 // the retries, or that answers something else, is a RuntimeFailure naming the URL.
-std::vector<RemoteLogprobs> score_remote(const TeacherServer& server, const std::vector<std::vector<int64_t>>& sequences);
+std::vector<RemoteLogprobs> score_remote(const TeacherServerConfig& server, const std::vector<std::vector<int64_t>>& sequences);
 
 }  // namespace lf::serve

@@ -50,6 +50,52 @@ size_t temperature_index(const CacheSpec& spec, double temperature) {
   return static_cast<size_t>(it - spec.temperatures.begin());
 }
 
+namespace {
+
+// Each writes its teacher's rows of every sequence, in order, and returns how many rows it wrote.
+int64_t write_local_teacher(const Participant& teacher, const CacheSpec& spec, const std::vector<TokenizedSequence>& sequences,
+                            const std::vector<int64_t>& lines, int64_t batch_size, LogitsCacheWriter& writer) {
+  int64_t rows = 0;
+  for (size_t start = 0; start < sequences.size(); start += batch_size) {
+    std::vector<const TokenizedSequence*> batch_rows;
+    for (size_t i = start; i < std::min(sequences.size(), start + batch_size); ++i) batch_rows.push_back(&sequences[i]);
+    ModelBatch batch = collate(batch_rows, teacher.pad_id());
+    at::Tensor hidden = teacher.model->hidden_states(batch.input_ids.to(teacher.device));
+    for (size_t b = 0; b < batch_rows.size(); ++b) {
+      const auto& seq = *batch_rows[b];
+      const int64_t first = seq.first_label_position(), n = seq.label_count();
+      at::Tensor logits = teacher.logits(hidden[b].narrow(0, first, n));
+      at::Tensor labels = batch.labels[b].narrow(0, first, n).to(teacher.device);
+      std::vector<at::Tensor> probs, ids;
+      for (double t : spec.temperatures) {
+        auto stats = kernels::softmax_topk_stats(logits, spec.k, t);
+        probs.push_back(stats.probs);
+        ids.push_back(stats.ids);
+      }
+      writer.add(lines[start + b], probs, ids, kernels::cross_entropy_rows(logits, labels).mean().item<double>());
+      rows += n;
+    }
+  }
+  return rows;
+}
+
+int64_t write_served_teacher(const RemoteTeacher& teacher, const CacheSpec& spec, const std::vector<TokenizedSequence>& sequences,
+                             const std::vector<int64_t>& lines, LogitsCacheWriter& writer) {
+  for (double t : spec.temperatures)  // load_recipe refuses these where the run distils
+    if (t != 1.0) throw InputError(teacher.key + ": a server gives logprobs at temperature 1 only");
+  std::vector<const TokenizedSequence*> all;
+  for (const auto& seq : sequences) all.push_back(&seq);
+  const auto answered = remote_label_rows(teacher, all);
+  int64_t rows = 0;
+  for (size_t i = 0; i < answered.size(); ++i) {
+    writer.add(lines[i], {answered[i].probs}, {answered[i].ids}, answered[i].ce);
+    rows += answered[i].probs.size(0);
+  }
+  return rows;
+}
+
+}  // namespace
+
 void write_logits_caches(const Recipe& r) {
   bool any = false;
   const Truncation truncation = recipe_truncation(r);
@@ -67,7 +113,7 @@ void write_logits_caches(const Recipe& r) {
     const CacheSpec spec = expected_cache_spec(r, s, teacher, data_hash);
     LogitsCacheWriter writer(*tc.logits_cache, spec);
     at::NoGradGuard no_grad;
-    int64_t rows = 0, skipped = 0;
+    int64_t skipped = 0;
     const int64_t batch_size = std::max<int64_t>(1, r.train.micro_batch_size);
     std::vector<TokenizedSequence> sequences;
     std::vector<int64_t> lines;
@@ -80,37 +126,8 @@ void write_logits_caches(const Recipe& r) {
         ++skipped;
       }
     }
-    if (remote) {
-      for (double t : spec.temperatures)  // load_recipe refuses these where the run distils
-        if (t != 1.0) throw InputError("teachers." + std::to_string(s) + ".server: a server gives logprobs at temperature 1 only");
-      std::vector<const TokenizedSequence*> all;
-      for (const auto& seq : sequences) all.push_back(&seq);
-      auto remote_rows = remote_label_rows(r, s, spec.k, all);
-      for (size_t i = 0; i < remote_rows.size(); ++i) {
-        writer.add(lines[i], {remote_rows[i].probs}, {remote_rows[i].ids}, remote_rows[i].ce);
-        rows += remote_rows[i].probs.size(0);
-      }
-    }
-    for (size_t start = 0; !remote && start < sequences.size(); start += batch_size) {
-      std::vector<const TokenizedSequence*> batch_rows;
-      for (size_t i = start; i < std::min(sequences.size(), start + batch_size); ++i) batch_rows.push_back(&sequences[i]);
-      ModelBatch batch = collate(batch_rows, teacher.pad_id());
-      at::Tensor hidden = teacher.model->hidden_states(batch.input_ids.to(teacher.device));
-      for (size_t b = 0; b < batch_rows.size(); ++b) {
-        const auto& seq = *batch_rows[b];
-        const int64_t first = seq.first_label_position(), n = seq.label_count();
-        at::Tensor logits = teacher.logits(hidden[b].narrow(0, first, n));
-        at::Tensor labels = batch.labels[b].narrow(0, first, n).to(teacher.device);
-        std::vector<at::Tensor> probs, ids;
-        for (double t : spec.temperatures) {
-          auto stats = kernels::softmax_topk_stats(logits, spec.k, t);
-          probs.push_back(stats.probs);
-          ids.push_back(stats.ids);
-        }
-        writer.add(lines[start + b], probs, ids, kernels::cross_entropy_rows(logits, labels).mean().item<double>());
-        rows += n;
-      }
-    }
+    const int64_t rows = remote ? write_served_teacher(resolve_remote_teacher(r, s, spec.k), spec, sequences, lines, writer)
+                                : write_local_teacher(teacher, spec, sequences, lines, batch_size, writer);
     writer.finish();
     spdlog::info("{}: cached top-{} logits of teacher {}{} for {} examples ({} rows, {} temperature(s)){}", *tc.logits_cache,
                  spec.k, tc.name, remote ? " (server " + tc.server->url + ")" : "", sequences.size(), rows, spec.temperatures.size(),
@@ -119,18 +136,24 @@ void write_logits_caches(const Recipe& r) {
   if (!any) throw InputError("cache-logits: no teacher has teachers.N.logits_cache set", "set it to a directory for each teacher to cache");
 }
 
+void append_teacher_rows(loss::CachedTeacherRows& out, const Recipe& r, int64_t k, at::Tensor graph_probs, at::Tensor graph_ids,
+                         const at::Tensor& token_probs, const at::Tensor& token_ids, double ce) {
+  // The graph reads all k; the token loss its own top_k of them.
+  const int64_t token_k = std::min(r.loss.token.top_k.value_or(k), k);
+  out.graph_probs.push_back(std::move(graph_probs));
+  out.graph_ids.push_back(std::move(graph_ids));
+  out.token_probs.push_back(token_probs.narrow(1, 0, token_k));
+  out.token_ids.push_back(token_ids.narrow(1, 0, token_k));
+  out.ce.push_back(ce);
+}
+
 std::shared_ptr<loss::CachedTeacherRows> cached_rows(const LogitsCache& cache, const MicroBatch& batch, const Recipe& r) {
   auto out = std::make_shared<loss::CachedTeacherRows>();
   const size_t graph_t = temperature_index(cache.spec(), r.loss.graph.temperature);
   const size_t token_t = temperature_index(cache.spec(), r.loss.token.temperature);
   for (int64_t line : batch.lines) {
     CachedExample ex = cache.example(line);
-    out->graph_probs.push_back(ex.probs[graph_t]);
-    out->graph_ids.push_back(ex.ids[graph_t]);
-    const int64_t k = r.loss.token.top_k.value_or(cache.spec().k);
-    out->token_probs.push_back(ex.probs[token_t].narrow(1, 0, std::min(k, cache.spec().k)));
-    out->token_ids.push_back(ex.ids[token_t].narrow(1, 0, std::min(k, cache.spec().k)));
-    out->ce.push_back(ex.ce);
+    append_teacher_rows(*out, r, cache.spec().k, ex.probs[graph_t], ex.ids[graph_t], ex.probs[token_t], ex.ids[token_t], ex.ce);
   }
   return out;
 }

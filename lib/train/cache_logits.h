@@ -28,6 +28,11 @@ size_t temperature_index(const CacheSpec& spec, double temperature);
 // Writes the cache of every teacher with teachers.N.logits_cache set; InputError if none has one.
 void write_logits_caches(const Recipe& recipe);
 
+// One example's teacher rows (cached or served) appended for the objective: the graph reads all k
+// rows' columns, the token loss its own loss.token.top_k of them.
+void append_teacher_rows(loss::CachedTeacherRows& out, const Recipe& recipe, int64_t k, at::Tensor graph_probs,
+                         at::Tensor graph_ids, const at::Tensor& token_probs, const at::Tensor& token_ids, double ce);
+
 // The cached rows of one micro-batch for the objective.
 std::shared_ptr<loss::CachedTeacherRows> cached_rows(const LogitsCache& cache, const MicroBatch& batch, const Recipe& recipe);
 

@@ -2,9 +2,6 @@
 
 #include <ATen/ATen.h>
 
-#include <algorithm>
-#include <string>
-
 #include "core/error.h"
 #include "train/cache_logits.h"
 #ifdef LOGITFUSE_HAVE_SERVE
@@ -13,29 +10,37 @@
 
 namespace lf {
 
-namespace {
-
-std::string server_key(size_t index) { return "teachers." + std::to_string(index) + ".server"; }
-
-}  // namespace
-
-std::vector<TeacherLabelRows> remote_label_rows(const Recipe& r, size_t index, int64_t k,
-                                                const std::vector<const TokenizedSequence*>& sequences) {
-#ifndef LOGITFUSE_HAVE_SERVE
-  (void)r, (void)k, (void)sequences;
-  throw NotAvailable(server_key(index) + " in a build without cpp-httplib");
-#else
-  TeacherServerConfig server = *r.teachers.at(index).server;
-  if (server.top_k == 0) server.top_k = k;
-  if (server.top_k < k)
-    throw InputError(server_key(index) + ".top_k: " + std::to_string(server.top_k) + " is less than the " + std::to_string(k) +
+RemoteTeacher resolve_remote_teacher(const Recipe& r, size_t index, int64_t k) {
+  RemoteTeacher out{*r.teachers.at(index).server, k, "teachers." + std::to_string(index) + ".server"};
+  if (out.server.top_k == 0) out.server.top_k = k;
+  if (out.server.top_k < k)
+    throw InputError(out.key + ".top_k: " + std::to_string(out.server.top_k) + " is less than the " + std::to_string(k) +
                      " the losses need");
+  return out;
+}
+
+RemoteTeacher connect_remote_teacher(const Recipe& r, size_t index) {
+  const std::string key = "teachers." + std::to_string(index) + ".server";
+  RemoteTeacher teacher = resolve_remote_teacher(r, index, teacher_rows_k(r, key));
+#ifndef LOGITFUSE_HAVE_SERVE
+  throw NotAvailable(key + " in a build without cpp-httplib");
+#else
+  serve::check_served_model(teacher.server);
+  return teacher;
+#endif
+}
+
+std::vector<TeacherLabelRows> remote_label_rows(const RemoteTeacher& teacher, const std::vector<const TokenizedSequence*>& sequences) {
+#ifndef LOGITFUSE_HAVE_SERVE
+  (void)sequences;
+  throw NotAvailable(teacher.key + " in a build without cpp-httplib");
+#else
   std::vector<std::vector<int64_t>> ids;
   for (const auto* seq : sequences) ids.push_back(seq->ids);
-  const auto scored = serve::score_remote(server, ids);
+  const auto scored = serve::score_remote(teacher.server, ids);
   std::vector<TeacherLabelRows> out;
   for (size_t i = 0; i < sequences.size(); ++i) {
-    const int64_t first = sequences[i]->first_label_position(), n = sequences[i]->label_count();
+    const int64_t first = sequences[i]->first_label_position(), n = sequences[i]->label_count(), k = teacher.k;
     const auto& s = scored[i];
     out.push_back({s.top_logprobs.narrow(0, first, n).narrow(1, 0, k).exp(), s.top_ids.narrow(0, first, n).narrow(1, 0, k),
                    -s.token_logprob.narrow(0, first, n).to(at::kDouble).mean().item<double>()});
@@ -44,32 +49,10 @@ std::vector<TeacherLabelRows> remote_label_rows(const Recipe& r, size_t index, i
 #endif
 }
 
-void check_teacher_server(const Recipe& r, size_t index) {
-#ifndef LOGITFUSE_HAVE_SERVE
-  (void)r;
-  throw NotAvailable(server_key(index) + " in a build without cpp-httplib");
-#else
-  const TeacherServerConfig& server = *r.teachers.at(index).server;
-  const int64_t k = teacher_rows_k(r, server_key(index));
-  if (server.top_k != 0 && server.top_k < k)
-    throw InputError(server_key(index) + ".top_k: " + std::to_string(server.top_k) + " is less than the " + std::to_string(k) +
-                     " the losses need");
-  serve::check_served_model(server);
-#endif
-}
-
-std::shared_ptr<loss::CachedTeacherRows> remote_rows(const Recipe& r, size_t index, const ModelBatch& batch) {
-  const int64_t k = teacher_rows_k(r, server_key(index));
+std::shared_ptr<loss::CachedTeacherRows> remote_rows(const RemoteTeacher& teacher, const Recipe& r, const ModelBatch& batch) {
   auto out = std::make_shared<loss::CachedTeacherRows>();
-  for (auto& rows : remote_label_rows(r, index, k, batch.rows)) {
-    // As cached_rows: the graph reads all k, the token loss its own top_k of them.
-    const int64_t token_k = std::min(r.loss.token.top_k.value_or(k), k);
-    out->token_probs.push_back(rows.probs.narrow(1, 0, token_k));
-    out->token_ids.push_back(rows.ids.narrow(1, 0, token_k));
-    out->graph_probs.push_back(std::move(rows.probs));
-    out->graph_ids.push_back(std::move(rows.ids));
-    out->ce.push_back(rows.ce);
-  }
+  for (auto& rows : remote_label_rows(teacher, batch.rows))
+    append_teacher_rows(*out, r, teacher.k, rows.probs, rows.ids, rows.probs, rows.ids, rows.ce);
   return out;
 }
 

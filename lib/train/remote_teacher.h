@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "config/recipe.h"
@@ -17,6 +18,21 @@
 
 namespace lf {
 
+// teachers.N.server resolved once against the recipe: what to ask (top_k 0 filled in with k) and
+// how many of the answers the losses read (k).
+struct RemoteTeacher {
+  TeacherServerConfig server;
+  int64_t k = 0;
+  std::string key;  // teachers.N.server, for errors
+};
+
+// InputError if the server's top_k is below the k the losses need.
+RemoteTeacher resolve_remote_teacher(const Recipe& recipe, size_t index, int64_t k);
+
+// For `train`: resolved with the losses' k, and the server checked to answer and serve the model
+// (RuntimeFailure naming the URL otherwise).
+RemoteTeacher connect_remote_teacher(const Recipe& recipe, size_t index);
+
 // One sequence's label rows, as a logits cache stores them.
 struct TeacherLabelRows {
   at::Tensor probs;  // [n, k] float32, descending
@@ -24,16 +40,11 @@ struct TeacherLabelRows {
   double ce = 0;     // token-mean over the response
 };
 
-// Asks teachers[index].server for every sequence (its top_k, 0 meaning k, must reach k); results
-// in input order. NotAvailable in a build without cpp-httplib.
-std::vector<TeacherLabelRows> remote_label_rows(const Recipe& recipe, size_t index, int64_t k,
-                                                const std::vector<const TokenizedSequence*>& sequences);
-
-// Before a run reads it step by step: the losses can be read from top-k rows (InputError), and the
-// server answers and serves teachers[index].server.model (RuntimeFailure naming the URL).
-void check_teacher_server(const Recipe& recipe, size_t index);
+// Asks the server for every sequence; results in input order. NotAvailable in a build without
+// cpp-httplib.
+std::vector<TeacherLabelRows> remote_label_rows(const RemoteTeacher& teacher, const std::vector<const TokenizedSequence*>& sequences);
 
 // The rows of one micro-batch for the objective (the same shape cached_rows gives), asked now.
-std::shared_ptr<loss::CachedTeacherRows> remote_rows(const Recipe& recipe, size_t index, const ModelBatch& batch);
+std::shared_ptr<loss::CachedTeacherRows> remote_rows(const RemoteTeacher& teacher, const Recipe& recipe, const ModelBatch& batch);
 
 }  // namespace lf

@@ -13,7 +13,6 @@
 #include "core/strings.h"
 #include "io/file.h"
 #include "train/cache_logits.h"
-#include "train/remote_teacher.h"
 #include "train/trainer_parts.h"
 
 namespace fs = std::filesystem;
@@ -148,9 +147,9 @@ loss::LossParts Trainer::micro_batch_backward(MicroBatch& mb, const loss::Object
                        weight, cached_rows(*cache, mb, recipe_)});
       continue;
     }
-    if (participants_->remote[s]) {
+    if (const auto& remote = participants_->remote[s]) {
       sides.push_back({at::Tensor(), nullptr, &mb.teachers[s], mb.pairs[s], vocab_map, alignment_->projectors[s].get(),
-                       weight, remote_rows(recipe_, s, mb.teachers[s])});
+                       weight, remote_rows(*remote, recipe_, mb.teachers[s])});
       continue;
     }
     sides.push_back({t.model->hidden_states(mb.teachers[s].input_ids.to(t.device)),

@@ -14,7 +14,6 @@
 #include "model/checkpoint.h"
 #include "model/model_config.h"
 #include "train/cache_logits.h"
-#include "train/remote_teacher.h"
 
 namespace fs = std::filesystem;
 
@@ -49,8 +48,7 @@ void load_teacher(const Recipe& recipe, size_t s, const std::string& placement, 
   }
   parts.caches.push_back(nullptr);
   if (placement == "server") {
-    check_teacher_server(recipe, s);
-    parts.remote[s] = true;
+    parts.remote[s] = connect_remote_teacher(recipe, s);
     spdlog::info("teacher {}: reading top-k logprobs at every step from {} (model '{}')", t.name, t.server->url, t.server->model);
     return;
   }
@@ -91,7 +89,7 @@ Participants load_participants(const Recipe& recipe, const MemoryPlan& plan, con
                  comm.world_size(), format_bytes(parts.sharded_student->shard_bytes()));
   }
   parts.sharded_teachers.resize(recipe.teachers.size());
-  parts.remote.resize(recipe.teachers.size(), false);
+  parts.remote.resize(recipe.teachers.size());
   for (size_t s = 0; s < recipe.teachers.size(); ++s) load_teacher(recipe, s, placements[s], data_hash, comm, parts);
   parts.student.model->set_activation_checkpointing(recipe.train.activation_checkpointing);
   parts.student.model->train();

@@ -21,6 +21,7 @@
 #include "train/on_policy.h"
 #include "train/optimizer.h"
 #include "train/participants.h"
+#include "train/remote_teacher.h"
 #include "train/run_support.h"
 #include "train/sharded_adamw.h"
 #include "train/trainer.h"
@@ -39,7 +40,7 @@ struct Participants {
   std::vector<Participant> teachers;
   std::vector<std::shared_ptr<LogitsCache>> caches;            // per teacher; null: run online
   std::vector<std::unique_ptr<ShardedModel>> sharded_teachers;  // per teacher; null: whole or cached
-  std::vector<bool> remote;  // per teacher: on a server (teachers.N.server), asked at every step
+  std::vector<std::optional<RemoteTeacher>> remote;            // per teacher: set where asked of a server
   std::vector<const Participant*> teacher_pointers() const;
 };
 // `data_hash`: hex64(hash_file(data.train)), the key of the logits caches.
