@@ -24,7 +24,7 @@ prompt_logprobs for teachers), /v1/models, /health, /metrics. Plain or Dynamic L
 continuous batching.
 
 Config keys: generate's (model or models, fusion, sampling, generation; see docs/decoding.md), plus
-  serve: {host: 127.0.0.1, port: 8000 (0 = any free port), model_name, max_batch: 16, max_queue: 64,
+  serve: {host: 127.0.0.1, port: 8000 (0 = any free port), model_name, max_batch: 16, max_queue: 64, prefill_tokens: 512,
           max_context: 0 (= the model's), threads: 0}
 Request fields left out take the config's sampling and generation values. SIGTERM or SIGINT: stop
 taking requests, finish what runs, exit 0. See docs/serving.md.)";
@@ -61,7 +61,7 @@ void add_serve(CLI::App& root) {
     int64_t model_context = std::numeric_limits<int64_t>::max();
     for (auto* m : session->set.run()) model_context = std::min(model_context, m->model->config().max_position_embeddings);
     context.max_context = s.max_context > 0 ? std::min(s.max_context, model_context) : model_context;
-    serve::EngineLimits limits{s.max_batch, s.max_queue};
+    serve::EngineLimits limits{s.max_batch, s.max_queue, s.prefill_tokens};
     serve::Metrics metrics;
     serve::Engine engine(session->set, *session->set.tokenizer, session->options.eos_ids, session->options.pad_id, limits,
                          metrics);

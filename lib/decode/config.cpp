@@ -113,6 +113,7 @@ void visit(V& v, ServeSettings& c) {
   v("model_name", c.model_name);
   v("max_batch", c.max_batch, at_least<int64_t>(1));
   v("max_queue", c.max_queue, at_least<int64_t>(0));
+  v("prefill_tokens", c.prefill_tokens, at_least<int64_t>(0));
   v("max_context", c.max_context, at_least<int64_t>(0));
   v("threads", c.threads, at_least<int64_t>(0));
 }

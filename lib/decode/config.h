@@ -99,6 +99,7 @@ struct ServeSettings {
   std::string model_name;       // the name clients pass as "model"; default: the model's path as configured (as vLLM)
   int64_t max_batch = 16;       // requests decoded together
   int64_t max_queue = 64;       // requests waiting for a batch slot; beyond it: 429
+  int64_t prefill_tokens = 512; // prompt tokens prefilled per step and model while the batch decodes; 0: whole
   int64_t max_context = 0;      // prompt + completion tokens; 0: the model's max_position_embeddings
   int64_t threads = 0;          // connections served at once; 0: max_batch + max_queue + 8
 };

@@ -125,21 +125,24 @@ void Engine::wait_idle() {
 void Engine::loop() {
   c10::InferenceMode inference;
   while (true) {
-    std::vector<std::shared_ptr<Request>> joiners;
     std::shared_ptr<ScoreJob> job;
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [&] { return stopping_ || !waiting_.empty() || !scoring_.empty() || !rows_.empty(); });
+      wake_.wait(lock, [&] {
+        return stopping_ || !waiting_.empty() || !scoring_.empty() || !rows_.empty() || !joining_.empty();
+      });
       if (stopping_) break;
-      while (!waiting_.empty() && static_cast<int64_t>(rows_.size() + joiners.size()) < limits_.max_batch) {
-        if (!waiting_.front()->cancelled()) joiners.push_back(waiting_.front());
+      // One group joins at a time: the next forms once this one is prefilled.
+      const bool forming = joining_.empty();
+      while (forming && !waiting_.empty() && static_cast<int64_t>(rows_.size() + joining_.size()) < limits_.max_batch) {
+        if (!waiting_.front()->cancelled()) joining_.push_back(waiting_.front());
         waiting_.pop_front();
       }
       if (!scoring_.empty()) {
         job = scoring_.front();
         scoring_.pop_front();
       }
-      running_count_ = static_cast<int64_t>(rows_.size() + joiners.size()) + (job ? 1 : 0);
+      running_count_ = static_cast<int64_t>(rows_.size() + joining_.size()) + (job ? 1 : 0);
       metrics_.queue_length(static_cast<int64_t>(waiting_.size()));
     }
     if (job) {
@@ -152,7 +155,7 @@ void Engine::loop() {
     const auto start = Clock::now();
     try {
       drop_finished();
-      if (!joiners.empty()) admit(joiners);
+      if (!joining_.empty()) prefill();
       drop_finished();
       if (!rows_.empty()) step();
       drop_finished();
@@ -160,11 +163,12 @@ void Engine::loop() {
       spdlog::error("serve: a decoding step failed, its requests get an error: {}", e.what());
       fail_all(e.what());
     }
+    report_model_tokens();
     std::lock_guard<std::mutex> lock(mutex_);
-    running_count_ = static_cast<int64_t>(rows_.size());
+    running_count_ = static_cast<int64_t>(rows_.size() + joining_.size());
     metrics_.step(static_cast<int64_t>(rows_.size()), limits_.max_batch, static_cast<int64_t>(waiting_.size()),
                   seconds_since(start));
-    if (rows_.empty() && waiting_.empty() && scoring_.empty()) idle_.notify_all();
+    if (rows_.empty() && joining_.empty() && waiting_.empty() && scoring_.empty()) idle_.notify_all();
   }
   fail_all("the server is shutting down");
   std::lock_guard<std::mutex> lock(mutex_);
@@ -174,26 +178,48 @@ void Engine::loop() {
   idle_.notify_all();
 }
 
-void Engine::admit(std::vector<std::shared_ptr<Request>>& joiners) {
-  std::vector<std::vector<int64_t>> prompts;
-  for (const auto& r : joiners) prompts.push_back(r->params().prompt);
-  const size_t first = rows_.size();
-  std::vector<at::Tensor> logits;
+void Engine::prefill() {
+  std::optional<BatchLogits> joined;
   try {
-    logits = batch_->admit(prompts, pad_id_);
+    if (!batch_->admitting()) {
+      // Each joiner enters only the models its fusion reads.
+      std::vector<std::vector<int64_t>> prompts;
+      std::vector<std::vector<size_t>> uses;
+      for (const auto& r : joining_) {
+        prompts.push_back(r->params().prompt);
+        uses.push_back(fusion_view(set_, r->params().fusion).inputs);
+      }
+      batch_->begin_admit(prompts, pad_id_, uses);
+    }
+    joined = batch_->prefill(limits_.prefill_tokens);
   } catch (const std::exception& e) {
     // The running rows are untouched (the joiners' caches were never appended): only joiners fail.
-    for (auto& r : joiners) r->push(Event{Event::Kind::kError, -1, e.what(), {}, {}, 0});
+    batch_->abort_admit();
+    for (auto& r : joining_) r->push(Event{Event::Kind::kError, -1, e.what(), {}, {}, 0});
+    joining_.clear();
     return;
   }
-  for (auto& r : joiners) {
+  if (!joined) return;
+  const size_t first = rows_.size();
+  for (auto& r : joining_) {
     Row row;
     row.request = r;
     for (const auto& s : r->params().stop) row.hold_back = std::max(row.hold_back, s.empty() ? 0 : s.size() - 1);
     rows_.push_back(std::move(row));
     metrics_.tokens(static_cast<int64_t>(r->params().prompt.size()), 0);
   }
-  sample_and_emit(logits, first, /*first_step=*/true);
+  joining_.clear();
+  sample_and_emit(*joined, first, /*first_step=*/true);
+}
+
+void Engine::report_model_tokens() {
+  const auto& run = batch_->tokens_run();
+  auto models = set_.run();
+  tokens_run_.resize(run.size(), 0);
+  for (size_t i = 0; i < run.size(); ++i) {
+    if (run[i] > tokens_run_[i]) metrics_.model_tokens(models[i]->name, run[i] - tokens_run_[i]);
+    tokens_run_[i] = run[i];
+  }
 }
 
 void Engine::step() {
@@ -202,17 +228,16 @@ void Engine::step() {
   sample_and_emit(batch_->step(tokens), 0, /*first_step=*/false);
 }
 
-void Engine::sample_and_emit(const std::vector<at::Tensor>& logits, size_t first_row, bool first_step) {
+void Engine::sample_and_emit(const BatchLogits& logits, size_t first_row, bool first_step) {
   // Rows with the same fusion are fused in one call.
   std::map<std::string, std::vector<int64_t>> groups;
-  const int64_t n = logits.at(0).size(0);
+  const int64_t n = logits.rows;
   for (int64_t j = 0; j < n; ++j) groups[rows_[first_row + j].request->params().fusion.key()].push_back(j);
   for (const auto& [key, members] : groups) {
     const RequestFusion& fusion = rows_[first_row + members[0]].request->params().fusion;
     const FusionView view = fusion_view(set_, fusion);
-    const at::Tensor index = at::tensor(members, at::TensorOptions().dtype(at::kLong));
-    std::vector<at::Tensor> rows(logits.size());
-    for (size_t i : view.inputs) rows[i] = logits[i].index_select(0, index.to(logits[i].device()));
+    std::vector<at::Tensor> rows(logits.logits.size());
+    for (size_t i : view.inputs) rows[i] = logits.of(i, members);
     at::Tensor route;
     const bool routed = fusion.spec.strategy == "dynamic" && fusion.spec.multi_expert == "route" && view.set.experts.size() > 1;
     if (routed && !first_step) {
@@ -320,8 +345,12 @@ void Engine::drop_finished() {
 void Engine::fail_all(const std::string& message) {
   for (auto& row : rows_)
     if (!row.done) row.request->push(Event{Event::Kind::kError, -1, message, {}, {}, 0});
+  for (auto& r : joining_) r->push(Event{Event::Kind::kError, -1, message, {}, {}, 0});
   rows_.clear();
+  joining_.clear();
+  report_model_tokens();
   batch_ = std::make_unique<ContinuousBatch>(set_);
+  tokens_run_.assign(tokens_run_.size(), 0);
 }
 
 }  // namespace lf::serve

@@ -78,6 +78,9 @@ class Request {
 struct EngineLimits {
   int64_t max_batch = 16;  // rows decoded together
   int64_t max_queue = 64;  // requests waiting for a row; beyond it submit() refuses
+  // Prompt tokens prefilled per step and model (padding counted) while the running rows go on
+  // decoding between chunks; 0: a joining group's prompts whole in one step.
+  int64_t prefill_tokens = 512;
 };
 
 class Engine {
@@ -103,9 +106,10 @@ class Engine {
   struct Row;
   struct ScoreJob;
   void loop();
-  void admit(std::vector<std::shared_ptr<Request>>& joiners);
+  void prefill();
+  void report_model_tokens();
   void step();
-  void sample_and_emit(const std::vector<at::Tensor>& logits, size_t first_row, bool first_step);
+  void sample_and_emit(const BatchLogits& logits, size_t first_row, bool first_step);
   void drop_finished();
   void fail_all(const std::string& message);
   void emit(Row& row, int64_t token, std::optional<TokenLogprobs> logprobs);
@@ -128,6 +132,8 @@ class Engine {
   // Engine thread only.
   std::unique_ptr<ContinuousBatch> batch_;
   std::vector<Row> rows_;
+  std::vector<std::shared_ptr<Request>> joining_;  // being prefilled (the batch's joining group)
+  std::vector<int64_t> tokens_run_;                // per model: what the metrics have been told
   std::thread thread_;
 };
 

@@ -12,6 +12,16 @@ const std::vector<double> kLatencyBounds = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 
 std::string number(double v) { return fmt::format("{:.9g}", v); }
 
+// A label value as the exposition format quotes it: backslash, double quote and newline escaped.
+std::string label_value(const std::string& v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\' || c == '"') out += '\\';
+    out += c == '\n' ? std::string("\\n") : std::string(1, c);
+  }
+  return out;
+}
+
 }  // namespace
 
 Histogram::Histogram(std::vector<double> bounds) : bounds_(std::move(bounds)), counts_(bounds_.size() + 1, 0) {}
@@ -72,6 +82,11 @@ void Metrics::step(int64_t rows, int64_t max_batch, int64_t queued, double secon
   step_.observe(seconds);
 }
 
+void Metrics::model_tokens(const std::string& model, int64_t positions) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  model_tokens_[model] += static_cast<uint64_t>(positions);
+}
+
 void Metrics::queue_length(int64_t queued) {
   std::lock_guard<std::mutex> lock(mutex_);
   queued_ = queued;
@@ -108,6 +123,10 @@ std::string Metrics::text() const {
       "# TYPE logitfuse_step_rows_total counter\nlogitfuse_step_rows_total {}\n",
       prompt_tokens_, generated_tokens_, running_, max_batch_, max_batch_ > 0 ? number(double(running_) / max_batch_) : "0",
       queued_, steps_, step_rows_);
+  out += "# HELP logitfuse_model_tokens_total Token positions each model ran (prefill with padding, and decoding).\n"
+         "# TYPE logitfuse_model_tokens_total counter\n";
+  for (const auto& [model, n] : model_tokens_)
+    out += fmt::format("logitfuse_model_tokens_total{{model=\"{}\"}} {}\n", label_value(model), n);
   auto histogram = [&](const char* name, const char* help, const Histogram& h) {
     out += fmt::format("# HELP {} {}\n# TYPE {} histogram\n", name, help, name);
     out += h.text(name);

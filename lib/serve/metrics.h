@@ -34,6 +34,8 @@ class Metrics {
   void request_latency(double seconds);
   // One engine step: rows in the batch, the batch limit, requests waiting, the step's duration.
   void step(int64_t rows, int64_t max_batch, int64_t queued, double seconds);
+  // Token positions a model ran (prefill, padding included, and decoding).
+  void model_tokens(const std::string& model, int64_t positions);
   void queue_length(int64_t queued);
   void running(int64_t rows);
   std::string text() const;
@@ -41,6 +43,7 @@ class Metrics {
  private:
   mutable std::mutex mutex_;
   std::map<std::pair<std::string, int>, uint64_t> requests_;
+  std::map<std::string, uint64_t> model_tokens_;
   uint64_t prompt_tokens_ = 0, generated_tokens_ = 0, steps_ = 0, step_rows_ = 0;
   int64_t running_ = 0, max_batch_ = 0, queued_ = 0;
   Histogram ttft_, inter_token_, latency_, step_;

@@ -56,4 +56,32 @@ std::shared_ptr<loss::CachedTeacherRows> remote_rows(const RemoteTeacher& teache
   return out;
 }
 
+RemoteRowsPrefetch::RemoteRowsPrefetch(const RemoteTeacher& teacher, const Recipe& recipe,
+                                       std::vector<const ModelBatch*> batches)
+    : promises_(batches.size()) {
+  for (auto& p : promises_) futures_.push_back(p.get_future());
+  worker_ = std::thread([this, teacher, &recipe, batches = std::move(batches)] {
+    for (size_t m = 0; m < batches.size(); ++m) {
+      if (stop_) {
+        promises_[m].set_exception(std::make_exception_ptr(std::runtime_error("prefetch stopped")));
+        continue;
+      }
+      try {
+        promises_[m].set_value(remote_rows(teacher, recipe, *batches[m]));
+      } catch (...) {
+        // The micro-batches after a failed one are not asked: the step fails on this one.
+        stop_ = true;
+        promises_[m].set_exception(std::current_exception());
+      }
+    }
+  });
+}
+
+RemoteRowsPrefetch::~RemoteRowsPrefetch() {
+  stop_ = true;
+  if (worker_.joinable()) worker_.join();
+}
+
+std::shared_ptr<loss::CachedTeacherRows> RemoteRowsPrefetch::get(size_t micro) { return futures_.at(micro).get(); }
+
 }  // namespace lf

@@ -6,9 +6,12 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <atomic>
 #include <cstdint>
+#include <future>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "config/recipe.h"
@@ -46,5 +49,27 @@ std::vector<TeacherLabelRows> remote_label_rows(const RemoteTeacher& teacher, co
 
 // The rows of one micro-batch for the objective (the same shape cached_rows gives), asked now.
 std::shared_ptr<loss::CachedTeacherRows> remote_rows(const RemoteTeacher& teacher, const Recipe& recipe, const ModelBatch& batch);
+
+// A step's rows of one served teacher, asked in the background one micro-batch after another (each
+// with the server's concurrency in flight), so that the requests overlap the student's compute: its
+// forward on the micro-batch they serve, and everything on the micro-batches before. The rows are
+// the ones remote_rows gives, so a step's numbers do not change.
+class RemoteRowsPrefetch {
+ public:
+  // `batches` must outlive this object.
+  RemoteRowsPrefetch(const RemoteTeacher& teacher, const Recipe& recipe, std::vector<const ModelBatch*> batches);
+  // Waits for the request in flight (the ones not started are not sent).
+  ~RemoteRowsPrefetch();
+  RemoteRowsPrefetch(const RemoteRowsPrefetch&) = delete;
+  RemoteRowsPrefetch& operator=(const RemoteRowsPrefetch&) = delete;
+  // Micro-batch `micro`'s rows, waiting for them; rethrows what asking for them threw.
+  std::shared_ptr<loss::CachedTeacherRows> get(size_t micro);
+
+ private:
+  std::vector<std::promise<std::shared_ptr<loss::CachedTeacherRows>>> promises_;
+  std::vector<std::future<std::shared_ptr<loss::CachedTeacherRows>>> futures_;
+  std::atomic<bool> stop_{false};
+  std::thread worker_;
+};
 
 }  // namespace lf

@@ -120,7 +120,9 @@ Trainer::StepBatch Trainer::next_step_batch() {
 }
 
 loss::LossParts Trainer::micro_batch_backward(MicroBatch& mb, const loss::ObjectiveConfig& objective,
-                                              const loss::GlobalCounts& counts, bool arm_overlap) {
+                                              const loss::GlobalCounts& counts, bool arm_overlap,
+                                              const std::vector<std::unique_ptr<RemoteRowsPrefetch>>* prefetch,
+                                              size_t micro) {
   const Participant& student = participants_->student;
   ShardedModel* sharded_student = participants_->sharded_student.get();
   AutocastGuard autocast(student.device.type(), bf16_);
@@ -149,7 +151,9 @@ loss::LossParts Trainer::micro_batch_backward(MicroBatch& mb, const loss::Object
     }
     if (const auto& remote = participants_->remote[s]) {
       sides.push_back({at::Tensor(), nullptr, &mb.teachers[s], mb.pairs[s], vocab_map, alignment_->projectors[s].get(),
-                       weight, remote_rows(*remote, recipe_, mb.teachers[s])});
+                       weight,
+                       prefetch && prefetch->at(s) ? prefetch->at(s)->get(micro)
+                                                   : remote_rows(*remote, recipe_, mb.teachers[s])});
       continue;
     }
     sides.push_back({t.model->hidden_states(mb.teachers[s].input_ids.to(t.device)),
@@ -188,13 +192,23 @@ StepResult Trainer::step() {
   r.counts = batch.counts;
   r.policy_counts = batch.policy_counts;
   r.input_tokens = batch.input_tokens;
+  // Served teachers' rows for the whole step are asked now, in the background (declared after
+  // `batch`, whose sequences they read, so that they stop first when a step throws).
+  std::vector<std::unique_ptr<RemoteRowsPrefetch>> prefetch(participants_->remote.size());
+  for (size_t s = 0; s < participants_->remote.size(); ++s) {
+    if (!participants_->remote[s]) continue;
+    std::vector<const ModelBatch*> batches;
+    for (const auto& mb : batch.micro) batches.push_back(&mb.teachers[s]);
+    prefetch[s] = std::make_unique<RemoteRowsPrefetch>(*participants_->remote[s], recipe_, std::move(batches));
+  }
   for (size_t a = 0; a < batch.micro.size(); ++a) {
     // The completions first: the data's last micro-batch, which every rank has, arms the
     // overlapped gradient reduction.
     if (on_policy > 0 && batch.completions[a] && r.policy_counts.tokens > 0)
       r.policy_parts += micro_batch_backward(batch.completions[a]->micro, objectives_->completions, r.policy_counts, false);
-    r.parts += micro_batch_backward(batch.micro[a], objectives_->data, r.counts, a + 1 == batch.micro.size());
+    r.parts += micro_batch_backward(batch.micro[a], objectives_->data, r.counts, a + 1 == batch.micro.size(), &prefetch, a);
   }
+  prefetch.clear();
   for (double* term : {&r.parts.total, &r.parts.sft, &r.parts.token, &r.parts.graph}) *term = comm_.all_reduce_sum(*term);
   if (on_policy > 0) {
     for (double* term : {&r.policy_parts.total, &r.policy_parts.token, &r.policy_parts.graph})

@@ -43,6 +43,7 @@ struct TokenAlignment;
 struct StepPlan;
 struct Objectives;
 struct StudentWeights;
+class RemoteRowsPrefetch;
 struct TrainerState;
 struct MicroBatch;
 class DistributedOptimizer;
@@ -68,8 +69,12 @@ class Trainer {
   StepBatch next_step_batch();
   // One micro-batch's forward and backward: the student's hidden states, each teacher's (or its
   // cached rows), the objective.
+  // `prefetch` (per teacher, null where not served): the step's served rows asked ahead, of which
+  // this is micro-batch `micro`; without it (on-policy completions) they are asked now.
   loss::LossParts micro_batch_backward(MicroBatch& mb, const loss::ObjectiveConfig& objective,
-                                       const loss::GlobalCounts& counts, bool arm_overlap);
+                                       const loss::GlobalCounts& counts, bool arm_overlap,
+                                       const std::vector<std::unique_ptr<RemoteRowsPrefetch>>* prefetch = nullptr,
+                                       size_t micro = 0);
   // Why the step must not reach the weights (a non-finite loss term or gradient, naming the teachers
   // whose logits were non-finite on any rank), or "". Collective.
   std::string nonfinite_reason(const StepResult& result);

@@ -3,11 +3,15 @@ workspace's models (dlf_workspace.py): greedy outputs equal `generate`'s token f
 fused, alone and in a full batch; prompt and completion logprobs equal `logits`; the `fusion` field;
 bad requests, the queue limit, clients that vanish mid-stream, and SIGTERM under load."""
 import concurrent.futures as cf
+import contextlib
+import http.server
 import json
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -80,12 +84,14 @@ def post(server, path, body, raw=None):
     return int(code), json.loads(text)
 
 
-@pytest.mark.parametrize("strategy", ["plain", "dynamic"])
-def test_greedy_outputs_equal_generate_alone_and_in_a_full_batch(paths, logitfuse, strategy):
+@pytest.mark.parametrize("strategy,overrides", [("plain", ()), ("dynamic", ()),
+                                                 # prompts prefilled a few tokens per step, between steps
+                                                 ("dynamic", ("serve.prefill_tokens=3",))])
+def test_greedy_outputs_equal_generate_alone_and_in_a_full_batch(paths, logitfuse, strategy, overrides):
     cfg = config(paths, f"greedy_{strategy}", strategy)
     want = generated(logitfuse, cfg)
     assert len(want) == 16 and any(w["completion_ids"] for w in want)
-    with serving(BINARY, cfg) as server:
+    with serving(BINARY, cfg, *overrides) as server:
         c = client(server)
         for w in want[:4]:  # one at a time
             got = chat(c, w["prompt"])
@@ -186,6 +192,20 @@ def test_the_fusion_field_chooses_per_request(paths, logitfuse):
         assert got[:6] == [w["completion_ids"] for w in large_only[:6]]
         assert got[6:12] == [w["completion_ids"] for w in static[:6]]
         assert got[12:] == [w["completion_ids"] for w in secret_only[:6]]
+        # Each row runs only the models its fusion reads: "off" the large model, one expert's the
+        # large, the base and that expert; here nothing read "color" but the static rows.
+        def positions_run():
+            text = subprocess.run(["curl", "-s", server.url + "/metrics"], capture_output=True, text=True).stdout
+            return {m: int(n) for m, n in re.findall(r'logitfuse_model_tokens_total\{model="(\w+)"\} (\d+)', text)}
+        before = positions_run()
+        with cf.ThreadPoolExecutor(16) as pool:
+            again = list(pool.map(lambda j: chat(c, j[0], extra={"fusion": j[1]}).token_ids,
+                                  jobs[:6] + jobs[12:]))
+        assert again == got[:6] + got[12:]
+        after = positions_run()
+        assert after["color"] == before["color"]
+        assert after["secret"] > before["secret"] and after["base"] > before["base"]
+        assert after["large"] - before["large"] > after["secret"] - before["secret"]
         for bad in ({"expert": "nope"}, {"strategy": "blend"}, {"alpha": "x"}, {"colour": 1}, 7):
             code, body = post(server, "/v1/chat/completions",
                               {"messages": [{"role": "user", "content": "x"}], "fusion": bad})
@@ -304,6 +324,30 @@ def test_vanishing_clients_malformed_requests_and_sigterm_under_load(paths):
             server.proc.kill()
 
 
+def test_a_client_that_vanishes_before_a_whole_answer_frees_its_row(real_models, tmp_path):
+    """A non-streaming request writes nothing until its end; its client closing the connection still
+    frees the row at the next step (SmolLM2, so that 400 tokens take many seconds on a CPU)."""
+    cfg = tmp_path / "smollm2.yaml"
+    cfg.write_text(f"model: {{path: {real_models['smollm2-135m-instruct']}, dtype: fp32, device: cpu}}\n"
+                   "generation: {chat_template: plain}\n")
+    with serving(BINARY, cfg) as server:
+        before = metric(server, "logitfuse_generation_tokens_total")
+        body = json.dumps({"model": "tiny", "prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": True})
+        host, port = server.url.split("//")[1].split(":")
+        s = socket.create_connection((host, int(port)))
+        s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+        assert wait_until(lambda: metric(server, "logitfuse_generation_tokens_total") > before)
+        s.close()
+        assert wait_until(lambda: metric(server, "logitfuse_running_requests") == 0, timeout=10)
+        assert metric(server, "logitfuse_generation_tokens_total") - before < 100
+        text = subprocess.run(["curl", "-s", server.url + "/metrics"], capture_output=True, text=True).stdout
+        assert 'logitfuse_requests_total{endpoint="/v1/completions",code="499"} 1' in text
+        # The server carries on.
+        code, answer = post(server, "/v1/completions", {"model": "tiny", "prompt": "Hello", "max_tokens": 2})
+        assert code == 200 and answer["usage"]["completion_tokens"] == 2
+
+
 def test_the_load_benchmark_runs_and_every_stream_equals_its_run_alone(real_models, tmp_path):
     """bench/serve_load.py --quick (a random model with SmolLM2's tokenizer, 1 and 4 streams): the
     benchmark exits 0 only if every stream's tokens equal its sequential run."""
@@ -328,7 +372,7 @@ teachers:
   - {{name: big, path: {paths['large']}, dtype: fp32, chat_template: plain{cache_key}}}
 data: {{train: {root}/secret_train.jsonl, max_length: 32, max_prompt_length: 24}}
 loss: {{distill_weight: 0.5, token: {{type: kl, top_k: 8, temperature: 1.0}}, graph: {{type: gld, top_k: 8, temperature: 1.0}}}}
-train: {{micro_batch_size: 8, lr: 3.0e-3, precision: fp32, max_steps: 6, schedule: constant}}
+train: {{micro_batch_size: 4, grad_accum: 2, lr: 3.0e-3, precision: fp32, max_steps: 6, schedule: constant}}
 checkpoint: {{every_steps: 0}}
 log: {{every_steps: 1}}
 """)
@@ -385,3 +429,41 @@ def test_a_teacher_on_a_server_trains_like_one_run_here_through_a_cache_or_live(
     assert "loss.on_policy.weight" in proc.stderr and "on a server" in proc.stderr
     proc = logitfuse("train", direct, "teachers.0.placement=server", expect=2)
     assert "teachers.0.placement" in proc.stderr and "teachers.0.server, which is not set" in proc.stderr
+    # A server that lists the model but fails every scoring request: the step's requests, asked in
+    # the background, fail the run naming the URL, and nothing final is written.
+    with failing_server() as url:
+        proc = logitfuse("train", live, f"teachers.0.server.url={url}", "teachers.0.server.model=tiny",
+                         "teachers.0.server.retries=1", "run.output_dir=" + str(tmp_path / "failing"), expect=1)
+        assert url in proc.stderr and "500" in proc.stderr, proc.stderr[-2000:]
+        assert not (tmp_path / "failing" / "final").exists()
+
+
+@contextlib.contextmanager
+def failing_server():
+    """Lists the model "tiny" at /v1/models and answers every POST with 500."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def reply(self, code, body):
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            self.reply(200, {"object": "list", "data": [{"id": "tiny", "object": "model"}]})
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.reply(500, {"error": {"message": "broken on purpose", "type": "server_error"}})
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()

@@ -5,7 +5,9 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <map>
+#include <optional>
 
 #include "decode/continuous.h"
 #include "decode/generate.h"
@@ -34,7 +36,7 @@ Solo decode_alone(lf::ModelSet& set, const std::vector<int64_t>& prompt, int ste
     for (const auto& l : logits) row.push_back(l[0].clone());
     solo.steps.push_back(row);
     solo.tokens.push_back(row[0].argmax().item<int64_t>());
-    logits = one.step({solo.tokens.back()});
+    logits = one.step({solo.tokens.back()}).logits;
   }
   return solo;
 }
@@ -87,7 +89,7 @@ TEST_CASE("continuous batch: rows joining and leaving get the logits they get al
     auto step = [&] {
       std::vector<int64_t> tokens;
       for (int r : order) tokens.push_back(solo[r].tokens[step_of[r]++]);
-      check_rows(batch.step(tokens), 0);
+      check_rows(batch.step(tokens).logits, 0);
     };
     admit({0, 1});
     step();
@@ -108,6 +110,99 @@ TEST_CASE("continuous batch: rows joining and leaving get the logits they get al
     step();
     CHECK(batch.columns() == static_cast<int64_t>(ps[4].size()) + step_of[4]);  // its prompt and the tokens fed
   }
+}
+
+TEST_CASE("continuous batch: prefill in chunks, between the running rows' steps, and rows that run only some models",
+          "[decode][serve]") {
+  for (const char* kind : {"dynamic", "sliding"}) {
+    INFO(kind);
+    lf::ModelSet set = std::string(kind) == "sliding" ? sliding_set() : fused_set(kind);
+    const size_t models = set.run().size();
+    const auto ps = prompts();
+    constexpr int kSteps = 6;
+    std::vector<Solo> solo;
+    for (const auto& p : ps) solo.push_back(decode_alone(set, p, kSteps));
+    // What each prompt runs: all models, the large model alone, or the large model and the last one.
+    std::vector<std::vector<size_t>> uses(ps.size());
+    for (size_t r = 0; r < ps.size(); ++r) {
+      if (r % 3 == 0 || models == 1) {
+        for (size_t i = 0; i < models; ++i) uses[r].push_back(i);
+      } else {
+        uses[r] = r % 3 == 1 ? std::vector<size_t>{0} : std::vector<size_t>{0, models - 1};
+      }
+    }
+    lf::ContinuousBatch batch(set);
+    std::vector<int> order;
+    std::map<int, int> step_of;
+    auto check = [&](const lf::BatchLogits& logits, size_t first) {
+      REQUIRE(logits.rows == static_cast<int64_t>(order.size() - first));
+      for (size_t b = first; b < order.size(); ++b) {
+        const int r = order[b];
+        for (size_t m = 0; m < models; ++m) {
+          const bool runs = std::find(uses[r].begin(), uses[r].end(), m) != uses[r].end();
+          CHECK((logits.slot[m][b - first] >= 0) == runs);
+          if (!runs) continue;
+          const at::Tensor got = logits.of(m, {static_cast<int64_t>(b - first)})[0];
+          CHECK((got - solo[r].steps[step_of[r]][m]).abs().max().item<double>() < kTolerance);
+        }
+      }
+    };
+    auto step = [&] {
+      std::vector<int64_t> tokens;
+      for (int r : order) tokens.push_back(solo[r].tokens[step_of[r]++]);
+      check(batch.step(tokens), 0);
+    };
+    // Rows 0 and 1 join whole; rows 2, 3 and 4 join two tokens per model and step, the running rows
+    // decoding between the chunks.
+    auto begin = [&](std::vector<int> rows) {
+      std::vector<std::vector<int64_t>> in;
+      std::vector<std::vector<size_t>> use;
+      for (int r : rows) in.push_back(ps[r]), use.push_back(uses[r]);
+      batch.begin_admit(in, 0, use);
+    };
+    auto joined = [&](std::vector<int> rows, const lf::BatchLogits& logits) {
+      const size_t first = order.size();
+      order.insert(order.end(), rows.begin(), rows.end());
+      for (int r : rows) step_of[r] = 0;
+      check(logits, first);
+    };
+    begin({0, 1});
+    joined({0, 1}, *batch.prefill(0));
+    step();
+    begin({2, 3, 4});
+    int chunks = 0;
+    std::optional<lf::BatchLogits> done;
+    while (!(done = batch.prefill(6))) {
+      ++chunks;
+      CHECK(batch.rows() == 2);
+      step();
+    }
+    CHECK(chunks >= 2);  // the prompts are longer than two columns of three rows
+    joined({2, 3, 4}, *done);
+    step();
+    batch.keep({1, 2, 4});
+    order = {1, 2, 4};
+    step();
+    // Rows 1 and 4 run the large model alone and row 2 the large and the last: nothing runs the
+    // others now.
+    if (models > 1) {
+      std::vector<int64_t> tokens;
+      for (int r : order) tokens.push_back(solo[r].tokens[step_of[r]]);
+      const auto logits = batch.step(tokens);
+      CHECK(logits.logits[0].size(0) == 3);
+      CHECK(logits.logits[models - 1].size(0) == 1);
+      for (size_t m = 1; m + 1 < models; ++m) CHECK_FALSE(logits.logits[m].defined());
+    }
+  }
+  // Positions run: a row that needs only the large model costs the others nothing.
+  lf::ModelSet set = fused_set("dynamic");
+  lf::ContinuousBatch batch(set);
+  const std::vector<int64_t> prompt = prompts()[0];
+  batch.begin_admit({prompt, prompt}, 0, {{0}, {0}});
+  REQUIRE(batch.prefill(0));
+  batch.step({1, 2});
+  CHECK(batch.tokens_run()[0] == 2 * static_cast<int64_t>(prompt.size()) + 2);
+  for (size_t m = 1; m < set.run().size(); ++m) CHECK(batch.tokens_run()[m] == 0);
 }
 
 TEST_CASE("continuous batch: cache rows keep their keys, masks and length", "[decode][serve]") {
