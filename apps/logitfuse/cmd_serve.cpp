@@ -4,7 +4,9 @@
 #include <spdlog/spdlog.h>
 
 #include <csignal>
+#include <exception>
 #include <iostream>
+#include <thread>
 
 #include "commands.h"
 #include "core/error.h"
@@ -68,7 +70,20 @@ void add_serve(CLI::App& root) {
     std::signal(SIGPIPE, SIG_IGN);  // a client gone mid-write is a failed write, not the end of the server
     install_stop_handlers();
     serve::HttpOptions http{s.host, static_cast<int>(s.port), static_cast<int>(s.threads)};
-    serve::run_http_server(context, engine, metrics, http, limits, [] { return stop_requested() != 0; });
+    // The engine runs on this thread, the one that loaded the models (serve/engine.h says why); the
+    // HTTP server on another, which stops the engine once it has drained (or failed to start).
+    std::exception_ptr http_failure;
+    std::thread front([&] {
+      try {
+        serve::run_http_server(context, engine, metrics, http, limits, [] { return stop_requested() != 0; });
+      } catch (...) {
+        http_failure = std::current_exception();
+      }
+      engine.stop();
+    });
+    engine.run();
+    front.join();
+    if (http_failure) std::rethrow_exception(http_failure);
 #endif
   });
 }

@@ -70,17 +70,16 @@ Engine::Engine(ModelSet& set, const Tokenizer& tokenizer, std::vector<int64_t> e
       pad_id_(pad_id),
       limits_(limits),
       metrics_(metrics),
-      batch_(std::make_unique<ContinuousBatch>(set)) {
-  thread_ = std::thread([this] { loop(); });
-}
+      batch_(std::make_unique<ContinuousBatch>(set)) {}
 
-Engine::~Engine() {
+Engine::~Engine() = default;
+
+void Engine::stop() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stopping_ = true;
   }
   wake_.notify_all();
-  if (thread_.joinable()) thread_.join();
 }
 
 Engine::Admission Engine::submit(const std::shared_ptr<Request>& request) {
@@ -122,7 +121,7 @@ void Engine::wait_idle() {
   idle_.wait(lock, [&] { return waiting_.empty() && scoring_.empty() && running_count_ == 0; });
 }
 
-void Engine::loop() {
+void Engine::run() {
   c10::InferenceMode inference;
   while (true) {
     std::shared_ptr<ScoreJob> job;

@@ -1,7 +1,11 @@
-// The serving engine: one thread that runs the continuous batch (decode/continuous.h). Requests join
-// at step boundaries (up to a batch limit, behind a bounded queue) and leave when they finish or
-// their client goes away; each row keeps its own sampling, stop rules and fusion. HTTP threads talk
-// to it through a Request (a queue of events) and never touch a model.
+// The serving engine: the continuous batch (decode/continuous.h), run by one thread that calls run()
+// (`serve` gives it the main thread, which loaded the models: with every parallel region of the
+// process started from one thread, libgomp keeps one team whose threads spin between the many small
+// operations of a decoding step; a second team makes it throttle their spinning and wake them through
+// futexes, ~1.8x slower per token on 2 cores). Requests join at step boundaries (up to a batch limit,
+// behind a bounded queue) and leave when they finish or their client goes away; each row keeps its
+// own sampling, stop rules and fusion. HTTP threads talk to it through a Request (a queue of events)
+// and never touch a model.
 #pragma once
 
 #include <atomic>
@@ -14,7 +18,6 @@
 #include <mutex>
 #include <optional>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "decode/config.h"
@@ -96,6 +99,10 @@ class Engine {
   // Prompt logprobs, computed on the engine's thread between steps (a queued job like a request).
   Admission score(const std::vector<int64_t>& ids, int64_t k, const RequestFusion& fusion,
                   std::future<PromptLogprobs>& result);
+  // Runs the batch on the calling thread until stop(); what still runs or waits then gets an error.
+  void run();
+  // Makes run() return at its next step boundary (any thread).
+  void stop();
   // Stops admissions; what is running or queued still finishes.
   void close();
   // Blocks until nothing runs or waits (after close(): the engine is done).
@@ -105,7 +112,6 @@ class Engine {
  private:
   struct Row;
   struct ScoreJob;
-  void loop();
   void prefill();
   void report_model_tokens();
   void step();
@@ -134,7 +140,6 @@ class Engine {
   std::vector<Row> rows_;
   std::vector<std::shared_ptr<Request>> joining_;  // being prefilled (the batch's joining group)
   std::vector<int64_t> tokens_run_;                // per model: what the metrics have been told
-  std::thread thread_;
 };
 
 }  // namespace lf::serve

@@ -30,44 +30,76 @@ RemoteTeacher connect_remote_teacher(const Recipe& r, size_t index) {
 #endif
 }
 
-std::vector<TeacherLabelRows> remote_label_rows(const RemoteTeacher& teacher, const std::vector<const TokenizedSequence*>& sequences) {
+#ifdef LOGITFUSE_HAVE_SERVE
+struct RemoteRowsPrefetch::Answers {
+  std::vector<serve::RemoteLogprobs> scored;
+};
+#else
+struct RemoteRowsPrefetch::Answers {};
+#endif
+
+namespace {
+
+// The server's answers for `sequences` (requests and parsing only: no parallel tensor math).
+std::shared_ptr<RemoteRowsPrefetch::Answers> ask(const RemoteTeacher& teacher,
+                                                 const std::vector<const TokenizedSequence*>& sequences) {
 #ifndef LOGITFUSE_HAVE_SERVE
   (void)sequences;
   throw NotAvailable(teacher.key + " in a build without cpp-httplib");
 #else
   std::vector<std::vector<int64_t>> ids;
   for (const auto* seq : sequences) ids.push_back(seq->ids);
-  const auto scored = serve::score_remote(teacher.server, ids);
-  std::vector<TeacherLabelRows> out;
-  for (size_t i = 0; i < sequences.size(); ++i) {
-    const int64_t first = sequences[i]->first_label_position(), n = sequences[i]->label_count(), k = teacher.k;
-    const auto& s = scored[i];
-    out.push_back({s.top_logprobs.narrow(0, first, n).narrow(1, 0, k).exp(), s.top_ids.narrow(0, first, n).narrow(1, 0, k),
-                   -s.token_logprob.narrow(0, first, n).to(at::kDouble).mean().item<double>()});
-  }
-  return out;
+  return std::make_shared<RemoteRowsPrefetch::Answers>(RemoteRowsPrefetch::Answers{serve::score_remote(teacher.server, ids)});
 #endif
 }
 
-std::shared_ptr<loss::CachedTeacherRows> remote_rows(const RemoteTeacher& teacher, const Recipe& r, const ModelBatch& batch) {
+// The answers as label rows: probabilities exp(logprob) of the top k on each sequence's label rows.
+std::vector<TeacherLabelRows> label_rows(const RemoteTeacher& teacher, const std::vector<const TokenizedSequence*>& sequences,
+                                         const RemoteRowsPrefetch::Answers& answers) {
+  std::vector<TeacherLabelRows> out;
+#ifdef LOGITFUSE_HAVE_SERVE
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    const int64_t first = sequences[i]->first_label_position(), n = sequences[i]->label_count(), k = teacher.k;
+    const auto& s = answers.scored.at(i);
+    out.push_back({s.top_logprobs.narrow(0, first, n).narrow(1, 0, k).exp(), s.top_ids.narrow(0, first, n).narrow(1, 0, k),
+                   -s.token_logprob.narrow(0, first, n).to(at::kDouble).mean().item<double>()});
+  }
+#else
+  (void)teacher, (void)sequences, (void)answers;
+#endif
+  return out;
+}
+
+std::shared_ptr<loss::CachedTeacherRows> rows_of(const RemoteTeacher& teacher, const Recipe& r, const ModelBatch& batch,
+                                                 const RemoteRowsPrefetch::Answers& answers) {
   auto out = std::make_shared<loss::CachedTeacherRows>();
-  for (auto& rows : remote_label_rows(teacher, batch.rows))
+  for (auto& rows : label_rows(teacher, batch.rows, answers))
     append_teacher_rows(*out, r, teacher.k, rows.probs, rows.ids, rows.probs, rows.ids, rows.ce);
   return out;
 }
 
+}  // namespace
+
+std::vector<TeacherLabelRows> remote_label_rows(const RemoteTeacher& teacher, const std::vector<const TokenizedSequence*>& sequences) {
+  return label_rows(teacher, sequences, *ask(teacher, sequences));
+}
+
+std::shared_ptr<loss::CachedTeacherRows> remote_rows(const RemoteTeacher& teacher, const Recipe& r, const ModelBatch& batch) {
+  return rows_of(teacher, r, batch, *ask(teacher, batch.rows));
+}
+
 RemoteRowsPrefetch::RemoteRowsPrefetch(const RemoteTeacher& teacher, const Recipe& recipe,
                                        std::vector<const ModelBatch*> batches)
-    : promises_(batches.size()) {
+    : teacher_(teacher), recipe_(recipe), batches_(std::move(batches)), promises_(batches_.size()) {
   for (auto& p : promises_) futures_.push_back(p.get_future());
-  worker_ = std::thread([this, teacher, &recipe, batches = std::move(batches)] {
-    for (size_t m = 0; m < batches.size(); ++m) {
+  worker_ = std::thread([this] {
+    for (size_t m = 0; m < batches_.size(); ++m) {
       if (stop_) {
         promises_[m].set_exception(std::make_exception_ptr(std::runtime_error("prefetch stopped")));
         continue;
       }
       try {
-        promises_[m].set_value(remote_rows(teacher, recipe, *batches[m]));
+        promises_[m].set_value(ask(teacher_, batches_[m]->rows));
       } catch (...) {
         // The micro-batches after a failed one are not asked: the step fails on this one.
         stop_ = true;
@@ -82,6 +114,8 @@ RemoteRowsPrefetch::~RemoteRowsPrefetch() {
   if (worker_.joinable()) worker_.join();
 }
 
-std::shared_ptr<loss::CachedTeacherRows> RemoteRowsPrefetch::get(size_t micro) { return futures_.at(micro).get(); }
+std::shared_ptr<loss::CachedTeacherRows> RemoteRowsPrefetch::get(size_t micro) {
+  return rows_of(teacher_, recipe_, *batches_.at(micro), *futures_.at(micro).get());
+}
 
 }  // namespace lf

@@ -52,8 +52,11 @@ std::shared_ptr<loss::CachedTeacherRows> remote_rows(const RemoteTeacher& teache
 
 // A step's rows of one served teacher, asked in the background one micro-batch after another (each
 // with the server's concurrency in flight), so that the requests overlap the student's compute: its
-// forward on the micro-batch they serve, and everything on the micro-batches before. The rows are
-// the ones remote_rows gives, so a step's numbers do not change.
+// forward on the micro-batch they serve, and everything on the micro-batches before. The worker only
+// sends requests and parses answers; the answers become rows (tensor math) on the thread that calls
+// get(), the training thread: a parallel region started from a second thread would give libgomp a
+// second team, and with more of its threads than cores it throttles every team's spinning. The rows
+// are the ones remote_rows gives, so a step's numbers do not change.
 class RemoteRowsPrefetch {
  public:
   // `batches` must outlive this object.
@@ -65,9 +68,14 @@ class RemoteRowsPrefetch {
   // Micro-batch `micro`'s rows, waiting for them; rethrows what asking for them threw.
   std::shared_ptr<loss::CachedTeacherRows> get(size_t micro);
 
+  struct Answers;  // a micro-batch's parsed answers
+
  private:
-  std::vector<std::promise<std::shared_ptr<loss::CachedTeacherRows>>> promises_;
-  std::vector<std::future<std::shared_ptr<loss::CachedTeacherRows>>> futures_;
+  RemoteTeacher teacher_;
+  const Recipe& recipe_;
+  std::vector<const ModelBatch*> batches_;
+  std::vector<std::promise<std::shared_ptr<Answers>>> promises_;
+  std::vector<std::future<std::shared_ptr<Answers>>> futures_;
   std::atomic<bool> stop_{false};
   std::thread worker_;
 };
