@@ -37,6 +37,8 @@ import serve_client  # noqa: E402
 BINARY = Path(os.environ.get("LOGITFUSE_BIN", ROOT / "build" / "bin" / "logitfuse"))
 MODELS = Path(os.environ.get("LOGITFUSE_HOME", Path.home() / ".cache" / "logitfuse")) / "models"
 SMOLLM2 = MODELS / "smollm2-135m-instruct"
+TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPE = "fp32"  # --dtype
 
 WORDS = ("river stone cloud tiger piano lemon candle forest rocket violet castle garden pepper silver "
          "winter apple harbor meadow thunder marble canyon falcon lantern orchard").split()
@@ -106,7 +108,7 @@ def transformers_tokens_per_s(model_dir, texts, tokens, threads):
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=TORCH_DTYPE[DTYPE]).eval()
     batch = tok(texts, return_tensors="pt", padding=True)
     with torch.inference_mode():
         start = time.perf_counter()
@@ -124,7 +126,7 @@ def free_port():
 
 @contextlib.contextmanager
 def transformers_serve(model_dir):
-    """`transformers serve` (FastAPI + uvicorn) with its continuous batching, on the CPU in float32,
+    """`transformers serve` (FastAPI + uvicorn) with its continuous batching, on the CPU in --dtype,
     the model preloaded; None where its serving extras are not installed."""
     try:
         import fastapi, uvicorn  # noqa: F401
@@ -133,7 +135,8 @@ def transformers_serve(model_dir):
         return
     port = free_port()
     cli = Path(sys.executable).parent / "transformers"
-    proc = subprocess.Popen([str(cli), "serve", str(model_dir), "--device", "cpu", "--dtype", "float32",
+    proc = subprocess.Popen([str(cli), "serve", str(model_dir), "--device", "cpu", "--dtype",
+                             str(TORCH_DTYPE[DTYPE]).split(".")[1],
                              "--continuous-batching", "--host", "127.0.0.1", "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -183,10 +186,10 @@ def transformers_serve_tokens_per_s(url, model, texts, tokens):
 
 
 def lm_head(model_dir):
-    """The model's own LM head weights ([vocab, hidden], fp32; the embedding where they are tied)."""
+    """The model's own LM head weights ([vocab, hidden], in --dtype; the embedding where they are tied)."""
     from safetensors.torch import load_file
     weights = load_file(str(Path(model_dir) / "model.safetensors"))
-    return weights.get("lm_head.weight", weights["model.embed_tokens.weight"]).float().contiguous()
+    return weights.get("lm_head.weight", weights["model.embed_tokens.weight"]).to(TORCH_DTYPE[DTYPE]).contiguous()
 
 
 def head_speedup(head, level, threads, repeats=20):
@@ -197,7 +200,7 @@ def head_speedup(head, level, threads, repeats=20):
     torch.set_num_threads(threads)
 
     def seconds(rows):
-        x = torch.randn(rows, head.shape[1])
+        x = torch.randn(rows, head.shape[1], dtype=head.dtype)
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
@@ -211,7 +214,7 @@ def head_speedup(head, level, threads, repeats=20):
 
 def run_model(name, model_dir, levels, tokens, work, hf):
     cfg = work / f"{name}.yaml"
-    cfg.write_text(f"model: {{path: {model_dir}, dtype: fp32, device: cpu}}\n"
+    cfg.write_text(f"model: {{path: {model_dir}, dtype: {DTYPE}, device: cpu}}\n"
                    f"generation: {{max_new_tokens: {tokens}, chat_template: plain}}\n")
     rows = []
     head = lm_head(model_dir)
@@ -262,9 +265,12 @@ def main():
     ap.add_argument("--streams", default="1,4,16,64")
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--no-transformers", action="store_true")
+    ap.add_argument("--dtype", default="fp32", choices=sorted(TORCH_DTYPE), help="every model's weights and compute")
     ap.add_argument("--quick", action="store_true", help="small model, 1 and 4 streams, 8 tokens (the tests)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "serve-load"))
     a = ap.parse_args()
+    global DTYPE
+    DTYPE = a.dtype
     if a.quick:
         a.models, a.streams, a.tokens = "small", "1,4", 8
     levels = [int(s) for s in a.streams.split(",")]
@@ -276,9 +282,9 @@ def main():
     for name in a.models.split(","):
         model_dir = small_model(work / "small-model") if name == "small" else SMOLLM2
         rows += run_model(name, model_dir, levels, a.tokens, work, not a.no_transformers)
-    (work / "report.json").write_text(json.dumps({"tokens": a.tokens, "threads": torch.get_num_threads(),
+    (work / "report.json").write_text(json.dumps({"tokens": a.tokens, "dtype": DTYPE, "threads": torch.get_num_threads(),
                                                   "cpu_count": os.cpu_count(), "rows": rows}, indent=1))
-    print(f"\n{a.tokens} tokens per stream, {torch.get_num_threads()} threads\n")
+    print(f"\n{a.tokens} tokens per stream, {torch.get_num_threads()} threads, {DTYPE}\n")
     print("| model | streams | req/s | tok/s | × one stream | TTFT p50 / p99 s | ITL p50 / p99 ms | "
           "LM head alone × | tokens = alone | transformers generate tok/s | transformers serve tok/s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
