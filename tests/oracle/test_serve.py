@@ -195,7 +195,7 @@ def test_the_fusion_field_chooses_per_request(paths, logitfuse):
         # Each row runs only the models its fusion reads: "off" the large model, one expert's the
         # large, the base and that expert; here nothing read "color" but the static rows.
         def positions_run():
-            text = subprocess.run(["curl", "-s", server.url + "/metrics"], capture_output=True, text=True).stdout
+            text = metrics_text(server)
             return {m: int(n) for m, n in re.findall(r'logitfuse_model_tokens_total\{model="(\w+)"\} (\d+)', text)}
         before = positions_run()
         with cf.ThreadPoolExecutor(16) as pool:
@@ -267,9 +267,12 @@ def stream_then_vanish(url, prompt, chunks=2):
     s.close()
 
 
+def metrics_text(server):
+    return subprocess.run(["curl", "-s", server.url + "/metrics"], capture_output=True, text=True).stdout
+
+
 def metric(server, name):
-    text = subprocess.run(["curl", "-s", server.url + "/metrics"], capture_output=True, text=True).stdout
-    for line in text.splitlines():
+    for line in metrics_text(server).splitlines():
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"{name} missing from /metrics")
@@ -340,9 +343,7 @@ def test_a_client_that_vanishes_before_a_whole_answer_frees_its_row(real_models,
         # Decoding (the gauge is set at the end of an engine step).
         assert wait_until(lambda: metric(server, "logitfuse_running_requests") == 1)
         s.close()
-        metrics_text = lambda: subprocess.run(["curl", "-s", server.url + "/metrics"], capture_output=True,
-                                              text=True).stdout
-        assert wait_until(lambda: 'logitfuse_requests_total{endpoint="/v1/completions",code="499"} 1' in metrics_text(),
+        assert wait_until(lambda: 'logitfuse_requests_total{endpoint="/v1/completions",code="499"} 1' in metrics_text(server),
                           timeout=10)
         assert wait_until(lambda: metric(server, "logitfuse_running_requests") == 0, timeout=10)
         assert metric(server, "logitfuse_generation_tokens_total") - before < 100
