@@ -65,6 +65,7 @@ void visit(V& v, GenerationConfig& c) {
   v("chat_template", c.chat_template, non_empty());
   v("chat_template_kwargs", c.chat_template_kwargs);
   v("kv_cache", c.kv_cache);
+  v("packed_head", c.packed_head);
   v("shots", c.shots, at_least<int64_t>(0));
   v("shots_file", c.shots_file);
 }

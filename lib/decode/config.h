@@ -52,6 +52,9 @@ struct GenerationConfig {
   std::string chat_template = "plain";
   nlohmann::json chat_template_kwargs = nlohmann::json::object();  // variables of an `auto` (Jinja) template
   bool kv_cache = true;  // false: recompute the whole sequence every step (a check, slow)
+  // fp32 models on the CPU keep a blocked copy of their LM head for decoding (CausalLM::
+  // pack_head_for_decoding): faster with several rows, one more copy of the head in memory.
+  bool packed_head = true;
   // In-context examples (method.md §4b): the first `shots` worked examples of `shots_file` (JSONL
   // {"prompt", "response"}), as user/assistant turns before every prompt, for every model alike.
   int64_t shots = 0;

@@ -40,12 +40,14 @@ std::string vocabulary_difference(const Tokenizer& a, const Tokenizer& b) {
   return "";
 }
 
-DecodingModel load_one(const ModelSpec& spec) {
+DecodingModel load_one(const ModelSpec& spec, bool packed_head) {
   DecodingModel m;
   m.name = spec.name;
   m.path = spec.path;
   m.model = load_model(spec.path, {spec.dtype, spec.device});
   m.model->eval();
+  if (const int64_t bytes = packed_head ? m.model->pack_head_for_decoding() : 0)
+    spdlog::info("{}: LM head packed for CPU decoding (+{:.1f} MB)", spec.path, bytes / 1e6);
   m.device = parse_device(spec.device);
   return m;
 }
@@ -98,20 +100,21 @@ ModelSet load_model_set(const DecodingConfig& config) {
   set.model_dir = all[0].path;
 
   const std::string& s = set.fusion.strategy;
+  const bool pack = config.generation.packed_head;
   if (config.model) {
-    set.large = load_one(*config.model);
+    set.large = load_one(*config.model, pack);
   } else if (s == "large_only") {
-    set.large = load_one(config.models->large);
+    set.large = load_one(config.models->large, pack);
   } else if (s == "expert_only") {
     const auto& experts = config.models->experts;
     auto it = std::find_if(experts.begin(), experts.end(), [&](const ModelSpec& e) {
       return config.fusion.expert.empty() || e.name == config.fusion.expert;
     });
-    set.experts.push_back(load_one(*it));
+    set.experts.push_back(load_one(*it, pack));
   } else {
-    set.large = load_one(config.models->large);
-    set.base = load_one(*config.models->base);
-    for (const auto& e : config.models->experts) set.experts.push_back(load_one(e));
+    set.large = load_one(config.models->large, pack);
+    set.base = load_one(*config.models->base, pack);
+    for (const auto& e : config.models->experts) set.experts.push_back(load_one(e, pack));
   }
   set.device = set.run().front()->device;
   spdlog::info("decoding with {} model(s), strategy {}, shared vocabulary {}", set.run().size(), s, set.vocab);

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/nn/modules/container/modulelist.h>
@@ -445,8 +446,36 @@ at::Tensor CausalLM::hidden_states(const at::Tensor& input_ids, const ForwardOpt
   return model_->norm->forward(h);
 }
 
+namespace {
+
+// oneDNN's blocked-weight linear, registered by libtorch_cpu as mkldnn:: operators (what
+// torch.compile's CPU freezing uses). Called boxed: their C++ signatures are not a public header.
+at::Tensor call_mkldnn(const char* name, std::vector<c10::IValue> stack) {
+  const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
+  op.callBoxed(&stack);
+  return stack.at(0).toTensor();
+}
+
+}  // namespace
+
+int64_t CausalLM::pack_head_for_decoding() {
+  const at::Tensor& weight = lm_head_ ? lm_head_->weight : model_->embed_tokens->weight;
+  if (units_ || !weight.device().is_cpu() || weight.scalar_type() != at::kFloat || !at::hasMKLDNN()) return 0;
+  at::NoGradGuard no_grad;
+  packed_head_ = call_mkldnn("mkldnn::_reorder_linear_weight", {weight.detach(), c10::IValue()});
+  return weight.numel() * static_cast<int64_t>(weight.element_size());
+}
+
 at::Tensor CausalLM::logits(const at::Tensor& hidden) const {
   const at::Tensor& weight = lm_head_ ? lm_head_->weight : model_->embed_tokens->weight;
+  if (packed_head_.defined() && !(at::GradMode::is_enabled() && hidden.requires_grad())) {
+    at::Tensor out = call_mkldnn("mkldnn::_linear_pointwise",
+                                 {hidden.contiguous(), packed_head_, c10::IValue(), std::string("none"),
+                                  c10::List<std::optional<at::Scalar>>(), c10::IValue()});
+    if (!config_.final_logit_softcapping) return out;
+    const double cap = *config_.final_logit_softcapping;
+    return at::tanh(out / cap) * cap;
+  }
   if (!units_ || units_->is_gathered(head_unit())) return head(hidden, weight);
   // A head gathered for this call alone cannot serve a backward: a trainer gathers it for the loss.
   if (at::GradMode::is_enabled() && hidden.requires_grad())

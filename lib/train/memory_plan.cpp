@@ -230,6 +230,11 @@ MemoryPlan plan_decoding_memory(const DecodingConfig& config, int64_t prompt_tok
     const std::string name = spec->name.empty() ? role : spec->name;
     plan.parameters.emplace_back(name, f.params);
     plan.items.push_back({name + " weights (" + dtype + ")", b * static_cast<double>(f.params), "a smaller dtype"});
+    const bool on_cpu = spec->device == "cpu" || (spec->device == "auto" && !at::hasCUDA());
+    if (config.generation.packed_head && b == 4.0 && on_cpu)
+      plan.items.push_back({name + " LM head, packed for CPU decoding",
+                            4.0 * static_cast<double>(c.vocab_size) * static_cast<double>(c.hidden_size),
+                            "generation.packed_head: false"});
     if (config.generation.kv_cache)
       plan.items.push_back({name + " KV cache", 2 * b * batch * length * static_cast<double>(c.num_layers * c.num_kv_heads * c.head_dim),
                             "generation.batch_size"});

@@ -2,6 +2,9 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+#include <string>
+
 #include "core/error.h"
 #include "model/checkpoint.h"
 #include "model/transformer.h"
@@ -11,7 +14,7 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-std::shared_ptr<lf::CausalLM> tiny_model(const std::string& arch, int64_t window = 0) {
+lf::ModelConfig tiny_config(const std::string& arch) {
   lf::ModelConfig c = lf::default_model_config(arch);
   c.vocab_size = 50;
   c.hidden_size = 32;
@@ -20,6 +23,11 @@ std::shared_ptr<lf::CausalLM> tiny_model(const std::string& arch, int64_t window
   c.num_heads = 4;
   c.num_kv_heads = 2;
   c.head_dim = 8;
+  return c;
+}
+
+std::shared_ptr<lf::CausalLM> tiny_model(const std::string& arch, int64_t window = 0) {
+  lf::ModelConfig c = tiny_config(arch);
   if (window > 0) c.sliding_window = window;
   auto model = std::make_shared<lf::CausalLM>(c, at::TensorOptions().dtype(at::kFloat));
   model->init_weights(11);
@@ -146,4 +154,54 @@ TEST_CASE("model: activation checkpointing gives the same gradients", "[model]")
     REQUIRE(item.value().grad().defined());
     CHECK(at::allclose(item.value().grad(), b[item.key()].grad(), 1e-5, 1e-7));
   }
+}
+
+TEST_CASE("model: the LM head packed for decoding gives the plain head's logits to fp32 rounding", "[model]") {
+  // Both heads sum K = hidden products in fp32, each within γ_K·Σ|h_k·w_k| (γ_K ≈ K·2^-24) of the
+  // exact sum, so they differ by at most twice that. Soft-capping (Gemma 2) is 1-Lipschitz and adds a
+  // few ulps of the cap (division, tanh, product). The bound is computed per logit from |h|·|W|ᵀ in
+  // float64.
+  for (const char* arch : {"llama", "gemma2"}) {
+    for (bool tied : {false, true}) {
+      lf::ModelConfig c = tiny_config(arch);
+      c.vocab_size = 3000;  // wide enough for oneDNN's blocked layout to matter
+      c.hidden_size = 64;
+      c.head_dim = 16;
+      c.tie_word_embeddings = tied;
+      if (std::string(arch) == "gemma2") c.final_logit_softcapping = 30.0;
+      auto model = std::make_shared<lf::CausalLM>(c, at::TensorOptions().dtype(at::kFloat));
+      model->init_weights(5);
+      at::Tensor h = at::randn({2, 9, c.hidden_size}, at::TensorOptions().dtype(at::kFloat));
+      at::Tensor plain, packed;
+      {
+        at::NoGradGuard no_grad;
+        plain = model->logits(h);
+        REQUIRE(model->pack_head_for_decoding() == c.vocab_size * c.hidden_size * 4);
+        packed = model->logits(h);
+        // A decoding step's rows: a strided view of the last position.
+        CHECK(at::equal(model->logits(h.select(1, -1)), model->logits(h.select(1, -1).contiguous())));
+      }
+      REQUIRE(packed.sizes() == plain.sizes());
+      at::Tensor weight;
+      for (const auto& p : model->named_parameters())
+        if (p.key() == (tied ? "model.embed_tokens.weight" : "lm_head.weight")) weight = p.value();
+      REQUIRE(weight.defined());
+      const double gamma = static_cast<double>(c.hidden_size) * std::ldexp(1.0, -24);
+      at::Tensor bound = 2 * gamma * at::matmul(h.abs().to(at::kDouble), weight.detach().abs().to(at::kDouble).t()) +
+                         (c.final_logit_softcapping ? 8 * std::ldexp(1.0, -24) * *c.final_logit_softcapping : 0.0);
+      at::Tensor diff = (packed.to(at::kDouble) - plain.to(at::kDouble)).abs();
+      INFO(arch << (tied ? " tied" : " untied") << ": largest |Δ| " << diff.max().item<double>());
+      CHECK(at::le(diff, bound).all().item<bool>());
+      // Training never sees the packed copy: a hidden state that needs a gradient takes the plain head.
+      at::Tensor hg = h.clone().requires_grad_(true);
+      at::Tensor out = model->logits(hg);
+      REQUIRE(out.requires_grad());
+      out.sum().backward();
+      CHECK(hg.grad().defined());
+      CHECK(at::allclose(out.detach(), plain));
+    }
+  }
+  // Not fp32 on the CPU: nothing is packed.
+  lf::CausalLM bf16(tiny_config("llama"), at::TensorOptions().dtype(at::kBFloat16));
+  CHECK(bf16.pack_head_for_decoding() == 0);
 }
