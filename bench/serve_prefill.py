@@ -3,9 +3,13 @@ on SmolLM2-135M-Instruct (or the load bench's small model) while one request wit
 joins. Measured per setting of serve.prefill_tokens, in the same run on the same server binary:
 the running streams' longest gap between two tokens while the long prompt joins (what a user of a
 running stream sees), their p50 gap, the long request's time to first token, and whether every
-stream's tokens equal its run alone. 0 is the whole prompt in one step (no chunking).
+stream's tokens equal its run alone. 0 is the whole prompt in one step (no chunking). With
+`--joiner score` the long prompt is a teacher's request instead (prompt logprobs, top 5, no
+completion: what `cache-logits` asks of a server), scored in the same pieces, and its column is the
+time to its whole answer.
 
     python bench/serve_prefill.py [--model smollm2|small] [--settings 0,512,128] [--prompt-tokens 1500]
+                                  [--joiner completion|score]
 
 Writes runs/serve-prefill/report.json and prints a markdown table."""
 import argparse
@@ -14,6 +18,7 @@ import json
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -25,6 +30,14 @@ def long_prompt(tokens):
     """About `tokens` tokens of plain English (SmolLM2's tokenizer reads ~1 token per word here)."""
     words = (serve_load.WORDS * (tokens // len(serve_load.WORDS) + 1))[:tokens]
     return " ".join(words)
+
+
+def score(url, text):
+    """A teacher's request: the top-5 logprobs at every prompt position, nothing generated."""
+    body = json.dumps({"model": "m", "prompt": text, "max_tokens": 0, "echo": True, "prompt_logprobs": 5}).encode()
+    request = urllib.request.Request(url + "/v1/completions", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=600) as r:
+        return json.loads(r.read())
 
 
 def run_setting(model_dir, work, setting, args):
@@ -42,8 +55,14 @@ def run_setting(model_dir, work, setting, args):
         def join():
             # Once the streams are decoding.
             time.sleep(args.join_after)
-            _, ttft, _ = stream_one(server.url, joiner, 4)
-            joined["ttft"] = ttft
+            if args.joiner == "score":
+                start = time.perf_counter()
+                scored = score(server.url, joiner)
+                joined["ttft"] = time.perf_counter() - start
+                assert len(scored["choices"][0]["prompt_logprobs"]) >= args.prompt_tokens // 2, "the prompt was not scored"
+            else:
+                _, ttft, _ = stream_one(server.url, joiner, 4)
+                joined["ttft"] = ttft
 
         thread = threading.Thread(target=join)
         thread.start()
@@ -63,6 +82,8 @@ def main():
     ap.add_argument("--streams", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--prompt-tokens", type=int, default=1500)
+    ap.add_argument("--joiner", default="completion", choices=["completion", "score"],
+                    help="the long prompt: a streamed completion, or a teacher's prompt-logprobs request")
     ap.add_argument("--join-after", type=float, default=1.0, help="seconds after the streams start")
     ap.add_argument("--out", default=str(serve_load.ROOT / "runs" / "serve-prefill"))
     args = ap.parse_args()
@@ -71,7 +92,8 @@ def main():
     model_dir = SMOLLM2 if args.model == "smollm2" else serve_load.small_model(work / "small")
     rows = [run_setting(model_dir, work, int(s), args) for s in args.settings.split(",")]
     whole = rows[0]
-    lines = ["| prefill_tokens | running streams' longest gap s | × vs whole | p50 gap ms | long prompt TTFT s | tokens = alone |",
+    last = "long prompt TTFT s" if args.joiner == "completion" else "long prompt scored in s"
+    lines = [f"| prefill_tokens | running streams' longest gap s | × vs whole | p50 gap ms | {last} | tokens = alone |",
              "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['prefill_tokens'] or 'whole'} | {r['max_gap_s']:.3f} | {whole['max_gap_s'] / r['max_gap_s']:.2f} | "

@@ -123,12 +123,14 @@ void Engine::wait_idle() {
 
 void Engine::run() {
   c10::InferenceMode inference;
+  // The prompt being scored (a teacher's prompt logprobs), a piece per step like a joining prompt.
+  std::shared_ptr<ScoreJob> job;
+  std::unique_ptr<PromptScorer> scorer;
   while (true) {
-    std::shared_ptr<ScoreJob> job;
     {
       std::unique_lock<std::mutex> lock(mutex_);
       wake_.wait(lock, [&] {
-        return stopping_ || !waiting_.empty() || !scoring_.empty() || !rows_.empty() || !joining_.empty();
+        return stopping_ || job || !waiting_.empty() || !scoring_.empty() || !rows_.empty() || !joining_.empty();
       });
       if (stopping_) break;
       // One group joins at a time: the next forms once this one is prefilled.
@@ -137,7 +139,7 @@ void Engine::run() {
         if (!waiting_.front()->cancelled()) joining_.push_back(waiting_.front());
         waiting_.pop_front();
       }
-      if (!scoring_.empty()) {
+      if (!job && !scoring_.empty()) {
         job = scoring_.front();
         scoring_.pop_front();
       }
@@ -146,9 +148,16 @@ void Engine::run() {
     }
     if (job) {
       try {
-        job->result.set_value(prompt_logprobs(set_, job->fusion, job->ids, job->k));
+        if (!scorer) scorer = std::make_unique<PromptScorer>(set_, job->fusion, job->ids, job->k);
+        scorer->advance(limits_.prefill_tokens > 0 ? limits_.prefill_tokens : static_cast<int64_t>(job->ids.size()));
+        if (scorer->done()) job->result.set_value(scorer->result());
       } catch (...) {
         job->result.set_exception(std::current_exception());
+        scorer.reset();
+      }
+      if (!scorer || scorer->done()) {
+        job.reset();
+        scorer.reset();
       }
     }
     const auto start = Clock::now();
@@ -164,15 +173,19 @@ void Engine::run() {
     }
     report_model_tokens();
     std::lock_guard<std::mutex> lock(mutex_);
-    running_count_ = static_cast<int64_t>(rows_.size() + joining_.size());
+    running_count_ = static_cast<int64_t>(rows_.size() + joining_.size()) + (job ? 1 : 0);
     metrics_.step(static_cast<int64_t>(rows_.size()), limits_.max_batch, static_cast<int64_t>(waiting_.size()),
                   seconds_since(start));
-    if (rows_.empty() && joining_.empty() && waiting_.empty() && scoring_.empty()) idle_.notify_all();
+    if (!job && rows_.empty() && joining_.empty() && waiting_.empty() && scoring_.empty()) idle_.notify_all();
   }
   fail_all("the server is shutting down");
+  const auto shutting_down = std::make_exception_ptr(std::runtime_error("the server is shutting down"));
+  if (job) job->result.set_exception(shutting_down);
   std::lock_guard<std::mutex> lock(mutex_);
   for (auto& r : waiting_) r->push(Event{Event::Kind::kError, -1, "the server is shutting down", {}, {}, 0});
   waiting_.clear();
+  for (auto& j : scoring_) j->result.set_exception(shutting_down);
+  scoring_.clear();
   running_count_ = 0;
   idle_.notify_all();
 }

@@ -1,6 +1,7 @@
 #include "serve/http_server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 #include <spdlog/spdlog.h>
 
 #include <atomic>
@@ -233,6 +234,16 @@ void run_http_server(ServeContext& context, Engine& engine, Metrics& metrics, co
   server.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
   server.set_payload_max_length(64ull << 20);
   server.set_read_timeout(30, 0);
+  // httplib (Debian's is a compiled library, so CPPHTTPLIB_LISTEN_BACKLOG cannot change it) listens
+  // with a backlog of 5. A burst of more clients than that (16 streams starting at once) overflows
+  // the accept queue, and the kernel makes each one past it resend its SYN a second later: a second
+  // added to its time to first token. Listening again on the bound socket raises the backlog (the
+  // kernel caps it at net.core.somaxconn).
+  int listen_fd = -1;
+  server.set_socket_options([&listen_fd](socket_t sock) {
+    httplib::default_socket_options(sock);
+    listen_fd = sock;  // the last candidate is the one that binds
+  });
   Routes routes(context, engine, metrics);
   routes.install(server);
   int port = options.port;
@@ -243,6 +254,8 @@ void run_http_server(ServeContext& context, Engine& engine, Metrics& metrics, co
     throw InputError("serve: cannot listen on " + options.host + ":" + std::to_string(port),
                      "is another server using the port? set serve.port (0 picks a free one)");
   }
+  if (listen_fd >= 0 && ::listen(listen_fd, 1024) != 0)
+    spdlog::warn("serve: could not raise the listen backlog; a burst of clients may wait a second to connect");
   routes.listening_on(port);
   spdlog::info("serve: listening on http://{}:{} (model '{}', batch limit {}, queue limit {}, context {})", options.host,
                port, context.model_name, limits.max_batch, limits.max_queue, context.max_context);

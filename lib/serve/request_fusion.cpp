@@ -58,43 +58,60 @@ FusedRows fuse_view(const FusionView& view, const std::vector<at::Tensor>& logit
   return fuse_rows(view.set, inputs, route);
 }
 
-PromptLogprobs prompt_logprobs(ModelSet& set, const RequestFusion& fusion, const std::vector<int64_t>& ids, int64_t k) {
+PromptScorer::PromptScorer(ModelSet& set, const RequestFusion& fusion, std::vector<int64_t> ids, int64_t k)
+    : view_(fusion_view(set, fusion)), models_(set.run()), caches_(models_.size()), k_(k) {
+  out_.ids = std::move(ids);
+}
+
+void PromptScorer::advance(int64_t budget) {
   c10::InferenceMode inference;
-  const FusionView view = fusion_view(set, fusion);
-  auto models = set.run();
-  const at::Tensor input = at::tensor(ids, at::TensorOptions().dtype(at::kLong)).unsqueeze(0);
-  std::vector<at::Tensor> hidden(models.size());
-  for (size_t i : view.inputs) hidden[i] = models[i]->model->hidden_states(input.to(models[i]->device), {}).squeeze(0);
-  const int64_t T = static_cast<int64_t>(ids.size());
-  PromptLogprobs out;
-  out.ids = ids;
-  std::vector<at::Tensor> token_lp, rank, top_ids, top_lp;
-  const at::Tensor next_ids = input.squeeze(0).narrow(0, 1, T - 1);
-  // Position p predicts token p + 1; the last position predicts nothing of the prompt.
-  for (int64_t begin = 0; begin < T - 1; begin += kScoreChunk) {
-    const int64_t n = std::min(kScoreChunk, T - 1 - begin);
-    std::vector<at::Tensor> logits(models.size());
-    for (size_t i : view.inputs) logits[i] = models[i]->model->logits(hidden[i].narrow(0, begin, n));
-    const at::Tensor lp = at::log_softmax(fuse_view(view, logits).logits.to(at::kFloat), -1).to(at::kCPU);
-    const at::Tensor targets = next_ids.narrow(0, begin, n).unsqueeze(1);
-    const at::Tensor actual = lp.gather(1, targets);  // [n, 1]
-    token_lp.push_back(actual.squeeze(1));
-    rank.push_back((lp > actual).sum(1) + 1);
-    if (k > 0) {
-      auto [values, indices] = lp.topk(std::min<int64_t>(k, lp.size(1)), 1);
-      top_lp.push_back(values);
-      top_ids.push_back(indices);
+  const int64_t T = static_cast<int64_t>(out_.ids.size());
+  const int64_t n = std::min(std::max<int64_t>(budget, 1), T - next_);
+  if (n <= 0) return;
+  const at::Tensor ids = at::tensor(out_.ids, at::TensorOptions().dtype(at::kLong));
+  const at::Tensor piece = ids.narrow(0, next_, n).unsqueeze(0);
+  std::vector<at::Tensor> hidden(models_.size());
+  for (size_t i : view_.inputs) {
+    ForwardOptions options;
+    options.cache = &caches_[i];
+    hidden[i] = models_[i]->model->hidden_states(piece.to(models_[i]->device), options).squeeze(0);
+  }
+  // Position p predicts token p + 1; the prompt's last position predicts nothing of it.
+  const int64_t scored = std::min(n, T - 1 - next_);
+  for (int64_t begin = 0; begin < scored; begin += kScoreChunk) {
+    const int64_t m = std::min(kScoreChunk, scored - begin);
+    std::vector<at::Tensor> logits(models_.size());
+    for (size_t i : view_.inputs) logits[i] = models_[i]->model->logits(hidden[i].narrow(0, begin, m));
+    const at::Tensor lp = at::log_softmax(fuse_view(view_, logits).logits.to(at::kFloat), -1).to(at::kCPU);
+    const at::Tensor actual = lp.gather(1, ids.narrow(0, next_ + begin + 1, m).unsqueeze(1));  // [m, 1]
+    token_lp_.push_back(actual.squeeze(1));
+    rank_.push_back((lp > actual).sum(1) + 1);
+    if (k_ > 0) {
+      auto [values, indices] = lp.topk(std::min<int64_t>(k_, lp.size(1)), 1);
+      top_lp_.push_back(values);
+      top_ids_.push_back(indices);
     }
   }
-  if (T > 1) {
-    out.token_logprob = at::cat(token_lp);
-    out.token_rank = at::cat(rank);
-    if (k > 0) {
-      out.top_ids = at::cat(top_ids);
-      out.top_logprobs = at::cat(top_lp);
+  next_ += n;
+  if (done()) caches_.clear();  // the result is all that is kept
+}
+
+PromptLogprobs PromptScorer::result() {
+  if (!token_lp_.empty()) {
+    out_.token_logprob = at::cat(token_lp_);
+    out_.token_rank = at::cat(rank_);
+    if (k_ > 0) {
+      out_.top_ids = at::cat(top_ids_);
+      out_.top_logprobs = at::cat(top_lp_);
     }
   }
-  return out;
+  return std::move(out_);
+}
+
+PromptLogprobs prompt_logprobs(ModelSet& set, const RequestFusion& fusion, const std::vector<int64_t>& ids, int64_t k) {
+  PromptScorer scorer(set, fusion, ids, k);
+  scorer.advance(static_cast<int64_t>(ids.size()));
+  return scorer.result();
 }
 
 }  // namespace lf::serve

@@ -42,8 +42,28 @@ struct PromptLogprobs {
   at::Tensor top_ids;        // [T-1, k] int64
   at::Tensor top_logprobs;   // [T-1, k] float32
 };
-// Runs every model over `ids` once and the LM heads in chunks of positions, so no [T, V] float32
-// block is held for the whole prompt.
+// Scores a prompt a piece at a time: each advance() runs the models over up to `budget` more prompt
+// tokens (their KV caches keep what came before) and the LM heads over those positions in chunks,
+// so no [T, V] float32 block is held for the whole prompt, and the server decodes its running rows
+// between two pieces of a long prompt instead of stalling for the whole of it.
+class PromptScorer {
+ public:
+  PromptScorer(ModelSet& set, const RequestFusion& fusion, std::vector<int64_t> ids, int64_t k);
+  bool done() const { return next_ >= static_cast<int64_t>(out_.ids.size()); }
+  void advance(int64_t budget);
+  PromptLogprobs result();  // once done()
+
+ private:
+  FusionView view_;
+  std::vector<DecodingModel*> models_;
+  std::vector<KVCache> caches_;  // per model of set.run() that the fusion reads
+  int64_t k_;
+  int64_t next_ = 0;  // prompt positions run so far
+  PromptLogprobs out_;
+  std::vector<at::Tensor> token_lp_, rank_, top_ids_, top_lp_;
+};
+
+// The whole prompt at once (one advance over all of it).
 PromptLogprobs prompt_logprobs(ModelSet& set, const RequestFusion& fusion, const std::vector<int64_t>& ids, int64_t k);
 
 }  // namespace lf::serve

@@ -7,11 +7,13 @@ import contextlib
 import http.server
 import json
 import re
+import select
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -139,9 +141,12 @@ def log_softmax(z):
     return z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
 
 
-def test_prompt_and_completion_logprobs_equal_logits(paths, logitfuse, tmp_path):
+@pytest.mark.parametrize("overrides", [(), ("serve.prefill_tokens=3",)], ids=["whole", "scored-3-at-a-time"])
+def test_prompt_and_completion_logprobs_equal_logits(paths, logitfuse, tmp_path, overrides):
+    """Prompt logprobs for a teacher, scored whole and 3 prompt tokens per engine step (with KV caches
+    between the pieces, as a long prompt is scored while other rows decode)."""
     cfg = config(paths, "logprobs", "plain")
-    with serving(BINARY, cfg) as server:
+    with serving(BINARY, cfg, *overrides) as server:
         c = client(server)
         r = c.completions.create(model="tiny", prompt=ws.secret_prompt("river"), max_tokens=6, logprobs=3,
                                  extra_body={"return_token_ids": True, "ignore_eos": True})
@@ -276,6 +281,40 @@ def metric(server, name):
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"{name} missing from /metrics")
+
+
+def test_a_burst_of_clients_connects_at_once(paths):
+    """64 clients that connect in the same instant are all accepted at once, and each is answered.
+    httplib listened with a backlog of 5: past it the kernel dropped the SYNs, and those clients
+    connected only when they resent them a second later (Linux's initial retransmission timeout)."""
+    cfg = config(paths, "burst", "plain")
+    with serving(BINARY, cfg) as server:
+        host, port = server.url.rsplit("/", 1)[1].split(":")
+        socks = []
+        start = time.perf_counter()
+        for _ in range(64):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex((host, int(port)))
+            socks.append(s)
+        pending = set(socks)
+        while pending and time.perf_counter() - start < 5:
+            _, writable, _ = select.select([], list(pending), [], 0.05)
+            for s in writable:
+                assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+                pending.discard(s)
+        connected = time.perf_counter() - start
+        assert not pending and connected < 0.9, f"{len(pending)} still connecting; all in {connected:.3f} s"
+        for s in socks:
+            s.setblocking(True)
+            s.settimeout(30)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        for s in socks:
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+            s.close()
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
 
 
 def test_vanishing_clients_malformed_requests_and_sigterm_under_load(paths):
