@@ -42,6 +42,22 @@ at::Tensor BatchLogits::of(size_t model, const std::vector<int64_t>& rows) const
   return l.index_select(0, long_tensor(index).to(l.device()));
 }
 
+at::Tensor BatchLogits::of_or(size_t model, const std::vector<int64_t>& rows, size_t fallback) const {
+  std::vector<int64_t> own;  // positions in `rows` of the rows that run `model`
+  for (size_t k = 0; k < rows.size(); ++k)
+    if (slot.at(model).at(rows[k]) >= 0) own.push_back(static_cast<int64_t>(k));
+  if (own.size() == rows.size()) return of(model, rows);
+  const int64_t vocab = std::min(logits.at(fallback).size(1),
+                                 logits.at(model).defined() ? logits.at(model).size(1) : logits.at(fallback).size(1));
+  at::Tensor out = of(fallback, rows).narrow(1, 0, vocab).clone();
+  if (!own.empty()) {
+    std::vector<int64_t> own_rows;
+    for (int64_t k : own) own_rows.push_back(rows[k]);
+    out.index_copy_(0, long_tensor(own).to(out.device()), of(model, own_rows).narrow(1, 0, vocab).to(out.scalar_type()));
+  }
+  return out;
+}
+
 ContinuousBatch::ContinuousBatch(ModelSet& set)
     : set_(set), models_(set.run()), caches_(models_.size()), members_(models_.size()), tokens_run_(models_.size(), 0) {}
 
@@ -183,6 +199,19 @@ BatchLogits ContinuousBatch::step(const std::vector<int64_t>& tokens) {
     }
   }
   return result;
+}
+
+void ContinuousBatch::leave(size_t model, const std::vector<int64_t>& rows) {
+  std::vector<int64_t>& members = members_.at(model);
+  std::vector<int64_t> local, kept;
+  for (size_t s = 0; s < members.size(); ++s) {
+    if (std::find(rows.begin(), rows.end(), members[s]) != rows.end()) continue;
+    local.push_back(static_cast<int64_t>(s));
+    kept.push_back(members[s]);
+  }
+  if (kept.size() == members.size()) return;
+  keep_cache_rows(caches_[model], local);
+  members = std::move(kept);
 }
 
 void ContinuousBatch::keep(const std::vector<int64_t>& keep) {

@@ -26,6 +26,9 @@ struct BatchLogits {
   std::vector<std::vector<int64_t>> slot;  // slot[i][r]: row r's row in logits[i], or -1 if it does not run model i
   // Rows `rows` (each must run model i) of model i's logits, in that order.
   at::Tensor of(size_t model, const std::vector<int64_t>& rows) const;
+  // The same, where a row that no longer runs `model` takes its row of `fallback`'s logits (both
+  // cut to the narrower vocabulary).
+  at::Tensor of_or(size_t model, const std::vector<int64_t>& rows, size_t fallback) const;
 };
 
 class ContinuousBatch {
@@ -51,6 +54,9 @@ class ContinuousBatch {
   BatchLogits step(const std::vector<int64_t>& tokens);
   // Keeps rows `keep` (in that order) and frees the rest; the caches shrink to what they attend to.
   void keep(const std::vector<int64_t>& keep);
+  // Running rows `rows` stop running `model` (their fusion no longer reads it): they leave its cache
+  // and its later steps.
+  void leave(size_t model, const std::vector<int64_t>& rows);
   // Filled columns of the running rows' caches (the longest row's length, padding included).
   int64_t columns() const;
   // Token positions each model has run (prefill, padding included, and decoding), set.run() order.

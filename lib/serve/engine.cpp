@@ -243,15 +243,22 @@ void Engine::step() {
 void Engine::sample_and_emit(const BatchLogits& logits, size_t first_row, bool first_step) {
   // Rows with the same fusion are fused in one call.
   std::map<std::string, std::vector<int64_t>> groups;
+  std::map<size_t, std::vector<int64_t>> leaves;  // per model: routed rows that stop running it
   const int64_t n = logits.rows;
   for (int64_t j = 0; j < n; ++j) groups[rows_[first_row + j].request->params().fusion.key()].push_back(j);
   for (const auto& [key, members] : groups) {
     const RequestFusion& fusion = rows_[first_row + members[0]].request->params().fusion;
     const FusionView view = fusion_view(set_, fusion);
-    std::vector<at::Tensor> rows(logits.logits.size());
-    for (size_t i : view.inputs) rows[i] = logits.of(i, members);
-    at::Tensor route;
     const bool routed = fusion.spec.strategy == "dynamic" && fusion.spec.multi_expert == "route" && view.set.experts.size() > 1;
+    std::vector<at::Tensor> rows(logits.logits.size());
+    // A routed row runs only its own expert after its first token; the experts it left read as the
+    // base (no shift), which route's criterion never reads for that row (its α and fused logits
+    // come from its own expert's terms alone).
+    for (size_t k = 0; k < view.inputs.size(); ++k) {
+      const size_t i = view.inputs[k];
+      rows[i] = routed && k >= 2 ? logits.of_or(i, members, view.inputs[1]) : logits.of(i, members);
+    }
+    at::Tensor route;
     if (routed && !first_step) {
       std::vector<int64_t> chosen;
       for (int64_t j : members) chosen.push_back(rows_[first_row + j].route);
@@ -260,7 +267,13 @@ void Engine::sample_and_emit(const BatchLogits& logits, size_t first_row, bool f
     const FusedRows fused = fuse_view(view, rows, &route);
     if (routed && first_step) {
       const at::Tensor chosen = route.to(at::kCPU);
-      for (size_t m = 0; m < members.size(); ++m) rows_[first_row + members[m]].route = chosen[m].item<int64_t>();
+      for (size_t m = 0; m < members.size(); ++m) {
+        const int64_t expert = chosen[m].item<int64_t>();
+        rows_[first_row + members[m]].route = expert;
+        for (size_t e = 0; e < view.set.experts.size(); ++e)
+          if (static_cast<int64_t>(e) != expert)
+            leaves[view.inputs[2 + e]].push_back(static_cast<int64_t>(first_row) + members[m]);
+      }
     }
     at::Tensor greedy;  // the group's greedy tokens, found in one pass once a member needs them
     for (size_t m = 0; m < members.size(); ++m) {
@@ -282,6 +295,7 @@ void Engine::sample_and_emit(const BatchLogits& logits, size_t first_row, bool f
       emit(row, token, std::move(lp));
     }
   }
+  for (const auto& [model, rows] : leaves) batch_->leave(model, rows);
 }
 
 void Engine::emit(Row& row, int64_t token, std::optional<TokenLogprobs> logprobs) {

@@ -199,15 +199,12 @@ def test_the_fusion_field_chooses_per_request(paths, logitfuse):
         assert got[12:] == [w["completion_ids"] for w in secret_only[:6]]
         # Each row runs only the models its fusion reads: "off" the large model, one expert's the
         # large, the base and that expert; here nothing read "color" but the static rows.
-        def positions_run():
-            text = metrics_text(server)
-            return {m: int(n) for m, n in re.findall(r'logitfuse_model_tokens_total\{model="(\w+)"\} (\d+)', text)}
-        before = positions_run()
+        before = positions_run(server)
         with cf.ThreadPoolExecutor(16) as pool:
             again = list(pool.map(lambda j: chat(c, j[0], extra={"fusion": j[1]}).token_ids,
                                   jobs[:6] + jobs[12:]))
         assert again == got[:6] + got[12:]
-        after = positions_run()
+        after = positions_run(server)
         assert after["color"] == before["color"]
         assert after["secret"] > before["secret"] and after["base"] > before["base"]
         assert after["large"] - before["large"] > after["secret"] - before["secret"]
@@ -218,6 +215,30 @@ def test_the_fusion_field_chooses_per_request(paths, logitfuse):
     with serving(BINARY, config(paths, "fusion_plain", "plain")) as server:
         code, body = post(server, "/v1/completions", {"prompt": "x", "fusion": {"strategy": "dynamic"}})
         assert code == 400 and "strategy" in body["error"]["message"]
+
+
+def test_routed_rows_run_only_their_expert_after_the_first_token(paths, logitfuse):
+    """fusion.multi_expert route: greedy outputs equal generate's (which runs every expert at every
+    step), alone and 16 at once, while after a row's first token the server runs only the expert it
+    was routed to: the experts together run the large model's positions less each row's decoding
+    steps (two experts: each step skips one)."""
+    cfg = config(paths, "route", "dynamic")
+    want = generated(logitfuse, cfg, "fusion.multi_expert=route")
+    assert any(len(w["completion_ids"]) > 1 for w in want)
+    with serving(BINARY, cfg, "fusion.multi_expert=route") as server:
+        c = client(server)
+        for w in want[:2]:
+            assert chat(c, w["prompt"]).token_ids == w["completion_ids"], w["prompt"]
+        before = positions_run(server)
+        with cf.ThreadPoolExecutor(16) as pool:
+            got = list(pool.map(lambda w: chat(c, w["prompt"]).token_ids, want))
+        assert got == [w["completion_ids"] for w in want]
+        after = positions_run(server)
+    ran = {m: after[m] - before[m] for m in after}
+    assert ran["base"] == ran["large"] and ran["secret"] <= ran["large"] and ran["color"] <= ran["large"]
+    # A row's steps after its first token: one per later token, plus one that produced an EOS.
+    skipped = 2 * ran["large"] - ran["secret"] - ran["color"]
+    assert sum(len(w["completion_ids"]) - 1 for w in want) <= skipped <= sum(len(w["completion_ids"]) for w in want)
 
 
 def test_bad_requests_get_openai_errors_and_the_queue_limit_429(paths):
@@ -274,6 +295,11 @@ def stream_then_vanish(url, prompt, chunks=2):
 
 def metrics_text(server):
     return subprocess.run(["curl", "-s", server.url + "/metrics"], capture_output=True, text=True).stdout
+
+
+def positions_run(server):
+    """Token positions each model has run (logitfuse_model_tokens_total), by model name."""
+    return {m: int(n) for m, n in re.findall(r'logitfuse_model_tokens_total\{model="(\w+)"\} (\d+)', metrics_text(server))}
 
 
 def metric(server, name):

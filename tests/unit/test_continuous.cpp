@@ -119,7 +119,7 @@ TEST_CASE("continuous batch: prefill in chunks, between the running rows' steps,
     lf::ModelSet set = std::string(kind) == "sliding" ? sliding_set() : fused_set(kind);
     const size_t models = set.run().size();
     const auto ps = prompts();
-    constexpr int kSteps = 6;
+    constexpr int kSteps = 10;  // the row that stays longest takes 4 + chunks steps here
     std::vector<Solo> solo;
     for (const auto& p : ps) solo.push_back(decode_alone(set, p, kSteps));
     // What each prompt runs: all models, the large model alone, or the large model and the last one.
@@ -180,6 +180,21 @@ TEST_CASE("continuous batch: prefill in chunks, between the running rows' steps,
     CHECK(chunks >= 2);  // the prompts are longer than two columns of three rows
     joined({2, 3, 4}, *done);
     step();
+    // Row 3 (it runs every model) stops running the last one, as a routed row leaves the experts it
+    // was not routed to: its other models' logits stay those it gets alone, and of_or gives it the
+    // fallback model's row there while row 0 keeps its own.
+    if (models > 2) {
+      const int64_t at3 = std::find(order.begin(), order.end(), 3) - order.begin();
+      const int64_t at0 = std::find(order.begin(), order.end(), 0) - order.begin();
+      batch.leave(models - 1, {at3});
+      uses[3].pop_back();  // every model in order: the last is models - 1
+      std::vector<int64_t> tokens;
+      for (int r : order) tokens.push_back(solo[r].tokens[step_of[r]++]);
+      const lf::BatchLogits logits = batch.step(tokens);
+      check(logits, 0);
+      CHECK(at::equal(logits.of_or(models - 1, {at3, at0}, 1)[0], logits.of(1, {at3})[0]));
+      CHECK(at::equal(logits.of_or(models - 1, {at3, at0}, 1)[1], logits.of(models - 1, {at0})[0]));
+    }
     batch.keep({1, 2, 4});
     order = {1, 2, 4};
     step();
