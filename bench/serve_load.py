@@ -230,7 +230,7 @@ def head_speedup(head, level, threads, one_row):
     """The ceiling the LM head alone puts on batching: level × t(1 row) / t(level rows) with the
     same threads, on the path serve uses (blocked in fp32; `one_row` is its t(1 row)); and the plain
     at::linear head's time on the level's rows over that path's. A head that dominates the step
-    (the small model: 12.6M of its 15.2M parameters) turns compute-bound with a few rows, and no
+    (the small model: 12.6M of the 15.2M parameters a token is multiplied by) turns compute-bound with a few rows, and no
     scheduler can batch past this."""
     torch.set_num_threads(threads)
     plain = lambda x: torch.nn.functional.linear(x, head)  # noqa: E731

@@ -135,9 +135,8 @@ class CausalLM : public torch::nn::Module {
   // path's GEMM reads the [vocab, hidden] weight in an order that wastes most of its compute: 16
   // rows of a 49,152 × 256 head take 3.8 ms against 2.1 ms blocked on a 2-core AVX-512 CPU
   // (`python bench/serve_load.py` measures both in its run). Costs one more copy of the head;
-  // returns its bytes (0: not packed,
-  // because the model is not fp32 on the CPU or its parameters are gathered in units). The weights
-  // must not change afterwards: only decoding calls it.
+  // returns its bytes, or 0 where nothing is packed (not fp32 on the CPU, or parameters gathered
+  // in units). The weights must not change afterwards: only decoding calls it.
   int64_t pack_head_for_decoding();
 
   // Hugging Face initialisation: normal(0, initializer_range) for matrices, zeros for biases,
