@@ -204,13 +204,15 @@ def lm_head(model_dir):
     return weights.get("lm_head.weight", weights["model.embed_tokens.weight"]).to(TORCH_DTYPE[DTYPE]).contiguous()
 
 
-def blocked_head(head):
-    """What serve decodes with in fp32 (CausalLM::pack_head_for_decoding): oneDNN's blocked copy of
-    the head, through the same mkldnn operators; None where they do not apply (bf16)."""
+def head_paths(head):
+    """(the path serve decodes with, the plain at::linear one), each a function of the rows. In fp32
+    serve uses oneDNN's blocked copy of the head (CausalLM::pack_head_for_decoding), through the
+    same mkldnn operators, packed once here; elsewhere (bf16) the plain one."""
+    plain = lambda x: torch.nn.functional.linear(x, head)  # noqa: E731
     if head.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
-        return None
+        return plain, plain
     packed = torch.ops.mkldnn._reorder_linear_weight(head, None)
-    return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+    return (lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")), plain
 
 
 def head_seconds(fn, rows, width, dtype, repeats=30):
@@ -226,15 +228,13 @@ def head_seconds(fn, rows, width, dtype, repeats=30):
     return min(times)
 
 
-def head_speedup(head, level, threads, one_row):
+def head_speedup(head, paths, level, one_row):
     """The ceiling the LM head alone puts on batching: level × t(1 row) / t(level rows) with the
-    same threads, on the path serve uses (blocked in fp32; `one_row` is its t(1 row)); and the plain
-    at::linear head's time on the level's rows over that path's. A head that dominates the step
-    (the small model: 12.6M of the 15.2M parameters a token is multiplied by) turns compute-bound with a few rows, and no
-    scheduler can batch past this."""
-    torch.set_num_threads(threads)
-    plain = lambda x: torch.nn.functional.linear(x, head)  # noqa: E731
-    served = blocked_head(head) or plain
+    same threads, on the path serve uses (`paths` from head_paths; `one_row` is its t(1 row)); and
+    the plain head's time on the level's rows over that path's. A head that dominates the step (the
+    small model: 12.6M of the 15.2M parameters a token is multiplied by) turns compute-bound with a
+    few rows, and no scheduler can batch past this."""
+    served, plain = paths
     t = head_seconds(served, level, head.shape[1], head.dtype) if level > 1 else one_row
     return level * one_row / t, head_seconds(plain, level, head.shape[1], head.dtype) / t
 
@@ -245,7 +245,9 @@ def run_model(name, model_dir, levels, tokens, work, hf, repeats):
                    f"generation: {{max_new_tokens: {tokens}, chat_template: plain}}\n")
     rows = []
     head = lm_head(model_dir)
-    threads, one_row = torch.get_num_threads(), None
+    threads = torch.get_num_threads()
+    paths = head_paths(head)
+    one_row = head_seconds(paths[0], 1, head.shape[1], head.dtype)
     with serve_client.serving(BINARY, cfg, "serve.model_name=m", f"serve.max_batch={max(levels)}",
                               f"serve.max_queue={2 * max(levels)}") as server:
         texts = prompts(max(levels))
@@ -275,11 +277,7 @@ def run_model(name, model_dir, levels, tokens, work, hf, repeats):
             row = sorted(runs, key=lambda r: r["tokens_per_s"])[len(runs) // 2]
             row["equal_to_alone"] = all(r["equal_to_alone"] for r in runs)
             row["tokens_per_s_runs"] = [r["tokens_per_s"] for r in runs]
-            torch.set_num_threads(threads)
-            if one_row is None:
-                one_row = head_seconds(blocked_head(head) or (lambda x: torch.nn.functional.linear(x, head)), 1,
-                                       head.shape[1], head.dtype)
-            row["head_speedup"], row["head_plain_over_served"] = head_speedup(head, level, threads, one_row)
+            row["head_speedup"], row["head_plain_over_served"] = head_speedup(head, paths, level, one_row)
             if hf:
                 row["transformers_tokens_per_s"] = transformers_tokens_per_s(model_dir, batch, tokens, threads)
             rows.append(row)

@@ -35,10 +35,6 @@ MODELS = Path(os.environ.get("LOGITFUSE_HOME", Path.home() / ".cache" / "logitfu
 TEACHER, STUDENT = MODELS / "gemma-3-270m", MODELS / "smollm2-135m-instruct"
 
 
-def texts_in_order(texts):
-    return [t for chunks in texts.values() for t in chunks]
-
-
 def teacher_rows(model, tok, text, k):
     """The teacher's renormalised top-k distribution predicting each of its tokens of `text`
     (after its BOS, as the benchmark reads a base model's text)."""
@@ -85,7 +81,7 @@ def main():
              for d in real_text.DOMAINS}
     tok = AutoTokenizer.from_pretrained(TEACHER)
     model = AutoModelForCausalLM.from_pretrained(TEACHER, dtype=torch.float32).eval()
-    twin, lines, domains = {}, [], []
+    twin, lines, order = {}, [], []  # order: (domain, text) per align input line
     with torch.inference_mode():
         for domain, chunks in texts.items():
             t = twin.setdefault(domain, {"bytes": 0, "positions": 0, "off_label": 0.0, "entropy": 0.0})
@@ -98,14 +94,14 @@ def main():
                 t["entropy"] += float(-(top * top.clamp_min(1e-30).log()).sum())
                 lines.append(json.dumps({"text": text, "teacher": [{"ids": index[j].tolist(), "probs": top[j].tolist()}
                                                                    for j in range(len(ids))]}))
-                domains.append(domain)
+                order.append((domain, text))
     (out / "align.jsonl").write_text("\n".join(lines) + "\n")
     aligned = subprocess.run([str(BINARY), "align", "--student-tokenizer", str(STUDENT), "--teacher-tokenizer",
                               str(TEACHER), "--input", str(out / "align.jsonl"), "--method", "span"],
                              capture_output=True, text=True, check=True).stdout.splitlines()
     student_tok = AutoTokenizer.from_pretrained(STUDENT)
     span = {}
-    for text, domain, line in zip(texts_in_order(texts), domains, aligned):
+    for (domain, text), line in zip(order, aligned):
         j = json.loads(line)
         s = span.setdefault(domain, {"positions": 0, "targets": 0, "off_label": 0.0, "entropy": 0.0,
                                      "check": [0.0, 0.0, 0.0, 0.0]})

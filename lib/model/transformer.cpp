@@ -333,11 +333,17 @@ at::Tensor CausalLM::embed(const at::Tensor& ids) const {
   return h * scale.to(h.scalar_type());
 }
 
+namespace {
+
+// Final-logit soft-capping (Gemma 2) where the config sets it: cap · tanh(logits / cap).
+at::Tensor soft_cap(const at::Tensor& logits, const std::optional<double>& cap) {
+  return cap ? at::tanh(logits / *cap) * *cap : logits;
+}
+
+}  // namespace
+
 at::Tensor CausalLM::head(const at::Tensor& hidden, const at::Tensor& weight) const {
-  at::Tensor out = at::linear(hidden, weight);
-  if (!config_.final_logit_softcapping) return out;
-  const double cap = *config_.final_logit_softcapping;
-  return at::tanh(out / cap) * cap;
+  return soft_cap(at::linear(hidden, weight), config_.final_logit_softcapping);
 }
 
 at::Tensor CausalLM::hidden_states(const at::Tensor& input_ids, const ForwardOptions& options) {
@@ -450,10 +456,19 @@ namespace {
 
 // oneDNN's blocked-weight linear, registered by libtorch_cpu as mkldnn:: operators (what
 // torch.compile's CPU freezing uses). Called boxed: their C++ signatures are not a public header.
-at::Tensor call_mkldnn(const char* name, std::vector<c10::IValue> stack) {
-  const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
+// Each handle is looked up once, not on every decoding step.
+at::Tensor call_mkldnn(const c10::OperatorHandle& op, std::vector<c10::IValue> stack) {
   op.callBoxed(&stack);
   return stack.at(0).toTensor();
+}
+const c10::OperatorHandle& mkldnn_reorder() {
+  static const c10::OperatorHandle op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_reorder_linear_weight", "");
+  return op;
+}
+const c10::OperatorHandle& mkldnn_linear() {
+  static const c10::OperatorHandle op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
+  return op;
 }
 
 }  // namespace
@@ -462,19 +477,16 @@ int64_t CausalLM::pack_head_for_decoding() {
   const at::Tensor& weight = lm_head_ ? lm_head_->weight : model_->embed_tokens->weight;
   if (units_ || !weight.device().is_cpu() || weight.scalar_type() != at::kFloat || !at::hasMKLDNN()) return 0;
   at::NoGradGuard no_grad;
-  packed_head_ = call_mkldnn("mkldnn::_reorder_linear_weight", {weight.detach(), c10::IValue()});
+  packed_head_ = call_mkldnn(mkldnn_reorder(), {weight.detach(), c10::IValue()});
   return weight.numel() * static_cast<int64_t>(weight.element_size());
 }
 
 at::Tensor CausalLM::logits(const at::Tensor& hidden) const {
   const at::Tensor& weight = lm_head_ ? lm_head_->weight : model_->embed_tokens->weight;
   if (packed_head_.defined() && !(at::GradMode::is_enabled() && hidden.requires_grad())) {
-    at::Tensor out = call_mkldnn("mkldnn::_linear_pointwise",
-                                 {hidden.contiguous(), packed_head_, c10::IValue(), std::string("none"),
-                                  c10::List<std::optional<at::Scalar>>(), c10::IValue()});
-    if (!config_.final_logit_softcapping) return out;
-    const double cap = *config_.final_logit_softcapping;
-    return at::tanh(out / cap) * cap;
+    return soft_cap(call_mkldnn(mkldnn_linear(), {hidden.contiguous(), packed_head_, c10::IValue(), std::string("none"),
+                                                  c10::List<std::optional<at::Scalar>>(), c10::IValue()}),
+                    config_.final_logit_softcapping);
   }
   if (!units_ || units_->is_gathered(head_unit())) return head(hidden, weight);
   // A head gathered for this call alone cannot serve a backward: a trainer gathers it for the loss.

@@ -59,7 +59,11 @@ FusedRows fuse_view(const FusionView& view, const std::vector<at::Tensor>& logit
 }
 
 PromptScorer::PromptScorer(ModelSet& set, const RequestFusion& fusion, std::vector<int64_t> ids, int64_t k)
-    : view_(fusion_view(set, fusion)), models_(set.run()), caches_(models_.size()), k_(k) {
+    : view_(fusion_view(set, fusion)),
+      models_(set.run()),
+      caches_(models_.size()),
+      k_(k),
+      ids_(at::tensor(ids, at::TensorOptions().dtype(at::kLong))) {
   out_.ids = std::move(ids);
 }
 
@@ -68,8 +72,7 @@ void PromptScorer::advance(int64_t budget) {
   const int64_t T = static_cast<int64_t>(out_.ids.size());
   const int64_t n = std::min(std::max<int64_t>(budget, 1), T - next_);
   if (n <= 0) return;
-  const at::Tensor ids = at::tensor(out_.ids, at::TensorOptions().dtype(at::kLong));
-  const at::Tensor piece = ids.narrow(0, next_, n).unsqueeze(0);
+  const at::Tensor piece = ids_.narrow(0, next_, n).unsqueeze(0);
   std::vector<at::Tensor> hidden(models_.size());
   for (size_t i : view_.inputs) {
     ForwardOptions options;
@@ -83,7 +86,7 @@ void PromptScorer::advance(int64_t budget) {
     std::vector<at::Tensor> logits(models_.size());
     for (size_t i : view_.inputs) logits[i] = models_[i]->model->logits(hidden[i].narrow(0, begin, m));
     const at::Tensor lp = at::log_softmax(fuse_view(view_, logits).logits.to(at::kFloat), -1).to(at::kCPU);
-    const at::Tensor actual = lp.gather(1, ids.narrow(0, next_ + begin + 1, m).unsqueeze(1));  // [m, 1]
+    const at::Tensor actual = lp.gather(1, ids_.narrow(0, next_ + begin + 1, m).unsqueeze(1));  // [m, 1]
     token_lp_.push_back(actual.squeeze(1));
     rank_.push_back((lp > actual).sum(1) + 1);
     if (k_ > 0) {

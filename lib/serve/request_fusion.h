@@ -58,6 +58,7 @@ class PromptScorer {
   std::vector<DecodingModel*> models_;
   std::vector<KVCache> caches_;  // per model of set.run() that the fusion reads
   int64_t k_;
+  at::Tensor ids_;    // the prompt, [T] int64
   int64_t next_ = 0;  // prompt positions run so far
   PromptLogprobs out_;
   std::vector<at::Tensor> token_lp_, rank_, top_ids_, top_lp_;
