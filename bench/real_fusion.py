@@ -40,7 +40,8 @@ VARIANTS = {
 
 
 # What each kept directory depends on. A run's directory names λ where it matters (run_name).
-_NOT_IN_RUNS = {"variants", "variant_list", "seeds", "seed_list", "distill_weight", "ahead_margin", "curve"}
+_NOT_IN_RUNS = {"variants", "variant_list", "seeds", "seed_list", "distill_weight", "ahead_margin", "curve", "select",
+                "select_steps"}
 STAMPED = {
     "teacher-cache": lambda s: ["corpus_sha256", "top_k", "max_length", "quick"],
     "eval-pivot": lambda s: ["corpus_sha256", "split"],
@@ -87,7 +88,9 @@ def recipe(args, run_dir, variant, seed, data):
         graph_yaml = f"{{type: gld, weight: 1.0, top_k: {args.graph_top_k}}}" if graph else "{type: none}"
         loss = (f"{{distill_weight: {args.distill_weight}, token: {{type: {token}, top_k: {args.top_k}, "
                 f"temperature: {args.temperature}}}, graph: {graph_yaml}}}")
-    every = args.steps // 2 if args.curve and seed == args.seed_list[0] else 0
+    # --curve-every: every seed, every N steps; by default the first seed at half the run.
+    every = (args.curve_every or (args.steps // 2 if seed == args.seed_list[0] else 0)) if args.curve else 0
+    keep = max(2, args.steps // every + 1) if every else 2  # every checkpoint is evaluated after the run
     text = f"""run: {{name: {run_dir.name}, output_dir: {run_dir}, seed: {seed}, device: cpu}}
 student: {{path: {PIVOT}, dtype: fp32, chat_template: plain}}
 teachers: {teacher}
@@ -96,7 +99,7 @@ loss: {loss}
 alignment: {{positions: {positions}, vocab: exact, cache_dir: {Path(args.out) / 'vocab-maps'}}}
 train: {{max_steps: {args.steps}, micro_batch_size: {args.batch}, grad_accum: 1, lr: {args.lr}, schedule: cosine,
          warmup_ratio: 0.0, precision: fp32, clip_grad: 1.0, weight_decay: 0.0, logit_chunk_size: 256}}
-checkpoint: {{every_steps: {every}, keep_last: 2}}
+checkpoint: {{every_steps: {every}, keep_last: {keep}}}
 log: {{every_steps: 1}}
 """
     run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -151,6 +154,19 @@ def train_variant(args, variant, seed, data):
     return result
 
 
+def select_checkpoint(args, result):
+    """With --select VARIANT=STEP, that variant is measured at its checkpoint of that step (chosen
+    on the other split) instead of at the end of the run."""
+    step = args.select_steps.get(result["variant"])
+    if step is None:
+        return result
+    curve = {int(k): v for k, v in result["curve"].items()}
+    if step not in curve:
+        sys.exit(f"real_fusion: --select {result['variant']}={step}: no checkpoint at that step "
+                 f"(evaluated: {sorted(curve)}; see --curve-every)")
+    return {**result, "bpb": curve[step], "selected_step": step}
+
+
 def spread(values):
     return (max(values) - min(values)) if len(values) > 1 else 0.0
 
@@ -171,6 +187,7 @@ def summarise(args, pivot, teacher, results):
                 row["gap_closed"][d] = (pivot[d] - row["bpb"][d]) / (pivot[d] - teacher[d])
             else:
                 row["forgetting"][d] = row["bpb"][d] - pivot[d]
+        row["selected_step"] = runs[0].get("selected_step")
         row["train_seconds"] = statistics.mean(r["train_seconds"] for r in runs)
         row["peak_mib"] = max(r["peak_mib"] for r in runs)
         rows[variant] = row
@@ -203,7 +220,8 @@ def table(pivot, teacher, summary):
         cells = [f"{row['bpb'][d]:.3f} ± {row['spread'][d] / 2:.3f}" for d in domains]
         gap = ", ".join(f"{row['gap_closed'][d]:+.1%}" for d in summary["ahead"])
         forget = ", ".join(f"{row['forgetting'][d]:+.3f}" for d in summary["level"])
-        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {gap} | {forget} | {row['train_seconds']:.0f} | "
+        name = variant if row["selected_step"] is None else f"{variant} at step {row['selected_step']}"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {gap} | {forget} | {row['train_seconds']:.0f} | "
                      f"{row['peak_mib']:.0f} |")
     return "\n".join(lines)
 
@@ -256,6 +274,10 @@ def parse_args():
     p.add_argument("--split", default="test", choices=["dev", "test"], help="what the report measures on")
     p.add_argument("--ahead-margin", type=float, default=0.1, help="bpb by which the teacher must lead on a domain")
     p.add_argument("--no-curve", dest="curve", action="store_false", help="skip the mid-run evaluation of the first seed")
+    p.add_argument("--curve-every", type=int, default=0,
+                   help="steps between the first seed's mid-run evaluations (default: half the run)")
+    p.add_argument("--select", default="", help="VARIANT=STEP,...: measure a variant at that checkpoint, "
+                   "chosen on the other split (needs --curve-every)")
     p.add_argument("--keep-models", action="store_true")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = p.parse_args()
@@ -268,6 +290,12 @@ def parse_args():
     if unknown:
         p.error(f"unknown variant {unknown[0]} (known: {', '.join(VARIANTS)})")
     args.seed_list = [int(s) for s in args.seeds.split(",")]
+    try:
+        args.select_steps = {v: int(step) for v, _, step in (x.partition("=") for x in args.select.split(",") if x)}
+    except ValueError:
+        p.error(f"--select {args.select}: expected VARIANT=STEP,...")
+    if any(v not in args.variant_list for v in args.select_steps):
+        p.error(f"--select {args.select}: a variant that is not run")
     return args
 
 
@@ -319,7 +347,7 @@ def main():
     elif cache_time.exists():  # made by an earlier invocation (a sweep on the other split): counted once, there
         cache_seconds = float(cache_time.read_text())
 
-    results = [train_variant(args, v, s, data) for s in args.seed_list for v in args.variant_list]
+    results = [select_checkpoint(args, train_variant(args, v, s, data)) for s in args.seed_list for v in args.variant_list]
     summary = summarise(args, pivot, teacher, results)
     report = {"settings": settings, "corpus": corpus, "pivot": pivot, "teacher": teacher, "summary": summary,
               "results": results, "cache_seconds": cache_seconds, "wall_seconds": time.time() - started}

@@ -63,29 +63,6 @@ def small_model(out):
     return out
 
 
-def stream_one(url, prompt, tokens):
-    """One streamed completion: (token ids, time to first token, gaps between tokens)."""
-    body = {"model": "m", "prompt": prompt, "max_tokens": tokens, "stream": True, "ignore_eos": True,
-            "return_token_ids": True, "temperature": 0}
-    start = time.perf_counter()
-    ids, stamps = [], []
-    u = urlparse(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
-    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
-    r = conn.getresponse()
-    for raw in r:
-        line = raw.decode().rstrip("\n")
-        if not line.startswith("data: ") or line == "data: [DONE]":
-            continue
-        chunk = json.loads(line[6:])
-        for t in (chunk["choices"][0].get("token_ids") or []) if chunk["choices"] else []:
-            ids.append(t)
-            stamps.append(time.perf_counter())
-    conn.close()
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-    return ids, stamps[0] - start, gaps
-
-
 def stream_many(url, texts, tokens):
     """Every prompt streamed at once from one thread: ([(token ids, time to first token, gaps)], the
     client's share of one core)."""

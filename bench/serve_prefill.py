@@ -13,7 +13,6 @@ time to its whole answer.
 
 Writes runs/serve-prefill/report.json and prints a markdown table."""
 import argparse
-import concurrent.futures as cf
 import json
 import sys
 import threading
@@ -23,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serve_load  # noqa: E402
-from serve_load import BINARY, SMOLLM2, alone, pct, prompts, serve_client, stream_one  # noqa: E402
+from serve_load import BINARY, SMOLLM2, alone, pct, prompts, serve_client, stream_many  # noqa: E402
 
 
 def long_prompt(tokens):
@@ -61,13 +60,13 @@ def run_setting(model_dir, work, setting, args):
                 joined["ttft"] = time.perf_counter() - start
                 assert len(scored["choices"][0]["prompt_logprobs"]) >= args.prompt_tokens // 2, "the prompt was not scored"
             else:
-                _, ttft, _ = stream_one(server.url, joiner, 4)
+                [(_, ttft, _)], _ = stream_many(server.url, [joiner], 4)
                 joined["ttft"] = ttft
 
+        # The running streams are read by one thread (serve_load.stream_many), the joiner by another.
         thread = threading.Thread(target=join)
         thread.start()
-        with cf.ThreadPoolExecutor(args.streams) as pool:
-            results = list(pool.map(lambda p: stream_one(server.url, p, args.tokens), texts))
+        results, _ = stream_many(server.url, texts, args.tokens)
         thread.join()
     gaps = [g for *_, gs in results for g in gs]
     return {"prefill_tokens": setting, "max_gap_s": max(gaps), "p50_gap_s": pct(gaps, 0.5),
