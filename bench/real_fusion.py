@@ -273,9 +273,9 @@ def parse_args():
     p.add_argument("--eval-bytes", type=int, default=5000, help="held-out text per domain and split")
     p.add_argument("--split", default="test", choices=["dev", "test"], help="what the report measures on")
     p.add_argument("--ahead-margin", type=float, default=0.1, help="bpb by which the teacher must lead on a domain")
-    p.add_argument("--no-curve", dest="curve", action="store_false", help="skip the mid-run evaluation of the first seed")
+    p.add_argument("--no-curve", dest="curve", action="store_false", help="skip the mid-run evaluations")
     p.add_argument("--curve-every", type=int, default=0,
-                   help="steps between the first seed's mid-run evaluations (default: half the run)")
+                   help="evaluate every seed every N steps (default: the first seed at half the run)")
     p.add_argument("--select", default="", help="VARIANT=STEP,...: measure a variant at that checkpoint, "
                    "chosen on the other split (needs --curve-every)")
     p.add_argument("--keep-models", action="store_true")

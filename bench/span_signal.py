@@ -105,8 +105,8 @@ def main():
         j = json.loads(line)
         s = span.setdefault(domain, {"positions": 0, "targets": 0, "off_label": 0.0, "entropy": 0.0,
                                      "check": [0.0, 0.0, 0.0, 0.0]})
-        s["check"] = [a + b for a, b in zip(s["check"], in_context(student_tok, text, j["student_ids"], j["targets"]))]
         student = j["student_ids"]
+        s["check"] = [a + b for a, b in zip(s["check"], in_context(student_tok, text, student, j["targets"]))]
         s["positions"] += len(student)
         for target in j["targets"]:
             probs = dict(zip(target["ids"], target["probs"]))

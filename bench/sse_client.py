@@ -19,7 +19,6 @@ class _Stream:
         self.request = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
                         f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n").encode() + payload
         self.sock = socket.create_connection((host, port))
-        self.sock.setblocking(False)
         self.start = time.perf_counter()
         self.raw = b""           # bytes not yet decoded
         self.headers = None      # None until the header block is in
@@ -68,8 +67,7 @@ def stream_all(url, bodies, path="/v1/completions", timeout=600):
     streams = [_Stream(u.hostname, u.port, path, body) for body in bodies]
     selector = selectors.DefaultSelector()
     for s in streams:
-        s.sock.setblocking(True)
-        s.sock.sendall(s.request)
+        s.sock.sendall(s.request)  # blocking: a request is small
         s.sock.setblocking(False)
         selector.register(s.sock, selectors.EVENT_READ, s)
     open_count = len(streams)

@@ -111,10 +111,4 @@ PromptLogprobs PromptScorer::result() {
   return std::move(out_);
 }
 
-PromptLogprobs prompt_logprobs(ModelSet& set, const RequestFusion& fusion, const std::vector<int64_t>& ids, int64_t k) {
-  PromptScorer scorer(set, fusion, ids, k);
-  scorer.advance(static_cast<int64_t>(ids.size()));
-  return scorer.result();
-}
-
 }  // namespace lf::serve

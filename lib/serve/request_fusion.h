@@ -64,7 +64,4 @@ class PromptScorer {
   std::vector<at::Tensor> token_lp_, rank_, top_ids_, top_lp_;
 };
 
-// The whole prompt at once (one advance over all of it).
-PromptLogprobs prompt_logprobs(ModelSet& set, const RequestFusion& fusion, const std::vector<int64_t>& ids, int64_t k);
-
 }  // namespace lf::serve
