@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -207,12 +208,33 @@ def head_seconds(fn, rows, width, dtype, repeats=30):
 def head_speedup(head, paths, level, one_row):
     """The ceiling the LM head alone puts on batching: level × t(1 row) / t(level rows) with the
     same threads, on the path serve uses (`paths` from head_paths; `one_row` is its t(1 row)); and
-    the plain head's time on the level's rows over that path's. A head that dominates the step (the
+    the plain head's time on the level's rows over that path's; and t(level rows) itself. A head that dominates the step (the
     small model: 12.6M of the 15.2M parameters a token is multiplied by) turns compute-bound with a
     few rows, and no scheduler can batch past this."""
     served, plain = paths
     t = head_seconds(served, level, head.shape[1], head.dtype) if level > 1 else one_row
-    return level * one_row / t, head_seconds(plain, level, head.shape[1], head.dtype) / t
+    return level * one_row / t, head_seconds(plain, level, head.shape[1], head.dtype) / t, t
+
+
+PHASES = ("prefill", "decode_layers", "decode_head", "sample", "emit")
+
+
+def engine_counters(url):
+    """The engine's step count and seconds by phase so far, from GET /metrics."""
+    with urllib.request.urlopen(url + "/metrics", timeout=60) as r:
+        text = r.read().decode()
+    phases = {k: float(v) for k, v in re.findall(r'^logitfuse_step_phase_seconds_total\{phase="(\w+)"\} (\S+)$', text, re.M)}
+    steps = float(re.search(r"^logitfuse_steps_total (\S+)$", text, re.M).group(1))
+    step_seconds = float(re.search(r"^logitfuse_step_duration_seconds_sum (\S+)$", text, re.M).group(1))
+    return steps, step_seconds, phases
+
+
+def per_step_ms(before, after):
+    """Milliseconds per engine step, by phase and in all, between two engine_counters readings."""
+    steps = max(after[0] - before[0], 1)
+    out = {p: 1000 * (after[2].get(p, 0) - before[2].get(p, 0)) / steps for p in PHASES}
+    out["step"] = 1000 * (after[1] - before[1]) / steps
+    return out
 
 
 def run_model(name, model_dir, levels, tokens, work, hf, repeats):
@@ -235,6 +257,7 @@ def run_model(name, model_dir, levels, tokens, work, hf, repeats):
                 if p not in reference:
                     reference[p] = alone(server.url, p, tokens)
             runs = []
+            counters = engine_counters(server.url)
             # At least `repeats` runs and 2 s in all: one stream of 32 tokens lasts ~0.1 s, where a
             # single run's tokens/s moved by ±20% from one run to the next.
             while len(runs) < repeats or (sum(r["wall_s"] for r in runs) < 2.0 and len(runs) < 50):
@@ -251,9 +274,11 @@ def run_model(name, model_dir, levels, tokens, work, hf, repeats):
                              "equal_to_alone": all(ids == reference[p] for (ids, _, _), p in zip(results, batch)),
                              "client_cpu_share": share, "wall_s": wall})
             row = sorted(runs, key=lambda r: r["tokens_per_s"])[len(runs) // 2]
+            row["step_ms"] = per_step_ms(counters, engine_counters(server.url))
             row["equal_to_alone"] = all(r["equal_to_alone"] for r in runs)
             row["tokens_per_s_runs"] = [r["tokens_per_s"] for r in runs]
-            row["head_speedup"], row["head_plain_over_served"] = head_speedup(head, paths, level, one_row)
+            row["head_speedup"], row["head_plain_over_served"], head_alone = head_speedup(head, paths, level, one_row)
+            row["head_alone_ms"] = 1000 * head_alone
             if hf:
                 row["transformers_tokens_per_s"] = transformers_tokens_per_s(model_dir, batch, tokens, threads)
             rows.append(row)
@@ -311,6 +336,14 @@ def main():
               f"{r['speedup_vs_one']:.2f} | {r['ttft_p50']:.3f} / {r['ttft_p99']:.3f} | "
               f"{1000 * r['itl_p50']:.1f} / {1000 * r['itl_p99']:.1f} | {r['head_speedup']:.2f} | "
               f"{r['head_plain_over_served']:.2f} | {r['client_cpu_share']:.2f} | {r['equal_to_alone']} | {hf} | {ts} |")
+    print("\nWhere an engine step's time goes (ms per step, over all runs of a level; the server's "
+          "logitfuse_step_phase_seconds_total):\n")
+    print("| model | streams | step | " + " | ".join(PHASES) + " | LM head alone (best of 50) |")
+    print("| --- | --- | --- | " + " | ".join("---" for _ in PHASES) + " | --- |")
+    for r in rows:
+        ms = r["step_ms"]
+        print(f"| {r['model']} | {r['streams']} | {ms['step']:.3f} | " + " | ".join(f"{ms[p]:.3f}" for p in PHASES) +
+              f" | {r['head_alone_ms']:.3f} |")
     if not all(r["equal_to_alone"] for r in rows):
         sys.exit("some stream's tokens differ from its run alone")
 

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <chrono>
 #include <stdexcept>
 
 #include "core/error.h"
@@ -68,7 +69,7 @@ int64_t ContinuousBatch::columns() const {
 }
 
 at::Tensor ContinuousBatch::forward(size_t model, KVCache& cache, const at::Tensor& ids, const at::Tensor& mask,
-                                    const at::Tensor& positions) {
+                                    const at::Tensor& positions, bool decoding) {
   c10::InferenceMode inference;
   ForwardOptions options;
   options.positions = positions;
@@ -76,9 +77,20 @@ at::Tensor ContinuousBatch::forward(size_t model, KVCache& cache, const at::Tens
   options.cache = &cache;
   CausalLM& m = *models_[model]->model;
   tokens_run_[model] += ids.numel();
-  // Only the last position's logits are needed: the LM head runs on one row per sequence.
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now();
   at::Tensor h = m.hidden_states(ids.to(models_[model]->device), options);
-  return m.logits(h.select(1, -1));
+  const auto layers_done = Clock::now();
+  // Only the last position's logits are needed: the LM head runs on one row per sequence.
+  at::Tensor logits = m.logits(h.select(1, -1));
+  const auto end = Clock::now();
+  if (decoding) {
+    seconds_.layers += std::chrono::duration<double>(layers_done - start).count();
+    seconds_.head += std::chrono::duration<double>(end - layers_done).count();
+  } else {
+    seconds_.prefill += std::chrono::duration<double>(end - start).count();
+  }
+  return logits;
 }
 
 void ContinuousBatch::begin_admit(const std::vector<std::vector<int64_t>>& prompts, int64_t pad_id,
@@ -139,7 +151,7 @@ std::optional<BatchLogits> ContinuousBatch::prefill(int64_t token_budget) {
       const int64_t k = j.ids.size(0);
       const int64_t columns = token_budget > 0 ? std::clamp<int64_t>(token_budget / k, 1, left) : left;
       at::Tensor out = forward(i, j.cache, j.ids.narrow(1, j.done, columns), j.mask.narrow(1, j.done, columns),
-                               j.positions.narrow(1, j.done, columns));
+                               j.positions.narrow(1, j.done, columns), /*decoding=*/false);
       j.done += columns;
       if (j.done == longest) j.last = out;
     }
@@ -192,10 +204,12 @@ BatchLogits ContinuousBatch::step(const std::vector<int64_t>& tokens) {
     result.slot[i] = slots(rows_, members);
     if (members.empty()) continue;
     if (static_cast<int64_t>(members.size()) == rows_) {
-      result.logits[i] = forward(i, caches_[i], column, at::Tensor(), position);
+      result.logits[i] = forward(i, caches_[i], column, at::Tensor(), position, /*decoding=*/true);
     } else {
       const at::Tensor index = long_tensor(members);
-      result.logits[i] = forward(i, caches_[i], column.index_select(0, index), at::Tensor(), position.index_select(0, index));
+      result.logits[i] =
+          forward(i, caches_[i], column.index_select(0, index), at::Tensor(), position.index_select(0, index),
+                  /*decoding=*/true);
     }
   }
   return result;

@@ -61,6 +61,13 @@ class ContinuousBatch {
   int64_t columns() const;
   // Token positions each model has run (prefill, padding included, and decoding), set.run() order.
   const std::vector<int64_t>& tokens_run() const { return tokens_run_; }
+  // Host seconds in the forward passes, summed over models: joining groups' prefill, and decoding
+  // steps' layers and LM head apart. On a GPU, kernels run asynchronously: there these are the
+  // host's times, which show where it waited rather than what each kernel took.
+  struct ForwardSeconds {
+    double prefill = 0, layers = 0, head = 0;
+  };
+  const ForwardSeconds& forward_seconds() const { return seconds_; }
 
  private:
   // One model's share of a joining group: the prompts that run it, left-padded to their longest.
@@ -72,7 +79,7 @@ class ContinuousBatch {
     at::Tensor last;   // next-token logits once every column is in
   };
   at::Tensor forward(size_t model, KVCache& cache, const at::Tensor& ids, const at::Tensor& mask,
-                     const at::Tensor& positions);
+                     const at::Tensor& positions, bool decoding);
 
   ModelSet& set_;
   std::vector<DecodingModel*> models_;         // set_.run()
@@ -84,6 +91,7 @@ class ContinuousBatch {
   at::Tensor joining_next_;       // [group] int64, each joiner's next position
   int64_t joining_rows_ = 0;
   std::vector<int64_t> tokens_run_;
+  ForwardSeconds seconds_;
 };
 
 }  // namespace lf

@@ -1,8 +1,11 @@
 #include "decode/sampling.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 
 namespace lf {
@@ -25,28 +28,77 @@ double sampling_uniform(int64_t seed, int64_t key, int64_t step) {
   return static_cast<double>(h >> 11) * (1.0 / 9007199254740992.0);  // 53 random bits
 }
 
+namespace {
+
+// Four floats (one SSE register on any x86-64, part of a wider one where there is one): the scans
+// below are written on these so they are vectorised on every machine, which a plain loop's running
+// maximum is not (the compiler may not reorder float comparisons).
+typedef float Floats4 __attribute__((vector_size(16)));
+typedef int32_t Ints4 __attribute__((vector_size(16)));
+constexpr int64_t kBlock = 16;  // floats per step of the scans: four vectors
+
+Floats4 load4(const float* p) {
+  Floats4 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// The first index of a row's maximum, NaN counting as the largest (argmax's answer), in two passes
+// over the row: the maximum (and whether any NaN), then the first place it occurs.
+int64_t first_maximum(const float* row, int64_t vocab) {
+  const float lowest = -std::numeric_limits<float>::infinity();
+  Floats4 m[4] = {{lowest, lowest, lowest, lowest}, {lowest, lowest, lowest, lowest},
+                  {lowest, lowest, lowest, lowest}, {lowest, lowest, lowest, lowest}};
+  Ints4 nan = {0, 0, 0, 0};
+  const int64_t blocked = vocab - vocab % kBlock;
+  for (int64_t v = 0; v < blocked; v += kBlock)
+    for (int k = 0; k < 4; ++k) {
+      const Floats4 x = load4(row + v + 4 * k);
+      m[k] = x > m[k] ? x : m[k];
+      nan |= x != x;
+    }
+  float best = lowest;
+  bool any_nan = false;
+  for (int k = 0; k < 4; ++k)
+    for (int i = 0; i < 4; ++i) {
+      best = m[k][i] > best ? m[k][i] : best;
+      any_nan = any_nan || nan[i] != 0;
+    }
+  for (int64_t v = blocked; v < vocab; ++v) {
+    best = row[v] > best ? row[v] : best;
+    any_nan = any_nan || std::isnan(row[v]);
+  }
+  int64_t v = 0;
+  if (any_nan) {
+    while (v < vocab && !std::isnan(row[v])) ++v;
+  } else {
+    const Floats4 target = {best, best, best, best};
+    for (; v < blocked; v += kBlock) {
+      const Ints4 hit = (load4(row + v) == target) | (load4(row + v + 4) == target) | (load4(row + v + 8) == target) |
+                        (load4(row + v + 12) == target);
+      if (hit[0] | hit[1] | hit[2] | hit[3]) break;
+    }
+    while (v < vocab && row[v] != best) ++v;
+  }
+  return v < vocab ? v : 0;  // (vocab == 0 only: argmax would throw on it)
+}
+
+}  // namespace
+
 at::Tensor greedy_tokens(const at::Tensor& logits) {
   const auto dtype = logits.scalar_type();
   const bool widens_exactly = dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf;
   if (!logits.device().is_cpu() || logits.dim() != 2 || !widens_exactly) return logits.argmax(-1).to(at::kCPU);
   // Widening to float32 is exact, so bf16/fp16 ties stay ties (float64 would not narrow exactly).
   const at::Tensor x = logits.to(at::kFloat).contiguous();
-  const at::Tensor best = x.amax(-1).contiguous();  // NaN where a row holds one
   const int64_t rows = x.size(0), vocab = x.size(1);
   at::Tensor out = at::empty({rows}, at::TensorOptions().dtype(at::kLong));
   const float* data = x.data_ptr<float>();
-  const float* maxima = best.data_ptr<float>();
   int64_t* picked = out.data_ptr<int64_t>();
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* row = data + r * vocab;
-    const float m = maxima[r];
-    int64_t v = 0;
-    if (std::isnan(m))
-      while (v < vocab && !std::isnan(row[v])) ++v;
-    else
-      while (v < vocab && row[v] != m) ++v;
-    picked[r] = v < vocab ? v : 0;  // (vocab == 0 only: argmax would throw on it)
-  }
+  // One row per task: a batch's rows are scanned on all intra-op threads at once.
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) picked[r] = first_maximum(data + r * vocab, vocab);
+  });
   return out;
 }
 

@@ -232,6 +232,13 @@ void Engine::report_model_tokens() {
     if (run[i] > tokens_run_[i]) metrics_.model_tokens(models[i]->name, run[i] - tokens_run_[i]);
     tokens_run_[i] = run[i];
   }
+  const ContinuousBatch::ForwardSeconds& now = batch_->forward_seconds();
+  for (auto [phase, told, total] : {std::make_tuple("prefill", &forward_told_.prefill, now.prefill),
+                                    std::make_tuple("decode_layers", &forward_told_.layers, now.layers),
+                                    std::make_tuple("decode_head", &forward_told_.head, now.head)}) {
+    if (total > *told) metrics_.phase_seconds(phase, total - *told);
+    *told = total;
+  }
 }
 
 void Engine::step() {
@@ -241,6 +248,8 @@ void Engine::step() {
 }
 
 void Engine::sample_and_emit(const BatchLogits& logits, size_t first_row, bool first_step) {
+  const auto start = Clock::now();
+  emit_seconds_ = 0;
   // Rows with the same fusion are fused in one call.
   std::map<std::string, std::vector<int64_t>> groups;
   std::map<size_t, std::vector<int64_t>> leaves;  // per model: routed rows that stop running it
@@ -296,11 +305,18 @@ void Engine::sample_and_emit(const BatchLogits& logits, size_t first_row, bool f
     }
   }
   for (const auto& [model, rows] : leaves) batch_->leave(model, rows);
+  metrics_.phase_seconds("sample", seconds_since(start) - emit_seconds_);
+  metrics_.phase_seconds("emit", emit_seconds_);
 }
 
 void Engine::emit(Row& row, int64_t token, std::optional<TokenLogprobs> logprobs) {
-  const GenerationParams& p = row.request->params();
   const auto now = Clock::now();
+  struct AddTime {
+    Clock::time_point start;
+    double& to;
+    ~AddTime() { to += std::chrono::duration<double>(Clock::now() - start).count(); }
+  } timed{now, emit_seconds_};
+  const GenerationParams& p = row.request->params();
   if (row.step == 0)
     metrics_.time_to_first_token(std::chrono::duration<double>(now - row.request->arrival).count());
   else
@@ -377,6 +393,7 @@ void Engine::fail_all(const std::string& message) {
   report_model_tokens();
   batch_ = std::make_unique<ContinuousBatch>(set_);
   tokens_run_.assign(tokens_run_.size(), 0);
+  forward_told_ = {};
 }
 
 }  // namespace lf::serve

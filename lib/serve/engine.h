@@ -140,6 +140,8 @@ class Engine {
   std::vector<Row> rows_;
   std::vector<std::shared_ptr<Request>> joining_;  // being prefilled (the batch's joining group)
   std::vector<int64_t> tokens_run_;                // per model: what the metrics have been told
+  ContinuousBatch::ForwardSeconds forward_told_;   // the batch's forward seconds the metrics have been told
+  double emit_seconds_ = 0;                        // this step's emit() calls so far
 };
 
 }  // namespace lf::serve

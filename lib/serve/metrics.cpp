@@ -87,6 +87,11 @@ void Metrics::model_tokens(const std::string& model, int64_t positions) {
   model_tokens_[model] += static_cast<uint64_t>(positions);
 }
 
+void Metrics::phase_seconds(const std::string& phase, double seconds) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  phase_seconds_[phase] += seconds;
+}
+
 void Metrics::queue_length(int64_t queued) {
   std::lock_guard<std::mutex> lock(mutex_);
   queued_ = queued;
@@ -127,6 +132,12 @@ std::string Metrics::text() const {
          "# TYPE logitfuse_model_tokens_total counter\n";
   for (const auto& [model, n] : model_tokens_)
     out += fmt::format("logitfuse_model_tokens_total{{model=\"{}\"}} {}\n", label_value(model), n);
+  out += "# HELP logitfuse_step_phase_seconds_total Engine seconds by phase of its steps: prefill (joiners' forward "
+         "passes), decode_layers and decode_head (the running rows' forward pass), sample (fusion and the token "
+         "choice), emit (detokenising and handing tokens to their connections).\n"
+         "# TYPE logitfuse_step_phase_seconds_total counter\n";
+  for (const auto& [phase, seconds] : phase_seconds_)
+    out += fmt::format("logitfuse_step_phase_seconds_total{{phase=\"{}\"}} {}\n", phase, number(seconds));
   auto histogram = [&](const char* name, const char* help, const Histogram& h) {
     out += fmt::format("# HELP {} {}\n# TYPE {} histogram\n", name, help, name);
     out += h.text(name);

@@ -36,6 +36,8 @@ class Metrics {
   void step(int64_t rows, int64_t max_batch, int64_t queued, double seconds);
   // Token positions a model ran (prefill, padding included, and decoding).
   void model_tokens(const std::string& model, int64_t positions);
+  // Engine seconds spent in one phase of its steps (prefill, decode_layers, decode_head, sample, emit).
+  void phase_seconds(const std::string& phase, double seconds);
   void queue_length(int64_t queued);
   void running(int64_t rows);
   std::string text() const;
@@ -44,6 +46,7 @@ class Metrics {
   mutable std::mutex mutex_;
   std::map<std::pair<std::string, int>, uint64_t> requests_;
   std::map<std::string, uint64_t> model_tokens_;
+  std::map<std::string, double> phase_seconds_;
   uint64_t prompt_tokens_ = 0, generated_tokens_ = 0, steps_ = 0, step_rows_ = 0;
   int64_t running_ = 0, max_batch_ = 0, queued_ = 0;
   Histogram ttft_, inter_token_, latency_, step_;

@@ -428,6 +428,13 @@ def test_the_load_benchmark_runs_and_every_stream_equals_its_run_alone(real_mode
     assert all(r["tokens_per_s"] > 0 and r["transformers_tokens_per_s"] > 0 for r in rows)
     # `transformers serve` (continuous batching) ran beside it on the same streams.
     assert all(r["transformers_serve_tokens_per_s"] > 0 for r in rows)
+    # The server's step phases (logitfuse_step_phase_seconds_total) are parts of its steps: each
+    # timed inside one, so together they never exceed the steps' own time.
+    for r in rows:
+        ms = r["step_ms"]
+        assert ms["decode_layers"] > 0 and ms["decode_head"] > 0 and ms["emit"] > 0 and ms["sample"] >= 0, ms
+        parts = sum(ms[p] for p in ("prefill", "decode_layers", "decode_head", "sample", "emit"))
+        assert parts <= ms["step"] * (1 + 1e-6), ms
 
 
 def distill_recipe(paths, out, cache):

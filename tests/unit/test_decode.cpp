@@ -341,6 +341,16 @@ TEST_CASE("decode: greedy tokens are argmax's, ties and NaNs included, in every 
   }
   CHECK(lf::greedy_tokens(logits)[5].item<int64_t>() == 700);
   CHECK(at::equal(lf::greedy_tokens(logits.t().contiguous().t()), logits.argmax(-1)));  // a strided view
+  // Widths around the scan's 16-lane blocks, and a real vocabulary's: the blocked part, the tail, and
+  // a NaN or the maximum in either.
+  for (int64_t vocab : {1, 15, 16, 17, 49152, 50021}) {
+    at::Tensor wide = at::randint(0, 50, {8, vocab}).to(at::kFloat);
+    wide[1][vocab - 1] = 60;
+    wide[2][vocab / 2] = std::numeric_limits<float>::quiet_NaN();
+    wide[3][vocab - 1] = std::numeric_limits<float>::quiet_NaN();
+    wide[4].fill_(-std::numeric_limits<float>::infinity());
+    CHECK(at::equal(lf::greedy_tokens(wide), wide.argmax(-1)));
+  }
 }
 
 TEST_CASE("decode: models must share one vocabulary", "[decode]") {
