@@ -6,6 +6,7 @@ import concurrent.futures as cf
 import contextlib
 import http.server
 import json
+import os
 import re
 import select
 import signal
@@ -33,6 +34,9 @@ def serving(binary, cfg, *overrides):
 
 
 wait_until = serve_client.wait_until
+# scripts/gpu-check.sh sets LOGITFUSE_TEST_DEVICES=cpu,cuda on the GPU machine: there the equality
+# and logprob tests also serve (and generate, and score) on the GPU.
+DEVICES = os.environ.get("LOGITFUSE_TEST_DEVICES", "cpu").split(",")
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +48,14 @@ def read_jsonl(path):
     return [json.loads(l) for l in Path(path).read_text().splitlines()]
 
 
-def config(paths, name, strategy="dynamic", experts=("secret", "color"), extra=""):
+def config(paths, name, strategy="dynamic", experts=("secret", "color"), extra="", device="cpu"):
     root = Path(paths["root"])
     if strategy == "plain":
-        models = f"model: {{path: {paths['large']}, dtype: fp32, device: cpu}}\n"
+        models = f"model: {{path: {paths['large']}, dtype: fp32, device: {device}}}\n"
     else:
-        lines = "".join(f"    - {{name: {e}, path: {paths[e]}, dtype: fp32, device: cpu}}\n" for e in experts)
-        models = (f"models:\n  large: {{path: {paths['large']}, dtype: fp32, device: cpu}}\n"
-                  f"  base: {{path: {paths['base']}, dtype: fp32, device: cpu}}\n  experts:\n{lines}"
+        lines = "".join(f"    - {{name: {e}, path: {paths[e]}, dtype: fp32, device: {device}}}\n" for e in experts)
+        models = (f"models:\n  large: {{path: {paths['large']}, dtype: fp32, device: {device}}}\n"
+                  f"  base: {{path: {paths['base']}, dtype: fp32, device: {device}}}\n  experts:\n{lines}"
                   f"fusion: {{strategy: {strategy}}}\n")
     path = root / f"{name}.yaml"
     path.write_text(models + f"""generation: {{max_new_tokens: 6, batch_size: 16, chat_template: plain}}
@@ -86,11 +90,12 @@ def post(server, path, body, raw=None):
     return int(code), json.loads(text)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("strategy,overrides", [("plain", ()), ("dynamic", ()),
                                                  # prompts prefilled a few tokens per step, between steps
                                                  ("dynamic", ("serve.prefill_tokens=3",))])
-def test_greedy_outputs_equal_generate_alone_and_in_a_full_batch(paths, logitfuse, strategy, overrides):
-    cfg = config(paths, f"greedy_{strategy}", strategy)
+def test_greedy_outputs_equal_generate_alone_and_in_a_full_batch(paths, logitfuse, strategy, overrides, device):
+    cfg = config(paths, f"greedy_{strategy}_{device}", strategy, device=device)
     want = generated(logitfuse, cfg)
     assert len(want) == 16 and any(w["completion_ids"] for w in want)
     with serving(BINARY, cfg, *overrides) as server:
@@ -141,11 +146,13 @@ def log_softmax(z):
     return z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("overrides", [(), ("serve.prefill_tokens=3",)], ids=["whole", "scored-3-at-a-time"])
-def test_prompt_and_completion_logprobs_equal_logits(paths, logitfuse, tmp_path, overrides):
+def test_prompt_and_completion_logprobs_equal_logits(paths, logitfuse, tmp_path, overrides, device):
     """Prompt logprobs for a teacher, scored whole and 3 prompt tokens per engine step (with KV caches
-    between the pieces, as a long prompt is scored while other rows decode)."""
-    cfg = config(paths, "logprobs", "plain")
+    between the pieces, as a long prompt is scored while other rows decode), against `logits` on the
+    same device."""
+    cfg = config(paths, f"logprobs_{device}", "plain", device=device)
     with serving(BINARY, cfg, *overrides) as server:
         c = client(server)
         r = c.completions.create(model="tiny", prompt=ws.secret_prompt("river"), max_tokens=6, logprobs=3,
@@ -157,7 +164,8 @@ def test_prompt_and_completion_logprobs_equal_logits(paths, logitfuse, tmp_path,
                                                         "prompt_logprobs": 5})
         assert code == 200
     (tmp_path / "ids.jsonl").write_text(json.dumps(ids) + "\n")
-    logitfuse("logits", "--model", paths["large"], "--input", tmp_path / "ids.jsonl", "--out", tmp_path / "l.safetensors")
+    logitfuse("logits", "--model", paths["large"], "--input", tmp_path / "ids.jsonl", "--out", tmp_path / "l.safetensors",
+              "--device", device)
     lp = log_softmax(load_file(str(tmp_path / "l.safetensors"))["logits.0"])  # [T, V]
     vocab = lp.shape[1]
     prompt_lp = scored["choices"][0]["prompt_logprobs"]
