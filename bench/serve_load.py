@@ -338,7 +338,7 @@ def main():
               f"{r['head_plain_over_served']:.2f} | {r['client_cpu_share']:.2f} | {r['equal_to_alone']} | {hf} | {ts} |")
     print("\nWhere an engine step's time goes (ms per step, over all runs of a level; the server's "
           "logitfuse_step_phase_seconds_total):\n")
-    print("| model | streams | step | " + " | ".join(PHASES) + " | LM head alone (best of 50) |")
+    print("| model | streams | step | " + " | ".join(PHASES) + " | LM head alone (best of 30) |")
     print("| --- | --- | --- | " + " | ".join("---" for _ in PHASES) + " | --- |")
     for r in rows:
         ms = r["step_ms"]
