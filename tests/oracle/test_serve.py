@@ -445,6 +445,18 @@ def test_the_load_benchmark_runs_and_every_stream_equals_its_run_alone(real_mode
         assert parts <= ms["step"] * (1 + 1e-6), ms
 
 
+def test_the_head_cache_benchmark_runs():
+    """bench/head_cache.py on a small head: a row per path and row count, a time per sweep size."""
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[2] / "bench" / "head_cache.py"),
+                           "--vocab", "1000", "--hidden", "64", "--sweep-mb", "0,1", "--calls", "3"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [l.split("|")[1:-1] for l in proc.stdout.splitlines() if l.startswith("| ") and "---" not in l][1:]
+    # The head called at once takes time; after a sweep, the difference of two medians is a number
+    # (on a head this small it may even come out below zero).
+    assert len(rows) >= 2 and all(float(r[2]) > 0 and np.isfinite(float(r[3])) for r in rows), proc.stdout
+
+
 def distill_recipe(paths, out, cache):
     root = Path(paths["root"])
     path = Path(out).with_suffix(".yaml")
