@@ -58,12 +58,9 @@ int64_t first_maximum(const float* row, int64_t vocab) {
       nan |= x != x;
     }
   float best = lowest;
-  bool any_nan = false;
   for (int k = 0; k < 4; ++k)
-    for (int i = 0; i < 4; ++i) {
-      best = m[k][i] > best ? m[k][i] : best;
-      any_nan = any_nan || nan[i] != 0;
-    }
+    for (int i = 0; i < 4; ++i) best = m[k][i] > best ? m[k][i] : best;
+  bool any_nan = (nan[0] | nan[1] | nan[2] | nan[3]) != 0;
   for (int64_t v = blocked; v < vocab; ++v) {
     best = row[v] > best ? row[v] : best;
     any_nan = any_nan || std::isnan(row[v]);
