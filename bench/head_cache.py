@@ -11,9 +11,14 @@ and after other memory of a given size was written, which stands in for the rest
 Per cell: the median of --calls timed calls, with the sweep's own time (measured alone) taken off.
 """
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_load import head_paths  # noqa: E402
 
 
 def median_ms(fn, calls):
@@ -38,11 +43,8 @@ def main():
     a = ap.parse_args()
     torch.manual_seed(0)
     head = torch.randn(a.vocab, a.hidden) * 0.02
-    paths = {"plain": lambda x: torch.nn.functional.linear(x, head)}
-    if torch.backends.mkldnn.is_available():
-        packed = torch.ops.mkldnn._reorder_linear_weight(head, None)
-        paths = {"blocked (serve)": lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""),
-                 **paths}
+    served, plain = head_paths(head)
+    paths = {"plain": plain} if served is plain else {"blocked (serve)": served, "plain": plain}
     sweeps = [int(s) for s in a.sweep_mb.split(",")]
     print(f"head {a.vocab} x {a.hidden} fp32 ({head.numel() * 4 / 2**20:.0f} MiB), {torch.get_num_threads()} threads, "
           f"median of {a.calls} calls, ms\n")

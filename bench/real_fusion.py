@@ -160,10 +160,8 @@ def select_checkpoint(args, result):
     step = args.select_steps.get(result["variant"])
     if step is None:
         return result
+    # parse_args made sure --curve-every evaluates that step.
     curve = {int(k): v for k, v in result["curve"].items()}
-    if step not in curve:
-        sys.exit(f"real_fusion: --select {result['variant']}={step}: no checkpoint at that step "
-                 f"(evaluated: {sorted(curve)}; see --curve-every)")
     return {**result, "bpb": curve[step], "selected_step": step}
 
 
@@ -296,6 +294,11 @@ def parse_args():
         p.error(f"--select {args.select}: expected VARIANT=STEP,...")
     if any(v not in args.variant_list for v in args.select_steps):
         p.error(f"--select {args.select}: a variant that is not run")
+    # Checked here, not after hours of training: a step must be one that --curve-every evaluates.
+    every = args.curve_every if args.curve else 0
+    for v, step in args.select_steps.items():
+        if not every or step % every or not 0 < step <= args.steps:
+            p.error(f"--select {v}={step}: no checkpoint at that step (--curve-every {every}, --steps {args.steps})")
     return args
 
 

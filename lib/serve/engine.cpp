@@ -171,7 +171,7 @@ void Engine::run() {
       spdlog::error("serve: a decoding step failed, its requests get an error: {}", e.what());
       fail_all(e.what());
     }
-    report_model_tokens();
+    report_batch_counters();
     std::lock_guard<std::mutex> lock(mutex_);
     running_count_ = static_cast<int64_t>(rows_.size() + joining_.size()) + (job ? 1 : 0);
     metrics_.step(static_cast<int64_t>(rows_.size()), limits_.max_batch, static_cast<int64_t>(waiting_.size()),
@@ -224,7 +224,7 @@ void Engine::prefill() {
   sample_and_emit(*joined, first, /*first_step=*/true);
 }
 
-void Engine::report_model_tokens() {
+void Engine::report_batch_counters() {
   const auto& run = batch_->tokens_run();
   auto models = set_.run();
   tokens_run_.resize(run.size(), 0);
@@ -249,7 +249,7 @@ void Engine::step() {
 
 void Engine::sample_and_emit(const BatchLogits& logits, size_t first_row, bool first_step) {
   const auto start = Clock::now();
-  emit_seconds_ = 0;
+  double emit_seconds = 0;  // of the time since start, emit()'s share
   // Rows with the same fusion are fused in one call.
   std::map<std::string, std::vector<int64_t>> groups;
   std::map<size_t, std::vector<int64_t>> leaves;  // per model: routed rows that stop running it
@@ -301,22 +301,19 @@ void Engine::sample_and_emit(const BatchLogits& logits, size_t first_row, bool f
           for (int64_t i = 0; i < values.size(0); ++i) lp->top.emplace_back(ids[i].item<int64_t>(), values[i].item<double>());
         }
       }
+      const auto emitting = Clock::now();
       emit(row, token, std::move(lp));
+      emit_seconds += seconds_since(emitting);
     }
   }
   for (const auto& [model, rows] : leaves) batch_->leave(model, rows);
-  metrics_.phase_seconds("sample", seconds_since(start) - emit_seconds_);
-  metrics_.phase_seconds("emit", emit_seconds_);
+  metrics_.phase_seconds("sample", seconds_since(start) - emit_seconds);
+  metrics_.phase_seconds("emit", emit_seconds);
 }
 
 void Engine::emit(Row& row, int64_t token, std::optional<TokenLogprobs> logprobs) {
-  const auto now = Clock::now();
-  struct AddTime {
-    Clock::time_point start;
-    double& to;
-    ~AddTime() { to += std::chrono::duration<double>(Clock::now() - start).count(); }
-  } timed{now, emit_seconds_};
   const GenerationParams& p = row.request->params();
+  const auto now = Clock::now();
   if (row.step == 0)
     metrics_.time_to_first_token(std::chrono::duration<double>(now - row.request->arrival).count());
   else
@@ -390,7 +387,7 @@ void Engine::fail_all(const std::string& message) {
   for (auto& r : joining_) r->push(Event{Event::Kind::kError, -1, message, {}, {}, 0});
   rows_.clear();
   joining_.clear();
-  report_model_tokens();
+  report_batch_counters();
   batch_ = std::make_unique<ContinuousBatch>(set_);
   tokens_run_.assign(tokens_run_.size(), 0);
   forward_told_ = {};

@@ -113,7 +113,8 @@ class Engine {
   struct Row;
   struct ScoreJob;
   void prefill();
-  void report_model_tokens();
+  // Tells the metrics what the batch ran since the last call: token positions per model, forward seconds.
+  void report_batch_counters();
   void step();
   void sample_and_emit(const BatchLogits& logits, size_t first_row, bool first_step);
   void drop_finished();
@@ -141,7 +142,6 @@ class Engine {
   std::vector<std::shared_ptr<Request>> joining_;  // being prefilled (the batch's joining group)
   std::vector<int64_t> tokens_run_;                // per model: what the metrics have been told
   ContinuousBatch::ForwardSeconds forward_told_;   // the batch's forward seconds the metrics have been told
-  double emit_seconds_ = 0;                        // this step's emit() calls so far
 };
 
 }  // namespace lf::serve
