@@ -9,7 +9,7 @@ mkdir -p .deps/debs .deps/wheels
 debs=(libyaml-cpp-dev libyaml-cpp0.7 libspdlog-dev libspdlog1.10 libfmt-dev libfmt9 libcli11-dev
       libsentencepiece-dev libsentencepiece0 catch2 nlohmann-json3-dev libpcre2-dev libpcre2-8-0
       libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 libicu-dev libicu72
-      # serve's HTTP layer; its pkg-config file names openssl, zlib and brotli (Requires.private),
+      # the served-teacher HTTP client (serve itself needs none); its pkg-config file names openssl, zlib and brotli (Requires.private),
       # whose runtime libraries Ubuntu 24.04 has
       libcpp-httplib-dev libcpp-httplib0.11 libssl-dev zlib1g-dev libbrotli-dev)
 cd .deps/debs

@@ -12,22 +12,21 @@
 #include "core/error.h"
 #include "decode/config.h"
 #include "decode/session.h"
-#include "train/run_support.h"
-#ifdef LOGITFUSE_HAVE_SERVE
 #include "serve/http_server.h"
-#endif
+#include "train/run_support.h"
 
 namespace lf::app {
 
 namespace {
 
-const char* kServeHelp = R"(OpenAI-compatible server: /v1/chat/completions, /v1/completions (with vLLM's
-prompt_logprobs for teachers), /v1/models, /health, /metrics. Plain or Dynamic Logit Fusion decoding,
-continuous batching.
+const char* kServeHelp = R"(OpenAI-compatible server: /v1/chat/completions, /v1/completions (batched prompts,
+echo with logprobs, vLLM's prompt_logprobs for teachers), /v1/models, vLLM's /tokenize, /detokenize and
+/tokenizer_info, /health, /metrics. Plain or Dynamic Logit Fusion decoding, continuous batching.
 
 Config keys: generate's (model or models, fusion, sampling, generation; see docs/decoding.md), plus
   serve: {host: 127.0.0.1, port: 8000 (0 = any free port), model_name, max_batch: 16, max_queue: 64, prefill_tokens: 512,
-          max_context: 0 (= the model's), threads: 0}
+          max_context: 0 (= the model's), threads: 0, max_body_bytes: 16777216, request_timeout: 5.0,
+          max_connections: 1024}
 Request fields left out take the config's sampling and generation values. SIGTERM or SIGINT: stop
 taking requests, finish what runs, exit 0. See docs/serving.md.)";
 
@@ -50,9 +49,6 @@ void add_serve(CLI::App& root) {
       std::cout << serve_config_to_yaml(config);
       return;
     }
-#ifndef LOGITFUSE_HAVE_SERVE
-    throw NotAvailable("serve in a build configured without cpp-httplib (install libcpp-httplib-dev, as scripts/setup.sh does, and rebuild)");
-#else
     if (!config.generation.kv_cache) throw InputError("serve: generation.kv_cache must be true (continuous batching runs on the cache)");
     auto session = open_session(config);
     const ServeSettings& s = config.serve;
@@ -69,7 +65,8 @@ void add_serve(CLI::App& root) {
                          metrics);
     std::signal(SIGPIPE, SIG_IGN);  // a client gone mid-write is a failed write, not the end of the server
     install_stop_handlers();
-    serve::HttpOptions http{s.host, static_cast<int>(s.port), static_cast<int>(s.threads)};
+    serve::HttpOptions http{s.host, static_cast<int>(s.port), static_cast<int>(s.threads), s.max_body_bytes,
+                            s.request_timeout, static_cast<int>(s.max_connections)};
     // The engine runs on this thread, the one that loaded the models (serve/engine.h says why); the
     // HTTP server on another, which stops the engine once it has drained (or failed to start).
     std::exception_ptr http_failure;
@@ -84,7 +81,6 @@ void add_serve(CLI::App& root) {
     engine.run();
     front.join();
     if (http_failure) std::rethrow_exception(http_failure);
-#endif
   });
 }
 

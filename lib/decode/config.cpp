@@ -117,6 +117,9 @@ void visit(V& v, ServeSettings& c) {
   v("prefill_tokens", c.prefill_tokens, at_least<int64_t>(0));
   v("max_context", c.max_context, at_least<int64_t>(0));
   v("threads", c.threads, at_least<int64_t>(0));
+  v("max_body_bytes", c.max_body_bytes, at_least<int64_t>(1024));
+  v("request_timeout", c.request_timeout, in_range<double>(0.1, 3600.0));
+  v("max_connections", c.max_connections, in_range<int64_t>(1, 1 << 20));
 }
 
 template <class V>

@@ -104,7 +104,10 @@ struct ServeSettings {
   int64_t max_queue = 64;       // requests waiting for a batch slot; beyond it: 429
   int64_t prefill_tokens = 512; // prompt tokens prefilled per step and model while the batch decodes; 0: whole
   int64_t max_context = 0;      // prompt + completion tokens; 0: the model's max_position_embeddings
-  int64_t threads = 0;          // connections served at once; 0: max_batch + max_queue + 8
+  int64_t threads = 0;          // requests handled at once; 0: max_batch + max_queue + 8
+  int64_t max_body_bytes = 16ll << 20;  // a request body past it: 413
+  double request_timeout = 5.0;         // seconds for a request's head and body to arrive: 408 past it
+  int64_t max_connections = 1024;       // open connections; past it the longest-waiting idle or slow one is closed
 };
 
 struct ServeConfig : DecodingConfig {

@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <limits>
 #include <map>
 
 #include "decode/sampling.h"
@@ -82,33 +83,35 @@ void Engine::stop() {
   wake_.notify_all();
 }
 
-Engine::Admission Engine::submit(const std::shared_ptr<Request>& request) {
+Engine::Admission Engine::submit(const std::vector<std::shared_ptr<Request>>& requests,
+                                 const std::vector<ScoreSpec>& scores, std::vector<std::future<PromptLogprobs>>& results) {
+  std::vector<std::shared_ptr<ScoreJob>> jobs;
+  results.clear();
+  for (const auto& s : scores) {
+    auto job = std::make_shared<ScoreJob>();
+    job->ids = s.ids;
+    job->k = s.k;
+    job->fusion = s.fusion;
+    results.push_back(job->result.get_future());
+    jobs.push_back(std::move(job));
+  }
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (closed_) return Admission::kClosed;
-    if (static_cast<int64_t>(waiting_.size() + scoring_.size()) >= limits_.max_queue) return Admission::kQueueFull;
-    waiting_.push_back(request);
+    const int64_t n = static_cast<int64_t>(requests.size() + jobs.size());
+    const int64_t queued = static_cast<int64_t>(waiting_.size() + scoring_.size());
+    if (queued + n > std::max(limits_.max_queue, n)) return Admission::kQueueFull;
+    for (const auto& r : requests) waiting_.push_back(r);
+    for (auto& j : jobs) scoring_.push_back(std::move(j));
     metrics_.queue_length(static_cast<int64_t>(waiting_.size()));
   }
   wake_.notify_all();
   return Admission::kAccepted;
 }
 
-Engine::Admission Engine::score(const std::vector<int64_t>& ids, int64_t k, const RequestFusion& fusion,
-                                std::future<PromptLogprobs>& result) {
-  auto job = std::make_shared<ScoreJob>();
-  job->ids = ids;
-  job->k = k;
-  job->fusion = fusion;
-  result = job->result.get_future();
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (closed_) return Admission::kClosed;
-    if (static_cast<int64_t>(waiting_.size() + scoring_.size()) >= limits_.max_queue) return Admission::kQueueFull;
-    scoring_.push_back(job);
-  }
-  wake_.notify_all();
-  return Admission::kAccepted;
+Engine::Admission Engine::submit(const std::shared_ptr<Request>& request) {
+  std::vector<std::future<PromptLogprobs>> none;
+  return submit({request}, {}, none);
 }
 
 void Engine::close() {
@@ -123,14 +126,15 @@ void Engine::wait_idle() {
 
 void Engine::run() {
   c10::InferenceMode inference;
-  // The prompt being scored (a teacher's prompt logprobs), a piece per step like a joining prompt.
-  std::shared_ptr<ScoreJob> job;
+  // The prompts being scored (prompt logprobs: a teacher's, echo's), together, a piece per step like
+  // a joining group.
+  std::vector<std::shared_ptr<ScoreJob>> jobs;
   std::unique_ptr<PromptScorer> scorer;
   while (true) {
     {
       std::unique_lock<std::mutex> lock(mutex_);
       wake_.wait(lock, [&] {
-        return stopping_ || job || !waiting_.empty() || !scoring_.empty() || !rows_.empty() || !joining_.empty();
+        return stopping_ || !jobs.empty() || !waiting_.empty() || !scoring_.empty() || !rows_.empty() || !joining_.empty();
       });
       if (stopping_) break;
       // One group joins at a time: the next forms once this one is prefilled.
@@ -139,27 +143,11 @@ void Engine::run() {
         if (!waiting_.front()->cancelled()) joining_.push_back(waiting_.front());
         waiting_.pop_front();
       }
-      if (!job && !scoring_.empty()) {
-        job = scoring_.front();
-        scoring_.pop_front();
-      }
-      running_count_ = static_cast<int64_t>(rows_.size() + joining_.size()) + (job ? 1 : 0);
+      if (jobs.empty() && !scoring_.empty()) take_score_jobs(jobs);
+      running_count_ = static_cast<int64_t>(rows_.size() + joining_.size() + jobs.size());
       metrics_.queue_length(static_cast<int64_t>(waiting_.size()));
     }
-    if (job) {
-      try {
-        if (!scorer) scorer = std::make_unique<PromptScorer>(set_, job->fusion, job->ids, job->k);
-        scorer->advance(limits_.prefill_tokens > 0 ? limits_.prefill_tokens : static_cast<int64_t>(job->ids.size()));
-        if (scorer->done()) job->result.set_value(scorer->result());
-      } catch (...) {
-        job->result.set_exception(std::current_exception());
-        scorer.reset();
-      }
-      if (!scorer || scorer->done()) {
-        job.reset();
-        scorer.reset();
-      }
-    }
+    if (!jobs.empty()) score_step(jobs, scorer);
     const auto start = Clock::now();
     try {
       drop_finished();
@@ -173,14 +161,14 @@ void Engine::run() {
     }
     report_batch_counters();
     std::lock_guard<std::mutex> lock(mutex_);
-    running_count_ = static_cast<int64_t>(rows_.size() + joining_.size()) + (job ? 1 : 0);
+    running_count_ = static_cast<int64_t>(rows_.size() + joining_.size() + jobs.size());
     metrics_.step(static_cast<int64_t>(rows_.size()), limits_.max_batch, static_cast<int64_t>(waiting_.size()),
                   seconds_since(start));
-    if (!job && rows_.empty() && joining_.empty() && waiting_.empty() && scoring_.empty()) idle_.notify_all();
+    if (jobs.empty() && rows_.empty() && joining_.empty() && waiting_.empty() && scoring_.empty()) idle_.notify_all();
   }
   fail_all("the server is shutting down");
   const auto shutting_down = std::make_exception_ptr(std::runtime_error("the server is shutting down"));
-  if (job) job->result.set_exception(shutting_down);
+  for (auto& j : jobs) j->result.set_exception(shutting_down);
   std::lock_guard<std::mutex> lock(mutex_);
   for (auto& r : waiting_) r->push(Event{Event::Kind::kError, -1, "the server is shutting down", {}, {}, 0});
   waiting_.clear();
@@ -188,6 +176,45 @@ void Engine::run() {
   scoring_.clear();
   running_count_ = 0;
   idle_.notify_all();
+}
+
+void Engine::take_score_jobs(std::vector<std::shared_ptr<ScoreJob>>& jobs) {
+  // The first waiting job's fusion, and every later one that shares it, up to a batch.
+  const std::string key = scoring_.front()->fusion.key();
+  for (auto it = scoring_.begin(); it != scoring_.end() && static_cast<int64_t>(jobs.size()) < limits_.max_batch;) {
+    if ((*it)->fusion.key() == key) {
+      jobs.push_back(*it);
+      it = scoring_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void Engine::score_step(std::vector<std::shared_ptr<ScoreJob>>& jobs, std::unique_ptr<PromptScorer>& scorer) {
+  try {
+    if (!scorer) {
+      std::vector<std::vector<int64_t>> prompts;
+      int64_t k = 0;
+      for (const auto& j : jobs) {
+        prompts.push_back(j->ids);
+        k = std::max(k, j->k);
+      }
+      scorer = std::make_unique<PromptScorer>(set_, jobs.front()->fusion, std::move(prompts), k);
+    }
+    scorer->advance(limits_.prefill_tokens > 0 ? limits_.prefill_tokens : std::numeric_limits<int64_t>::max() / 2);
+    if (scorer->done()) {
+      std::vector<PromptLogprobs> results = scorer->result();
+      for (size_t i = 0; i < jobs.size(); ++i) jobs[i]->result.set_value(std::move(results[i]));
+    }
+  } catch (...) {
+    for (auto& j : jobs) j->result.set_exception(std::current_exception());
+    scorer.reset();
+  }
+  if (!scorer || scorer->done()) {
+    jobs.clear();
+    scorer.reset();
+  }
 }
 
 void Engine::prefill() {
@@ -321,6 +348,11 @@ void Engine::emit(Row& row, int64_t token, std::optional<TokenLogprobs> logprobs
   row.last_token = now;
   ++row.step;
   if (!p.ignore_eos && std::find(eos_ids_.begin(), eos_ids_.end(), token) != eos_ids_.end()) {
+    if (logprobs) {
+      Event event{Event::Kind::kToken, token, {}, std::move(logprobs), {}, 0};
+      event.stop_token = true;
+      row.request->push(std::move(event));
+    }
     finish(row, "stop");
     return;
   }

@@ -55,6 +55,10 @@ struct Event {
   std::optional<TokenLogprobs> logprobs;
   std::string finish_reason;  // kFinish: stop | length; kError: the message in `text`
   int64_t completion_tokens = 0;
+  // kToken: the end-of-sequence token that ends the row, sent (before kFinish) only when logprobs
+  // are asked: its logprob belongs in a completion's logprobs (lm-eval reads the last entry as the
+  // generated token's), though it is neither text nor a completion token.
+  bool stop_token = false;
 };
 
 // One generation request, shared by its HTTP thread (consumer) and the engine (producer).
@@ -95,10 +99,19 @@ class Engine {
   Engine& operator=(const Engine&) = delete;
 
   enum class Admission { kAccepted, kQueueFull, kClosed };
+  // A prompt to score: the top `k` logprobs at each position, under `fusion`.
+  struct ScoreSpec {
+    std::vector<int64_t> ids;
+    int64_t k = 0;
+    RequestFusion fusion;
+  };
+  // Queues `requests` (rows to generate) and `scores` (prompt logprobs, computed on the engine's
+  // thread between steps, queued prompts with the same fusion scored together as one batch), all or
+  // none: each counts as one place of the queue, and a batch larger than the queue is taken only
+  // when the queue is empty. `results` gets one future per score.
+  Admission submit(const std::vector<std::shared_ptr<Request>>& requests, const std::vector<ScoreSpec>& scores,
+                   std::vector<std::future<PromptLogprobs>>& results);
   Admission submit(const std::shared_ptr<Request>& request);
-  // Prompt logprobs, computed on the engine's thread between steps (a queued job like a request).
-  Admission score(const std::vector<int64_t>& ids, int64_t k, const RequestFusion& fusion,
-                  std::future<PromptLogprobs>& result);
   // Runs the batch on the calling thread until stop(); what still runs or waits then gets an error.
   void run();
   // Makes run() return at its next step boundary (any thread).
@@ -112,6 +125,8 @@ class Engine {
  private:
   struct Row;
   struct ScoreJob;
+  void take_score_jobs(std::vector<std::shared_ptr<ScoreJob>>& jobs);
+  void score_step(std::vector<std::shared_ptr<ScoreJob>>& jobs, std::unique_ptr<PromptScorer>& scorer);
   void prefill();
   // Tells the metrics what the batch ran since the last call: token positions per model, forward seconds.
   void report_batch_counters();

@@ -1,14 +1,12 @@
 #include "serve/http_server.h"
 
-#include <httplib.h>
-#include <sys/socket.h>
 #include <spdlog/spdlog.h>
 
 #include <atomic>
 #include <thread>
 
 #include "core/error.h"
-#include "serve/peer_watch.h"
+#include "serve/http_front.h"
 
 namespace lf::serve {
 
@@ -18,202 +16,226 @@ namespace {
 
 constexpr auto kPoll = std::chrono::milliseconds(50);
 
-void send_json(httplib::Response& res, int status, const json& body) {
-  res.status = status;
-  res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
-}
+std::string dump(const json& body) { return body.dump(-1, ' ', false, json::error_handler_t::replace); }
 
-// A response whose body is written through a provider: the releaser (holding `keep`) runs only once
-// the body is on the wire, so the graceful stop waits for it.
-void send_json_held(httplib::Response& res, int status, const json& body, std::shared_ptr<void> keep) {
-  auto text = std::make_shared<std::string>(body.dump(-1, ' ', false, json::error_handler_t::replace));
-  res.status = status;
-  res.set_content_provider(
-      text->size(), "application/json",
-      [text](size_t offset, size_t length, httplib::DataSink& sink) { return sink.write(text->data() + offset, length); },
-      [keep](bool) {});
-}
+std::string sse(const json& body) { return "data: " + dump(body) + "\n\n"; }
 
-std::string sse(const json& body) {
-  return "data: " + body.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
-}
+// One generated choice being collected from its engine events.
+struct Collecting {
+  std::shared_ptr<Request> job;  // null: nothing to generate (max_tokens 0)
+  Generated out;
+  bool finished = false;
+  bool first = true;  // streaming: no chunk sent yet
+};
 
 class Routes {
  public:
   Routes(ServeContext& context, Engine& engine, Metrics& metrics) : context_(context), engine_(engine), metrics_(metrics) {}
 
-  void install(httplib::Server& server) {
-    server.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
-      const bool up = !closing_;
-      send_json(res, up ? 200 : 503, {{"status", up ? "ok" : "shutting down"}});
-    });
-    server.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
-      send_json(res, 200, models_response(context_));
-      metrics_.request_done("/v1/models", 200);
-    });
-    server.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-      res.set_content(metrics_.text(), "text/plain; version=0.0.4");
-    });
-    server.Post("/v1/completions",
-                [this](const httplib::Request& req, httplib::Response& res) { generate(req, res, false, "/v1/completions"); });
-    server.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
-      generate(req, res, true, "/v1/chat/completions");
-    });
-    server.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
-      if (res.status == 404 && !res.has_header("Content-Type"))  // not one of ours
-        send_json(res, 404, ApiError(404, "no route " + req.method + " " + req.path).body());
-    });
-    server.set_exception_handler([this](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
-      std::string what = "internal error";
-      try {
-        if (ep) std::rethrow_exception(ep);
-      } catch (const std::exception& e) {
-        what = e.what();
-      } catch (...) {
+  void handle(const HttpRequest& req, HttpResponder& res) {
+    InFlight counted(in_flight_);
+    const std::string& path = req.path;
+    const bool get = req.method == "GET", post = req.method == "POST";
+    try {
+      if (path == "/health" && get) {
+        const bool up = !closing_;
+        res.send(up ? 200 : 503, "application/json", dump({{"status", up ? "ok" : "shutting down"}}));
+      } else if (path == "/metrics" && get) {
+        res.send(200, "text/plain; version=0.0.4", metrics_.text());
+      } else if (path == "/v1/models" && get) {
+        answer(res, path, 200, models_response(context_));
+      } else if (path == "/tokenizer_info" && get) {
+        answer(res, path, 200, tokenizer_info_response(context_));
+      } else if (path == "/tokenize" && post) {
+        answer(res, path, 200, tokenize_response(context_, req.body));
+      } else if (path == "/detokenize" && post) {
+        answer(res, path, 200, detokenize_response(context_, req.body));
+      } else if (path == "/v1/completions" && post) {
+        generate(req, res, false, "/v1/completions");
+      } else if (path == "/v1/chat/completions" && post) {
+        generate(req, res, true, "/v1/chat/completions");
+      } else if (known(path)) {
+        refuse(res, path, ApiError(405, "method " + req.method + " is not allowed on " + path, {}, "MethodNotAllowedError"));
+      } else {
+        refuse(res, "other", ApiError(404, "no route " + req.method + " " + path));
       }
-      spdlog::error("serve: {} {}: {}", req.method, req.path, what);
-      send_json(res, 500, ApiError(500, what).body());
-      metrics_.request_done(req.path, 500);
-    });
+    } catch (const ApiError& e) {
+      refuse(res, endpoint_name(path), e);
+    } catch (const Error& e) {  // a template or tokenizer refusing this input
+      refuse(res, endpoint_name(path), ApiError(400, e.what()));
+    } catch (const std::exception& e) {
+      spdlog::error("serve: {} {}: {}", req.method, path, e.what());
+      if (!res.responded()) refuse(res, endpoint_name(path), ApiError(500, e.what()));
+    }
   }
 
   void close() { closing_ = true; }
   int in_flight() const { return in_flight_; }
-  void listening_on(int port) { local_port_ = port; }
 
  private:
-  // Counts a request from its handler's start until its response (streamed or not) is written.
+  // Counts a request from its handler's start until its response is written.
   struct InFlight {
     explicit InFlight(std::atomic<int>& n) : n_(n) { ++n_; }
     ~InFlight() { --n_; }
     std::atomic<int>& n_;
   };
 
+  static bool known(const std::string& path) {
+    for (const char* p : {"/health", "/metrics", "/v1/models", "/tokenizer_info", "/tokenize", "/detokenize",
+                          "/v1/completions", "/v1/chat/completions"})
+      if (path == p) return true;
+    return false;
+  }
+  // The metrics' endpoint label: the route, or "other" (a label per unknown path would grow without bound).
+  static std::string endpoint_name(const std::string& path) { return known(path) ? path : "other"; }
+
   std::string next_id(bool chat) { return std::string(chat ? "chatcmpl-" : "cmpl-") + std::to_string(++ids_); }
 
-  void refuse(httplib::Response& res, const char* endpoint, const ApiError& e, std::shared_ptr<void> keep = {}) {
-    send_json_held(res, e.status, e.body(), std::move(keep));
-    metrics_.request_done(endpoint, e.status);
+  void answer(HttpResponder& res, const std::string& endpoint, int status, const json& body) {
+    res.send(status, "application/json", dump(body));
+    metrics_.request_done(endpoint, status);
   }
 
-  void generate(const httplib::Request& req, httplib::Response& res, bool chat, const char* endpoint) {
-    auto in_flight = std::make_shared<InFlight>(in_flight_);
-    ApiRequest request;
-    try {
-      if (closing_) throw ApiError(503, "the server is shutting down", {}, "ServiceUnavailableError");
-      request = parse_request(context_, req.body, chat);
-    } catch (const ApiError& e) {
-      return refuse(res, endpoint, e, in_flight);
-    } catch (const Error& e) {  // a template or tokenizer refusing this prompt
-      return refuse(res, endpoint, ApiError(400, e.what()), in_flight);
-    }
+  void refuse(HttpResponder& res, const std::string& endpoint, const ApiError& e) {
+    if (res.responded()) return;
+    answer(res, endpoint, e.status, e.body());
+  }
+
+  static void check_admission(Engine::Admission a) {
+    if (a == Engine::Admission::kQueueFull)
+      throw ApiError(429, "the server's queue is full; retry later", {}, "RateLimitError");
+    if (a == Engine::Admission::kClosed) throw ApiError(503, "the server is shutting down", {}, "ServiceUnavailableError");
+  }
+
+  void generate(const HttpRequest& req, HttpResponder& res, bool chat, const char* endpoint) {
+    if (closing_) throw ApiError(503, "the server is shutting down", {}, "ServiceUnavailableError");
+    const ApiRequest request = parse_request(context_, req.body, chat);
     const std::string id = next_id(chat);
-    std::optional<PromptLogprobs> prompt;
-    if (request.prompt_logprobs >= 0) {
-      std::future<PromptLogprobs> result;
-      if (auto refused = admission_error(engine_.score(request.generation.prompt, request.prompt_logprobs,
-                                                       request.generation.fusion, result)))
-        return refuse(res, endpoint, *refused, in_flight);
-      try {
-        prompt = result.get();
-      } catch (const std::exception& e) {
-        return refuse(res, endpoint, ApiError(500, e.what()), in_flight);
-      }
+    const size_t n = request.prompts.size();
+
+    // Every prompt of the request is queued at once: its rows join the continuous batch together,
+    // and its prompts to score are scored together.
+    std::vector<Collecting> choices(n);
+    std::vector<std::shared_ptr<Request>> jobs;
+    for (size_t i = 0; i < n; ++i)
+      if (request.prompts[i].max_tokens > 0) jobs.push_back(choices[i].job = std::make_shared<Request>(request.params_for(i)));
+    std::vector<Engine::ScoreSpec> scores;
+    if (const int64_t k = request.score_k(); k >= 0)
+      for (const auto& p : request.prompts) scores.push_back({p.ids, k, request.generation.fusion});
+    std::vector<std::future<PromptLogprobs>> futures;
+    check_admission(engine_.submit(jobs, scores, futures));
+    auto cancel_all = [&] {
+      for (auto& j : jobs) j->cancel();
+    };
+    std::vector<PromptLogprobs> scored;
+    try {
+      for (auto& f : futures) scored.push_back(f.get());
+    } catch (const std::exception& e) {
+      cancel_all();
+      throw ApiError(500, e.what());
     }
-    if (request.generation.max_tokens == 0) {
-      send_json_held(res, 200, completion_response(context_, request, id, Generated{{}, "", {}, "length"}, prompt ? &*prompt : nullptr),
-                     in_flight);
-      metrics_.request_done(endpoint, 200);
-      return;
-    }
-    auto job = std::make_shared<Request>(request.generation);
-    if (auto refused = admission_error(engine_.submit(job))) return refuse(res, endpoint, *refused, in_flight);
-    if (request.stream) return stream(res, endpoint, request, id, job, in_flight);
+    std::vector<const PromptLogprobs*> prompt(n, nullptr);
+    for (size_t i = 0; i < scored.size(); ++i) prompt[i] = &scored[i];
+    for (auto& c : choices) c.finished = !c.job;
+
+    if (request.stream) return stream(res, endpoint, request, id, choices, prompt);
 
     // Nothing is written before the end: the client's socket is watched so that a client that goes
-    // away frees its row at the next step, as a streaming one does (status 499, nginx's "client
+    // away frees its rows at the next step, as a streaming one does (status 499, nginx's "client
     // closed request", in the metrics).
-    const int client = find_peer_socket(req.remote_addr, req.remote_port, local_port_);
     auto checked = std::chrono::steady_clock::now();
-    Generated out;
-    while (true) {
-      std::optional<Event> e = job->next(kPoll);
-      if (const auto now = std::chrono::steady_clock::now(); now - checked >= kPoll) {
-        checked = now;
-        if (peer_closed(client)) {
-          job->cancel();
-          res.status = 499;
-          metrics_.request_done(endpoint, 499);
+    for (auto& c : choices) {
+      while (!c.finished) {
+        std::optional<Event> e = c.job->next(kPoll);
+        if (const auto now = std::chrono::steady_clock::now(); now - checked >= kPoll) {
+          checked = now;
+          if (res.peer_closed()) {
+            cancel_all();
+            metrics_.request_done(endpoint, 499);
+            return;
+          }
+        }
+        if (!e) continue;
+        if (e->kind == Event::Kind::kError) {
+          cancel_all();
+          throw ApiError(500, e->text);
+        }
+        take(c, *e);
+      }
+    }
+    std::vector<Generated> outs;
+    for (auto& c : choices) outs.push_back(std::move(c.out));
+    answer(res, endpoint, 200, completion_response(context_, request, id, outs, prompt));
+  }
+
+  static void take(Collecting& c, const Event& e) {
+    if (e.stop_token) {  // in the logprobs of a completion only
+      c.out.stop_token = e.token;
+      if (e.logprobs) c.out.logprobs.push_back(*e.logprobs);
+      return;
+    }
+    c.out.text += e.text;
+    if (e.kind == Event::Kind::kFinish) {
+      c.out.finish_reason = e.finish_reason;
+      c.finished = true;
+      return;
+    }
+    c.out.ids.push_back(e.token);
+    if (e.logprobs) c.out.logprobs.push_back(*e.logprobs);
+  }
+
+  // Server-sent events: a chunk per token (with `index` naming the prompt of a batch), each choice's
+  // last chunk with its finish_reason, the usage chunk when asked, then [DONE]. A failed write means
+  // the client went away: its rows are cancelled.
+  void stream(HttpResponder& res, const char* endpoint, const ApiRequest& request, const std::string& id,
+              std::vector<Collecting>& choices, const std::vector<const PromptLogprobs*>& prompt) {
+    auto cancel_all = [&] {
+      for (auto& c : choices)
+        if (c.job) c.job->cancel();
+    };
+    if (!res.begin_stream(200, "text/event-stream", {{"Cache-Control", "no-cache"}})) return cancel_all();
+    int64_t completion_tokens = 0;
+    const auto wait = choices.size() == 1 ? kPoll : std::chrono::milliseconds(2);
+    for (size_t left = choices.size(); left > 0;) {
+      for (size_t i = 0; i < choices.size(); ++i) {
+        Collecting& c = choices[i];
+        if (c.finished) continue;
+        std::optional<Event> e = c.job->next(wait);
+        if (!e) continue;
+        if (e->kind == Event::Kind::kError) {
+          cancel_all();
+          res.write_chunk(sse(ApiError(500, e->text).body()));
+          res.write_chunk("data: [DONE]\n\n");
+          res.end_stream();
+          metrics_.request_done(endpoint, 500);
           return;
         }
+        std::string chunk;
+        if (e->stop_token) {
+          // The end-of-sequence token's logprobs, in a chunk of its own with no text (completions).
+          if (request.chat || !e->logprobs) continue;
+          json body = stream_chunk(context_, request, id, i, "", {e->token}, {*e->logprobs}, "", c.first, prompt[i]);
+          body["choices"][0].erase("token_ids");
+          chunk = sse(body);
+        } else if (e->kind == Event::Kind::kToken) {
+          ++completion_tokens;
+          std::vector<TokenLogprobs> lp;
+          if (e->logprobs) lp.push_back(*e->logprobs);
+          if (e->text.empty() && lp.empty() && !c.first && !request.return_token_ids) continue;
+          chunk = sse(stream_chunk(context_, request, id, i, e->text, {e->token}, lp, "", c.first, prompt[i]));
+        } else {
+          chunk = sse(stream_chunk(context_, request, id, i, e->text, {}, {}, e->finish_reason, c.first, prompt[i]));
+          c.finished = true;
+          --left;
+        }
+        c.first = false;
+        if (!res.write_chunk(chunk)) return cancel_all();
       }
-      if (!e) continue;
-      if (e->kind == Event::Kind::kError) return refuse(res, endpoint, ApiError(500, e->text), in_flight);
-      out.text += e->text;
-      if (e->kind == Event::Kind::kFinish) {
-        out.finish_reason = e->finish_reason;
-        break;
-      }
-      out.ids.push_back(e->token);
-      if (e->logprobs) out.logprobs.push_back(*e->logprobs);
     }
-    send_json_held(res, 200, completion_response(context_, request, id, out, prompt ? &*prompt : nullptr), in_flight);
+    if (request.include_usage && !res.write_chunk(sse(usage_chunk(context_, request, id, completion_tokens))))
+      return cancel_all();
+    if (!res.write_chunk("data: [DONE]\n\n") || !res.end_stream()) return;
     metrics_.request_done(endpoint, 200);
-  }
-
-  std::optional<ApiError> admission_error(Engine::Admission a) {
-    if (a == Engine::Admission::kQueueFull)
-      return ApiError(429, "the server's queue is full; retry later", {}, "RateLimitError");
-    if (a == Engine::Admission::kClosed) return ApiError(503, "the server is shutting down", {}, "ServiceUnavailableError");
-    return std::nullopt;
-  }
-
-  // Server-sent events: a chunk per token, the last chunk with finish_reason, the usage chunk when
-  // asked, then [DONE]. A failed write means the client went away: the row is cancelled.
-  void stream(httplib::Response& res, const char* endpoint, const ApiRequest& request, const std::string& id,
-              const std::shared_ptr<Request>& job, const std::shared_ptr<InFlight>& in_flight) {
-    struct State {
-      bool first = true;
-      int64_t tokens = 0;
-    };
-    auto state = std::make_shared<State>();
-    res.set_header("Cache-Control", "no-cache");
-    res.set_chunked_content_provider(
-        "text/event-stream",
-        [this, request, id, job, state, endpoint](size_t, httplib::DataSink& sink) {
-          std::optional<Event> e = job->next(kPoll);
-          if (!e) return true;  // nothing yet: called again
-          auto write = [&](const std::string& data) {
-            if (sink.write(data.data(), data.size())) return true;
-            job->cancel();
-            return false;
-          };
-          if (e->kind == Event::Kind::kError) {
-            write(sse(ApiError(500, e->text).body()));
-            write("data: [DONE]\n\n");
-            sink.done();
-            metrics_.request_done(endpoint, 500);
-            return true;
-          }
-          if (e->kind == Event::Kind::kToken) {
-            ++state->tokens;
-            std::vector<TokenLogprobs> lp;
-            if (e->logprobs) lp.push_back(*e->logprobs);
-            if (e->text.empty() && lp.empty() && !state->first && !request.return_token_ids) return true;
-            const bool ok = write(sse(stream_chunk(context_, request, id, e->text, {e->token}, lp, "", state->first)));
-            state->first = false;
-            return ok;
-          }
-          if (!write(sse(stream_chunk(context_, request, id, e->text, {}, {}, e->finish_reason, state->first)))) return false;
-          if (request.include_usage && !write(sse(usage_chunk(context_, request, id, e->completion_tokens)))) return false;
-          if (!write("data: [DONE]\n\n")) return false;
-          sink.done();
-          metrics_.request_done(endpoint, 200);
-          return true;
-        },
-        [job, in_flight](bool success) {
-          if (!success) job->cancel();  // the connection closed before the end
-        });
   }
 
   ServeContext& context_;
@@ -221,7 +243,6 @@ class Routes {
   Metrics& metrics_;
   std::atomic<bool> closing_{false};
   std::atomic<int> in_flight_{0};
-  std::atomic<int> local_port_{-1};
   std::atomic<int64_t> ids_{0};
 };
 
@@ -229,46 +250,28 @@ class Routes {
 
 void run_http_server(ServeContext& context, Engine& engine, Metrics& metrics, const HttpOptions& options,
                      const EngineLimits& limits, const std::function<bool()>& stop_requested) {
-  httplib::Server server;
-  const int threads = options.threads > 0 ? options.threads : static_cast<int>(limits.max_batch + limits.max_queue + 8);
-  server.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
-  server.set_payload_max_length(64ull << 20);
-  server.set_read_timeout(30, 0);
-  // httplib (Debian's is a compiled library, so CPPHTTPLIB_LISTEN_BACKLOG cannot change it) listens
-  // with a backlog of 5. A burst of more clients than that (16 streams starting at once) overflows
-  // the accept queue, and the kernel makes each one past it resend its SYN a second later: a second
-  // added to its time to first token. Listening again on the bound socket raises the backlog (the
-  // kernel caps it at net.core.somaxconn).
-  int listen_fd = -1;
-  server.set_socket_options([&listen_fd](socket_t sock) {
-    httplib::default_socket_options(sock);
-    listen_fd = sock;  // the last candidate is the one that binds
-  });
   Routes routes(context, engine, metrics);
-  routes.install(server);
-  int port = options.port;
-  if (port == 0) {
-    port = server.bind_to_any_port(options.host);
-    if (port < 0) throw InputError("serve: cannot bind an address on " + options.host);
-  } else if (!server.bind_to_port(options.host, port)) {
-    throw InputError("serve: cannot listen on " + options.host + ":" + std::to_string(port),
-                     "is another server using the port? set serve.port (0 picks a free one)");
-  }
-  if (listen_fd >= 0 && ::listen(listen_fd, 1024) != 0)
-    spdlog::warn("serve: could not raise the listen backlog; a burst of clients may wait a second to connect");
-  routes.listening_on(port);
+  HttpFrontOptions front_options;
+  front_options.host = options.host;
+  front_options.port = options.port;
+  front_options.workers = options.threads > 0 ? options.threads : static_cast<int>(limits.max_batch + limits.max_queue + 8);
+  front_options.max_body_bytes = options.max_body_bytes;
+  front_options.request_timeout = options.request_timeout;
+  front_options.max_connections = options.max_connections;
+  HttpFront front(front_options, [&routes](const HttpRequest& req, HttpResponder& res) { routes.handle(req, res); });
+  metrics.connections([&front] { return front.counters(); });
   spdlog::info("serve: listening on http://{}:{} (model '{}', batch limit {}, queue limit {}, context {})", options.host,
-               port, context.model_name, limits.max_batch, limits.max_queue, context.max_context);
-  std::thread listener([&] { server.listen_after_bind(); });
+               front.port(), context.model_name, limits.max_batch, limits.max_queue, context.max_context);
+  front.start();
   while (!stop_requested()) std::this_thread::sleep_for(kPoll);
   spdlog::info("serve: stopping: no new requests; finishing {} running or queued", engine.running());
   routes.close();
   engine.close();
   engine.wait_idle();
-  // The last responses are still being written by their connection threads.
+  // The last responses are still being written by their workers.
   while (routes.in_flight() > 0) std::this_thread::sleep_for(kPoll);
-  server.stop();
-  listener.join();
+  front.stop();
+  metrics.connections({});
   spdlog::info("serve: stopped");
 }
 

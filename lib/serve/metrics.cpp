@@ -102,9 +102,27 @@ void Metrics::running(int64_t rows) {
   running_ = rows;
 }
 
+void Metrics::connections(std::function<HttpFrontCounters()> source) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  connections_ = std::move(source);
+}
+
 std::string Metrics::text() const {
   std::lock_guard<std::mutex> lock(mutex_);
   std::string out;
+  if (connections_) {
+    const HttpFrontCounters c = connections_();
+    out += fmt::format(
+        "# HELP logitfuse_open_connections HTTP connections open.\n# TYPE logitfuse_open_connections gauge\n"
+        "logitfuse_open_connections {}\n"
+        "# HELP logitfuse_request_timeouts_total Connections closed (408) for a request that did not arrive within "
+        "serve.request_timeout.\n# TYPE logitfuse_request_timeouts_total counter\nlogitfuse_request_timeouts_total {}\n"
+        "# HELP logitfuse_requests_too_large_total Requests refused for their body (413) or head (431) size.\n"
+        "# TYPE logitfuse_requests_too_large_total counter\nlogitfuse_requests_too_large_total {}\n"
+        "# HELP logitfuse_connections_evicted_total Idle or slow connections closed to stay under serve.max_connections.\n"
+        "# TYPE logitfuse_connections_evicted_total counter\nlogitfuse_connections_evicted_total {}\n",
+        c.open_connections, c.timed_out, c.refused_large, c.evicted);
+  }
   out += "# HELP logitfuse_requests_total HTTP requests answered, by endpoint and status code.\n"
          "# TYPE logitfuse_requests_total counter\n";
   for (const auto& [key, n] : requests_)

@@ -3,10 +3,13 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
 #include <vector>
+
+#include "serve/http_front.h"
 
 namespace lf::serve {
 
@@ -40,6 +43,8 @@ class Metrics {
   void phase_seconds(const std::string& phase, double seconds);
   void queue_length(int64_t queued);
   void running(int64_t rows);
+  // Where the HTTP transport's counters are read (open connections, time-outs, ...); empty: none.
+  void connections(std::function<HttpFrontCounters()> source);
   std::string text() const;
 
  private:
@@ -50,6 +55,7 @@ class Metrics {
   uint64_t prompt_tokens_ = 0, generated_tokens_ = 0, steps_ = 0, step_rows_ = 0;
   int64_t running_ = 0, max_batch_ = 0, queued_ = 0;
   Histogram ttft_, inter_token_, latency_, step_;
+  std::function<HttpFrontCounters()> connections_;
 };
 
 }  // namespace lf::serve

@@ -42,26 +42,33 @@ struct PromptLogprobs {
   at::Tensor top_ids;        // [T-1, k] int64
   at::Tensor top_logprobs;   // [T-1, k] float32
 };
-// Scores a prompt a piece at a time: each advance() runs the models over up to `budget` more prompt
-// tokens (their KV caches keep what came before) and the LM heads over those positions in chunks,
-// so no [T, V] float32 block is held for the whole prompt, and the server decodes its running rows
-// between two pieces of a long prompt instead of stalling for the whole of it.
+// Scores prompts together, a piece at a time: each advance() runs the models over up to `budget` more
+// prompt tokens (padding counted; their KV caches keep what came before) and the LM heads over those
+// positions in chunks, so no [T, V] float32 block is held for a whole prompt, and the server decodes
+// its running rows between two pieces of a long prompt instead of stalling for the whole of it.
+// Prompts of a batch are right-padded to the longest: a causal model's real positions never attend
+// the padding after them, so each prompt's logprobs are its own (up to float rounding of the batched
+// matrix products).
 class PromptScorer {
  public:
-  PromptScorer(ModelSet& set, const RequestFusion& fusion, std::vector<int64_t> ids, int64_t k);
-  bool done() const { return next_ >= static_cast<int64_t>(out_.ids.size()); }
+  PromptScorer(ModelSet& set, const RequestFusion& fusion, std::vector<std::vector<int64_t>> prompts, int64_t k);
+  bool done() const { return next_ >= longest_; }
   void advance(int64_t budget);
-  PromptLogprobs result();  // once done()
+  std::vector<PromptLogprobs> result();  // once done(), in prompt order
 
  private:
+  struct Scored {  // one prompt's pieces, concatenated by result()
+    std::vector<at::Tensor> token_lp, rank, top_ids, top_lp;
+  };
   FusionView view_;
   std::vector<DecodingModel*> models_;
   std::vector<KVCache> caches_;  // per model of set.run() that the fusion reads
   int64_t k_;
-  at::Tensor ids_;    // the prompt, [T] int64
-  int64_t next_ = 0;  // prompt positions run so far
-  PromptLogprobs out_;
-  std::vector<at::Tensor> token_lp_, rank_, top_ids_, top_lp_;
+  std::vector<std::vector<int64_t>> prompts_;
+  at::Tensor ids_;    // [B, longest] int64, right-padded
+  int64_t longest_ = 0;
+  int64_t next_ = 0;  // columns run so far
+  std::vector<Scored> scored_;
 };
 
 }  // namespace lf::serve
