@@ -39,6 +39,7 @@ struct Engine::Row {
 };
 
 struct Engine::ScoreJob {
+  uint64_t group = 0;  // the submit() call it came with: only its own prompts are scored with it
   std::vector<int64_t> ids;
   int64_t k = 0;
   RequestFusion fusion;
@@ -102,7 +103,11 @@ Engine::Admission Engine::submit(const std::vector<std::shared_ptr<Request>>& re
     const int64_t queued = static_cast<int64_t>(waiting_.size() + scoring_.size());
     if (queued + n > std::max(limits_.max_queue, n)) return Admission::kQueueFull;
     for (const auto& r : requests) waiting_.push_back(r);
-    for (auto& j : jobs) scoring_.push_back(std::move(j));
+    ++score_groups_;
+    for (auto& j : jobs) {
+      j->group = score_groups_;
+      scoring_.push_back(std::move(j));
+    }
     metrics_.queue_length(static_cast<int64_t>(waiting_.size()));
   }
   wake_.notify_all();
@@ -179,15 +184,13 @@ void Engine::run() {
 }
 
 void Engine::take_score_jobs(std::vector<std::shared_ptr<ScoreJob>>& jobs) {
-  // The first waiting job's fusion, and every later one that shares it, up to a batch.
-  const std::string key = scoring_.front()->fusion.key();
-  for (auto it = scoring_.begin(); it != scoring_.end() && static_cast<int64_t>(jobs.size()) < limits_.max_batch;) {
-    if ((*it)->fusion.key() == key) {
-      jobs.push_back(*it);
-      it = scoring_.erase(it);
-    } else {
-      ++it;
-    }
+  // The first waiting job and the others of its request (they share its fusion), up to a batch.
+  // Prompts of different requests are never scored together: a request's logprobs then depend on
+  // the request alone, bit for bit (a served teacher's cache equals its live answers).
+  const uint64_t group = scoring_.front()->group;
+  while (!scoring_.empty() && scoring_.front()->group == group && static_cast<int64_t>(jobs.size()) < limits_.max_batch) {
+    jobs.push_back(scoring_.front());
+    scoring_.pop_front();
   }
 }
 

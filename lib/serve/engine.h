@@ -106,8 +106,7 @@ class Engine {
     RequestFusion fusion;
   };
   // Queues `requests` (rows to generate) and `scores` (prompt logprobs, computed on the engine's
-  // thread between steps, queued prompts with the same fusion scored together as one batch), all or
-  // none: each counts as one place of the queue, and a batch larger than the queue is taken only
+  // thread between steps, the call's prompts scored together as one batch), all or none: each counts as one place of the queue, and a batch larger than the queue is taken only
   // when the queue is empty. `results` gets one future per score.
   Admission submit(const std::vector<std::shared_ptr<Request>>& requests, const std::vector<ScoreSpec>& scores,
                    std::vector<std::future<PromptLogprobs>>& results);
@@ -148,6 +147,7 @@ class Engine {
   std::condition_variable wake_, idle_;
   std::deque<std::shared_ptr<Request>> waiting_;
   std::deque<std::shared_ptr<ScoreJob>> scoring_;
+  uint64_t score_groups_ = 0;  // submit() calls that brought prompts to score
   bool closed_ = false, stopping_ = false;
   std::atomic<int64_t> running_count_{0};
 

@@ -186,7 +186,19 @@ def test_lm_eval_through_serve_equals_lm_eval_on_smollm2(real_models, tmp_path):
     rows = [("The capital of France is", [" Paris", " Rome", " Berlin"], 0),
             ("Water freezes at zero degrees", [" Celsius", " Fahrenheit"], 0),
             ("The opposite of hot is", [" warm", " cold", " red"], 1),
-            ("A week has seven", [" days", " hours"], 0)]
+            ("A week has seven", [" days", " hours"], 0),
+            ("The largest planet in the solar system is", [" Mars", " Jupiter", " Venus"], 1),
+            ("The chemical symbol for gold is", [" Ag", " Au", " Gd"], 1),
+            ("The author of Hamlet is William", [" Shakespeare", " Wordsworth", " Blake"], 0),
+            ("Twelve divided by four is", [" three", " four", " six"], 0),
+            ("The square root of 81 is", [" 7", " 8", " 9"], 2),
+            ("The currency of Japan is the", [" yuan", " yen", " won"], 1),
+            ("Photosynthesis takes place in the", [" chloroplast", " mitochondrion", " nucleus"], 0),
+            ("The longest river in Africa is the", [" Congo", " Niger", " Nile"], 2),
+            ("An octagon has", [" six sides", " eight sides", " ten sides"], 1),
+            ("The year the Berlin Wall fell was", [" 1989", " 1991", " 1979"], 0),
+            ("The smallest prime number is", [" one", " two", " three"], 1),
+            ("The speed of light is about 300,000 kilometres per", [" second", " minute", " hour"], 0)]
     mc = [{"prompt": p, "choices": c, "label": l} for p, c, l in rows]
     texts = ["The quick brown fox jumps over the lazy dog. It was a bright cold day in April, and the clocks "
              "were striking thirteen. Call me Ishmael. Some years ago, never mind how long precisely, having "
