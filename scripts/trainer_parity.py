@@ -45,6 +45,8 @@ CASES = {
     "zero3-2ranks": {"dist.zero": 3, "train.micro_batch_size": 2, "ranks": 2},
     "killed-resumed": {"kill_after": 12, "train.max_steps": 40},
     "logits-cache": {"alignment.positions": "span", "loss.token.type": "kl", "loss.token.top_k": 8, "cache": True},
+    "min-ce-mix": {"loss.teacher_mix": "min_ce"},
+    "exact-no-graph": {"alignment.positions": "exact", "loss.graph.type": "none"},
 }
 
 
