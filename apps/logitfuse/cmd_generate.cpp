@@ -10,7 +10,7 @@
 #include "core/error.h"
 #include "decode/config.h"
 #include "decode/session.h"
-#include "train/memory_plan.h"
+#include "decode/memory_plan.h"
 
 namespace lf::app {
 

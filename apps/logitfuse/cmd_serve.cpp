@@ -13,7 +13,7 @@
 #include "decode/config.h"
 #include "decode/session.h"
 #include "serve/http_server.h"
-#include "train/run_support.h"
+#include "core/signals.h"
 
 namespace lf::app {
 

@@ -1,5 +1,6 @@
 #include "align/span.h"
 
+#include <optional>
 #include <utility>
 
 namespace lf {
@@ -70,30 +71,54 @@ int64_t SpanProjector::first_piece(const std::string& bytes) const {
   return id;
 }
 
+namespace {
+
+// Where a span starts: the student token's end offset `e`, the teacher token's end `f`, its bytes `tb`
+// and their already-written part `pre` (before the student token's start). nullopt: no target here.
+struct SpanStart {
+  bool end_of_turn = false;
+  int64_t e = 0, f = 0;
+  std::string pre, tb;
+};
+
+std::optional<SpanStart> span_start(const Tokenizer& student_tokenizer, const std::vector<std::string>& teacher_bytes,
+                                    const TokenizedSequence& student, const TokenizedSequence& teacher, int64_t ps,
+                                    int64_t pt) {
+  SpanStart s;
+  const int64_t ks = ps + 1 - student.prompt_length;
+  const int64_t kt = pt + 1 - teacher.prompt_length;
+  s.end_of_turn = ks == student.content_tokens;
+  if (s.end_of_turn) {
+    if (kt != teacher.content_tokens) return std::nullopt;
+    return s;
+  }
+  if (ks < 0 || ks >= student.content_tokens || kt < 0 || kt >= teacher.content_tokens) return std::nullopt;
+  const auto [o, end] = student.content_offsets[ks];
+  s.e = end;
+  if (static_cast<int64_t>(student_tokenizer.id_to_bytes(student.ids[ps + 1]).size()) != s.e - o) return std::nullopt;
+  s.f = teacher.content_offsets[kt].second;
+  s.tb = teacher_bytes.at(teacher.ids[pt + 1]);
+  // The token's bytes end where its offsets end; what lies before byte o is already written.
+  const int64_t pre_len = static_cast<int64_t>(s.tb.size()) - (s.f - o);
+  if (s.f <= o || pre_len < 0) return std::nullopt;
+  s.pre = s.tb.substr(0, pre_len);
+  return s;
+}
+
+}  // namespace
+
 SpanTarget SpanProjector::project(const TokenizedSequence& student, const TokenizedSequence& teacher, int64_t ps,
                                   int64_t pt, const TeacherRows& rows) const {
   SpanTarget out;
-  const int64_t ks = ps + 1 - student.prompt_length;
+  std::optional<SpanStart> start = span_start(student_, teacher_bytes_, student, teacher, ps, pt);
+  if (!start) return out;
   int64_t kt = pt + 1 - teacher.prompt_length;
   const int64_t s_id = student.ids[ps + 1];
-  const bool end_of_turn = ks == student.content_tokens;
-  int64_t e = 0, f = 0;
-  std::string pre;  // the committed part of the current teacher token
-  std::string tb;   // the bytes of the current teacher token
-  if (end_of_turn) {
-    if (kt != teacher.content_tokens) return out;
-  } else {
-    if (ks < 0 || ks >= student.content_tokens || kt < 0 || kt >= teacher.content_tokens) return out;
-    const auto [o, end] = student.content_offsets[ks];
-    e = end;
-    if (static_cast<int64_t>(student_.id_to_bytes(s_id).size()) != e - o) return out;
-    f = teacher.content_offsets[kt].second;
-    tb = teacher_bytes_.at(teacher.ids[pt + 1]);
-    // The token's bytes end where its offsets end; what lies before byte o is already written.
-    const int64_t pre_len = static_cast<int64_t>(tb.size()) - (f - o);
-    if (f <= o || pre_len < 0) return out;
-    pre = tb.substr(0, pre_len);
-  }
+  const bool end_of_turn = start->end_of_turn;
+  const int64_t e = start->e;
+  int64_t f = start->f;
+  std::string pre = std::move(start->pre);  // the committed part of the current teacher token
+  std::string tb = std::move(start->tb);    // the bytes of the current teacher token
 
   std::string written;  // text from the student token's start, written along the teacher's path
   double path = 1.0;    // mass reaching this step (unnormalised on the first step)

@@ -1,6 +1,7 @@
 #include "config/recipe.h"
 
 #include <algorithm>
+#include <functional>
 
 #include "config/schema.h"
 
@@ -185,69 +186,52 @@ void visit(V& v, Recipe& c) {
 
 namespace {
 
-// Rules that involve more than one key.
-void check_cross_keys(Recipe& recipe, const schema::Reader& reader, const YAML::Node& root) {
-  auto fail = [&](const std::string& path, const std::string& what, const std::string& hint = {}) {
-    YAML::Node node = root;
-    for (const auto& key : split(path, '.')) {
-      if (!node.IsDefined()) break;
-      if (node.IsSequence()) {
-        node.reset(node[std::stoul(key)]);
-      } else if (node.IsMap() && node[key]) {
-        YAML::Node child = node[key];
-        node.reset(child);
-      } else {
-        break;
-      }
-    }
-    throw InputError(reader.where(path, node) + path + ": " + what, hint);
-  };
-  // A default that depends on another key follows it: unset, max_prompt_length is at most half of
-  // max_length, so setting max_length alone never makes the recipe invalid.
-  const YAML::Node data = root["data"];
-  const bool prompt_length_set = data && data.IsMap() && data["max_prompt_length"];
-  if (!prompt_length_set) recipe.data.max_prompt_length = std::min<int64_t>(1024, recipe.data.max_length / 2);
-  if (recipe.data.max_prompt_length >= recipe.data.max_length)
-    fail("data.max_prompt_length", "must be smaller than data.max_length (" + std::to_string(recipe.data.max_length) + ")");
+// Throws an InputError for `path` (key.path), located at its YAML line.
+using Fail = std::function<void(const std::string& path, const std::string& what, const std::string& hint)>;
+
+// Teachers' names are unique; each placement agrees with its logits_cache and server keys.
+void check_teacher_keys(Recipe& recipe, const Fail& fail) {
   std::vector<std::string> names;
   for (size_t i = 0; i < recipe.teachers.size(); ++i) {
     auto& teacher = recipe.teachers[i];
     if (teacher.name.empty()) teacher.name = "teacher" + std::to_string(i);
     for (const auto& other : names)
       if (other == teacher.name)
-        fail("teachers." + std::to_string(i) + ".name", "duplicate teacher name '" + teacher.name + "'");
+        fail("teachers." + std::to_string(i) + ".name", "duplicate teacher name '" + teacher.name + "'", {});
     names.push_back(teacher.name);
   }
   for (size_t i = 0; i < recipe.teachers.size(); ++i) {
     const auto& t = recipe.teachers[i];
-    const std::string key = "teachers." + std::to_string(i) + ".placement";
+    const std::string n = std::to_string(i), key = "teachers." + n + ".placement";
     if (t.placement == "cache" && !t.logits_cache)
-      fail(key, "'cache' reads the teacher's logits from teachers." + std::to_string(i) + ".logits_cache, which is not set",
+      fail(key, "'cache' reads the teacher's logits from teachers." + n + ".logits_cache, which is not set",
            "run logitfuse cache-logits and set logits_cache, or use replicate or shard");
     if (t.placement == "server" && !t.server)
-      fail(key, "'server' queries teachers." + std::to_string(i) + ".server, which is not set",
-           "set server: {url, model}, or use replicate or shard");
+      fail(key, "'server' queries teachers." + n + ".server, which is not set", "set server: {url, model}, or use replicate or shard");
     if (t.placement == "server" && t.logits_cache)
-      fail(key, "'server' queries the teacher at every step, but teachers." + std::to_string(i) + ".logits_cache is set",
+      fail(key, "'server' queries the teacher at every step, but teachers." + n + ".logits_cache is set",
            "drop logits_cache, or set placement: cache (or auto)");
     if (t.server && (t.placement == "replicate" || t.placement == "shard"))
-      fail(key, "'" + t.placement + "' runs the teacher here, but teachers." + std::to_string(i) + ".server is set",
+      fail(key, "'" + t.placement + "' runs the teacher here, but teachers." + n + ".server is set",
            "drop server, or set placement: server (or auto)");
     if (t.server && t.server->url.rfind("http://", 0) != 0)
-      fail("teachers." + std::to_string(i) + ".server.url", "expected http://host:port (got '" + t.server->url + "')");
+      fail("teachers." + n + ".server.url", "expected http://host:port (got '" + t.server->url + "')", {});
     if (t.logits_cache && (t.placement == "replicate" || t.placement == "shard"))
-      fail(key, "'" + t.placement + "' runs the teacher, but teachers." + std::to_string(i) + ".logits_cache is set",
+      fail(key, "'" + t.placement + "' runs the teacher, but teachers." + n + ".logits_cache is set",
            "drop logits_cache, or set placement: cache (or auto)");
   }
   if (recipe.loss.teacher_mix == "weights" && !recipe.teachers.empty()) {
     double total = 0;
     for (const auto& t : recipe.teachers) total += t.weight;
-    if (total <= 0) fail("loss.teacher_mix", "'weights' needs a positive teachers.N.weight on some teacher");
+    if (total <= 0) fail("loss.teacher_mix", "'weights' needs a positive teachers.N.weight on some teacher", {});
   }
-  // Rules about the distillation terms bind only a run that distils (distils()): a recipe whose
-  // teachers a sweep switched off, or whose λ is 0, keeps them without being refused.
-  const bool distilling = distils(recipe);
-  if (distilling && recipe.loss.on_policy.weight > 0) {
+}
+
+// Rules about the distillation terms bind only a run that distils (distils()): a recipe whose
+// teachers a sweep switched off, or whose λ is 0, keeps them without being refused.
+void check_distillation_keys(const Recipe& recipe, const Fail& fail) {
+  if (!distils(recipe)) return;
+  if (recipe.loss.on_policy.weight > 0) {
     for (size_t i = 0; i < recipe.teachers.size(); ++i)
       if (recipe.teachers[i].logits_cache)
         fail("loss.on_policy.weight", "teachers." + std::to_string(i) + " reads a logits cache, which holds only the data's responses",
@@ -256,19 +240,22 @@ void check_cross_keys(Recipe& recipe, const schema::Reader& reader, const YAML::
         fail("loss.on_policy.weight", "teachers." + std::to_string(i) + " is on a server, which scores only the data's responses here",
              "run the teacher locally (drop server) or set loss.on_policy.weight: 0");
   }
-  for (size_t i = 0; distilling && i < recipe.teachers.size(); ++i)
+  for (size_t i = 0; i < recipe.teachers.size(); ++i)
     for (double t : {recipe.loss.token.temperature, recipe.loss.graph.temperature})
       if (recipe.teachers[i].server && t != 1.0)
         fail("teachers." + std::to_string(i) + ".server",
              "a server gives logprobs at temperature 1 only, and the recipe's losses use " + std::to_string(t),
              "set loss.token.temperature and loss.graph.temperature to 1, or run the teacher locally");
-  if (distilling && recipe.alignment.positions == "span" && recipe.loss.token.type == "uld")
+  if (recipe.alignment.positions == "span" && recipe.loss.token.type == "uld")
     fail("alignment.positions", "'span' projects the teacher onto the student's token ids, which ULD does not use",
          "use span with loss.token.type kl, rkl or jsd, or offsets/exact/dtw/index with uld");
+}
+
+// Template variables exist only in a model's own (Jinja) template.
+void check_template_keys(Recipe& recipe, const Fail& fail) {
   for (auto& [name, t] : recipe.chat_templates) t.name = name;
-  // Template variables exist only in a model's own (Jinja) template.
   auto kwargs_need_auto = [&](const std::string& key, const std::string& chat_template, const nlohmann::json& kwargs) {
-    if (!kwargs.is_object()) fail(key + ".chat_template_kwargs", "expected a mapping of template variables");
+    if (!kwargs.is_object()) fail(key + ".chat_template_kwargs", "expected a mapping of template variables", {});
     if (!kwargs.empty() && chat_template != "auto")
       fail(key + ".chat_template_kwargs", "chat template '" + chat_template + "' has no variables",
            "use chat_template: auto (the model's own Jinja template) or drop chat_template_kwargs");
@@ -276,7 +263,24 @@ void check_cross_keys(Recipe& recipe, const schema::Reader& reader, const YAML::
   kwargs_need_auto("student", recipe.student.chat_template, recipe.student.chat_template_kwargs);
   for (size_t i = 0; i < recipe.teachers.size(); ++i)
     kwargs_need_auto("teachers." + std::to_string(i), recipe.teachers[i].chat_template, recipe.teachers[i].chat_template_kwargs);
-  if (distilling && recipe.loss.graph.type == "gld" && recipe.loss.graph.nodes == "vocab" &&
+}
+
+// Rules that involve more than one key.
+void check_cross_keys(Recipe& recipe, const schema::Reader& reader, const YAML::Node& root) {
+  const Fail fail = [&](const std::string& path, const std::string& what, const std::string& hint) {
+    throw InputError(reader.where(path, schema::node_at_path(root, path)) + path + ": " + what, hint);
+  };
+  // A default that depends on another key follows it: unset, max_prompt_length is at most half of
+  // max_length, so setting max_length alone never makes the recipe invalid.
+  const YAML::Node data = root["data"];
+  const bool prompt_length_set = data && data.IsMap() && data["max_prompt_length"];
+  if (!prompt_length_set) recipe.data.max_prompt_length = std::min<int64_t>(1024, recipe.data.max_length / 2);
+  if (recipe.data.max_prompt_length >= recipe.data.max_length)
+    fail("data.max_prompt_length", "must be smaller than data.max_length (" + std::to_string(recipe.data.max_length) + ")", {});
+  check_teacher_keys(recipe, fail);
+  check_distillation_keys(recipe, fail);
+  check_template_keys(recipe, fail);
+  if (distils(recipe) && recipe.loss.graph.type == "gld" && recipe.loss.graph.nodes == "vocab" &&
       recipe.loss.graph.solver == "entropic")
     fail("loss.graph.solver", "'entropic' is defined on rank nodes", "use loss.graph.nodes=rank with the entropic solver");
 }

@@ -80,4 +80,19 @@ void apply_overrides(YAML::Node& root, const std::vector<std::string>& overrides
   }
 }
 
+YAML::Node node_at_path(const YAML::Node& root, const std::string& path) {
+  YAML::Node node = root;
+  for (const auto& key : split(path, '.')) {
+    if (node.IsSequence() && key.find_first_not_of("0123456789") == std::string::npos && std::stoul(key) < node.size()) {
+      node.reset(node[std::stoul(key)]);
+    } else if (node.IsMap() && node[key]) {
+      YAML::Node child = node[key];
+      node.reset(child);
+    } else {
+      break;
+    }
+  }
+  return node;
+}
+
 }  // namespace lf::schema

@@ -356,4 +356,8 @@ YAML::Node load_yaml_file(const std::string& path);
 // Applies `key.path=value` overrides (list items by index) to `root`, recording them in `source`.
 void apply_overrides(YAML::Node& root, const std::vector<std::string>& overrides, Source& source);
 
+// The node at key path `path` ("teachers.0.placement") under `root`, or the deepest one that exists on
+// the way (an error about a key that is absent points at its parent's line).
+YAML::Node node_at_path(const YAML::Node& root, const std::string& path);
+
 }  // namespace lf::schema

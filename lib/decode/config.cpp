@@ -136,18 +136,7 @@ namespace {
 // Throws an InputError for `path`, located at its YAML line (or the override that set it).
 [[noreturn]] void fail(const schema::Reader& reader, const YAML::Node& root, const std::string& path,
                        const std::string& what, const std::string& hint = {}) {
-  YAML::Node node = root;
-  for (const auto& key : split(path, '.')) {
-    if (node.IsSequence() && key.find_first_not_of("0123456789") == std::string::npos && std::stoul(key) < node.size()) {
-      node.reset(node[std::stoul(key)]);
-    } else if (node.IsMap() && node[key]) {
-      YAML::Node child = node[key];
-      node.reset(child);
-    } else {
-      break;
-    }
-  }
-  throw InputError(reader.where(path, node) + path + ": " + what, hint);
+  throw InputError(reader.where(path, schema::node_at_path(root, path)) + path + ": " + what, hint);
 }
 
 // Rules that involve more than one key, shared by both commands.

@@ -39,6 +39,48 @@ size_t safetensors_dtype_size(const std::string& name) {
   return d->size;
 }
 
+namespace {
+
+// One tensor's header entry, checked against the data section's size: dtype, shape and offsets
+// agree, and the bytes lie inside the file. `bad` makes the error naming the tensor.
+template <class Bad>
+SafetensorsEntry parse_entry(const std::string& name, const nlohmann::json& value, uint64_t data_size, const Bad& bad) {
+  if (!value.is_object()) throw bad("entry is not an object");
+  if (!value.contains("dtype") || !value["dtype"].is_string()) throw bad("missing dtype");
+  if (!value.contains("shape") || !value["shape"].is_array()) throw bad("missing shape");
+  if (!value.contains("data_offsets") || !value["data_offsets"].is_array() || value["data_offsets"].size() != 2)
+    throw bad("data_offsets must be [begin, end]");
+  SafetensorsEntry entry;
+  entry.name = name;
+  entry.dtype = value["dtype"].get<std::string>();
+  const DtypeSize* dtype = find_dtype_size(entry.dtype);
+  if (!dtype) throw bad("unknown dtype '" + entry.dtype + "'");
+  uint64_t numel = 1;
+  for (const auto& dim : value["shape"]) {
+    if (!dim.is_number_unsigned() && !(dim.is_number_integer() && dim.get<int64_t>() >= 0))
+      throw bad("shape has a negative or non-integer dimension");
+    uint64_t d = dim.get<uint64_t>();
+    if (d != 0 && numel > UINT64_MAX / d) throw bad("shape overflows");
+    numel *= d;
+    entry.shape.push_back(static_cast<int64_t>(d));
+  }
+  for (const auto& off : value["data_offsets"])
+    if (!off.is_number_unsigned() && !(off.is_number_integer() && off.get<int64_t>() >= 0))
+      throw bad("data_offsets are not non-negative integers");
+  entry.begin = value["data_offsets"][0].get<uint64_t>();
+  entry.end = value["data_offsets"][1].get<uint64_t>();
+  if (entry.begin > entry.end) throw bad("data_offsets begin > end");
+  if (entry.end > data_size)
+    throw bad("data_offsets [" + std::to_string(entry.begin) + ", " + std::to_string(entry.end) +
+              "] out of range (data section has " + std::to_string(data_size) + " bytes)");
+  if (numel > UINT64_MAX / dtype->size || numel * dtype->size != entry.end - entry.begin)
+    throw bad("dtype " + entry.dtype + " and shape need " + std::to_string(numel * dtype->size) +
+              " bytes but data_offsets span " + std::to_string(entry.end - entry.begin));
+  return entry;
+}
+
+}  // namespace
+
 SafetensorsHeader parse_safetensors_header(const uint8_t* data, uint64_t file_size, const std::string& path) {
   SafetensorsHeader out;
   auto fail = [&](const std::string& what) -> InputError {
@@ -73,40 +115,8 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* data, uint64_t file_si
       continue;
     }
     auto bad = [&](const std::string& what) { return fail("tensor '" + name + "': " + what); };
-    const auto& value = *it;
-    if (!value.is_object()) throw bad("entry is not an object");
-    if (!value.contains("dtype") || !value["dtype"].is_string()) throw bad("missing dtype");
-    if (!value.contains("shape") || !value["shape"].is_array()) throw bad("missing shape");
-    if (!value.contains("data_offsets") || !value["data_offsets"].is_array() || value["data_offsets"].size() != 2)
-      throw bad("data_offsets must be [begin, end]");
-    SafetensorsEntry entry;
-    entry.name = name;
-    entry.dtype = value["dtype"].get<std::string>();
-    const DtypeSize* dtype = find_dtype_size(entry.dtype);
-    if (!dtype) throw bad("unknown dtype '" + entry.dtype + "'");
-    uint64_t numel = 1;
-    for (const auto& dim : value["shape"]) {
-      if (!dim.is_number_unsigned() && !(dim.is_number_integer() && dim.get<int64_t>() >= 0))
-        throw bad("shape has a negative or non-integer dimension");
-      uint64_t d = dim.get<uint64_t>();
-      if (d != 0 && numel > UINT64_MAX / d) throw bad("shape overflows");
-      numel *= d;
-      entry.shape.push_back(static_cast<int64_t>(d));
-    }
-    for (const auto& off : value["data_offsets"])
-      if (!off.is_number_unsigned() && !(off.is_number_integer() && off.get<int64_t>() >= 0))
-        throw bad("data_offsets are not non-negative integers");
-    entry.begin = value["data_offsets"][0].get<uint64_t>();
-    entry.end = value["data_offsets"][1].get<uint64_t>();
-    if (entry.begin > entry.end) throw bad("data_offsets begin > end");
-    if (entry.end > data_size)
-      throw bad("data_offsets [" + std::to_string(entry.begin) + ", " + std::to_string(entry.end) +
-                "] out of range (data section has " + std::to_string(data_size) + " bytes)");
-    if (numel > UINT64_MAX / dtype->size || numel * dtype->size != entry.end - entry.begin)
-      throw bad("dtype " + entry.dtype + " and shape need " + std::to_string(numel * dtype->size) +
-                " bytes but data_offsets span " + std::to_string(entry.end - entry.begin));
     out.index[name] = out.entries.size();
-    out.entries.push_back(std::move(entry));
+    out.entries.push_back(parse_entry(name, *it, data_size, bad));
   }
 
   std::vector<const SafetensorsEntry*> by_offset;

@@ -55,6 +55,81 @@ at::Tensor elect_and_merge(const at::Tensor& deltas, const at::Tensor& weights) 
   return (weighted * agrees).sum(0) / agrees.sum(0).clamp_min(1.0);
 }
 
+// Every expert has the base's model type, tensors, shapes and dtypes: checked before anything is written.
+void check_experts(const MergeOptions& o, const SafetensorsCheckpoint& base, const std::vector<SafetensorsCheckpoint>& experts) {
+  const auto names = base.names();
+  const std::set<std::string> base_names(names.begin(), names.end());
+  for (size_t t = 0; t < experts.size(); ++t) {
+    for (const auto& name : experts[t].names())
+      if (!base_names.count(name)) throw InputError(o.experts[t] + ": tensor '" + name + "' is not in the base " + o.base);
+    for (const auto& name : names) {
+      if (!experts[t].contains(name)) throw InputError(o.experts[t] + ": tensor '" + name + "' of the base is missing");
+      const auto &b = base.entry(name), &e = experts[t].entry(name);
+      if (b.shape != e.shape)
+        throw InputError(o.experts[t] + ": tensor '" + name + "' has shape " + shape_text(e.shape) + ", the base " +
+                         shape_text(b.shape));
+      if (b.dtype != e.dtype)
+        throw InputError(o.experts[t] + ": tensor '" + name + "' is " + e.dtype + ", the base " + b.dtype,
+                         "convert the expert to the base's dtype first");
+    }
+  }
+}
+
+// One floating tensor merged: the base `b_math` (in the math dtype) plus the experts' task vectors
+// combined by `o.method`.
+at::Tensor merge_tensor(const MergeOptions& o, const std::vector<SafetensorsCheckpoint>& experts, const std::string& name,
+                        const at::Tensor& b_math, double density) {
+  at::Tensor out = b_math.clone();
+  const c10::ScalarType math = b_math.scalar_type();
+  if (o.method == "task_arithmetic") {
+    for (size_t t = 0; t < experts.size(); ++t) {
+      const at::Tensor delta = experts[t].tensor(name).to(math) - b_math;
+      out = out + delta * o.weights[t];
+    }
+    return out;
+  }
+  std::vector<at::Tensor> deltas;
+  for (size_t t = 0; t < experts.size(); ++t) {
+    at::Tensor delta = experts[t].tensor(name).to(math) - b_math;
+    if (o.method == "ties") {
+      delta = trim_by_magnitude(delta, density);
+    } else {
+      const uint64_t seed = fnv1a64(name) + 1000003ull * t + o.seed;
+      delta = drop_and_rescale(delta, density, seed & 0x7fffffffffffffffull);
+    }
+    deltas.push_back(delta);
+  }
+  if (o.method == "dare") {
+    for (size_t t = 0; t < deltas.size(); ++t) out = out + deltas[t] * o.weights[t];
+    return out;
+  }
+  return out + elect_and_merge(at::stack(deltas), at::tensor(o.weights, b_math.options()));
+}
+
+// The base's shards rewritten tensor by tensor into `staging`, in its layout; returns the tensors merged.
+int64_t write_merged_shards(const MergeOptions& o, const SafetensorsCheckpoint& base,
+                            const std::vector<SafetensorsCheckpoint>& experts, double density, const fs::path& staging) {
+  int64_t merged = 0;
+  for (const SafetensorsFile& shard : base.files()) {
+    const std::string file = fs::path(shard.path()).filename().string();
+    std::vector<SafetensorsStreamWriter::Spec> specs;
+    for (const auto& e : shard.entries()) specs.push_back({e.name, safetensors_dtype(e.dtype), e.shape});
+    SafetensorsStreamWriter writer((staging / file).string(), specs, shard.metadata());
+    for (const auto& e : shard.entries()) {
+      const at::Tensor b = shard.tensor(e.name);
+      if (!at::isFloatingType(b.scalar_type())) {
+        writer.write(b);
+        continue;
+      }
+      const c10::ScalarType math = b.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+      writer.write(merge_tensor(o, experts, e.name, b.to(math), density).to(b.scalar_type()));
+      ++merged;
+    }
+    writer.finish();
+  }
+  return merged;
+}
+
 }  // namespace
 
 const std::vector<std::string>& merge_methods() {
@@ -83,70 +158,12 @@ int64_t merge_task_arithmetic(const MergeOptions& o) {
     experts.push_back(SafetensorsCheckpoint::open_dir(dir));
   }
   const SafetensorsCheckpoint base = SafetensorsCheckpoint::open_dir(o.base);
-
-  // Everything is checked before anything is written.
-  const auto names = base.names();
-  const std::set<std::string> base_names(names.begin(), names.end());
-  for (size_t t = 0; t < experts.size(); ++t) {
-    for (const auto& name : experts[t].names())
-      if (!base_names.count(name)) throw InputError(o.experts[t] + ": tensor '" + name + "' is not in the base " + o.base);
-    for (const auto& name : names) {
-      if (!experts[t].contains(name)) throw InputError(o.experts[t] + ": tensor '" + name + "' of the base is missing");
-      const auto &b = base.entry(name), &e = experts[t].entry(name);
-      if (b.shape != e.shape)
-        throw InputError(o.experts[t] + ": tensor '" + name + "' has shape " + shape_text(e.shape) + ", the base " +
-                         shape_text(b.shape));
-      if (b.dtype != e.dtype)
-        throw InputError(o.experts[t] + ": tensor '" + name + "' is " + e.dtype + ", the base " + b.dtype,
-                         "convert the expert to the base's dtype first");
-    }
-  }
+  check_experts(o, base, experts);
 
   int64_t merged = 0;
   write_directory_atomic(o.out, [&](const std::string& staging_dir) {
     const fs::path staging(staging_dir);
-    for (const SafetensorsFile& shard : base.files()) {
-      const std::string file = fs::path(shard.path()).filename().string();
-      std::vector<SafetensorsStreamWriter::Spec> specs;
-      for (const auto& e : shard.entries()) specs.push_back({e.name, safetensors_dtype(e.dtype), e.shape});
-      SafetensorsStreamWriter writer((staging / file).string(), specs, shard.metadata());
-      for (const auto& e : shard.entries()) {
-        const at::Tensor b = shard.tensor(e.name);
-        if (!at::isFloatingType(b.scalar_type())) {
-          writer.write(b);
-          continue;
-        }
-        const c10::ScalarType math = b.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-        const at::Tensor b_math = b.to(math);
-        at::Tensor out = b_math.clone();
-        if (o.method == "task_arithmetic") {
-          for (size_t t = 0; t < experts.size(); ++t) {
-            const at::Tensor delta = experts[t].tensor(e.name).to(math) - b_math;
-            out = out + delta * o.weights[t];
-          }
-        } else {
-          std::vector<at::Tensor> deltas;
-          for (size_t t = 0; t < experts.size(); ++t) {
-            at::Tensor delta = experts[t].tensor(e.name).to(math) - b_math;
-            if (o.method == "ties") {
-              delta = trim_by_magnitude(delta, density);
-            } else {
-              const uint64_t seed = fnv1a64(e.name) + 1000003ull * t + o.seed;
-              delta = drop_and_rescale(delta, density, seed & 0x7fffffffffffffffull);
-            }
-            deltas.push_back(delta);
-          }
-          if (o.method == "dare") {
-            for (size_t t = 0; t < deltas.size(); ++t) out = out + deltas[t] * o.weights[t];
-          } else {
-            out = out + elect_and_merge(at::stack(deltas), at::tensor(o.weights, b_math.options()));
-          }
-        }
-        writer.write(out.to(b.scalar_type()));
-        ++merged;
-      }
-      writer.finish();
-    }
+    merged = write_merged_shards(o, base, experts, density, staging);
     // config.json, the tokenizer, the index and the rest come from the base.
     for (const auto& entry : fs::directory_iterator(o.base)) {
       const std::string name = entry.path().filename().string();
@@ -154,13 +171,10 @@ int64_t merge_task_arithmetic(const MergeOptions& o) {
       fs::copy_file(entry.path(), staging / name);
     }
   }, "--out");
+  std::string weights;
+  for (double x : o.weights) weights += (weights.empty() ? "" : ",") + std::to_string(x);
   spdlog::info("merged {} tensors of {} expert(s) into {} ({}{}, weights {})", merged, experts.size(), o.out, o.method,
-               o.method == "task_arithmetic" ? std::string() : ", density " + std::to_string(density),
-               [&] {
-                 std::string w;
-                 for (double x : o.weights) w += (w.empty() ? "" : ",") + std::to_string(x);
-                 return w;
-               }());
+               o.method == "task_arithmetic" ? std::string() : ", density " + std::to_string(density), weights);
   return merged;
 }
 

@@ -314,6 +314,96 @@ json gemma3_text_part(const json& j, const std::string& origin) {
   return text;
 }
 
+// Every field of the (Gemma-filled) config is read, refused with the reason, or ignored as
+// transformers' modeling code ignores it (`_name_or_path`, token ids, generation defaults, dropout,
+// `auto_map` of a type transformers implements natively, ...), listed at debug level.
+void check_known_fields(const Fields& f, bool gemma) {
+  std::vector<std::string> ignored;
+  for (auto it = f.j.begin(); it != f.j.end(); ++it) {
+    const std::string& key = it.key();
+    if (kRead.count(key) || (gemma && kGemmaRead.count(key))) continue;
+    const auto refused = kRefused.find(key);
+    if (refused != kRefused.end() && !it.value().is_null() && it.value() != false && it.value() != 0)
+      throw f.error(key, refused->second);
+    ignored.push_back(key);
+  }
+  if (!ignored.empty()) spdlog::debug("{}: fields the forward pass does not read, ignored: {}", f.origin, join(ignored, ", "));
+}
+
+// Sizes, norm epsilon, activation, dtype.
+void parse_shapes(const Fields& f, ModelConfig& c, bool gemma) {
+  const json& j = f.j;
+  c.vocab_size = f.integer("vocab_size");
+  c.hidden_size = f.integer("hidden_size");
+  c.intermediate_size = f.integer("intermediate_size");
+  c.num_layers = f.integer("num_hidden_layers");
+  c.num_heads = f.integer("num_attention_heads");
+  c.num_kv_heads = f.integer("num_key_value_heads", c.num_heads);
+  c.head_dim = f.integer("head_dim", c.hidden_size / c.num_heads);
+  if (!f.has("head_dim") && c.hidden_size % c.num_heads != 0)
+    throw f.error("num_attention_heads", "must divide hidden_size when head_dim is not given");
+  if (c.num_heads % c.num_kv_heads != 0)
+    throw f.error("num_key_value_heads", "must divide num_attention_heads (" + std::to_string(c.num_heads) + ")");
+  c.max_position_embeddings = f.integer("max_position_embeddings", 2048);
+  if (f.has("rms_norm_eps")) {
+    if (!j["rms_norm_eps"].is_number()) throw f.error("rms_norm_eps", "expected a number");
+    c.rms_norm_eps = j["rms_norm_eps"].get<double>();
+  }
+  if (f.has("initializer_range") && j["initializer_range"].is_number()) c.initializer_range = j["initializer_range"];
+  c.tie_word_embeddings = f.boolean("tie_word_embeddings", false);
+  // Gemma's modeling code reads hidden_activation (its configs may carry an unused hidden_act too).
+  const char* act_key = gemma ? "hidden_activation" : "hidden_act";
+  if (f.has(act_key) && !j[act_key].is_string()) throw f.error(act_key, "expected a string");
+  c.hidden_act = f.has(act_key) ? j[act_key].get<std::string>() : "silu";
+  if (c.hidden_act != "silu" && !(gemma && (c.hidden_act == "gelu_pytorch_tanh" || c.hidden_act == "gelu")))
+    throw f.error(act_key, "'" + c.hidden_act + "' is not supported",
+                  gemma ? "Gemma models: gelu_pytorch_tanh or gelu" : "SwiGLU with silu only");
+  for (const char* key : {"torch_dtype", "dtype"})
+    if (f.has(key) && j[key].is_string()) c.dtype = j[key];
+}
+
+// Attention and MLP biases, q/k norms, fused projections, as each family lays them out.
+void parse_layout(const Fields& f, ModelConfig& c, bool gemma) {
+  const bool attention_bias = f.boolean("attention_bias", false);
+  c.mlp_bias = f.boolean("mlp_bias", false);
+  if (c.mlp_bias && c.model_type != "llama") throw f.error("mlp_bias", "only Llama models have an MLP bias");
+  if (c.model_type == "llama" || c.model_type == "qwen3" || gemma) {
+    c.qkv_bias = c.o_bias = attention_bias;
+  } else if (c.model_type == "qwen2") {
+    c.qkv_bias = true;  // Qwen2 always has q/k/v biases and no output bias
+    if (attention_bias) throw f.error("attention_bias", "Qwen2 has a fixed bias layout");
+  } else if (attention_bias) {
+    throw f.error("attention_bias", "not supported for " + c.model_type);
+  }
+  c.qk_norm = c.model_type == "qwen3";
+  c.fused_qkv = c.model_type == "phi3";
+  if (c.model_type != "phi3" && c.rope.partial_rotary_factor != 1.0)
+    throw f.error("partial_rotary_factor", "only Phi-3 models rotate part of the head");
+}
+
+// Sliding-window attention outside Gemma: Mistral applies it whenever sliding_window is set; Qwen2/3
+// and Phi-3 only when use_sliding_window says so (transformers ignores their sliding_window otherwise).
+void parse_sliding_window(const Fields& f, ModelConfig& c) {
+  const json& j = f.j;
+  std::optional<int64_t> window;
+  if (f.has("sliding_window")) {
+    if (!j["sliding_window"].is_number_integer()) throw f.error("sliding_window", "expected an integer or null");
+    window = j["sliding_window"].get<int64_t>();
+  }
+  if (c.model_type == "mistral" || c.model_type == "phi3") {
+    c.sliding_window = window;
+  } else if (c.model_type == "qwen2" || c.model_type == "qwen3") {
+    if (f.boolean("use_sliding_window", false))
+      throw f.error("use_sliding_window", "per-layer sliding windows are not supported", "set it to false");
+  }
+  if (f.has("layer_types")) {
+    for (const auto& t : j["layer_types"])
+      if (!t.is_string() || (t != "full_attention" && !(t == "sliding_attention" && c.sliding_window)))
+        throw f.error("layer_types", "only full_attention layers are supported");
+  }
+  if (c.sliding_window && *c.sliding_window <= 0) throw f.error("sliding_window", "must be positive");
+}
+
 }  // namespace
 
 ModelConfig parse_model_config(const std::string& json_text, const std::string& origin_name) {
@@ -347,89 +437,15 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
     j = filled;
   }
   Fields f{j, origin};
-
-  // Everything else is ignored, as transformers' modeling code for these types ignores it
-  // (`_name_or_path`, token ids, generation defaults, dropout, `auto_map` of a type transformers
-  // implements natively, ...), and listed at debug level.
-  std::vector<std::string> ignored;
-  for (auto it = j.begin(); it != j.end(); ++it) {
-    const std::string& key = it.key();
-    if (kRead.count(key) || (gemma && kGemmaRead.count(key))) continue;
-    const auto refused = kRefused.find(key);
-    if (refused != kRefused.end() && !it.value().is_null() && it.value() != false && it.value() != 0)
-      throw f.error(key, refused->second);
-    ignored.push_back(key);
-  }
-  if (!ignored.empty()) spdlog::debug("{}: fields the forward pass does not read, ignored: {}", origin, join(ignored, ", "));
-
-  c.vocab_size = f.integer("vocab_size");
-  c.hidden_size = f.integer("hidden_size");
-  c.intermediate_size = f.integer("intermediate_size");
-  c.num_layers = f.integer("num_hidden_layers");
-  c.num_heads = f.integer("num_attention_heads");
-  c.num_kv_heads = f.integer("num_key_value_heads", c.num_heads);
-  c.head_dim = f.integer("head_dim", c.hidden_size / c.num_heads);
-  if (!f.has("head_dim") && c.hidden_size % c.num_heads != 0)
-    throw f.error("num_attention_heads", "must divide hidden_size when head_dim is not given");
-  if (c.num_heads % c.num_kv_heads != 0)
-    throw f.error("num_key_value_heads", "must divide num_attention_heads (" + std::to_string(c.num_heads) + ")");
-  c.max_position_embeddings = f.integer("max_position_embeddings", 2048);
-  if (f.has("rms_norm_eps")) {
-    if (!j["rms_norm_eps"].is_number()) throw f.error("rms_norm_eps", "expected a number");
-    c.rms_norm_eps = j["rms_norm_eps"].get<double>();
-  }
-  if (f.has("initializer_range") && j["initializer_range"].is_number()) c.initializer_range = j["initializer_range"];
-  c.tie_word_embeddings = f.boolean("tie_word_embeddings", false);
-  // Gemma's modeling code reads hidden_activation (its configs may carry an unused hidden_act too).
-  const char* act_key = gemma ? "hidden_activation" : "hidden_act";
-  if (f.has(act_key) && !j[act_key].is_string()) throw f.error(act_key, "expected a string");
-  c.hidden_act = f.has(act_key) ? j[act_key].get<std::string>() : "silu";
-  if (c.hidden_act != "silu" && !(gemma && (c.hidden_act == "gelu_pytorch_tanh" || c.hidden_act == "gelu")))
-    throw f.error(act_key, "'" + c.hidden_act + "' is not supported",
-                  gemma ? "Gemma models: gelu_pytorch_tanh or gelu" : "SwiGLU with silu only");
-  for (const char* key : {"torch_dtype", "dtype"})
-    if (f.has(key) && j[key].is_string()) c.dtype = j[key];
+  check_known_fields(f, gemma);
+  parse_shapes(f, c, gemma);
   parse_rope(f, c);
-
-  const bool attention_bias = f.boolean("attention_bias", false);
-  c.mlp_bias = f.boolean("mlp_bias", false);
-  if (c.mlp_bias && c.model_type != "llama") throw f.error("mlp_bias", "only Llama models have an MLP bias");
-  if (c.model_type == "llama" || c.model_type == "qwen3" || gemma) {
-    c.qkv_bias = c.o_bias = attention_bias;
-  } else if (c.model_type == "qwen2") {
-    c.qkv_bias = true;  // Qwen2 always has q/k/v biases and no output bias
-    if (attention_bias) throw f.error("attention_bias", "Qwen2 has a fixed bias layout");
-  } else if (attention_bias) {
-    throw f.error("attention_bias", "not supported for " + c.model_type);
-  }
-  c.qk_norm = c.model_type == "qwen3";
-  c.fused_qkv = c.model_type == "phi3";
-  if (c.model_type != "phi3" && c.rope.partial_rotary_factor != 1.0)
-    throw f.error("partial_rotary_factor", "only Phi-3 models rotate part of the head");
+  parse_layout(f, c, gemma);
   if (gemma) {
     parse_gemma(f, c);
     return c;
   }
-
-  // Sliding-window attention: Mistral applies it whenever sliding_window is set; Qwen2/3 and Phi-3 only
-  // when use_sliding_window says so (transformers ignores their sliding_window otherwise).
-  std::optional<int64_t> window;
-  if (f.has("sliding_window")) {
-    if (!j["sliding_window"].is_number_integer()) throw f.error("sliding_window", "expected an integer or null");
-    window = j["sliding_window"].get<int64_t>();
-  }
-  if (c.model_type == "mistral" || c.model_type == "phi3") {
-    c.sliding_window = window;
-  } else if (c.model_type == "qwen2" || c.model_type == "qwen3") {
-    if (f.boolean("use_sliding_window", false))
-      throw f.error("use_sliding_window", "per-layer sliding windows are not supported", "set it to false");
-  }
-  if (f.has("layer_types")) {
-    for (const auto& t : j["layer_types"])
-      if (!t.is_string() || (t != "full_attention" && !(t == "sliding_attention" && c.sliding_window)))
-        throw f.error("layer_types", "only full_attention layers are supported");
-  }
-  if (c.sliding_window && *c.sliding_window <= 0) throw f.error("sliding_window", "must be positive");
+  parse_sliding_window(f, c);
   return c;
 }
 

@@ -340,6 +340,47 @@ at::Tensor soft_cap(const at::Tensor& logits, const std::optional<double>& cap) 
   return cap ? at::tanh(logits / *cap) * *cap : logits;
 }
 
+// What a layer attends with: its RoPE tables, mask (undefined: none) and whether SDPA masks causally.
+struct LayerInputs {
+  const at::Tensor &cos, &sin, &mask;
+  bool causal;
+};
+
+// Key validity over the whole attended range ([B, past + T] bool) when any padding is involved (the
+// cache keeps it for the next call); undefined otherwise.
+at::Tensor key_validity(const ForwardOptions& options, KVCache* cache, int64_t B, int64_t T, int64_t past,
+                        const c10::Device& device) {
+  if (!options.token_mask && !(cache && cache->key_mask.defined())) return {};
+  at::Tensor past_valid = cache && cache->key_mask.defined() ? cache->key_mask
+                                                             : at::ones({B, past}, at::TensorOptions().dtype(at::kBool).device(device));
+  at::Tensor new_valid = options.token_mask ? options.token_mask->to(device).to(at::kBool)
+                                            : at::ones({B, T}, at::TensorOptions().dtype(at::kBool).device(device));
+  at::Tensor key_valid = at::cat({past_valid, new_valid}, 1);
+  if (cache) cache->key_mask = key_valid;
+  return key_valid;
+}
+
+// The mask of T queries after `past` over S = past + T keys ([B, 1, T, S] bool; undefined: none) and
+// whether SDPA masks causally itself. SDPA's own causal mask is enough for a plain prefill or a single
+// new token; anything else (a chunk after a prefix, padding, a sliding `window` that matters) gets an
+// explicit mask.
+std::pair<at::Tensor, bool> attention_mask(const at::Tensor& key_valid, std::optional<int64_t> window, int64_t B, int64_t T,
+                                           int64_t past, const c10::Device& device) {
+  const int64_t S = past + T;
+  const bool window_matters = window && S > *window;
+  if (!key_valid.defined() && !window_matters && !(past > 0 && T > 1)) return {at::Tensor(), past == 0 && T > 1};
+  auto long_options = at::TensorOptions().dtype(at::kLong).device(device);
+  at::Tensor q_idx = at::arange(past, S, long_options).unsqueeze(1);  // [T, 1]
+  at::Tensor k_idx = at::arange(0, S, long_options).unsqueeze(0);     // [1, S]
+  at::Tensor allowed = k_idx <= q_idx;
+  if (window_matters) allowed = allowed.logical_and(q_idx - k_idx < *window);
+  allowed = allowed.unsqueeze(0).expand({B, T, S});
+  if (key_valid.defined()) allowed = allowed.logical_and(key_valid.unsqueeze(1));
+  // A padding query may see no valid key at all; let it see itself so the row stays finite.
+  allowed = allowed.logical_or((k_idx == q_idx).unsqueeze(0));
+  return {allowed.unsqueeze(1), false};
+}
+
 }  // namespace
 
 at::Tensor CausalLM::head(const at::Tensor& hidden, const at::Tensor& weight) const {
@@ -365,41 +406,12 @@ at::Tensor CausalLM::hidden_states(const at::Tensor& input_ids, const ForwardOpt
   std::tie(cos, sin) = rotary(positions);
   if (config_.local_rope && any_sliding) std::tie(local_cos, local_sin) = rotary(positions, /*local=*/true);
 
-  // Key validity over the whole attended range, when any padding is involved.
-  at::Tensor key_valid;
-  if (options.token_mask || (cache && cache->key_mask.defined())) {
-    at::Tensor past_valid = cache && cache->key_mask.defined() ? cache->key_mask
-                                                               : at::ones({B, past}, at::TensorOptions().dtype(at::kBool).device(device));
-    at::Tensor new_valid = options.token_mask ? options.token_mask->to(device).to(at::kBool)
-                                              : at::ones({B, T}, at::TensorOptions().dtype(at::kBool).device(device));
-    key_valid = at::cat({past_valid, new_valid}, 1);
-    if (cache) cache->key_mask = key_valid;
-  }
-
-  // SDPA's own causal mask is enough for a plain prefill or a single new token; anything else
-  // (a chunk after a prefix, padding, a sliding window that matters) gets an explicit mask.
-  auto attention_mask = [&](bool sliding) -> std::pair<at::Tensor, bool> {
-    const bool window_matters = sliding && S > *config_.sliding_window;
-    if (!key_valid.defined() && !window_matters && !(past > 0 && T > 1)) return {at::Tensor(), past == 0 && T > 1};
-    auto long_options = at::TensorOptions().dtype(at::kLong).device(device);
-    at::Tensor q_idx = at::arange(past, S, long_options).unsqueeze(1);  // [T, 1]
-    at::Tensor k_idx = at::arange(0, S, long_options).unsqueeze(0);     // [1, S]
-    at::Tensor allowed = k_idx <= q_idx;
-    if (window_matters) allowed = allowed.logical_and(q_idx - k_idx < *config_.sliding_window);
-    allowed = allowed.unsqueeze(0).expand({B, T, S});
-    if (key_valid.defined()) allowed = allowed.logical_and(key_valid.unsqueeze(1));
-    // A padding query may see no valid key at all; let it see itself so the row stays finite.
-    allowed = allowed.logical_or((k_idx == q_idx).unsqueeze(0));
-    return {allowed.unsqueeze(1), false};
-  };
+  const at::Tensor key_valid = key_validity(options, cache, B, T, past, device);
   std::pair<at::Tensor, bool> full_mask, sliding_mask;
-  if (any_full) full_mask = attention_mask(false);
-  if (any_sliding) sliding_mask = any_full && S <= *config_.sliding_window ? full_mask : attention_mask(true);
-  // What layer l attends with: its RoPE tables, mask (undefined: none) and whether SDPA masks causally.
-  struct LayerInputs {
-    const at::Tensor &cos, &sin, &mask;
-    bool causal;
-  };
+  if (any_full) full_mask = attention_mask(key_valid, std::nullopt, B, T, past, device);
+  if (any_sliding)
+    sliding_mask = any_full && S <= *config_.sliding_window ? full_mask
+                                                            : attention_mask(key_valid, config_.sliding_window, B, T, past, device);
   auto layer_inputs = [&](int64_t l) -> LayerInputs {
     const bool slides = config_.sliding(l);
     const auto& [mask, causal] = slides ? sliding_mask : full_mask;

@@ -18,6 +18,14 @@ namespace {
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
+// Where the first of `stops` (empty ones never match) begins in `text`, or npos.
+size_t first_stop(const std::string& text, const std::vector<std::string>& stops) {
+  size_t at = std::string::npos;
+  for (const auto& s : stops)
+    if (!s.empty()) at = std::min(at, text.find(s));
+  return at;
+}
+
 // The longest prefix of `text` that ends on a UTF-8 character boundary at or before `end`.
 size_t utf8_boundary(const std::string& text, size_t end) {
   while (end > 0 && end < text.size() && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) --end;
@@ -45,6 +53,13 @@ struct Engine::ScoreJob {
   RequestFusion fusion;
   std::promise<PromptLogprobs> result;
 };
+
+Event Event::error(std::string message) {
+  Event e;
+  e.kind = Kind::kError;
+  e.text = std::move(message);
+  return e;
+}
 
 Request::Request(GenerationParams params) : params_(std::move(params)) {}
 
@@ -175,7 +190,7 @@ void Engine::run() {
   const auto shutting_down = std::make_exception_ptr(std::runtime_error("the server is shutting down"));
   for (auto& j : jobs) j->result.set_exception(shutting_down);
   std::lock_guard<std::mutex> lock(mutex_);
-  for (auto& r : waiting_) r->push(Event{Event::Kind::kError, -1, "the server is shutting down", {}, {}, 0});
+  for (auto& r : waiting_) r->push(Event::error("the server is shutting down"));
   waiting_.clear();
   for (auto& j : scoring_) j->result.set_exception(shutting_down);
   scoring_.clear();
@@ -237,7 +252,7 @@ void Engine::prefill() {
   } catch (const std::exception& e) {
     // The running rows are untouched (the joiners' caches were never appended): only joiners fail.
     batch_->abort_admit();
-    for (auto& r : joining_) r->push(Event{Event::Kind::kError, -1, e.what(), {}, {}, 0});
+    for (auto& r : joining_) r->push(Event::error(e.what()));
     joining_.clear();
     return;
   }
@@ -283,62 +298,73 @@ void Engine::sample_and_emit(const BatchLogits& logits, size_t first_row, bool f
   // Rows with the same fusion are fused in one call.
   std::map<std::string, std::vector<int64_t>> groups;
   std::map<size_t, std::vector<int64_t>> leaves;  // per model: routed rows that stop running it
-  const int64_t n = logits.rows;
-  for (int64_t j = 0; j < n; ++j) groups[rows_[first_row + j].request->params().fusion.key()].push_back(j);
-  for (const auto& [key, members] : groups) {
-    const RequestFusion& fusion = rows_[first_row + members[0]].request->params().fusion;
-    const FusionView view = fusion_view(set_, fusion);
-    const bool routed = fusion.spec.strategy == "dynamic" && fusion.spec.multi_expert == "route" && view.set.experts.size() > 1;
-    std::vector<at::Tensor> rows(logits.logits.size());
-    // A routed row runs only its own expert after its first token; the experts it left read as the
-    // base (no shift), which route's criterion never reads for that row (its α and fused logits
-    // come from its own expert's terms alone).
-    for (size_t k = 0; k < view.inputs.size(); ++k) {
-      const size_t i = view.inputs[k];
-      rows[i] = routed && k >= 2 ? logits.of_or(i, members, view.inputs[1]) : logits.of(i, members);
-    }
-    at::Tensor route;
-    if (routed && !first_step) {
-      std::vector<int64_t> chosen;
-      for (int64_t j : members) chosen.push_back(rows_[first_row + j].route);
-      route = at::tensor(chosen, at::TensorOptions().dtype(at::kLong));
-    }
-    const FusedRows fused = fuse_view(view, rows, &route);
-    if (routed && first_step) {
-      const at::Tensor chosen = route.to(at::kCPU);
-      for (size_t m = 0; m < members.size(); ++m) {
-        const int64_t expert = chosen[m].item<int64_t>();
-        rows_[first_row + members[m]].route = expert;
-        for (size_t e = 0; e < view.set.experts.size(); ++e)
-          if (static_cast<int64_t>(e) != expert)
-            leaves[view.inputs[2 + e]].push_back(static_cast<int64_t>(first_row) + members[m]);
-      }
-    }
-    at::Tensor greedy;  // the group's greedy tokens, found in one pass once a member needs them
-    for (size_t m = 0; m < members.size(); ++m) {
-      Row& row = rows_[first_row + members[m]];
-      const GenerationParams& p = row.request->params();
-      const at::Tensor z = fused.logits.narrow(0, static_cast<int64_t>(m), 1);
-      if (p.sampling.temperature == 0.0 && !greedy.defined()) greedy = greedy_tokens(fused.logits);
-      const int64_t token = p.sampling.temperature == 0.0 ? greedy.data_ptr<int64_t>()[m]
-                                                          : sample_tokens(z, p.sampling, {0}, row.step).item<int64_t>();
-      std::optional<TokenLogprobs> lp;
-      if (p.top_logprobs >= 0) {
-        const at::Tensor l = at::log_softmax(z.squeeze(0).to(at::kFloat), -1).to(at::kCPU);
-        lp = TokenLogprobs{l[token].item<double>(), {}};
-        if (p.top_logprobs > 0) {
-          auto [values, ids] = l.topk(std::min<int64_t>(p.top_logprobs, l.size(0)));
-          for (int64_t i = 0; i < values.size(0); ++i) lp->top.emplace_back(ids[i].item<int64_t>(), values[i].item<double>());
-        }
-      }
-      const auto emitting = Clock::now();
-      emit(row, token, std::move(lp));
-      emit_seconds += seconds_since(emitting);
-    }
-  }
+  for (int64_t j = 0; j < logits.rows; ++j) groups[rows_[first_row + j].request->params().fusion.key()].push_back(j);
+  for (const auto& [key, members] : groups) emit_seconds += sample_group(logits, first_row, members, first_step, leaves);
   for (const auto& [model, rows] : leaves) batch_->leave(model, rows);
   metrics_.phase_seconds("sample", seconds_since(start) - emit_seconds);
   metrics_.phase_seconds("emit", emit_seconds);
+}
+
+double Engine::sample_group(const BatchLogits& logits, size_t first_row, const std::vector<int64_t>& members,
+                            bool first_step, std::map<size_t, std::vector<int64_t>>& leaves) {
+  const RequestFusion& fusion = rows_[first_row + members[0]].request->params().fusion;
+  const FusionView view = fusion_view(set_, fusion);
+  const bool routed = fusion.spec.strategy == "dynamic" && fusion.spec.multi_expert == "route" && view.set.experts.size() > 1;
+  std::vector<at::Tensor> rows(logits.logits.size());
+  // A routed row runs only its own expert after its first token; the experts it left read as the
+  // base (no shift), which route's criterion never reads for that row (its α and fused logits come
+  // from its own expert's terms alone).
+  for (size_t k = 0; k < view.inputs.size(); ++k) {
+    const size_t i = view.inputs[k];
+    rows[i] = routed && k >= FusedOrder::kFirstExpert ? logits.of_or(i, members, view.inputs[FusedOrder::kBase])
+                                                      : logits.of(i, members);
+  }
+  at::Tensor route;
+  if (routed && !first_step) {
+    std::vector<int64_t> chosen;
+    for (int64_t j : members) chosen.push_back(rows_[first_row + j].route);
+    route = at::tensor(chosen, at::TensorOptions().dtype(at::kLong));
+  }
+  const FusedRows fused = fuse_view(view, rows, &route);
+  if (routed && first_step) {
+    const at::Tensor chosen = route.to(at::kCPU);
+    for (size_t m = 0; m < members.size(); ++m) {
+      const int64_t expert = chosen[m].item<int64_t>();
+      rows_[first_row + members[m]].route = expert;
+      for (size_t e = 0; e < view.set.experts.size(); ++e)
+        if (static_cast<int64_t>(e) != expert)
+          leaves[view.inputs[FusedOrder::kFirstExpert + e]].push_back(static_cast<int64_t>(first_row) + members[m]);
+    }
+  }
+  double emit_seconds = 0;
+  at::Tensor greedy;  // the group's greedy tokens, found in one pass once a member needs them
+  for (size_t m = 0; m < members.size(); ++m) {
+    Row& row = rows_[first_row + members[m]];
+    auto [token, lp] = pick_token(row, fused.logits, static_cast<int64_t>(m), greedy);
+    const auto emitting = Clock::now();
+    emit(row, token, std::move(lp));
+    emit_seconds += seconds_since(emitting);
+  }
+  return emit_seconds;
+}
+
+std::pair<int64_t, std::optional<TokenLogprobs>> Engine::pick_token(Row& row, const at::Tensor& fused, int64_t m,
+                                                                    at::Tensor& greedy) {
+  const GenerationParams& p = row.request->params();
+  const at::Tensor z = fused.narrow(0, m, 1);
+  if (p.sampling.temperature == 0.0 && !greedy.defined()) greedy = greedy_tokens(fused);
+  const int64_t token = p.sampling.temperature == 0.0 ? greedy.data_ptr<int64_t>()[m]
+                                                      : sample_tokens(z, p.sampling, {0}, row.step).item<int64_t>();
+  std::optional<TokenLogprobs> lp;
+  if (p.top_logprobs >= 0) {
+    const at::Tensor l = at::log_softmax(z.squeeze(0).to(at::kFloat), -1).to(at::kCPU);
+    lp = TokenLogprobs{l[token].item<double>(), {}};
+    if (p.top_logprobs > 0) {
+      auto [values, ids] = l.topk(std::min<int64_t>(p.top_logprobs, l.size(0)));
+      for (int64_t i = 0; i < values.size(0); ++i) lp->top.emplace_back(ids[i].item<int64_t>(), values[i].item<double>());
+    }
+  }
+  return {token, std::move(lp)};
 }
 
 void Engine::emit(Row& row, int64_t token, std::optional<TokenLogprobs> logprobs) {
@@ -362,9 +388,7 @@ void Engine::emit(Row& row, int64_t token, std::optional<TokenLogprobs> logprobs
   row.ids.push_back(token);
   metrics_.tokens(0, 1);
   const std::string text = tokenizer_.decode(row.ids, /*skip_special_tokens=*/true);
-  size_t stop_at = std::string::npos;
-  for (const auto& s : p.stop)
-    if (!s.empty()) stop_at = std::min(stop_at, text.find(s));
+  const size_t stop_at = first_stop(text, p.stop);
   Event event{Event::Kind::kToken, token, {}, std::move(logprobs), {}, 0};
   if (stop_at != std::string::npos) {
     if (stop_at > row.emitted) event.text = text.substr(row.emitted, stop_at - row.emitted);
@@ -396,9 +420,7 @@ void Engine::finish(Row& row, const std::string& reason) {
   // Whatever was held back is final now, up to the first stop string (where a stop already cut the
   // text, `emitted` is at the cut and nothing follows).
   const std::string text = tokenizer_.decode(row.ids, true);
-  size_t end = text.size();
-  for (const auto& s : row.request->params().stop)
-    if (!s.empty()) end = std::min(end, text.find(s));
+  const size_t end = std::min(text.size(), first_stop(text, row.request->params().stop));
   if (end > row.emitted) event.text = text.substr(row.emitted, end - row.emitted);
   row.done = true;
   metrics_.request_latency(seconds_since(row.request->arrival));
@@ -418,8 +440,8 @@ void Engine::drop_finished() {
 
 void Engine::fail_all(const std::string& message) {
   for (auto& row : rows_)
-    if (!row.done) row.request->push(Event{Event::Kind::kError, -1, message, {}, {}, 0});
-  for (auto& r : joining_) r->push(Event{Event::Kind::kError, -1, message, {}, {}, 0});
+    if (!row.done) row.request->push(Event::error(message));
+  for (auto& r : joining_) r->push(Event::error(message));
   rows_.clear();
   joining_.clear();
   report_batch_counters();

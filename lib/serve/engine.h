@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <future>
 #include <memory>
 #include <mutex>
@@ -59,6 +60,8 @@ struct Event {
   // are asked: its logprob belongs in a completion's logprobs (lm-eval reads the last entry as the
   // generated token's), though it is neither text nor a completion token.
   bool stop_token = false;
+  // An error that ends the request (`message` in text).
+  static Event error(std::string message);
 };
 
 // One generation request, shared by its HTTP thread (consumer) and the engine (producer).
@@ -131,6 +134,13 @@ class Engine {
   void report_batch_counters();
   void step();
   void sample_and_emit(const BatchLogits& logits, size_t first_row, bool first_step);
+  // One group of rows (`members`, rows first_row + j) that share a fusion: fused, sampled, emitted.
+  // Returns emit()'s share of the seconds spent.
+  double sample_group(const BatchLogits& logits, size_t first_row, const std::vector<int64_t>& members, bool first_step,
+                      std::map<size_t, std::vector<int64_t>>& leaves);
+  // Row `row`'s next token from its fused logits `z` ([1, V]; `greedy`: the group's greedy tokens,
+  // found once a member needs them), with its logprobs when asked.
+  std::pair<int64_t, std::optional<TokenLogprobs>> pick_token(Row& row, const at::Tensor& fused, int64_t m, at::Tensor& greedy);
   void drop_finished();
   void fail_all(const std::string& message);
   void emit(Row& row, int64_t token, std::optional<TokenLogprobs> logprobs);

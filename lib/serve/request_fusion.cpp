@@ -31,7 +31,7 @@ FusionView fusion_view(const ModelSet& set, const RequestFusion& fusion) {
   FusionView view{set, {}};
   view.set.fusion = fusion.spec;
   const std::string& s = fusion.spec.strategy;
-  // Indices in set.run(): large, base, experts (those loaded).
+  // Indices in set.run(): large, base, experts (those loaded); `inputs` lists them in FusedOrder.
   const size_t first_expert = (set.large ? 1 : 0) + (set.base ? 1 : 0);
   if (s == "large_only") {
     view.inputs = {0};
@@ -44,7 +44,7 @@ FusionView fusion_view(const ModelSet& set, const RequestFusion& fusion) {
     view.set.large.reset();
     view.set.base.reset();
   } else {
-    view.inputs = {0, 1};
+    view.inputs = {0, 1};  // set.run()'s large and base, at FusedOrder::kLarge and kBase
   }
   for (size_t e : fusion.experts) {
     view.set.experts.push_back(set.experts.at(e));

@@ -23,6 +23,14 @@ struct RequestFusion {
 // The server's own fusion: its strategy over every loaded expert.
 RequestFusion default_fusion(const ModelSet& set);
 
+// Where each model's logits stand in a fusion's inputs (FusionView::inputs, fuse_rows' order):
+// the large model, the base, then the experts. expert_only fuses the experts alone, from 0.
+struct FusedOrder {
+  static constexpr size_t kLarge = 0;
+  static constexpr size_t kBase = 1;
+  static constexpr size_t kFirstExpert = 2;
+};
+
 // The set a request's rows are fused with, and which of set.run()'s logits feed it, in order.
 struct FusionView {
   ModelSet set;

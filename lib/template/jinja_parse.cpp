@@ -110,70 +110,13 @@ class Parser {
     n->line = tag.line;
     std::string end;
     if (tag.text == "if") {
-      n->kind = Node::Kind::If;
-      n->conditions.push_back(parse_expression(true));
-      expect_block_end();
-      while (true) {
-        n->bodies.push_back(parse_body({"elif", "else", "endif"}, end));
-        if (end == "elif") {
-          n->conditions.push_back(parse_expression(true));
-          expect_block_end();
-        } else if (end == "else") {
-          expect_block_end();
-          n->else_body = parse_body({"endif"}, end);
-          break;
-        } else {
-          break;
-        }
-      }
-      expect_block_end();
+      parse_if(*n);
     } else if (tag.text == "for") {
-      n->kind = Node::Kind::For;
-      do n->targets.push_back(expect_name());
-      while (skip_op(","));
-      if (!skip_name("in")) fail(peek().line, "expected 'in' in the for tag, found " + describe(peek()));
-      n->expr = parse_tuple(false);
-      if (skip_name("if")) n->cond = parse_expression(true);
-      if (is_name("recursive")) fail(peek().line, "recursive for loops are not supported");
-      expect_block_end();
-      n->body = parse_body({"else", "endfor"}, end);
-      if (end == "else") {
-        expect_block_end();
-        n->else_body = parse_body({"endfor"}, end);
-      }
-      expect_block_end();
+      parse_for(*n);
     } else if (tag.text == "set") {
-      n->kind = Node::Kind::Set;
-      n->targets.push_back(expect_name());
-      if (skip_op(".")) {
-        n->target_attr = expect_name();
-      } else {
-        while (skip_op(",")) n->targets.push_back(expect_name());
-      }
-      if (skip_op("=")) {
-        n->expr = parse_tuple(true);
-        expect_block_end();
-      } else {
-        if (n->targets.size() != 1 || !n->target_attr.empty()) fail(n->line, "expected '=' in the set tag");
-        if (is_op("|")) fail(peek().line, "filters on a block set are not supported");
-        expect_block_end();
-        n->body = parse_body({"endset"}, end);
-        expect_block_end();
-      }
+      parse_set(*n);
     } else if (tag.text == "macro") {
-      n->kind = Node::Kind::Macro;
-      n->name = expect_name();
-      expect_op("(");
-      while (!skip_op(")")) {
-        std::string param = expect_name();
-        ExprPtr def;
-        if (skip_op("=")) def = parse_expression(true);
-        n->params.emplace_back(param, std::move(def));
-        if (!is_op(")")) expect_op(",");
-      }
-      expect_block_end();
-      n->body = parse_body({"endmacro"}, end);
-      expect_block_end();
+      parse_macro(*n);
     } else if (tag.text == "break" || tag.text == "continue") {
       n->kind = tag.text == "break" ? Node::Kind::Break : Node::Kind::Continue;
       expect_block_end();
@@ -188,6 +131,87 @@ class Parser {
       fail(tag.line, "tag '" + tag.text + "' is not supported");
     }
     return n;
+  }
+
+  // {% if %} ... {% elif %} ... {% else %} ... {% endif %}, after the tag's name.
+  void parse_if(Node& n) {
+    std::string end;
+    n.kind = Node::Kind::If;
+    n.conditions.push_back(parse_expression(true));
+    expect_block_end();
+    while (true) {
+      n.bodies.push_back(parse_body({"elif", "else", "endif"}, end));
+      if (end == "elif") {
+        n.conditions.push_back(parse_expression(true));
+        expect_block_end();
+      } else if (end == "else") {
+        expect_block_end();
+        n.else_body = parse_body({"endif"}, end);
+        break;
+      } else {
+        break;
+      }
+    }
+    expect_block_end();
+  }
+
+  // {% for targets in expr [if cond] %} ... [{% else %} ...] {% endfor %}.
+  void parse_for(Node& n) {
+    std::string end;
+    n.kind = Node::Kind::For;
+    do n.targets.push_back(expect_name());
+    while (skip_op(","));
+    if (!skip_name("in")) fail(peek().line, "expected 'in' in the for tag, found " + describe(peek()));
+    n.expr = parse_tuple(false);
+    if (skip_name("if")) n.cond = parse_expression(true);
+    if (is_name("recursive")) fail(peek().line, "recursive for loops are not supported");
+    expect_block_end();
+    n.body = parse_body({"else", "endfor"}, end);
+    if (end == "else") {
+      expect_block_end();
+      n.else_body = parse_body({"endfor"}, end);
+    }
+    expect_block_end();
+  }
+
+  // {% set a[, b] = expr %}, {% set ns.attr = expr %}, or a block set {% set a %} ... {% endset %}.
+  void parse_set(Node& n) {
+    std::string end;
+    n.kind = Node::Kind::Set;
+    n.targets.push_back(expect_name());
+    if (skip_op(".")) {
+      n.target_attr = expect_name();
+    } else {
+      while (skip_op(",")) n.targets.push_back(expect_name());
+    }
+    if (skip_op("=")) {
+      n.expr = parse_tuple(true);
+      expect_block_end();
+      return;
+    }
+    if (n.targets.size() != 1 || !n.target_attr.empty()) fail(n.line, "expected '=' in the set tag");
+    if (is_op("|")) fail(peek().line, "filters on a block set are not supported");
+    expect_block_end();
+    n.body = parse_body({"endset"}, end);
+    expect_block_end();
+  }
+
+  // {% macro name(params with defaults) %} ... {% endmacro %}.
+  void parse_macro(Node& n) {
+    std::string end;
+    n.kind = Node::Kind::Macro;
+    n.name = expect_name();
+    expect_op("(");
+    while (!skip_op(")")) {
+      std::string param = expect_name();
+      ExprPtr def;
+      if (skip_op("=")) def = parse_expression(true);
+      n.params.emplace_back(param, std::move(def));
+      if (!is_op(")")) expect_op(",");
+    }
+    expect_block_end();
+    n.body = parse_body({"endmacro"}, end);
+    expect_block_end();
   }
 
   // An expression, or a bare tuple `a, b` (as in {{ a, b }} or set x = a, b).

@@ -339,6 +339,48 @@ void apply_pre_tokenizers(const std::vector<PreTokenizerStep>& steps, Piece segm
 
 namespace {
 
+// ByteFallback: runs of <0xNN> pieces become their bytes when those are valid UTF-8, else one U+FFFD
+// per byte; other tokens pass.
+void decode_byte_fallback(std::vector<std::string>& tokens) {
+  std::vector<std::string> out;
+  std::string pending;
+  auto flush = [&] {
+    if (pending.empty()) return;
+    if (utf8_invalid_at(pending) == std::string::npos) out.push_back(pending);
+    else out.insert(out.end(), pending.size(), "\xEF\xBF\xBD");  // one U+FFFD per byte
+    pending.clear();
+  };
+  for (auto& t : tokens) {
+    const int byte = parse_byte_piece(t);
+    if (byte >= 0) {
+      pending += static_cast<char>(byte);
+    } else {
+      flush();
+      out.push_back(std::move(t));
+    }
+  }
+  flush();
+  tokens = std::move(out);
+}
+
+// Strip, with chars as tokenizers counts them: up to `start` leading and `stop` trailing `content`
+// chars, then take(byte_len - cuts) chars of what is left.
+void decode_strip(const DecoderStep& step, std::string& t) {
+  std::vector<std::pair<size_t, size_t>> chars;  // [b, e) of each char
+  for (size_t i = 0; i < t.size();) {
+    const size_t b = i;
+    utf8_next(t, i);
+    chars.emplace_back(b, i);
+  }
+  auto is_content = [&](size_t k) { return t.compare(chars[k].first, chars[k].second - chars[k].first, step.content) == 0; };
+  size_t start_cut = 0, stop_cut = 0;
+  while (start_cut < step.start && start_cut < chars.size() && is_content(start_cut)) ++start_cut;
+  while (stop_cut < step.stop && stop_cut < chars.size() && is_content(chars.size() - 1 - stop_cut)) ++stop_cut;
+  const size_t take = t.size() >= start_cut + stop_cut ? t.size() - start_cut - stop_cut : 0;
+  const size_t end_char = std::min(chars.size(), start_cut + take);
+  t = start_cut >= end_char ? std::string() : t.substr(chars[start_cut].first, chars[end_char - 1].second - chars[start_cut].first);
+}
+
 void decode_step(const DecoderStep& step, std::vector<std::string>& tokens) {
   switch (step.kind) {
     case DecoderStep::Kind::kByteLevel: {
@@ -375,28 +417,9 @@ void decode_step(const DecoderStep& step, std::vector<std::string>& tokens) {
         t = std::move(p.text);
       }
       break;
-    case DecoderStep::Kind::kByteFallback: {
-      std::vector<std::string> out;
-      std::string pending;
-      auto flush = [&] {
-        if (pending.empty()) return;
-        if (utf8_invalid_at(pending) == std::string::npos) out.push_back(pending);
-        else out.insert(out.end(), pending.size(), "\xEF\xBF\xBD");  // one U+FFFD per byte
-        pending.clear();
-      };
-      for (auto& t : tokens) {
-        const int byte = parse_byte_piece(t);
-        if (byte >= 0) {
-          pending += static_cast<char>(byte);
-        } else {
-          flush();
-          out.push_back(std::move(t));
-        }
-      }
-      flush();
-      tokens = std::move(out);
+    case DecoderStep::Kind::kByteFallback:
+      decode_byte_fallback(tokens);
       break;
-    }
     case DecoderStep::Kind::kFuse: {
       std::string all;
       for (const auto& t : tokens) all += t;
@@ -404,23 +427,7 @@ void decode_step(const DecoderStep& step, std::vector<std::string>& tokens) {
       break;
     }
     case DecoderStep::Kind::kStrip:
-      for (auto& t : tokens) {
-        // Chars as tokenizers counts them: up to `start` leading and `stop` trailing `content` chars, then
-        // take(byte_len - cuts) chars of what is left.
-        std::vector<std::pair<size_t, size_t>> chars;  // [b, e) of each char
-        for (size_t i = 0; i < t.size();) {
-          const size_t b = i;
-          utf8_next(t, i);
-          chars.emplace_back(b, i);
-        }
-        auto is_content = [&](size_t k) { return t.compare(chars[k].first, chars[k].second - chars[k].first, step.content) == 0; };
-        size_t start_cut = 0, stop_cut = 0;
-        while (start_cut < step.start && start_cut < chars.size() && is_content(start_cut)) ++start_cut;
-        while (stop_cut < step.stop && stop_cut < chars.size() && is_content(chars.size() - 1 - stop_cut)) ++stop_cut;
-        const size_t take = t.size() >= start_cut + stop_cut ? t.size() - start_cut - stop_cut : 0;
-        const size_t end_char = std::min(chars.size(), start_cut + take);
-        t = start_cut >= end_char ? std::string() : t.substr(chars[start_cut].first, chars[end_char - 1].second - chars[start_cut].first);
-      }
+      for (auto& t : tokens) decode_strip(step, t);
       break;
   }
 }

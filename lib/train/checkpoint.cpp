@@ -267,4 +267,12 @@ TrainerState read_checkpoint(const std::string& dir, const StudentWeights& weigh
   return state;
 }
 
+RunStart check_run_start(const std::string& output_dir, const std::string& resume) {
+  const bool finished = std::filesystem::exists(std::filesystem::path(output_dir) / "final" / "config.json");
+  if (resume.empty() && (finished || !complete_checkpoints(output_dir).empty()))
+    throw InputError(output_dir + ": already holds " + (finished ? "a finished run" : "checkpoints of a run"),
+                     "continue it with --resume auto, or choose another run.output_dir");
+  return resume == "auto" && finished ? RunStart::kAlreadyFinished : RunStart::kTrain;
+}
+
 }  // namespace lf

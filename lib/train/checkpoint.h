@@ -55,4 +55,10 @@ TrainerState read_checkpoint(const std::string& dir, const StudentWeights& weigh
 // Complete checkpoints (DONE present) under output_dir/checkpoints, newest first.
 std::vector<std::string> complete_checkpoints(const std::string& output_dir);
 
+// What a `train` start does with run.output_dir given --resume ("", "auto" or a checkpoint): a fresh
+// run refuses a directory that holds checkpoints or final/ (InputError with the fix), `auto` on a
+// finished run has nothing to do, and otherwise training starts (from the checkpoint, if any).
+enum class RunStart { kTrain, kAlreadyFinished };
+RunStart check_run_start(const std::string& output_dir, const std::string& resume);
+
 }  // namespace lf

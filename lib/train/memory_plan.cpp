@@ -14,35 +14,9 @@
 
 #include "core/error.h"
 #include "core/strings.h"
-#include "decode/config.h"
 #include "model/transformer.h"
 
 namespace lf {
-
-ModelFootprint model_footprint(const ModelConfig& config) {
-  // Parameters on the meta device: exact shapes, no memory.
-  CausalLM model(config, at::TensorOptions().dtype(at::kFloat).device(at::kMeta));
-  ModelFootprint f;
-  const auto units = model.parameter_units();
-  for (size_t u = 0; u < units.size(); ++u) {
-    int64_t n = 0;
-    for (const auto& [name, p] : units[u]) n += p.numel();
-    f.params += n;
-    f.largest_unit = std::max(f.largest_unit, n);
-    if (static_cast<int64_t>(u) == model.head_unit()) f.head = n;
-  }
-  return f;
-}
-
-double MemoryPlan::total() const {
-  double sum = 0;
-  for (const auto& item : items) sum += item.bytes;
-  return sum;
-}
-
-const MemoryItem& MemoryPlan::biggest() const {
-  return *std::max_element(items.begin(), items.end(), [](const auto& a, const auto& b) { return a.bytes < b.bytes; });
-}
 
 namespace {
 // The student's device as the plan sees it (without touching a GPU).
@@ -194,88 +168,6 @@ MemoryPlan plan_memory(const Recipe& recipe, int64_t world_size, int64_t local_w
   std::string source;
   const double limit = device_memory_bytes(recipe, local_world_size, &source);
   return plan_memory(recipe, student, teachers, world_size, limit, source);
-}
-
-MemoryPlan plan_decoding_memory(const DecodingConfig& config, int64_t prompt_tokens, double limit,
-                                const std::string& limit_source) {
-  MemoryPlan plan;
-  plan.decoding = true;
-  plan.limit = limit;
-  plan.limit_source = limit_source;
-  std::vector<std::pair<std::string, const ModelSpec*>> used;  // role, spec
-  const std::string strategy = config.models ? config.fusion.strategy : "plain";
-  if (config.model) used.emplace_back("model", &*config.model);
-  if (config.models) {
-    const auto& m = *config.models;
-    used.emplace_back("large", &m.large);
-    if (strategy == "dynamic" || strategy == "static") {
-      if (m.base) used.emplace_back("base", &*m.base);
-      for (const auto& e : m.experts) used.emplace_back("expert", &e);
-    } else if (strategy == "expert_only" && !m.experts.empty()) {
-      used.clear();
-      const ModelSpec* chosen = &m.experts.front();
-      for (const auto& e : m.experts)
-        if (e.name == config.fusion.expert) chosen = &e;
-      used.emplace_back("expert", chosen);
-    }
-  }
-  const double batch = static_cast<double>(config.generation.batch_size);
-  const double length = static_cast<double>(prompt_tokens + config.generation.max_new_tokens);
-  double vocab = 0;
-  for (const auto& [role, spec] : used) {
-    const ModelConfig c = load_model_config(spec->path);
-    const std::string dtype = spec->dtype == "auto" ? c.dtype : spec->dtype;
-    const double b = dtype == "float32" || dtype == "fp32" ? 4.0 : 2.0;
-    const ModelFootprint f = model_footprint(c);
-    const std::string name = spec->name.empty() ? role : spec->name;
-    plan.parameters.emplace_back(name, f.params);
-    plan.items.push_back({name + " weights (" + dtype + ")", b * static_cast<double>(f.params), "a smaller dtype"});
-    const bool on_cpu = spec->device == "cpu" || (spec->device == "auto" && !at::hasCUDA());
-    if (config.generation.packed_head && b == 4.0 && on_cpu)
-      plan.items.push_back({name + " LM head, packed for CPU decoding",
-                            4.0 * static_cast<double>(c.vocab_size) * static_cast<double>(c.hidden_size),
-                            "generation.packed_head: false"});
-    if (config.generation.kv_cache)
-      plan.items.push_back({name + " KV cache", 2 * b * batch * length * static_cast<double>(c.num_layers * c.num_kv_heads * c.head_dim),
-                            "generation.batch_size"});
-    vocab = std::max(vocab, static_cast<double>(c.vocab_size));
-  }
-  // Each model's last-position logits in float32, and the α grid's fused candidates.
-  plan.items.push_back({"logit rows (fp32)", 4 * batch * vocab * (static_cast<double>(used.size()) + 2), "generation.batch_size"});
-  plan.items.push_back({"runtime (estimate)", 2.0e9, ""});
-  return plan;
-}
-
-std::string format_plan(const MemoryPlan& plan) {
-  std::string out = plan.decoding ? std::string("memory plan (one process):\n")
-                                  : "memory plan per rank (" + std::to_string(plan.world_size) + " rank(s), dist.zero " +
-                                        std::to_string(plan.zero) + "):\n";
-  for (const auto& [name, count] : plan.parameters) out += "  parameters of " + name + ": " + std::to_string(count) + "\n";
-  for (const auto& item : plan.items) {
-    char line[256];
-    std::snprintf(line, sizeof line, "  %-58s %12s\n", item.name.c_str(), format_bytes(item.bytes).c_str());
-    out += line;
-  }
-  char line[256];
-  std::snprintf(line, sizeof line, "  %-58s %12s\n", "total", format_bytes(plan.total()).c_str());
-  out += line;
-  if (plan.limit > 0)
-    out += "  limit " + format_bytes(plan.limit) + " (" + plan.limit_source + "): " +
-           (plan.total() <= plan.limit ? "fits" : "does NOT fit") + "\n";
-  else
-    out += "  limit unknown (" + plan.limit_source + ")\n";
-  return out;
-}
-
-void check_plan_fits(const MemoryPlan& plan) {
-  if (plan.limit <= 0 || plan.total() <= plan.limit) return;
-  const MemoryItem& big = plan.biggest();
-  throw InputError("memory plan: " +
-                       (plan.decoding ? std::string("decoding needs")
-                                      : std::to_string(plan.world_size) + " rank(s) at dist.zero " + std::to_string(plan.zero) + " need") +
-                       " " + format_bytes(plan.total()) + " per rank, more than the " + format_bytes(plan.limit) +
-                       " of " + plan.limit_source + "; the biggest item is " + big.name + " (" + format_bytes(big.bytes) + ")",
-                   big.fix.empty() ? "set run.memory_gb if the limit is wrong" : "try " + big.fix);
 }
 
 }  // namespace lf

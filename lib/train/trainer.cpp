@@ -19,18 +19,6 @@ namespace fs = std::filesystem;
 
 namespace lf {
 
-namespace {
-
-std::string resolve_resume(const Recipe& recipe, const TrainOptions& options) {
-  const bool has_checkpoints = !complete_checkpoints(recipe.run.output_dir).empty();
-  const bool finished = fs::exists(fs::path(recipe.run.output_dir) / "final" / "config.json");
-  if (options.resume.empty() && (has_checkpoints || finished))
-    throw InputError(recipe.run.output_dir + ": already holds " + (finished ? "a finished run" : "checkpoints of a run"),
-                     "continue it with --resume auto, or choose another run.output_dir");
-  return options.resume;
-}
-
-}  // namespace
 
 // The micro-batches of one step, with their on-policy completions, and the global counts that
 // normalise their losses.
@@ -41,12 +29,12 @@ struct Trainer::StepBatch {
   double input_tokens = 0;
 };
 
-Trainer::Trainer(const Recipe& recipe, const TrainOptions& options, const std::string& resume, Communicator& comm)
+Trainer::Trainer(const Recipe& recipe, const TrainOptions& options, Communicator& comm)
     : recipe_(recipe), options_(options), comm_(comm), bf16_(recipe.train.precision == "bf16") {
   // The memory plan first: nothing is loaded or written for a run that cannot fit. It also places
   // the teachers. (It is logged once the data has been read: a bad data line stays a one-line error.)
-  const MemoryPlan plan = plan_memory(recipe, comm.world_size(), options.local_world_size);
-  check_plan_fits(plan);
+  const MemoryPlan memory = plan_memory(recipe, comm.world_size(), options.local_world_size);
+  check_plan_fits(memory);
   const std::string recipe_text = recipe_to_yaml(recipe);
   fs::create_directories(recipe.run.output_dir);
   remove_unfinished_writes();
@@ -56,31 +44,34 @@ Trainer::Trainer(const Recipe& recipe, const TrainOptions& options, const std::s
 
   // data.train's bytes, hashed once: the key of its logits caches and of a checkpoint's resume.
   const std::string data_hash = hex64(hash_file(recipe.data.train));
-  participants_ = std::make_unique<Participants>(load_participants(recipe, plan, data_hash, comm));
+  participants_ = std::make_unique<Participants>(load_participants(recipe, memory, data_hash, comm));
   teachers_ = participants_->teacher_pointers();
   data_ = std::make_unique<TrainingData>(load_training_data(recipe, *participants_));
-  log_plan_and_coverage(recipe, plan, *participants_, data_->train);
+  log_plan_and_coverage(recipe, memory, *participants_, data_->train);
   alignment_ = std::make_unique<TokenAlignment>(build_token_alignment(recipe, options, *participants_));
   optimizer_ = make_optimizer(recipe, *participants_, comm);
   weights_ = std::make_unique<StudentWeights>(student_weights(*participants_, comm));
-  plan_ = std::make_unique<StepPlan>(plan_steps(recipe, data_->train, comm));
+  steps_ = std::make_unique<StepPlan>(plan_steps(recipe, data_->train, comm));
 
-  TrainerState fresh{0, {}, comm.world_size(), plan_->global_micro_batch, hex64(fnv1a64(recipe_text)), 0, ""};
+  TrainerState fresh;
+  fresh.world_size = comm.world_size();
+  fresh.global_micro_batch = steps_->global_micro_batch;
+  fresh.recipe_hash = hex64(fnv1a64(recipe_text));
   fresh.data_hash = data_hash;
-  state_ = std::make_unique<TrainerState>(resume_state(recipe, resume, fresh, *weights_, *optimizer_, comm));
-  sampler_ = std::make_unique<Sampler>(data_->train.lengths(), plan_->sampler, state_->cursor);
+  state_ = std::make_unique<TrainerState>(resume_state(recipe, options.resume, fresh, *weights_, *optimizer_, comm));
+  sampler_ = std::make_unique<Sampler>(data_->train.lengths(), steps_->sampler, state_->cursor);
   objectives_ = std::make_unique<Objectives>(make_objectives(recipe, participants_->student));
 
   const auto& tc = recipe.train;
   spdlog::info("training {} for {} steps ({} micro-batches of {} x {} rank(s) per epoch, grad_accum {}, {} teacher(s), "
                "{}, {}, zero {})",
-               recipe.student.path, plan_->total_steps, plan_->batches_per_epoch, tc.micro_batch_size, comm.world_size(),
+               recipe.student.path, steps_->total_steps, steps_->batches_per_epoch, tc.micro_batch_size, comm.world_size(),
                tc.grad_accum, participants_->teachers.size(), tc.precision, participants_->student.device.str(),
                recipe.dist.zero);
   if (objectives_->on_policy > 0)
     spdlog::info("on-policy distillation: {:.0f}% of the distillation weight on the student's own greedy completions "
                  "(up to {} tokens each)", 100 * objectives_->on_policy, recipe.loss.on_policy.max_new_tokens);
-  log_ = std::make_unique<RunLog>(recipe, comm, plan_->total_steps, state_->step);
+  log_ = std::make_unique<RunLog>(recipe, comm, steps_->total_steps, state_->step);
 }
 
 Trainer::~Trainer() = default;
@@ -119,7 +110,7 @@ Trainer::StepBatch Trainer::next_step_batch() {
   return batch;
 }
 
-loss::LossParts Trainer::micro_batch_backward(MicroBatch& mb, const loss::ObjectiveConfig& objective,
+loss::LossParts Trainer::micro_batch_forward_backward(MicroBatch& mb, const loss::ObjectiveConfig& objective,
                                               const loss::GlobalCounts& counts, bool arm_overlap,
                                               const std::vector<std::unique_ptr<RemoteRowsPrefetch>>* prefetch,
                                               size_t micro) {
@@ -205,8 +196,8 @@ StepResult Trainer::step() {
     // The completions first: the data's last micro-batch, which every rank has, arms the
     // overlapped gradient reduction.
     if (on_policy > 0 && batch.completions[a] && r.policy_counts.tokens > 0)
-      r.policy_parts += micro_batch_backward(batch.completions[a]->micro, objectives_->completions, r.policy_counts, false);
-    r.parts += micro_batch_backward(batch.micro[a], objectives_->data, r.counts, a + 1 == batch.micro.size(), &prefetch, a);
+      r.policy_parts += micro_batch_forward_backward(batch.completions[a]->micro, objectives_->completions, r.policy_counts, false);
+    r.parts += micro_batch_forward_backward(batch.micro[a], objectives_->data, r.counts, a + 1 == batch.micro.size(), &prefetch, a);
   }
   prefetch.clear();
   for (double* term : {&r.parts.total, &r.parts.sft, &r.parts.token, &r.parts.graph}) *term = comm_.all_reduce_sum(*term);
@@ -221,7 +212,7 @@ StepResult Trainer::step() {
   // A non-finite loss or gradient never reaches the weights.
   const std::string bad = nonfinite_reason(r);
   const auto& tc = recipe_.train;
-  r.lr = learning_rate(plan_->schedule, state_->step);
+  r.lr = learning_rate(steps_->schedule, state_->step);
   if (!bad.empty()) {
     if (!tc.skip_nonfinite)
       throw RuntimeFailure("step " + std::to_string(state_->step + 1) + ": non-finite " + bad + "; no weights were written",
@@ -240,7 +231,7 @@ StepResult Trainer::step() {
 
 void Trainer::log_step(const StepResult& r, double seconds) {
   const int64_t step = state_->step;
-  if (step % recipe_.log.every_steps != 0 && step != plan_->total_steps && step != 1) return;
+  if (step % recipe_.log.every_steps != 0 && step != steps_->total_steps && step != 1) return;
   const double all_input_tokens = comm_.all_reduce_sum(r.input_tokens);  // collective: every rank calls it
   nlohmann::json line = {{"step", step}, {"epoch", state_->cursor.epoch}, {"lr", r.lr}, {"loss", r.parts.total},
                          {"sft", r.parts.sft}, {"token", r.parts.token}, {"graph", r.parts.graph},
@@ -271,7 +262,7 @@ void Trainer::checkpoint() {
 
 int Trainer::run() {
   const auto& tc = recipe_.train;
-  const int64_t total = plan_->total_steps;
+  const int64_t total = steps_->total_steps;
   while (state_->step < total) {
     const auto started = std::chrono::steady_clock::now();
     const StepResult result = step();
@@ -311,12 +302,11 @@ void Trainer::write_final_model() {
 }
 
 int run_training(const Recipe& recipe, const TrainOptions& options, Communicator& comm) {
-  const std::string resume = resolve_resume(recipe, options);
-  if (resume == "auto" && fs::exists(fs::path(recipe.run.output_dir) / "final" / "config.json")) {
+  if (check_run_start(recipe.run.output_dir, options.resume) == RunStart::kAlreadyFinished) {
     spdlog::info("{}: the run has finished (final/ exists); nothing to do", recipe.run.output_dir);
     return 0;
   }
-  Trainer trainer(recipe, options, resume, comm);
+  Trainer trainer(recipe, options, comm);
   return trainer.run();
 }
 

@@ -52,8 +52,9 @@ class RunLog;
 
 class Trainer {
  public:
-  // Builds every part; `resume` as resolved by run_training. Writes recipe.resolved.yaml.
-  Trainer(const Recipe& recipe, const TrainOptions& options, const std::string& resume, Communicator& comm);
+  // Builds every part (resuming from options.resume, checked by check_run_start). Writes
+  // recipe.resolved.yaml.
+  Trainer(const Recipe& recipe, const TrainOptions& options, Communicator& comm);
   ~Trainer();
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
@@ -71,7 +72,7 @@ class Trainer {
   // cached rows), the objective.
   // `prefetch` (per teacher, null where not served): the step's served rows asked ahead, of which
   // this is micro-batch `micro`; without it (on-policy completions) they are asked now.
-  loss::LossParts micro_batch_backward(MicroBatch& mb, const loss::ObjectiveConfig& objective,
+  loss::LossParts micro_batch_forward_backward(MicroBatch& mb, const loss::ObjectiveConfig& objective,
                                        const loss::GlobalCounts& counts, bool arm_overlap,
                                        const std::vector<std::unique_ptr<RemoteRowsPrefetch>>* prefetch = nullptr,
                                        size_t micro = 0);
@@ -95,7 +96,7 @@ class Trainer {
   std::unique_ptr<TokenAlignment> alignment_;
   std::unique_ptr<DistributedOptimizer> optimizer_;
   std::unique_ptr<StudentWeights> weights_;
-  std::unique_ptr<StepPlan> plan_;
+  std::unique_ptr<StepPlan> steps_;
   std::unique_ptr<TrainerState> state_;
   std::unique_ptr<Sampler> sampler_;
   std::unique_ptr<Objectives> objectives_;

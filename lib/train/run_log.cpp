@@ -1,0 +1,45 @@
+#include "train/run_log.h"
+
+#include <unistd.h>
+
+#include <string>
+
+#include "core/error.h"
+
+namespace lf {
+
+MetricsLog::MetricsLog(const std::string& path, int64_t total_steps, int64_t first_step)
+    : total_(total_steps), first_(first_step), terminal_(isatty(STDOUT_FILENO) == 1), start_(std::chrono::steady_clock::now()) {
+  file_ = std::fopen(path.c_str(), "a");
+  if (!file_) throw RuntimeFailure(path + ": cannot open for appending");
+}
+
+MetricsLog::~MetricsLog() {
+  if (file_) std::fclose(file_);
+}
+
+void MetricsLog::write(const std::string& json_line) {
+  std::fputs(json_line.c_str(), file_);
+  std::fputc('\n', file_);
+  std::fflush(file_);
+}
+
+void MetricsLog::progress(int64_t step, double loss, double lr) {
+  if (!terminal_) return;
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  const double done = static_cast<double>(step - first_);
+  const double eta = done > 0 ? elapsed / done * static_cast<double>(total_ - step) : 0.0;
+  const int width = 30;
+  const int filled = total_ > 0 ? static_cast<int>(width * step / total_) : width;
+  std::string bar(filled, '=');
+  bar.resize(width, ' ');
+  std::printf("\r[%s] %lld/%lld loss %.4f lr %.2e ETA %02d:%02d ", bar.c_str(), static_cast<long long>(step),
+              static_cast<long long>(total_), loss, lr, static_cast<int>(eta) / 60, static_cast<int>(eta) % 60);
+  std::fflush(stdout);
+}
+
+void MetricsLog::finish_progress() {
+  if (terminal_) std::printf("\n");
+}
+
+}  // namespace lf
