@@ -46,6 +46,7 @@ CASES = {
     "killed-resumed": {"kill_after": 12, "train.max_steps": 40},
     "logits-cache": {"alignment.positions": "span", "loss.token.type": "kl", "loss.token.top_k": 8, "cache": True},
     "min-ce-mix": {"loss.teacher_mix": "min_ce"},
+    "teacher-shard-2ranks": {"teachers.0.placement": "shard", "train.micro_batch_size": 2, "ranks": 2},
     "exact-no-graph": {"alignment.positions": "exact", "loss.graph.type": "none"},
 }
 

@@ -133,19 +133,19 @@ struct TeacherSummaries {
   std::vector<std::vector<double>> weight;  // [S][B]
 };
 
-// A cached teacher's summary is read from its cache: graph top-k and token-mean CE per sequence.
-void read_cached_summary(const TeacherSide& t, int64_t s, const ObjectiveConfig& c, const at::Device& device,
+// A precomputed teacher's summary (from a cache or a server): graph top-k and token-mean CE per sequence.
+void read_precomputed_summary(const TeacherSide& t, int64_t s, const ObjectiveConfig& c, const at::Device& device,
                          const ResponseRows& rows, RowSummary& top, std::vector<double>& ce) {
   std::vector<at::Tensor> probs, ids;
   for (size_t b = 0; b < ce.size(); ++b) {
-    if (t.cached->graph_probs[b].size(0) != rows.per_sequence[b])
+    if (t.precomputed->graph_probs[b].size(0) != rows.per_sequence[b])
       throw InputError("stale logits cache: teacher " + std::to_string(s) + " has " +
-                           std::to_string(t.cached->graph_probs[b].size(0)) + " cached rows for a sequence with " +
+                           std::to_string(t.precomputed->graph_probs[b].size(0)) + " cached rows for a sequence with " +
                            std::to_string(rows.per_sequence[b]) + " response positions",
                        "re-run logitfuse cache-logits");
-    probs.push_back(t.cached->graph_probs[b].narrow(1, 0, c.graph_top_k).to(device));
-    ids.push_back(t.cached->graph_ids[b].narrow(1, 0, c.graph_top_k).to(device));
-    ce[b] = t.cached->ce[b];
+    probs.push_back(t.precomputed->graph_probs[b].narrow(1, 0, c.graph_top_k).to(device));
+    ids.push_back(t.precomputed->graph_ids[b].narrow(1, 0, c.graph_top_k).to(device));
+    ce[b] = t.precomputed->ce[b];
   }
   top = {at::cat(probs), at::cat(ids), at::Tensor()};
 }
@@ -171,9 +171,9 @@ TeacherSummaries summarise_teachers(const std::vector<TeacherSide>& teachers, co
   for (int64_t s = 0; s < p.S; ++s) {
     const auto& t = teachers[s];
     for (int64_t b = 0; b < p.B; ++b) out.weight[s][b] = t.weight;
-    if (t.cached) {
+    if (t.precomputed) {
       out.rows[s] = response_rows(*t.batch, device);
-      read_cached_summary(t, s, c, device, out.rows[s], out.top[s], teacher_ce[s]);
+      read_precomputed_summary(t, s, c, device, out.rows[s], out.top[s], teacher_ce[s]);
       continue;
     }
     out.rows[s] = response_rows(*t.batch, t.hidden.device());
@@ -240,9 +240,9 @@ struct Aligned {
 // into `live`, rows first..first+count of it); `cached_probs`/`cached_ids` keep the converted copies.
 TeacherRows span_rows_of(const TeacherSide& t, int64_t b, const TokenRows& live, int64_t first, int64_t count,
                          at::Tensor& cached_probs, at::Tensor& cached_ids) {
-  if (t.cached) {
-    cached_probs = t.cached->token_probs[b].to(at::kDouble).contiguous();
-    cached_ids = t.cached->token_ids[b].to(at::kLong).contiguous();
+  if (t.precomputed) {
+    cached_probs = t.precomputed->token_probs[b].to(at::kDouble).contiguous();
+    cached_ids = t.precomputed->token_ids[b].to(at::kLong).contiguous();
     return {cached_probs.data_ptr<double>(), cached_ids.data_ptr<int64_t>(), cached_probs.size(0), cached_probs.size(1)};
   }
   if (!live.probs.defined()) return {};
@@ -257,7 +257,7 @@ Aligned align_teacher(const StudentSide& student, const TeacherSide& t, int64_t 
   Aligned out;
   // Span alignment reads the teacher's rows on the CPU: the cache's, or computed here.
   TokenRows live;
-  if (t.span && !t.cached) {
+  if (t.span && !t.precomputed) {
     live = teacher_token_rows(t.hidden, t.logits, teachers.rows[s], c.token, c.chunk_rows);
     if (!teachers.top[s].probs.defined()) mark_nonfinite(parts, s, live.probs);
   }
@@ -346,14 +346,14 @@ at::Tensor token_rows_loss(const at::Tensor& logits, const TeacherSide& t, const
     auto [ids, mass] = padded_span_targets(a, k);
     return kl_family_on_student_ids(student_logits, ids.to(device), mass.to(device), c.token);
   }
-  if (t.cached) {
+  if (t.precomputed) {
     // Cached rows are the teacher's response rows in order: row = position − first response position.
     std::vector<at::Tensor> probs, ids;
     for (size_t i = k.begin; i < k.end; ++i) {
       const int64_t b = a.teacher_b[i];
       const int64_t row = a.teacher_t[i] - (*t.batch).rows[b]->first_label_position();
-      probs.push_back(t.cached->token_probs[b][row]);
-      ids.push_back(t.cached->token_ids[b][row]);
+      probs.push_back(t.precomputed->token_probs[b][row]);
+      ids.push_back(t.precomputed->token_ids[b][row]);
     }
     return token_loss_rows_topk(student_logits, at::stack(probs).to(device), at::stack(ids).to(device), c.token, t.vocab_map);
   }

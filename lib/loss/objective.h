@@ -39,15 +39,16 @@ struct StudentSide {
   bool always_body_backward = false;
 };
 
-// A teacher read from a logits cache instead of run: per batch row, the top-k probabilities and
-// ids of its label rows at the graph temperature and at the token temperature, and its CE.
-struct CachedTeacherRows {
+// A teacher's rows computed elsewhere (read from a logits cache, or answered by a server) instead of
+// its hidden states here: per batch row, the top-k probabilities and ids of its label rows at the
+// graph temperature and at the token temperature, and its CE.
+struct PrecomputedTeacherRows {
   std::vector<at::Tensor> graph_probs, graph_ids, token_probs, token_ids;
   std::vector<double> ce;
 };
 
 struct TeacherSide {
-  at::Tensor hidden;  // [B, Tt, d], no grad (undefined for a cached teacher)
+  at::Tensor hidden;  // [B, Tt, d], no grad (undefined for a teacher with precomputed rows)
   LogitsFn logits;    // evaluated under no-grad
   const ModelBatch* batch = nullptr;
   std::vector<PositionPairs> pairs;  // per row: (student position, teacher position)
@@ -56,7 +57,7 @@ struct TeacherSide {
   // distribution over the student's next token, projected from the teacher's rows; vocab_map unused.
   const SpanProjector* span = nullptr;
   double weight = 1.0;  // normalised mixing weight (uniform / weights)
-  std::shared_ptr<CachedTeacherRows> cached;  // set for an offline teacher
+  std::shared_ptr<PrecomputedTeacherRows> precomputed;  // set for a teacher read from a cache or a server
 };
 
 struct ObjectiveConfig {

@@ -136,7 +136,7 @@ void write_logits_caches(const Recipe& r) {
   if (!any) throw InputError("cache-logits: no teacher has teachers.N.logits_cache set", "set it to a directory for each teacher to cache");
 }
 
-void append_teacher_rows(loss::CachedTeacherRows& out, const Recipe& r, int64_t k, at::Tensor graph_probs, at::Tensor graph_ids,
+void append_teacher_rows(loss::PrecomputedTeacherRows& out, const Recipe& r, int64_t k, at::Tensor graph_probs, at::Tensor graph_ids,
                          const at::Tensor& token_probs, const at::Tensor& token_ids, double ce) {
   // The graph reads all k; the token loss its own top_k of them.
   const int64_t token_k = std::min(r.loss.token.top_k.value_or(k), k);
@@ -147,8 +147,8 @@ void append_teacher_rows(loss::CachedTeacherRows& out, const Recipe& r, int64_t 
   out.ce.push_back(ce);
 }
 
-std::shared_ptr<loss::CachedTeacherRows> cached_rows(const LogitsCache& cache, const MicroBatch& batch, const Recipe& r) {
-  auto out = std::make_shared<loss::CachedTeacherRows>();
+std::shared_ptr<loss::PrecomputedTeacherRows> cached_rows(const LogitsCache& cache, const MicroBatch& batch, const Recipe& r) {
+  auto out = std::make_shared<loss::PrecomputedTeacherRows>();
   const size_t graph_t = temperature_index(cache.spec(), r.loss.graph.temperature);
   const size_t token_t = temperature_index(cache.spec(), r.loss.token.temperature);
   for (int64_t line : batch.lines) {

@@ -30,10 +30,10 @@ void write_logits_caches(const Recipe& recipe);
 
 // One example's teacher rows (cached or served) appended for the objective: the graph reads all k
 // rows' columns, the token loss its own loss.token.top_k of them.
-void append_teacher_rows(loss::CachedTeacherRows& out, const Recipe& recipe, int64_t k, at::Tensor graph_probs,
+void append_teacher_rows(loss::PrecomputedTeacherRows& out, const Recipe& recipe, int64_t k, at::Tensor graph_probs,
                          at::Tensor graph_ids, const at::Tensor& token_probs, const at::Tensor& token_ids, double ce);
 
 // The cached rows of one micro-batch for the objective.
-std::shared_ptr<loss::CachedTeacherRows> cached_rows(const LogitsCache& cache, const MicroBatch& batch, const Recipe& recipe);
+std::shared_ptr<loss::PrecomputedTeacherRows> cached_rows(const LogitsCache& cache, const MicroBatch& batch, const Recipe& recipe);
 
 }  // namespace lf

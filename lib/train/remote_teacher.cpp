@@ -70,9 +70,9 @@ std::vector<TeacherLabelRows> label_rows(const RemoteTeacher& teacher, const std
   return out;
 }
 
-std::shared_ptr<loss::CachedTeacherRows> rows_of(const RemoteTeacher& teacher, const Recipe& r, const ModelBatch& batch,
+std::shared_ptr<loss::PrecomputedTeacherRows> rows_of(const RemoteTeacher& teacher, const Recipe& r, const ModelBatch& batch,
                                                  const RemoteRowsPrefetch::Answers& answers) {
-  auto out = std::make_shared<loss::CachedTeacherRows>();
+  auto out = std::make_shared<loss::PrecomputedTeacherRows>();
   for (auto& rows : label_rows(teacher, batch.rows, answers))
     append_teacher_rows(*out, r, teacher.k, rows.probs, rows.ids, rows.probs, rows.ids, rows.ce);
   return out;
@@ -84,7 +84,7 @@ std::vector<TeacherLabelRows> remote_label_rows(const RemoteTeacher& teacher, co
   return label_rows(teacher, sequences, *ask(teacher, sequences));
 }
 
-std::shared_ptr<loss::CachedTeacherRows> remote_rows(const RemoteTeacher& teacher, const Recipe& r, const ModelBatch& batch) {
+std::shared_ptr<loss::PrecomputedTeacherRows> remote_rows(const RemoteTeacher& teacher, const Recipe& r, const ModelBatch& batch) {
   return rows_of(teacher, r, batch, *ask(teacher, batch.rows));
 }
 
@@ -114,7 +114,7 @@ RemoteRowsPrefetch::~RemoteRowsPrefetch() {
   if (worker_.joinable()) worker_.join();
 }
 
-std::shared_ptr<loss::CachedTeacherRows> RemoteRowsPrefetch::get(size_t micro) {
+std::shared_ptr<loss::PrecomputedTeacherRows> RemoteRowsPrefetch::get(size_t micro) {
   return rows_of(teacher_, recipe_, *batches_.at(micro), *futures_.at(micro).get());
 }
 

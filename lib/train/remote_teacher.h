@@ -48,7 +48,7 @@ struct TeacherLabelRows {
 std::vector<TeacherLabelRows> remote_label_rows(const RemoteTeacher& teacher, const std::vector<const TokenizedSequence*>& sequences);
 
 // The rows of one micro-batch for the objective (the same shape cached_rows gives), asked now.
-std::shared_ptr<loss::CachedTeacherRows> remote_rows(const RemoteTeacher& teacher, const Recipe& recipe, const ModelBatch& batch);
+std::shared_ptr<loss::PrecomputedTeacherRows> remote_rows(const RemoteTeacher& teacher, const Recipe& recipe, const ModelBatch& batch);
 
 // A step's rows of one served teacher, asked in the background one micro-batch after another (each
 // with the server's concurrency in flight), so that the requests overlap the student's compute: its
@@ -66,7 +66,7 @@ class RemoteRowsPrefetch {
   RemoteRowsPrefetch(const RemoteRowsPrefetch&) = delete;
   RemoteRowsPrefetch& operator=(const RemoteRowsPrefetch&) = delete;
   // Micro-batch `micro`'s rows, waiting for them; rethrows what asking for them threw.
-  std::shared_ptr<loss::CachedTeacherRows> get(size_t micro);
+  std::shared_ptr<loss::PrecomputedTeacherRows> get(size_t micro);
 
   struct Answers;  // a micro-batch's parsed answers
 

@@ -61,6 +61,7 @@ Trainer::Trainer(const Recipe& recipe, const TrainOptions& options, Communicator
   state_ = std::make_unique<TrainerState>(resume_state(recipe, options.resume, fresh, *weights_, *optimizer_, comm));
   sampler_ = std::make_unique<Sampler>(data_->train.lengths(), steps_->sampler, state_->cursor);
   objectives_ = std::make_unique<Objectives>(make_objectives(recipe, participants_->student));
+  teacher_records_ = teacher_records(*participants_, *alignment_, *objectives_);
 
   const auto& tc = recipe.train;
   spdlog::info("training {} for {} steps ({} micro-batches of {} x {} rank(s) per epoch, grad_accum {}, {} teacher(s), "
@@ -129,32 +130,31 @@ loss::LossParts Trainer::micro_batch_forward_backward(MicroBatch& mb, const loss
     if (arm_overlap) optimizer_->arm_overlap();
   };
   std::vector<loss::TeacherSide> sides;
-  const auto& teachers = participants_->teachers;
-  for (size_t s = 0; s < teachers.size(); ++s) {
+  for (size_t s = 0; s < teacher_records_.size(); ++s) {
     at::NoGradGuard no_grad;
-    const Participant& t = teachers[s];
-    const VocabMap* vocab_map = alignment_->kl_family ? &alignment_->vocab_maps[s] : nullptr;
-    const double weight = objectives_->mix_weights[s];
-    if (const auto& cache = participants_->caches[s]) {
-      sides.push_back({at::Tensor(), nullptr, &mb.teachers[s], mb.pairs[s], vocab_map, alignment_->projectors[s].get(),
-                       weight, cached_rows(*cache, mb, recipe_)});
-      continue;
+    const TeacherRecord& t = teacher_records_[s];
+    loss::TeacherSide teacher{at::Tensor(), nullptr, &mb.teachers[s], mb.pairs[s], t.vocab_map, t.projector, t.weight, nullptr};
+    switch (t.rows) {
+      case TeacherRecord::Rows::kCached:
+        teacher.precomputed = cached_rows(*t.cache, mb, recipe_);
+        break;
+      case TeacherRecord::Rows::kServed:
+        teacher.precomputed = prefetch && prefetch->at(s) ? prefetch->at(s)->get(micro) : remote_rows(*t.server, recipe_, mb.teachers[s]);
+        break;
+      case TeacherRecord::Rows::kOnline:
+      case TeacherRecord::Rows::kSharded: {
+        const Participant& m = *t.model;
+        teacher.hidden = m.model->hidden_states(mb.teachers[s].input_ids.to(m.device));
+        teacher.logits = [&m](const at::Tensor& h) { return m.logits(h); };
+        if (t.sharded) t.sharded->gather(m.model->head_unit());
+        break;
+      }
     }
-    if (const auto& remote = participants_->remote[s]) {
-      sides.push_back({at::Tensor(), nullptr, &mb.teachers[s], mb.pairs[s], vocab_map, alignment_->projectors[s].get(),
-                       weight,
-                       prefetch && prefetch->at(s) ? prefetch->at(s)->get(micro)
-                                                   : remote_rows(*remote, recipe_, mb.teachers[s])});
-      continue;
-    }
-    sides.push_back({t.model->hidden_states(mb.teachers[s].input_ids.to(t.device)),
-                     [&t](const at::Tensor& h) { return t.logits(h); }, &mb.teachers[s], mb.pairs[s], vocab_map,
-                     alignment_->projectors[s].get(), weight, nullptr});
-    if (participants_->sharded_teachers[s]) participants_->sharded_teachers[s]->gather(t.model->head_unit());
+    sides.push_back(std::move(teacher));
   }
   const loss::LossParts parts = loss::backward_fusion_loss(side, sides, objective, counts);
-  for (auto& sharded : participants_->sharded_teachers)
-    if (sharded) sharded->release(sharded->model().head_unit());
+  for (const TeacherRecord& t : teacher_records_)
+    if (t.sharded) t.sharded->release(t.sharded->model().head_unit());
   return parts;
 }
 
@@ -185,12 +185,12 @@ StepResult Trainer::step() {
   r.input_tokens = batch.input_tokens;
   // Served teachers' rows for the whole step are asked now, in the background (declared after
   // `batch`, whose sequences they read, so that they stop first when a step throws).
-  std::vector<std::unique_ptr<RemoteRowsPrefetch>> prefetch(participants_->remote.size());
-  for (size_t s = 0; s < participants_->remote.size(); ++s) {
-    if (!participants_->remote[s]) continue;
+  std::vector<std::unique_ptr<RemoteRowsPrefetch>> prefetch(teacher_records_.size());
+  for (size_t s = 0; s < teacher_records_.size(); ++s) {
+    if (teacher_records_[s].rows != TeacherRecord::Rows::kServed) continue;
     std::vector<const ModelBatch*> batches;
     for (const auto& mb : batch.micro) batches.push_back(&mb.teachers[s]);
-    prefetch[s] = std::make_unique<RemoteRowsPrefetch>(*participants_->remote[s], recipe_, std::move(batches));
+    prefetch[s] = std::make_unique<RemoteRowsPrefetch>(*teacher_records_[s].server, recipe_, std::move(batches));
   }
   for (size_t a = 0; a < batch.micro.size(); ++a) {
     // The completions first: the data's last micro-batch, which every rank has, arms the

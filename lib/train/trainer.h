@@ -42,6 +42,7 @@ struct TrainingData;
 struct TokenAlignment;
 struct StepPlan;
 struct Objectives;
+struct TeacherRecord;
 struct StudentWeights;
 class RemoteRowsPrefetch;
 struct TrainerState;
@@ -92,6 +93,7 @@ class Trainer {
   bool bf16_ = false;
   std::unique_ptr<Participants> participants_;
   std::vector<const Participant*> teachers_;  // participants_->teachers, as the data and on-policy code take them
+  std::vector<TeacherRecord> teacher_records_;  // per teacher: its rows' source, alignment and weight
   std::unique_ptr<TrainingData> data_;
   std::unique_ptr<TokenAlignment> alignment_;
   std::unique_ptr<DistributedOptimizer> optimizer_;

@@ -288,6 +288,26 @@ Objectives make_objectives(const Recipe& recipe, const Participant& student) {
   return out;
 }
 
+std::vector<TeacherRecord> teacher_records(const Participants& participants, const TokenAlignment& alignment,
+                                           const Objectives& objectives) {
+  std::vector<TeacherRecord> out(participants.teachers.size());
+  for (size_t s = 0; s < out.size(); ++s) {
+    TeacherRecord& t = out[s];
+    t.model = &participants.teachers[s];
+    t.sharded = participants.sharded_teachers[s].get();
+    t.cache = participants.caches[s].get();
+    t.server = participants.remote[s] ? &*participants.remote[s] : nullptr;
+    t.rows = t.cache    ? TeacherRecord::Rows::kCached
+             : t.server ? TeacherRecord::Rows::kServed
+             : t.sharded ? TeacherRecord::Rows::kSharded
+                         : TeacherRecord::Rows::kOnline;
+    t.vocab_map = alignment.kl_family ? &alignment.vocab_maps[s] : nullptr;
+    t.projector = alignment.projectors[s].get();
+    t.weight = objectives.mix_weights[s];
+  }
+  return out;
+}
+
 double evaluate_student(const Participant& student, const std::vector<TokenizedSequence>& eval, int64_t batch_size,
                         bool bf16, Communicator& comm, bool lockstep) {
   at::NoGradGuard no_grad;

@@ -101,6 +101,27 @@ struct Objectives {
 };
 Objectives make_objectives(const Recipe& recipe, const Participant& student);
 
+// One teacher as a step reads it, built once from the parts above: where its rows come from, how it is
+// aligned to the student, and its mixing weight.
+struct TeacherRecord {
+  enum class Rows {
+    kOnline,   // its forward pass here, whole
+    kSharded,  // its forward pass here, its weights sharded over the ranks (its LM head gathered for the loss)
+    kCached,   // its top-k rows read from its logits cache
+    kServed,   // its top-k rows asked of a server
+  };
+  Rows rows = Rows::kOnline;
+  const Participant* model = nullptr;        // tokenizer and template always; weights when online or sharded
+  ShardedModel* sharded = nullptr;           // kSharded
+  const LogitsCache* cache = nullptr;        // kCached
+  const RemoteTeacher* server = nullptr;     // kServed
+  const VocabMap* vocab_map = nullptr;       // the KL family's vocabulary map; null otherwise
+  const SpanProjector* projector = nullptr;  // span alignment; null otherwise
+  double weight = 1.0;                       // normalised mixing weight (min_ce re-weights per sequence)
+};
+std::vector<TeacherRecord> teacher_records(const Participants& participants, const TokenAlignment& alignment,
+                                           const Objectives& objectives);
+
 // Token-mean cross entropy of the student on an evaluation set; each rank takes every world_size-th
 // example and the sums are reduced. `lockstep` (a sharded student, whose forward is collective): every
 // rank runs as many batches as rank 0, one with no examples left repeating the first and counting nothing.

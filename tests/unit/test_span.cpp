@@ -114,7 +114,7 @@ struct Toy {
   }
   std::pair<lf::loss::LossParts, at::Tensor> run(const lf::loss::ObjectiveConfig& config, const std::vector<lf::PositionPairs>& p,
                                                  const lf::VocabMap* map, const lf::SpanProjector* span,
-                                                 std::shared_ptr<lf::loss::CachedTeacherRows> cached = nullptr,
+                                                 std::shared_ptr<lf::loss::PrecomputedTeacherRows> cached = nullptr,
                                                  at::Tensor head_value = at::Tensor()) const {
     at::Tensor h = (head_value.defined() ? head_value : head).clone().requires_grad_(true);
     at::Tensor e = embed.clone().requires_grad_(true);
@@ -127,8 +127,8 @@ struct Toy {
     return {parts, h.grad()};
   }
   // What a logits cache would hold for this teacher: top-k at its label rows.
-  std::shared_ptr<lf::loss::CachedTeacherRows> cache(int64_t k) const {
-    auto out = std::make_shared<lf::loss::CachedTeacherRows>();
+  std::shared_ptr<lf::loss::PrecomputedTeacherRows> cache(int64_t k) const {
+    auto out = std::make_shared<lf::loss::PrecomputedTeacherRows>();
     at::Tensor hidden = at::embedding(t_embed, tb.input_ids);
     for (size_t b = 0; b < teacher_seqs.size(); ++b) {
       const auto& seq = teacher_seqs[b];
