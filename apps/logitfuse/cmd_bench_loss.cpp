@@ -46,7 +46,7 @@ void add_bench_loss(CLI::App& bench) {
     at::Tensor labels = at::randint(opt->vocab, {opt->rows}, generator, at::kLong).to(device);
     at::Tensor xt = kernels::softmax_topk(teacher, opt->k, 1.0).probs;
     loss::GldOptions gld;
-    loss::TokenLossOptions uld_topk{"uld", opt->k, 1.0, 0.5}, uld_full{"uld", {}, 1.0, 0.5};
+    loss::TokenLossOptions uld_topk{loss::TokenLoss::kUld, opt->k, 1.0, 0.5}, uld_full{loss::TokenLoss::kUld, {}, 1.0, 0.5};
     auto step = [&] {
       logits.mutable_grad() = at::Tensor();
       at::Tensor loss = at::zeros({}, at::TensorOptions().device(device));

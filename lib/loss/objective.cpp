@@ -96,12 +96,12 @@ TokenRows teacher_token_rows(const at::Tensor& hidden, const LogitsFn& logits_fn
 
 at::Tensor graph_distance(const at::Tensor& xs, const at::Tensor& ids_s, const at::Tensor& xt, const at::Tensor& ids_t,
                           const ObjectiveConfig& c) {
-  if (c.graph_solver == "entropic") {
+  if (c.graph_solver == GraphSolver::kEntropic) {
     at::Tensor cs = at::matmul(xs.t(), xs), ct = at::matmul(xt.t(), xt);
     return entropic_gw(cs, ct.to(cs.scalar_type()), c.entropic);
   }
-  at::Tensor fs = c.graph_nodes == "vocab" ? vocab_node_features(xs, ids_s, c.gld) : rank_node_features(xs, c.gld);
-  at::Tensor ft = c.graph_nodes == "vocab" ? vocab_node_features(xt, ids_t, c.gld) : rank_node_features(xt, c.gld);
+  at::Tensor fs = c.graph_nodes == GraphNodes::kVocab ? vocab_node_features(xs, ids_s, c.gld) : rank_node_features(xs, c.gld);
+  at::Tensor ft = c.graph_nodes == GraphNodes::kVocab ? vocab_node_features(xt, ids_t, c.gld) : rank_node_features(xt, c.gld);
   return sorted_feature_distance(fs, ft, c.gld.p);
 }
 
@@ -119,7 +119,7 @@ Plan plan_objective(const StudentSide& student, const std::vector<TeacherSide>& 
   p.lambda = p.S > 0 ? c.distill_weight : 0.0;
   p.sft_weight = c.sft_weight ? *c.sft_weight : 1.0 - p.lambda;
   p.use_graph = p.S > 0 && c.graph && c.graph_weight > 0 && p.lambda > 0;
-  p.use_token = p.S > 0 && c.token.type != "none" && p.lambda > 0;
+  p.use_token = p.S > 0 && c.token.type != TokenLoss::kNone && p.lambda > 0;
   return p;
 }
 
@@ -179,7 +179,7 @@ TeacherSummaries summarise_teachers(const std::vector<TeacherSide>& teachers, co
     out.rows[s] = response_rows(*t.batch, t.hidden.device());
     // Nothing reads the teacher's top-k or CE: no second pass over its logits (the token term reads
     // them in the main pass, which checks them for non-finite values).
-    if (!p.use_graph && c.teacher_mix != "min_ce") continue;
+    if (!p.use_graph && c.teacher_mix != TeacherMix::kMinCe) continue;
     out.top[s] = summarise(t.hidden, t.logits, out.rows[s], c.graph_top_k, c.graph_temperature, c.chunk_rows);
     const at::Tensor ce = out.top[s].ce.cpu();
     for (int64_t b = 0; b < p.B; ++b) {
@@ -187,7 +187,7 @@ TeacherSummaries summarise_teachers(const std::vector<TeacherSide>& teachers, co
       teacher_ce[s][b] = n > 0 ? ce.narrow(0, out.rows[s].first[b], n).mean().item<double>() : 1e30;
     }
   }
-  if (c.teacher_mix == "min_ce") mix_by_min_ce(teacher_ce, out.weight);
+  if (c.teacher_mix == TeacherMix::kMinCe) mix_by_min_ce(teacher_ce, out.weight);
   return out;
 }
 
@@ -412,6 +412,25 @@ void chunk_backward(const at::Tensor& logits, const ResponseRows& rows, int64_t 
 }
 
 }  // namespace
+
+TeacherMix parse_teacher_mix(const std::string& name) {
+  if (name == "uniform") return TeacherMix::kUniform;
+  if (name == "weights") return TeacherMix::kWeights;
+  if (name == "min_ce") return TeacherMix::kMinCe;
+  throw std::invalid_argument("unknown teacher mix '" + name + "'");
+}
+
+GraphNodes parse_graph_nodes(const std::string& name) {
+  if (name == "rank") return GraphNodes::kRank;
+  if (name == "vocab") return GraphNodes::kVocab;
+  throw std::invalid_argument("unknown graph nodes '" + name + "'");
+}
+
+GraphSolver parse_graph_solver(const std::string& name) {
+  if (name == "sorted") return GraphSolver::kSorted;
+  if (name == "entropic") return GraphSolver::kEntropic;
+  throw std::invalid_argument("unknown graph solver '" + name + "'");
+}
 
 LossParts backward_fusion_loss(const StudentSide& student, const std::vector<TeacherSide>& teachers,
                                const ObjectiveConfig& c, const GlobalCounts& counts) {

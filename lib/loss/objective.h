@@ -60,16 +60,27 @@ struct TeacherSide {
   std::shared_ptr<PrecomputedTeacherRows> precomputed;  // set for a teacher read from a cache or a server
 };
 
+// How teachers are mixed (loss.teacher_mix): uniformly, by teachers.N.weight, or per sequence to the
+// teacher with the lowest token-mean CE.
+enum class TeacherMix { kUniform, kWeights, kMinCe };
+// GLD's graph nodes (loss.graph.nodes): top-k ranks, or vocabulary ids; and its solver (loss.graph.solver).
+enum class GraphNodes { kRank, kVocab };
+enum class GraphSolver { kSorted, kEntropic };
+// The recipe's words as the enums; std::invalid_argument otherwise (the recipe is validated first).
+TeacherMix parse_teacher_mix(const std::string& name);
+GraphNodes parse_graph_nodes(const std::string& name);
+GraphSolver parse_graph_solver(const std::string& name);
+
 struct ObjectiveConfig {
-  double distill_weight = 0.5;          // λ
-  std::string teacher_mix = "uniform";  // uniform | weights | min_ce
+  double distill_weight = 0.5;  // λ
+  TeacherMix teacher_mix = TeacherMix::kUniform;
   TokenLossOptions token;
   bool graph = true;
   double graph_weight = 1.0;  // β
   int64_t graph_top_k = 10;
   double graph_temperature = 1.0;
-  std::string graph_nodes = "rank";  // rank | vocab
-  std::string graph_solver = "sorted";
+  GraphNodes graph_nodes = GraphNodes::kRank;
+  GraphSolver graph_solver = GraphSolver::kSorted;
   GldOptions gld;
   EntropicGwOptions entropic;
   int64_t chunk_rows = 1024;  // logit rows alive at once

@@ -72,16 +72,16 @@ at::Tensor kl_family_against(const at::Tensor& s, const at::Tensor& teacher, con
                              const TokenLossOptions& o) {
   at::Tensor log_student = kernels::log_softmax(s, o.temperature);
   at::Tensor rows;
-  if (o.type == "kl") {
+  if (o.type == TokenLoss::kKl) {
     rows = kl_rows(teacher, log_teacher, log_student);
-  } else if (o.type == "rkl" || o.type == "jsd") {
+  } else if (o.type == TokenLoss::kRkl || o.type == TokenLoss::kJsd) {
     // rkl and jsd compare on the teacher's support, with the student renormalised there: outside
     // it the (top-k) teacher has no probability and KL(p_S ‖ p_T) would be infinite.
     at::Tensor support = teacher > 0;
     at::Tensor log_s = log_student.masked_fill(support.logical_not(), -1e30);
     log_s = log_s - at::logsumexp(log_s, 1, true);
     at::Tensor student = log_s.exp().masked_fill(support.logical_not(), 0.0);
-    if (o.type == "rkl") {
+    if (o.type == TokenLoss::kRkl) {
       rows = kl_rows(student, log_s, log_teacher);
     } else {
       at::Tensor mix = o.beta * teacher + (1.0 - o.beta) * student;
@@ -89,7 +89,7 @@ at::Tensor kl_family_against(const at::Tensor& s, const at::Tensor& teacher, con
       rows = o.beta * kl_rows(teacher, log_teacher, log_mix) + (1.0 - o.beta) * kl_rows(student, log_s, log_mix);
     }
   } else {
-    throw InputError("loss.token.type=" + o.type + " does not compare token identities (use kl, rkl or jsd)");
+    throw InputError(std::string("loss.token.type=") + token_loss_name(o.type) + " does not compare token identities (use kl, rkl or jsd)");
   }
   // A row whose teacher mass mapped nowhere has an all-zero teacher and contributes nothing.
   rows = rows.masked_fill(teacher.sum(1) <= 0, 0.0);
@@ -122,11 +122,11 @@ at::Tensor kl_family_on_student_ids(const at::Tensor& s, const at::Tensor& stude
 
 at::Tensor token_loss_rows(const at::Tensor& student_logits, const at::Tensor& teacher_logits,
                            const TokenLossOptions& options, const VocabMap* map) {
-  if (options.type == "uld") return uld_rows(student_logits, teacher_logits, options);
-  if (options.type == "kl" || options.type == "rkl" || options.type == "jsd") {
-    if (!map) throw InputError("loss.token.type=" + options.type + " needs a vocabulary map (alignment.vocab)");
+  if (options.type == TokenLoss::kUld) return uld_rows(student_logits, teacher_logits, options);
+  if (is_kl_family(options.type)) {
+    if (!map) throw InputError(std::string("loss.token.type=") + token_loss_name(options.type) + " needs a vocabulary map (alignment.vocab)");
     if (!options.top_k && is_identity(*map, student_logits.size(1), teacher_logits.size(1))) {
-      if (options.type == "kl")
+      if (options.type == TokenLoss::kKl)
         return kernels::full_kl_rows(student_logits, teacher_logits.to(student_logits.device()), options.temperature);
       // Same vocabulary, full distributions: no mapping, no scatter into a second [P, V] buffer.
       at::Tensor log_teacher;
@@ -152,17 +152,37 @@ at::Tensor token_loss_rows(const at::Tensor& student_logits, const at::Tensor& t
     }
     return kl_family_rows(student_logits, probs, ids, options, *map);
   }
-  throw InputError("loss.token.type: unknown type '" + options.type + "'");
+  throw InputError(std::string("loss.token.type: ") + token_loss_name(options.type) + " has no per-row loss");
 }
 
 at::Tensor token_loss_rows_topk(const at::Tensor& student_logits, const at::Tensor& teacher_probs,
                                 const at::Tensor& teacher_ids, const TokenLossOptions& options, const VocabMap* map) {
-  if (options.type == "uld") return uld_topk_rows(student_logits, teacher_probs.to(student_logits.device()), options);
-  if (options.type == "kl" || options.type == "rkl" || options.type == "jsd") {
-    if (!map) throw InputError("loss.token.type=" + options.type + " needs a vocabulary map (alignment.vocab)");
+  if (options.type == TokenLoss::kUld) return uld_topk_rows(student_logits, teacher_probs.to(student_logits.device()), options);
+  if (is_kl_family(options.type)) {
+    if (!map) throw InputError(std::string("loss.token.type=") + token_loss_name(options.type) + " needs a vocabulary map (alignment.vocab)");
     return kl_family_rows(student_logits, teacher_probs, teacher_ids, options, *map);
   }
-  throw InputError("loss.token.type: unknown type '" + options.type + "'");
+  throw InputError(std::string("loss.token.type: ") + token_loss_name(options.type) + " has no per-row loss");
+}
+
+TokenLoss parse_token_loss(const std::string& name) {
+  if (name == "none") return TokenLoss::kNone;
+  if (name == "uld") return TokenLoss::kUld;
+  if (name == "kl") return TokenLoss::kKl;
+  if (name == "rkl") return TokenLoss::kRkl;
+  if (name == "jsd") return TokenLoss::kJsd;
+  throw std::invalid_argument("unknown token loss '" + name + "'");
+}
+
+const char* token_loss_name(TokenLoss type) {
+  switch (type) {
+    case TokenLoss::kNone: return "none";
+    case TokenLoss::kUld: return "uld";
+    case TokenLoss::kKl: return "kl";
+    case TokenLoss::kRkl: return "rkl";
+    case TokenLoss::kJsd: return "jsd";
+  }
+  return "?";
 }
 
 }  // namespace lf::loss

@@ -5,14 +5,24 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <stdexcept>
 #include <string>
 
 #include "align/vocab_map.h"
 
 namespace lf::loss {
 
+// The token-level distillation term (loss.token.type): ULD, the KL family (forward, reverse, JSD),
+// or none.
+enum class TokenLoss { kNone, kUld, kKl, kRkl, kJsd };
+// The recipe's word ("none", "uld", "kl", "rkl", "jsd") as the enum; std::invalid_argument otherwise
+// (the recipe is validated before it gets here).
+TokenLoss parse_token_loss(const std::string& name);
+const char* token_loss_name(TokenLoss type);
+inline bool is_kl_family(TokenLoss type) { return type == TokenLoss::kKl || type == TokenLoss::kRkl || type == TokenLoss::kJsd; }
+
 struct TokenLossOptions {
-  std::string type = "uld";       // uld | kl | rkl | jsd | none
+  TokenLoss type = TokenLoss::kUld;
   std::optional<int64_t> top_k;   // ULD: top-k plus a tail bucket (default: full); KL family: teacher top-k (default: full)
   double temperature = 1.0;
   double beta = 0.5;              // jsd mixing weight

@@ -69,7 +69,7 @@ Trainer::Trainer(const Recipe& recipe, const TrainOptions& options, Communicator
                recipe.student.path, steps_->total_steps, steps_->batches_per_epoch, tc.micro_batch_size, comm.world_size(),
                tc.grad_accum, participants_->teachers.size(), tc.precision, participants_->student.device.str(),
                recipe.dist.zero);
-  if (objectives_->on_policy > 0)
+  if (objectives_->with_completions())
     spdlog::info("on-policy distillation: {:.0f}% of the distillation weight on the student's own greedy completions "
                  "(up to {} tokens each)", 100 * objectives_->on_policy, recipe.loss.on_policy.max_new_tokens);
   log_ = std::make_unique<RunLog>(recipe, comm, steps_->total_steps, state_->step);
@@ -88,7 +88,7 @@ void Trainer::remove_unfinished_writes() {
 
 Trainer::StepBatch Trainer::next_step_batch() {
   StepBatch batch;
-  const double on_policy = objectives_->on_policy;
+  const bool on_policy = objectives_->with_completions();
   double local_tokens = 0, local_sequences = 0, policy_tokens = 0, policy_sequences = 0;
   for (int64_t a = 0; a < recipe_.train.grad_accum; ++a) {
     const std::vector<int64_t> indices = sampler_->next();
@@ -97,7 +97,7 @@ Trainer::StepBatch Trainer::next_step_batch() {
     local_tokens += static_cast<double>(mb.student.label_tokens);
     local_sequences += static_cast<double>(mb.sequences());
     for (const auto* row : mb.student.rows) batch.input_tokens += static_cast<double>(row->length());
-    if (on_policy <= 0) continue;
+    if (!on_policy) continue;
     batch.completions.push_back(
         make_on_policy_batch(data_->train, indices, participants_->student, teachers_, objectives_->on_policy_options));
     if (const auto& completion = batch.completions.back()) {
@@ -107,7 +107,7 @@ Trainer::StepBatch Trainer::next_step_batch() {
   }
   batch.counts = {comm_.all_reduce_sum(local_tokens), comm_.all_reduce_sum(local_sequences)};
   if (options_.inject_fault == "local_token_mean") batch.counts.tokens = local_tokens * comm_.world_size();
-  if (on_policy > 0) batch.policy_counts = {comm_.all_reduce_sum(policy_tokens), comm_.all_reduce_sum(policy_sequences)};
+  if (on_policy) batch.policy_counts = {comm_.all_reduce_sum(policy_tokens), comm_.all_reduce_sum(policy_sequences)};
   return batch;
 }
 
@@ -178,7 +178,7 @@ std::string Trainer::nonfinite_reason(const StepResult& r) {
 
 StepResult Trainer::step() {
   StepBatch batch = next_step_batch();
-  const double on_policy = objectives_->on_policy;
+  const bool on_policy = objectives_->with_completions();
   StepResult r;
   r.counts = batch.counts;
   r.policy_counts = batch.policy_counts;
@@ -195,13 +195,13 @@ StepResult Trainer::step() {
   for (size_t a = 0; a < batch.micro.size(); ++a) {
     // The completions first: the data's last micro-batch, which every rank has, arms the
     // overlapped gradient reduction.
-    if (on_policy > 0 && batch.completions[a] && r.policy_counts.tokens > 0)
+    if (on_policy && batch.completions[a] && r.policy_counts.tokens > 0)
       r.policy_parts += micro_batch_forward_backward(batch.completions[a]->micro, objectives_->completions, r.policy_counts, false);
     r.parts += micro_batch_forward_backward(batch.micro[a], objectives_->data, r.counts, a + 1 == batch.micro.size(), &prefetch, a);
   }
   prefetch.clear();
   for (double* term : {&r.parts.total, &r.parts.sft, &r.parts.token, &r.parts.graph}) *term = comm_.all_reduce_sum(*term);
-  if (on_policy > 0) {
+  if (on_policy) {
     for (double* term : {&r.policy_parts.total, &r.policy_parts.token, &r.policy_parts.graph})
       *term = comm_.all_reduce_sum(*term);
     r.parts.total += r.policy_parts.total;  // its SFT weight is 0
@@ -238,7 +238,7 @@ void Trainer::log_step(const StepResult& r, double seconds) {
                          {"grad_norm", r.grad_norm}, {"tokens_per_s", all_input_tokens / seconds},
                          {"buckets_overlapped", optimizer_->buckets_overlapped()},
                          {"peak_memory_bytes", peak_memory_bytes(participants_->student.device)}, {"skipped", r.skipped}};
-  if (objectives_->on_policy > 0) {
+  if (objectives_->with_completions()) {
     line["on_policy_token"] = r.policy_parts.token;
     line["on_policy_graph"] = r.policy_parts.graph;
     line["on_policy_tokens"] = r.policy_counts.tokens;  // response tokens the student wrote this step

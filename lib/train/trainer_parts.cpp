@@ -248,14 +248,15 @@ namespace {
 loss::ObjectiveConfig objective_config(const Recipe& r) {
   loss::ObjectiveConfig c;
   c.distill_weight = r.loss.distill_weight;
-  c.teacher_mix = r.loss.teacher_mix;
-  c.token = {r.loss.token.type, r.loss.token.top_k, r.loss.token.temperature, r.loss.token.beta};
+  // The recipe's words become the loss's enums here, once (the recipe validated them).
+  c.teacher_mix = loss::parse_teacher_mix(r.loss.teacher_mix);
+  c.token = {loss::parse_token_loss(r.loss.token.type), r.loss.token.top_k, r.loss.token.temperature, r.loss.token.beta};
   c.graph = r.loss.graph.type == "gld";
   c.graph_weight = r.loss.graph.weight;
   c.graph_top_k = r.loss.graph.top_k;
   c.graph_temperature = r.loss.graph.temperature;
-  c.graph_nodes = r.loss.graph.nodes;
-  c.graph_solver = r.loss.graph.solver;
+  c.graph_nodes = loss::parse_graph_nodes(r.loss.graph.nodes);
+  c.graph_solver = loss::parse_graph_solver(r.loss.graph.solver);
   c.gld = {r.loss.graph.feature, r.loss.graph.normalize_features, r.loss.graph.p};
   c.entropic.epsilon = r.loss.graph.epsilon;
   c.chunk_rows = r.train.logit_chunk_size;

@@ -96,6 +96,8 @@ TrainerState resume_state(const Recipe& recipe, const std::string& resume, const
 struct Objectives {
   loss::ObjectiveConfig data, completions;
   double on_policy = 0;  // ρ where the run distils (effective_on_policy_weight), else 0
+  // Whether steps also distil on the student's own completions (ρ > 0).
+  bool with_completions() const { return on_policy > 0; }
   OnPolicyOptions on_policy_options;
   std::vector<double> mix_weights;  // per teacher: uniform or normalised `weights` (min_ce re-weights later)
 };

@@ -92,23 +92,23 @@ TEST_CASE("loss: ULD and the KL family match finite differences and their defini
   const lf::VocabMap map = identity_with_holes(30);
   for (const char* type : {"uld", "kl", "rkl", "jsd"})
     for (std::optional<int64_t> k : {std::optional<int64_t>(), std::optional<int64_t>(8)}) {
-      lf::loss::TokenLossOptions options{type, k, 1.5, 0.3};
+      lf::loss::TokenLossOptions options{lf::loss::parse_token_loss(type), k, 1.5, 0.3};
       auto f = [&](const at::Tensor& logits) { return lf::loss::token_loss_rows(logits, t, options, &map).sum(); };
       INFO(type << " top_k=" << (k ? *k : 0));
       CHECK(gradient_error(f, s) < 1e-6);
-      CHECK(lf::loss::token_loss_rows(t, t, {type, k, 1.0, 0.5}, &map).sum().item<double>() >= -1e-9);
+      CHECK(lf::loss::token_loss_rows(t, t, {lf::loss::parse_token_loss(type), k, 1.0, 0.5}, &map).sum().item<double>() >= -1e-9);
     }
   // ULD of full distributions is the L1 distance of the sorted probability vectors.
   at::Tensor ps = std::get<0>(at::softmax(s, 1).sort(1, true)), pt = std::get<0>(at::softmax(t, 1).sort(1, true));
-  CHECK(lf::loss::token_loss_rows(s, t, {"uld", {}, 1.0, 0.5}, nullptr).sum().item<double>() ==
+  CHECK(lf::loss::token_loss_rows(s, t, {lf::loss::TokenLoss::kUld, {}, 1.0, 0.5}, nullptr).sum().item<double>() ==
         Approx((ps - pt).abs().sum().item<double>()).epsilon(1e-9));
   // With an identity map and full distributions, kl is KL(p_T ‖ p_S).
   lf::VocabMap identity;
   for (int64_t i = 0; i < 30; ++i) identity.to_student.push_back(i);
   at::Tensor kl = (at::softmax(t, 1) * (at::log_softmax(t, 1) - at::log_softmax(s, 1))).sum();
-  CHECK(lf::loss::token_loss_rows(s, t, {"kl", {}, 1.0, 0.5}, &identity).sum().item<double>() == Approx(kl.item<double>()).epsilon(1e-9));
+  CHECK(lf::loss::token_loss_rows(s, t, {lf::loss::TokenLoss::kKl, {}, 1.0, 0.5}, &identity).sum().item<double>() == Approx(kl.item<double>()).epsilon(1e-9));
   at::Tensor rkl = (at::softmax(s, 1) * (at::log_softmax(s, 1) - at::log_softmax(t, 1))).sum();
-  CHECK(lf::loss::token_loss_rows(s, t, {"rkl", {}, 1.0, 0.5}, &identity).sum().item<double>() == Approx(rkl.item<double>()).epsilon(1e-9));
+  CHECK(lf::loss::token_loss_rows(s, t, {lf::loss::TokenLoss::kRkl, {}, 1.0, 0.5}, &identity).sum().item<double>() == Approx(rkl.item<double>()).epsilon(1e-9));
 }
 
 TEST_CASE("loss: zero teacher probabilities give finite losses and gradients", "[loss]") {
@@ -128,7 +128,7 @@ TEST_CASE("loss: zero teacher probabilities give finite losses and gradients", "
     for (std::optional<int64_t> k : {std::optional<int64_t>(), std::optional<int64_t>(5)}) {
       INFO(type << " top_k=" << (k ? *k : 0));
       at::Tensor x = s.clone().requires_grad_(true);
-      at::Tensor rows = lf::loss::token_loss_rows(x, t, {type, k, 1.0, 0.5}, &map);
+      at::Tensor rows = lf::loss::token_loss_rows(x, t, {lf::loss::parse_token_loss(type), k, 1.0, 0.5}, &map);
       rows.sum().backward();
       CHECK(at::isfinite(rows).all().item<bool>());
       CHECK(at::isfinite(x.grad()).all().item<bool>());
@@ -170,9 +170,9 @@ TEST_CASE("loss: streamed chunks give the same loss and gradients as one chunk",
     teacher.weight = 0.5;
     lf::loss::ObjectiveConfig config;
     config.chunk_rows = chunk;
-    config.token.type = token_type;
+    config.token.type = lf::loss::parse_token_loss(token_type);
     config.graph_top_k = 4;
-    config.teacher_mix = mix;
+    config.teacher_mix = lf::loss::parse_teacher_mix(mix);
     auto parts = lf::loss::backward_fusion_loss(student, {teacher, teacher2}, config, {double(sb.label_tokens), double(B)});
     return std::make_tuple(parts, e.grad(), h.grad());
   };

@@ -147,7 +147,7 @@ struct Toy {
 lf::loss::ObjectiveConfig kl_config(const std::string& type, std::optional<int64_t> top_k) {
   lf::loss::ObjectiveConfig c;
   c.graph = false;
-  c.token.type = type;
+  c.token.type = lf::loss::parse_token_loss(type);
   c.token.top_k = top_k;
   c.chunk_rows = 7;
   c.graph_top_k = 4;  // what the cached rows below carry for the graph term (off)
