@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <limits>
 #include <map>
+#include <stdexcept>
 
 #include "align/span.h"
 #include "core/error.h"
@@ -96,13 +97,30 @@ PositionPairs by_dtw(const TokenizedSequence& student, const TokenizedSequence& 
 
 }  // namespace
 
+PositionMethod parse_position_method(const std::string& name, const std::string& key) {
+  if (name == "offsets") return PositionMethod::kOffsets;
+  if (name == "exact") return PositionMethod::kExact;
+  if (name == "dtw") return PositionMethod::kDtw;
+  if (name == "index") return PositionMethod::kIndex;
+  if (name == "span") return PositionMethod::kSpan;
+  throw InputError(key + ": unknown method '" + name + "'", "one of offsets, exact, dtw, index, span");
+}
+
+PositionPairs align_positions(const TokenizedSequence& student, const TokenizedSequence& teacher, PositionMethod method,
+                              const Tokenizer& student_tokenizer, const Tokenizer& teacher_tokenizer) {
+  switch (method) {
+    case PositionMethod::kOffsets: return by_offsets(student, teacher, /*exact=*/false);
+    case PositionMethod::kExact: return by_offsets(student, teacher, /*exact=*/true);
+    case PositionMethod::kIndex: return by_index(student, teacher);
+    case PositionMethod::kDtw: return by_dtw(student, teacher, student_tokenizer, teacher_tokenizer);
+    case PositionMethod::kSpan: return span_pairs(student, teacher);
+  }
+  throw std::logic_error("align_positions: no such method");
+}
+
 PositionPairs align_positions(const TokenizedSequence& student, const TokenizedSequence& teacher, const std::string& method,
                               const Tokenizer& student_tokenizer, const Tokenizer& teacher_tokenizer) {
-  if (method == "offsets" || method == "exact") return by_offsets(student, teacher, method == "exact");
-  if (method == "index") return by_index(student, teacher);
-  if (method == "dtw") return by_dtw(student, teacher, student_tokenizer, teacher_tokenizer);
-  if (method == "span") return span_pairs(student, teacher);
-  throw InputError("alignment.positions: unknown method '" + method + "'");
+  return align_positions(student, teacher, parse_position_method(method), student_tokenizer, teacher_tokenizer);
 }
 
 }  // namespace lf

@@ -28,6 +28,12 @@ using PositionPairs = std::vector<std::pair<int64_t, int64_t>>;
 //  span:    every student label position with the teacher position whose token contains the
 //           student token's first byte (span.h); the KL family then projects the teacher's
 //           distribution onto the student's next token there.
+enum class PositionMethod { kOffsets, kExact, kDtw, kIndex, kSpan };
+// The recipe's word (alignment.positions, align --method) as the enum; InputError naming `key` otherwise.
+PositionMethod parse_position_method(const std::string& name, const std::string& key = "alignment.positions");
+PositionPairs align_positions(const TokenizedSequence& student, const TokenizedSequence& teacher, PositionMethod method,
+                              const Tokenizer& student_tokenizer, const Tokenizer& teacher_tokenizer);
+// The same, the method by its word (a convenience for the CLI and the tests).
 PositionPairs align_positions(const TokenizedSequence& student, const TokenizedSequence& teacher,
                               const std::string& method, const Tokenizer& student_tokenizer,
                               const Tokenizer& teacher_tokenizer);

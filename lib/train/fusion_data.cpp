@@ -8,7 +8,7 @@ namespace lf {
 
 PreparedExample prepare_example(const Example& example, const Participant& student,
                                 const std::vector<const Participant*>& teachers, const Truncation& truncation,
-                                const std::string& position_alignment) {
+                                PositionMethod position_alignment) {
   PreparedExample out;
   out.line = example.line;
   out.student = tokenize_example(example, *student.tokenizer, student.chat_template, truncation);
@@ -42,7 +42,7 @@ MicroBatch assemble_batch(const std::vector<const PreparedExample*>& rows, int64
 }
 
 FusionData::FusionData(const ExampleSet& examples, const Participant& student, const std::vector<const Participant*>& teachers,
-                       const Truncation& truncation, const std::string& position_alignment, bool skip_invalid) {
+                       const Truncation& truncation, PositionMethod position_alignment, bool skip_invalid) {
   student_pad_ = student.pad_id();
   for (const auto* t : teachers) teacher_pad_.push_back(t->pad_id());
   int64_t skipped = 0;

@@ -38,7 +38,7 @@ inline Truncation recipe_truncation(const Recipe& recipe) {
 // A response that truncation empties (for any model) is an InputError without the location.
 PreparedExample prepare_example(const Example& example, const Participant& student,
                                 const std::vector<const Participant*>& teachers, const Truncation& truncation,
-                                const std::string& position_alignment);
+                                PositionMethod position_alignment);
 
 // The micro-batch of these rows; it points into them, so they must outlive it.
 MicroBatch assemble_batch(const std::vector<const PreparedExample*>& rows, int64_t student_pad,
@@ -49,7 +49,7 @@ class FusionData {
   // An example that a model's truncation empties is an InputError naming file and line, or skipped
   // under skip_invalid (for every model, so all stay in step).
   FusionData(const ExampleSet& examples, const Participant& student, const std::vector<const Participant*>& teachers,
-             const Truncation& truncation, const std::string& position_alignment, bool skip_invalid);
+             const Truncation& truncation, PositionMethod position_alignment, bool skip_invalid);
 
   int64_t size() const { return static_cast<int64_t>(prepared_.size()); }
   std::vector<int64_t> lengths() const;  // the student's, for length bucketing

@@ -20,7 +20,7 @@ struct OnPolicyBatch {
 struct OnPolicyOptions {
   int64_t max_new_tokens = 128;
   Truncation truncation;
-  std::string position_alignment;
+  PositionMethod position_alignment = PositionMethod::kOffsets;
   std::vector<int64_t> eos_ids;  // the student's stop tokens (decode/session.h stop_token_ids)
 };
 

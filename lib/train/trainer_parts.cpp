@@ -100,7 +100,7 @@ TrainingData load_training_data(const Recipe& recipe, const Participants& partic
   const Truncation truncation = recipe_truncation(recipe);
   const ExampleSet train_set = read_examples(recipe.data.train, recipe.data.skip_invalid);
   TrainingData data{FusionData(train_set, participants.student, participants.teacher_pointers(), truncation,
-                               recipe.alignment.positions, recipe.data.skip_invalid),
+                               parse_position_method(recipe.alignment.positions), recipe.data.skip_invalid),
                     {}};
   if (recipe.data.eval)
     for (const auto& ex : read_examples(*recipe.data.eval, recipe.data.skip_invalid).examples)
@@ -277,7 +277,8 @@ Objectives make_objectives(const Recipe& recipe, const Participant& student) {
     out.completions.sft_weight = 0.0;
     out.completions.distill_weight = lambda * out.on_policy;
   }
-  out.on_policy_options = {recipe.loss.on_policy.max_new_tokens, recipe_truncation(recipe), recipe.alignment.positions,
+  out.on_policy_options = {recipe.loss.on_policy.max_new_tokens, recipe_truncation(recipe),
+                           parse_position_method(recipe.alignment.positions),
                            stop_token_ids(*student.tokenizer, student.chat_template)};
   const size_t n = recipe.teachers.size();
   out.mix_weights.assign(n, 1.0 / std::max<size_t>(1, n));
