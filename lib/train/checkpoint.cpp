@@ -267,6 +267,38 @@ TrainerState read_checkpoint(const std::string& dir, const StudentWeights& weigh
   return state;
 }
 
+CheckpointManager::CheckpointManager(const Recipe& recipe, std::string tokenizer_dir, int64_t total_steps)
+    : output_dir_(recipe.run.output_dir),
+      tokenizer_dir_(std::move(tokenizer_dir)),
+      dtype_(recipe.student.dtype),
+      every_steps_(recipe.checkpoint.every_steps),
+      keep_last_(recipe.checkpoint.keep_last),
+      total_steps_(total_steps) {}
+
+bool CheckpointManager::due(int64_t step) const { return every_steps_ > 0 && step % every_steps_ == 0 && step < total_steps_; }
+
+void CheckpointManager::save(const StudentWeights& weights, const DistributedOptimizer& optimizer, const TrainerState& state,
+                             Communicator& comm) const {
+  write_checkpoint(output_dir_, weights, optimizer, state, comm, tokenizer_dir_, keep_last_);
+}
+
+void CheckpointManager::save_final(const StudentWeights& weights, Communicator& comm) const {
+  const std::filesystem::path final_dir = std::filesystem::path(output_dir_) / "final";
+  if (comm.is_main() && std::filesystem::exists(final_dir)) std::filesystem::remove_all(final_dir);
+  SaveOptions save;
+  save.dtype = dtype_;
+  save.tokenizer_from = tokenizer_dir_;
+  weights.save(final_dir.string(), save);  // at ZeRO-3 gathered unit by unit, written by rank 0
+  spdlog::info("wrote {}", final_dir.string());
+  remove_unfinished_writes(output_dir_, comm);
+}
+
+void remove_unfinished_writes(const std::string& output_dir, const Communicator& comm) {
+  if (!comm.is_main()) return;
+  const int stale = remove_stale_staging(output_dir) + remove_stale_staging((std::filesystem::path(output_dir) / "checkpoints").string());
+  if (stale > 0) spdlog::warn("removed {} unfinished write(s) of a killed run from {}", stale, output_dir);
+}
+
 RunStart check_run_start(const std::string& output_dir, const std::string& resume) {
   const bool finished = std::filesystem::exists(std::filesystem::path(output_dir) / "final" / "config.json");
   if (resume.empty() && (finished || !complete_checkpoints(output_dir).empty()))

@@ -6,6 +6,8 @@
 // file system they share.
 #pragma once
 
+#include "config/recipe.h"
+
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -54,6 +56,29 @@ TrainerState read_checkpoint(const std::string& dir, const StudentWeights& weigh
 
 // Complete checkpoints (DONE present) under output_dir/checkpoints, newest first.
 std::vector<std::string> complete_checkpoints(const std::string& output_dir);
+
+// When a run saves and what a save holds (torchtitan's checkpoint manager), in one place for the
+// trainer's loop: a checkpoint (weights, optimizer state, TrainerState) every `checkpoint.every_steps`
+// steps before the last, and on a stop signal; final/ (the student alone, in its dtype and Hugging
+// Face layout) at the end; and the staging folders of a killed write removed at start and end.
+class CheckpointManager {
+ public:
+  CheckpointManager(const Recipe& recipe, std::string tokenizer_dir, int64_t total_steps);
+  // A periodic checkpoint is due after `step` (never after the last: final/ follows it).
+  bool due(int64_t step) const;
+  void save(const StudentWeights& weights, const DistributedOptimizer& optimizer, const TrainerState& state,
+            Communicator& comm) const;
+  // The evaluation comes before it; what a killed write left is removed after it.
+  void save_final(const StudentWeights& weights, Communicator& comm) const;
+
+ private:
+  std::string output_dir_, tokenizer_dir_, dtype_;
+  int64_t every_steps_ = 0, keep_last_ = 0, total_steps_ = 0;
+};
+
+// Rank 0 removes the staging folders that a killed run (or a killed process still writing when this
+// one began) left under output_dir and its checkpoints.
+void remove_unfinished_writes(const std::string& output_dir, const Communicator& comm);
 
 // What a `train` start does with run.output_dir given --resume ("", "auto" or a checkpoint): a fresh
 // run refuses a directory that holds checkpoints or final/ (InputError with the fix), `auto` on a

@@ -37,7 +37,7 @@ Trainer::Trainer(const Recipe& recipe, const TrainOptions& options, Communicator
   check_plan_fits(memory);
   const std::string recipe_text = recipe_to_yaml(recipe);
   fs::create_directories(recipe.run.output_dir);
-  remove_unfinished_writes();
+  remove_unfinished_writes(recipe.run.output_dir, comm);
   if (comm.is_main()) write_file_atomic((fs::path(recipe.run.output_dir) / "recipe.resolved.yaml").string(), recipe_text);
   at::manual_seed(static_cast<uint64_t>(recipe.run.seed));
   install_stop_handlers();
@@ -62,6 +62,7 @@ Trainer::Trainer(const Recipe& recipe, const TrainOptions& options, Communicator
   sampler_ = std::make_unique<Sampler>(data_->train.lengths(), steps_->sampler, state_->cursor);
   objectives_ = std::make_unique<Objectives>(make_objectives(recipe, participants_->student));
   teacher_records_ = teacher_records(*participants_, *alignment_, *objectives_);
+  checkpoints_ = std::make_unique<CheckpointManager>(recipe, participants_->student.tokenizer_dir, steps_->total_steps);
 
   const auto& tc = recipe.train;
   spdlog::info("training {} for {} steps ({} micro-batches of {} x {} rank(s) per epoch, grad_accum {}, {} teacher(s), "
@@ -76,15 +77,6 @@ Trainer::Trainer(const Recipe& recipe, const TrainOptions& options, Communicator
 }
 
 Trainer::~Trainer() = default;
-
-void Trainer::remove_unfinished_writes() {
-  // A run killed while writing a checkpoint or final/ leaves its staging directory behind; so may one
-  // whose killed process was still writing when this one began (hence again at the end).
-  if (!comm_.is_main()) return;
-  const std::string& out = recipe_.run.output_dir;
-  const int stale = remove_stale_staging(out) + remove_stale_staging((fs::path(out) / "checkpoints").string());
-  if (stale > 0) spdlog::warn("removed {} unfinished write(s) of a killed run from {}", stale, out);
-}
 
 Trainer::StepBatch Trainer::next_step_batch() {
   StepBatch batch;
@@ -255,11 +247,6 @@ double Trainer::evaluate_and_log() {
   return eval_loss;
 }
 
-void Trainer::checkpoint() {
-  write_checkpoint(recipe_.run.output_dir, *weights_, *optimizer_, *state_, comm_, participants_->student.tokenizer_dir,
-                   recipe_.checkpoint.keep_last);
-}
-
 int Trainer::run() {
   const auto& tc = recipe_.train;
   const int64_t total = steps_->total_steps;
@@ -270,12 +257,12 @@ int Trainer::run() {
     const int64_t step = state_->step;
     if (!data_->eval.empty() && tc.eval_every_steps > 0 && step % tc.eval_every_steps == 0 && step < total)
       evaluate_and_log();
-    if (recipe_.checkpoint.every_steps > 0 && step % recipe_.checkpoint.every_steps == 0 && step < total) checkpoint();
+    if (checkpoints_->due(step)) checkpoints_->save(*weights_, *optimizer_, *state_, comm_);
     // Ranks stop together: a signal that reached any rank stops all of them after this step.
     if (comm_.all_reduce_sum(stop_requested() ? 1.0 : 0.0) > 0) {
       const int signal = stop_requested();  // 0 on a rank that the signal did not reach
       log_->finish_progress();
-      checkpoint();
+      checkpoints_->save(*weights_, *optimizer_, *state_, comm_);
       spdlog::warn("stopped by signal {} after step {}; checkpoint written, continue with --resume auto", signal, step);
       return kExitPreempted;
     }
@@ -291,14 +278,7 @@ void Trainer::write_final_model() {
     const double eval_loss = evaluate_and_log();
     spdlog::info("eval loss {:.4f} (perplexity {:.3f})", eval_loss, std::exp(eval_loss));
   }
-  const fs::path final_dir = fs::path(recipe_.run.output_dir) / "final";
-  if (comm_.is_main() && fs::exists(final_dir)) fs::remove_all(final_dir);
-  SaveOptions save;
-  save.dtype = recipe_.student.dtype;
-  save.tokenizer_from = participants_->student.tokenizer_dir;
-  weights_->save(final_dir.string(), save);  // at ZeRO-3 gathered unit by unit, written by rank 0
-  spdlog::info("wrote {}", final_dir.string());
-  remove_unfinished_writes();
+  checkpoints_->save_final(*weights_, comm_);
 }
 
 int run_training(const Recipe& recipe, const TrainOptions& options, Communicator& comm) {

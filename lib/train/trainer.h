@@ -43,6 +43,7 @@ struct TokenAlignment;
 struct StepPlan;
 struct Objectives;
 struct TeacherRecord;
+class CheckpointManager;
 struct StudentWeights;
 class RemoteRowsPrefetch;
 struct TrainerState;
@@ -83,9 +84,7 @@ class Trainer {
   void log_step(const StepResult& result, double seconds);
   // The student's loss on data.eval, logged as an evaluation line of the current step.
   double evaluate_and_log();
-  void checkpoint();
   void write_final_model();
-  void remove_unfinished_writes();
 
   const Recipe& recipe_;
   TrainOptions options_;
@@ -94,6 +93,7 @@ class Trainer {
   std::unique_ptr<Participants> participants_;
   std::vector<const Participant*> teachers_;  // participants_->teachers, as the data and on-policy code take them
   std::vector<TeacherRecord> teacher_records_;  // per teacher: its rows' source, alignment and weight
+  std::unique_ptr<CheckpointManager> checkpoints_;
   std::unique_ptr<TrainingData> data_;
   std::unique_ptr<TokenAlignment> alignment_;
   std::unique_ptr<DistributedOptimizer> optimizer_;
