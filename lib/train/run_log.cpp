@@ -1,6 +1,9 @@
 #include "train/run_log.h"
 
+#include <spdlog/spdlog.h>
 #include <unistd.h>
+
+#include <filesystem>
 
 #include <string>
 
@@ -40,6 +43,35 @@ void MetricsLog::progress(int64_t step, double loss, double lr) {
 
 void MetricsLog::finish_progress() {
   if (terminal_) std::printf("\n");
+}
+
+RunLog::RunLog(const Recipe& recipe, const Communicator& comm, int64_t total_steps, int64_t first_step) {
+  if (!comm.is_main()) return;
+  metrics_.emplace((std::filesystem::path(recipe.run.output_dir) / "metrics.jsonl").string(), total_steps, first_step);
+  if (recipe.log.tensorboard) {
+    tensorboard_.emplace((std::filesystem::path(recipe.run.output_dir) / "tensorboard").string());
+    spdlog::info("TensorBoard events: {}", tensorboard_->path());
+  }
+}
+
+void RunLog::write(const nlohmann::json& line) {
+  if (metrics_) metrics_->write(line.dump());
+  if (!tensorboard_) return;
+  // Every number of the line as a scalar: train/<key>, or eval/<key> for an evaluation line.
+  const std::string prefix = line.contains("eval_loss") ? "eval/" : "train/";
+  std::vector<std::pair<std::string, double>> values;
+  for (auto it = line.begin(); it != line.end(); ++it)
+    if (it.key() != "step" && (it->is_number() || it->is_boolean()))
+      values.emplace_back(prefix + it.key(), it->is_boolean() ? (it->get<bool>() ? 1.0 : 0.0) : it->get<double>());
+  tensorboard_->scalars(line.at("step").get<int64_t>(), values);
+}
+
+void RunLog::progress(int64_t step, double loss, double lr) {
+  if (metrics_) metrics_->progress(step, loss, lr);
+}
+
+void RunLog::finish_progress() {
+  if (metrics_) metrics_->finish_progress();
 }
 
 }  // namespace lf

@@ -24,6 +24,7 @@
 #include "train/optimizer.h"
 #include "train/participants.h"
 #include "train/remote_teacher.h"
+#include "train/evaluation.h"
 #include "train/run_log.h"
 #include "train/sharded_adamw.h"
 #include "train/trainer.h"
@@ -123,24 +124,5 @@ struct TeacherRecord {
 };
 std::vector<TeacherRecord> teacher_records(const Participants& participants, const TokenAlignment& alignment,
                                            const Objectives& objectives);
-
-// Token-mean cross entropy of the student on an evaluation set; each rank takes every world_size-th
-// example and the sums are reduced. `lockstep` (a sharded student, whose forward is collective): every
-// rank runs as many batches as rank 0, one with no examples left repeating the first and counting nothing.
-double evaluate_student(const Participant& student, const std::vector<TokenizedSequence>& eval, int64_t batch_size,
-                        bool bf16, Communicator& comm, bool lockstep);
-
-// metrics.jsonl and TensorBoard, written by rank 0 alone (a no-op on the other ranks).
-class RunLog {
- public:
-  RunLog(const Recipe& recipe, const Communicator& comm, int64_t total_steps, int64_t first_step);
-  void write(const nlohmann::json& line);  // every number of the line also a TensorBoard scalar
-  void progress(int64_t step, double loss, double lr);
-  void finish_progress();
-
- private:
-  std::optional<MetricsLog> metrics_;
-  std::optional<TensorBoardWriter> tensorboard_;
-};
 
 }  // namespace lf
