@@ -79,7 +79,7 @@ void add_train(CLI::App& root) {
       const MemoryPlan plan = plan_memory(recipe, world, local);
       std::cout << format_plan(plan);
       for (size_t t = 0; t < plan.placements.size(); ++t)
-        std::cout << "  teacher " << recipe.teachers[t].name << ": " << plan.placements[t] << "\n";
+        std::cout << "  teacher " << recipe.teachers[t].name << ": " << placement_name(plan.placements[t]) << "\n";
       check_plan_fits(plan);
       return;
     }

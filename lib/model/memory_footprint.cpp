@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <stdexcept>
 
 #include "core/error.h"
 #include "core/strings.h"
@@ -24,6 +25,24 @@ ModelFootprint model_footprint(const ModelConfig& config) {
     if (static_cast<int64_t>(u) == model.head_unit()) f.head = n;
   }
   return f;
+}
+
+Placement parse_placement(const std::string& name) {
+  if (name == "replicate") return Placement::kReplicate;
+  if (name == "shard") return Placement::kShard;
+  if (name == "cache") return Placement::kCache;
+  if (name == "server") return Placement::kServer;
+  throw std::invalid_argument("unknown placement '" + name + "'");
+}
+
+const char* placement_name(Placement placement) {
+  switch (placement) {
+    case Placement::kReplicate: return "replicate";
+    case Placement::kShard: return "shard";
+    case Placement::kCache: return "cache";
+    case Placement::kServer: return "server";
+  }
+  return "?";
 }
 
 double MemoryPlan::total() const {

@@ -26,11 +26,19 @@ struct MemoryItem {
   std::string fix;  // the setting that shrinks it
 };
 
+// Where a training run keeps a teacher (teachers.N.placement, `auto` resolved by the plan): its whole
+// weights on every rank, its weights sharded over the ranks, none (its logits read from a cache), or
+// none (its logits asked of a server).
+enum class Placement { kReplicate, kShard, kCache, kServer };
+// The recipe's word ("replicate", "shard", "cache", "server") as the enum, and back.
+Placement parse_placement(const std::string& name);
+const char* placement_name(Placement placement);
+
 struct MemoryPlan {
   int64_t world_size = 1;
   int64_t zero = 0;
   bool decoding = false;  // a generate/eval plan (one process)
-  std::vector<std::string> placements;  // per teacher: replicate | shard | cache
+  std::vector<Placement> placements;  // per teacher (training plans)
   std::vector<MemoryItem> items;
   std::vector<std::pair<std::string, int64_t>> parameters;  // per model: name, parameter count
   double limit = 0;  // bytes per rank the plan must fit; 0: unknown

@@ -99,13 +99,13 @@ void build_items(MemoryPlan& plan, const Recipe& recipe, const ModelConfig& stud
 
   for (size_t t = 0; t < teachers.size(); ++t) {
     const auto& rc = recipe.teachers[t];
-    const std::string& placement = plan.placements[t];
-    if (placement == "cache" || placement == "server") continue;
+    const Placement placement = plan.placements[t];
+    if (placement == Placement::kCache || placement == Placement::kServer) continue;
     const ModelFootprint& f = footprints[t + 1];
     plan.parameters.emplace_back("teacher " + rc.name, f.params);
     const double b = dtype_bytes(rc.dtype), Pt = static_cast<double>(f.params);
     const std::string key = "teachers." + std::to_string(t);
-    if (placement == "shard")
+    if (placement == Placement::kShard)
       add("teacher " + rc.name + " (" + rc.dtype + ", sharded)",
           b * (std::ceil(Pt / N) + static_cast<double>(f.largest_unit) + static_cast<double>(f.head)),
           "more ranks, or " + key + ".logits_cache");
@@ -139,11 +139,11 @@ MemoryPlan plan_memory(const Recipe& recipe, const ModelConfig& student, const s
   std::vector<size_t> automatic;
   for (size_t t = 0; t < recipe.teachers.size(); ++t) {
     const auto& rc = recipe.teachers[t];
-    if (rc.placement != "auto") plan.placements.push_back(rc.placement);
-    else if (rc.logits_cache) plan.placements.push_back("cache");
-    else if (rc.server) plan.placements.push_back("server");
+    if (rc.placement != "auto") plan.placements.push_back(parse_placement(rc.placement));
+    else if (rc.logits_cache) plan.placements.push_back(Placement::kCache);
+    else if (rc.server) plan.placements.push_back(Placement::kServer);
     else {
-      plan.placements.push_back("replicate");
+      plan.placements.push_back(Placement::kReplicate);
       automatic.push_back(t);
     }
   }
@@ -155,7 +155,7 @@ MemoryPlan plan_memory(const Recipe& recipe, const ModelConfig& student, const s
             [&](size_t a, size_t b) { return footprints[a + 1].params > footprints[b + 1].params; });
   for (size_t t : automatic) {
     if (limit <= 0 || world_size < 2 || plan.total() <= limit) break;
-    plan.placements[t] = "shard";
+    plan.placements[t] = Placement::kShard;
     build_items(plan, recipe, student, teachers, footprints);
   }
   return plan;

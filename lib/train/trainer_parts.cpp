@@ -33,26 +33,26 @@ std::unique_ptr<ShardedModel> load_sharded(Participant& p, const std::string& di
 }
 
 // teachers.s as the plan places it: replicate (whole), shard, or cache (no weights).
-void load_teacher(const Recipe& recipe, size_t s, const std::string& placement, const std::string& data_hash,
+void load_teacher(const Recipe& recipe, size_t s, Placement placement, const std::string& data_hash,
                   Communicator& comm, Participants& parts) {
   const auto& t = recipe.teachers[s];
   const std::string teacher_device = t.device == "auto" ? parts.student.device.str() : t.device;
   parts.teachers.push_back(load_participant(t.name, t.path, t.tokenizer, t.chat_template, t.dtype, teacher_device,
-                                            recipe.chat_templates, /*load_weights=*/placement == "replicate",
+                                            recipe.chat_templates, /*load_weights=*/placement == Placement::kReplicate,
                                             t.chat_template_kwargs));
   Participant& teacher = parts.teachers.back();
-  if (placement == "cache") {
+  if (placement == Placement::kCache) {
     parts.caches.push_back(LogitsCache::open(*t.logits_cache, expected_cache_spec(recipe, s, teacher, data_hash)));
     spdlog::info("teacher {}: reading cached logits from {}", t.name, *t.logits_cache);
     return;
   }
   parts.caches.push_back(nullptr);
-  if (placement == "server") {
+  if (placement == Placement::kServer) {
     parts.remote[s] = connect_remote_teacher(recipe, s);
     spdlog::info("teacher {}: reading top-k logprobs at every step from {} (model '{}')", t.name, t.server->url, t.server->model);
     return;
   }
-  if (placement == "shard") {
+  if (placement == Placement::kShard) {
     if (teacher.device != parts.student.device)
       throw InputError("teachers." + std::to_string(s) + ".placement: 'shard' gathers over the student's communicator",
                        "leave teachers." + std::to_string(s) + ".device at auto (the student's device)");
@@ -62,6 +62,13 @@ void load_teacher(const Recipe& recipe, size_t s, const std::string& placement, 
   }
   teacher.model->eval();
   for (auto& p : teacher.model->parameters()) p.set_requires_grad(false);
+}
+
+// The plan's placements as words, for the log.
+std::string placement_list(const MemoryPlan& plan) {
+  std::vector<std::string> words;
+  for (Placement p : plan.placements) words.push_back(placement_name(p));
+  return join(words, ", ");
 }
 
 }  // namespace
@@ -75,8 +82,8 @@ std::vector<const Participant*> Participants::teacher_pointers() const {
 Participants load_participants(const Recipe& recipe, const MemoryPlan& plan, const std::string& data_hash,
                                Communicator& comm) {
   const bool zero3 = recipe.dist.zero == 3;
-  const std::vector<std::string>& placements = plan.placements;
-  if (effective_on_policy_weight(recipe) > 0 && (zero3 || std::count(placements.begin(), placements.end(), "shard")))
+  const std::vector<Placement>& placements = plan.placements;
+  if (effective_on_policy_weight(recipe) > 0 && (zero3 || std::count(placements.begin(), placements.end(), Placement::kShard)))
     throw NotAvailable("on-policy distillation with a sharded student or teacher (dist.zero=3, teachers.N.placement=shard): "
                        "each rank generates a different number of tokens, which sharded forwards cannot follow");
   Participants parts;
@@ -117,7 +124,7 @@ void log_plan_and_coverage(const Recipe& recipe, const MemoryPlan& plan, const P
   spdlog::info("memory plan per rank ({} rank(s), dist.zero {}): {}{}; biggest item: {} ({}); teachers: {}", plan.world_size,
                plan.zero, format_bytes(plan.total()),
                plan.limit > 0 ? " of " + format_bytes(plan.limit) + " (" + plan.limit_source + ")" : std::string(),
-               biggest.name, format_bytes(biggest.bytes), join(plan.placements, ", "));
+               biggest.name, format_bytes(biggest.bytes), placement_list(plan));
   for (size_t s = 0; s < participants.teachers.size(); ++s) {
     const auto c = data.coverage(s);
     spdlog::info("alignment ({}): teacher {} pairs {} of the student's {} response positions ({:.1f}%)",
