@@ -215,7 +215,6 @@ bool HttpResponder::write_all(std::string_view data) {
 std::string HttpResponder::head(int status, std::string_view content_type,
                                 const std::vector<std::pair<std::string, std::string>>& headers,
                                 std::string_view length_header) {
-  status_ = status;
   std::string h = "HTTP/1.1 " + std::to_string(status) + " " + http_reason(status) + "\r\n";
   if (!content_type.empty()) h += "Content-Type: " + std::string(content_type) + "\r\n";
   for (const auto& [k, v] : headers) h += k + ": " + v + "\r\n";
@@ -287,7 +286,6 @@ struct HttpFront::State {
   std::deque<Task> tasks;            // whole requests waiting for a worker
   std::deque<Conn> returned;         // connections handed back by workers (keep-alive)
   bool stopping = false;
-  std::atomic<int64_t> with_workers{0};  // connections a worker holds (queued or being handled)
 
   std::map<int, Conn> conns;  // reader thread only: connections reading their next request
   std::thread reader;
@@ -374,7 +372,6 @@ struct HttpFront::State {
     task.conn = std::move(c);
     const int fd = task.conn.fd;
     conns.erase(fd);
-    ++with_workers;
     {
       std::lock_guard<std::mutex> lock(mutex);
       tasks.push_back(std::move(task));
@@ -539,7 +536,6 @@ struct HttpFront::State {
       // A handler that returns without answering has seen its client go away (499 in the metrics).
       if (!responder.responded() && !responder.peer_closed())
         responder.send(500, "application/json", error_body(500, "the request was not answered"));
-      --with_workers;
       bool keep = responder.reusable();
       if (keep) {
         std::lock_guard<std::mutex> lock(mutex);

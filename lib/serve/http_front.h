@@ -52,7 +52,6 @@ class HttpResponder {
   bool responded() const { return state_ != State::kNone; }
   // Whether the connection can carry the next request after this response.
   bool reusable() const { return keep_alive_ && !failed_ && (state_ == State::kSent || state_ == State::kStreamEnded); }
-  int status() const { return status_; }
 
  private:
   enum class State { kNone, kSent, kStreaming, kStreamEnded };
@@ -63,7 +62,6 @@ class HttpResponder {
   bool keep_alive_;
   bool failed_ = false;
   State state_ = State::kNone;
-  int status_ = 0;
 };
 
 using HttpHandler = std::function<void(const HttpRequest&, HttpResponder&)>;

@@ -28,6 +28,14 @@ struct Collecting {
   bool first = true;  // streaming: no chunk sent yet
 };
 
+// The client is gone or the request failed: every row still generating is freed at the next step.
+void cancel_all(std::vector<Collecting>& choices) {
+  for (auto& c : choices)
+    if (c.job) c.job->cancel();
+}
+
+ApiError shutting_down() { return ApiError(503, "the server is shutting down", {}, "ServiceUnavailableError"); }
+
 class Routes {
  public:
   Routes(ServeContext& context, Engine& engine, Metrics& metrics) : context_(context), engine_(engine), metrics_(metrics) {}
@@ -104,11 +112,11 @@ class Routes {
   static void check_admission(Engine::Admission a) {
     if (a == Engine::Admission::kQueueFull)
       throw ApiError(429, "the server's queue is full; retry later", {}, "RateLimitError");
-    if (a == Engine::Admission::kClosed) throw ApiError(503, "the server is shutting down", {}, "ServiceUnavailableError");
+    if (a == Engine::Admission::kClosed) throw shutting_down();
   }
 
   void generate(const HttpRequest& req, HttpResponder& res, bool chat, const char* endpoint) {
-    if (closing_) throw ApiError(503, "the server is shutting down", {}, "ServiceUnavailableError");
+    if (closing_) throw shutting_down();
     const ApiRequest request = parse_request(context_, req.body, chat);
     const std::string id = next_id(chat);
     const size_t n = request.prompts.size();
@@ -124,14 +132,11 @@ class Routes {
       for (const auto& p : request.prompts) scores.push_back({p.ids, k, request.generation.fusion});
     std::vector<std::future<PromptLogprobs>> futures;
     check_admission(engine_.submit(jobs, scores, futures));
-    auto cancel_all = [&] {
-      for (auto& j : jobs) j->cancel();
-    };
     std::vector<PromptLogprobs> scored;
     try {
       for (auto& f : futures) scored.push_back(f.get());
     } catch (const std::exception& e) {
-      cancel_all();
+      cancel_all(choices);
       throw ApiError(500, e.what());
     }
     std::vector<const PromptLogprobs*> prompt(n, nullptr);
@@ -150,14 +155,14 @@ class Routes {
         if (const auto now = std::chrono::steady_clock::now(); now - checked >= kPoll) {
           checked = now;
           if (res.peer_closed()) {
-            cancel_all();
+            cancel_all(choices);
             metrics_.request_done(endpoint, 499);
             return;
           }
         }
         if (!e) continue;
         if (e->kind == Event::Kind::kError) {
-          cancel_all();
+          cancel_all(choices);
           throw ApiError(500, e->text);
         }
         take(c, *e);
@@ -189,11 +194,7 @@ class Routes {
   // the client went away: its rows are cancelled.
   void stream(HttpResponder& res, const char* endpoint, const ApiRequest& request, const std::string& id,
               std::vector<Collecting>& choices, const std::vector<const PromptLogprobs*>& prompt) {
-    auto cancel_all = [&] {
-      for (auto& c : choices)
-        if (c.job) c.job->cancel();
-    };
-    if (!res.begin_stream(200, "text/event-stream", {{"Cache-Control", "no-cache"}})) return cancel_all();
+    if (!res.begin_stream(200, "text/event-stream", {{"Cache-Control", "no-cache"}})) return cancel_all(choices);
     int64_t completion_tokens = 0;
     const auto wait = choices.size() == 1 ? kPoll : std::chrono::milliseconds(2);
     for (size_t left = choices.size(); left > 0;) {
@@ -203,7 +204,7 @@ class Routes {
         std::optional<Event> e = c.job->next(wait);
         if (!e) continue;
         if (e->kind == Event::Kind::kError) {
-          cancel_all();
+          cancel_all(choices);
           res.write_chunk(sse(ApiError(500, e->text).body()));
           res.write_chunk("data: [DONE]\n\n");
           res.end_stream();
@@ -229,11 +230,11 @@ class Routes {
           --left;
         }
         c.first = false;
-        if (!res.write_chunk(chunk)) return cancel_all();
+        if (!res.write_chunk(chunk)) return cancel_all(choices);
       }
     }
     if (request.include_usage && !res.write_chunk(sse(usage_chunk(context_, request, id, completion_tokens))))
-      return cancel_all();
+      return cancel_all(choices);
     if (!res.write_chunk("data: [DONE]\n\n") || !res.end_stream()) return;
     metrics_.request_done(endpoint, 200);
   }

@@ -80,6 +80,15 @@ std::vector<Message> read_messages(const json& body) {
   return out;
 }
 
+// A body's optional "model" must name the served model (404 otherwise, as OpenAI answers).
+void check_model(const ServeContext& context, const json& body) {
+  if (!has(body, "model")) return;
+  if (!body["model"].is_string()) bad("model", "expected a string");
+  if (body["model"].get<std::string>() != context.model_name)
+    throw ApiError(404, "The model '" + body["model"].get<std::string>() + "' does not exist (this server serves '" +
+                            context.model_name + "')", "model", "NotFoundError");
+}
+
 std::vector<int64_t> read_ids(const ServeContext& context, const json& p, const std::string& where) {
   std::vector<int64_t> ids;
   ids.reserve(p.size());
@@ -374,12 +383,7 @@ json parse_body(const std::string& text) {
 
 ApiRequest parse_request(const ServeContext& context, const std::string& text, bool chat) {
   const json body = parse_body(text);
-  if (has(body, "model")) {
-    if (!body["model"].is_string()) bad("model", "expected a string");
-    if (body["model"].get<std::string>() != context.model_name)
-      throw ApiError(404, "The model '" + body["model"].get<std::string>() + "' does not exist (this server serves '" +
-                              context.model_name + "')", "model", "NotFoundError");
-  }
+  check_model(context, body);
   refuse_unsupported(body);
   const Session& session = *context.session;
   ApiRequest r;
@@ -453,12 +457,6 @@ GenerationParams ApiRequest::params_for(size_t i) const {
 int64_t ApiRequest::score_k() const {
   const int64_t echoed = echo && generation.top_logprobs >= 0 ? generation.top_logprobs : -1;
   return std::max(echoed, prompt_logprobs);
-}
-
-bool ApiRequest::generates() const {
-  for (const auto& p : prompts)
-    if (p.max_tokens > 0) return true;
-  return false;
 }
 
 json completion_response(const ServeContext& context, const ApiRequest& request, const std::string& id,
@@ -556,17 +554,6 @@ json models_response(const ServeContext& context) {
 
 namespace lf::serve {
 
-namespace {
-
-void check_model(const ServeContext& context, const json& body) {
-  if (!has(body, "model")) return;
-  if (!body["model"].is_string()) bad("model", "expected a string");
-  if (body["model"].get<std::string>() != context.model_name)
-    throw ApiError(404, "The model '" + body["model"].get<std::string>() + "' does not exist (this server serves '" +
-                            context.model_name + "')", "model", "NotFoundError");
-}
-
-}  // namespace
 
 json tokenize_response(const ServeContext& context, const std::string& text) {
   const json body = parse_body(text);

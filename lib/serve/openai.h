@@ -49,8 +49,6 @@ struct ApiRequest {
   GenerationParams params_for(size_t i) const;
   // The top-K that scoring the prompt needs (echo with logprobs, prompt_logprobs), -1 when none.
   int64_t score_k() const;
-  // Whether anything is generated (max_tokens 0 with echo scores the prompts only).
-  bool generates() const;
 };
 
 // Parses and checks a request body against the server (model name, context, fusion).
