@@ -10,12 +10,13 @@
 #include "data/batch.h"
 #include "data/examples.h"
 #include "kernels/logit_stats.h"
+#include "loss/token.h"
 #include "train/remote_teacher.h"
 
 namespace lf {
 
 int64_t teacher_rows_k(const Recipe& r, const std::string& key) {
-  const bool token = r.loss.token.type != "none", graph = r.loss.graph.type == "gld";
+  const bool token = loss::parse_token_loss(r.loss.token.type) != loss::TokenLoss::kNone, graph = r.loss.graph.type == "gld";
   if (token && !r.loss.token.top_k)
     throw InputError(key + ": loss.token.top_k must be set",
                      "a teacher read as rows (a cache or a server) gives top-k probabilities; full-vocabulary token "

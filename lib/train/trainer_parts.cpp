@@ -8,9 +8,11 @@
 #include <cmath>
 #include <filesystem>
 
+#include "align/positions.h"
 #include "core/error.h"
 #include "core/strings.h"
 #include "decode/session.h"
+#include "loss/token.h"
 #include "model/checkpoint.h"
 #include "model/model_config.h"
 #include "train/cache_logits.h"
@@ -139,10 +141,9 @@ TokenAlignment build_token_alignment(const Recipe& recipe, const TrainOptions& o
   TokenAlignment out;
   out.vocab_maps.resize(teachers.size());
   out.projectors.resize(teachers.size());
-  const std::string& token = recipe.loss.token.type;
-  out.kl_family = token == "kl" || token == "rkl" || token == "jsd";
+  out.kl_family = loss::is_kl_family(loss::parse_token_loss(recipe.loss.token.type));
   if (!out.kl_family) return out;
-  const bool span = recipe.alignment.positions == "span";
+  const bool span = parse_position_method(recipe.alignment.positions) == PositionMethod::kSpan;
   for (size_t s = 0; s < teachers.size(); ++s) {
     const Tokenizer& teacher = *teachers[s].tokenizer;
     VocabMap& map = out.vocab_maps[s];
