@@ -38,12 +38,13 @@ std::vector<std::vector<int64_t>> read_id_sequences(const std::string& path, int
 
 void add_logits(CLI::App& root) {
   struct Options {
-    std::string model, input, out, dtype = "fp32", device = "cpu";
+    std::string model, adapter, input, out, dtype = "fp32", device = "cpu";
     int64_t decode_chunk = 0;
   };
   auto opt = std::make_shared<Options>();
   CLI::App* cmd = root.add_subcommand("logits", "Full-vocabulary logits for token-id sequences (one JSON array per line)");
   cmd->add_option("--model", opt->model, "model directory (Hugging Face layout)")->required();
+  cmd->add_option("--adapter", opt->adapter, "a PEFT LoRA adapter directory applied over the model (not merged)");
   cmd->add_option("--input", opt->input, "JSONL: one array of token ids per line")->required();
   cmd->add_option("--out", opt->out, "output .safetensors: logits.<i> of shape [len_i, V], float32")->required();
   cmd->add_option("--dtype", opt->dtype, "compute dtype: fp32|bf16|fp16")->capture_default_str();
@@ -53,7 +54,7 @@ void add_logits(CLI::App& root) {
       ->capture_default_str();
   cmd->callback([opt] {
     if (opt->decode_chunk < 0) throw InputError("--decode-chunk must be >= 0");
-    LoadOptions load{opt->dtype, opt->device};
+    LoadOptions load{opt->dtype, opt->device, opt->adapter};
     auto model = load_model(opt->model, load);
     model->eval();
     const auto sequences = read_id_sequences(opt->input, model->config().vocab_size);

@@ -27,8 +27,24 @@ void visit(V& v, RunConfig& c) {
 }
 
 template <class V>
+void visit(V& v, LoraRecipe& c) {
+  v("r", c.r, greater_than<int64_t>(0));
+  v("alpha", c.alpha, greater_than(0.0));
+  v("dropout", c.dropout, schema::Check<double>([](const double& p) {
+      return p >= 0 && p < 1 ? std::string() : "must be in [0, 1) (got " + schema::to_text(p) + ")";
+    }));
+  v("target_modules", c.target_modules, schema::Check<std::vector<std::string>>([](const std::vector<std::string>& t) {
+      return t.empty() ? std::string("must name at least one module") : std::string();
+    }));
+  v("use_rslora", c.use_rslora);
+  v("init", c.init, one_of({"kaiming", "gaussian"}));
+}
+
+template <class V>
 void visit(V& v, StudentConfig& c) {
   v.required("path", c.path, non_empty());
+  v("adapter", c.adapter);
+  v("lora", c.lora);
   v("dtype", c.dtype, one_of(kDtypes));
   v("chat_template", c.chat_template, non_empty());
   v("chat_template_kwargs", c.chat_template_kwargs);
@@ -49,6 +65,7 @@ template <class V>
 void visit(V& v, TeacherConfig& c) {
   v("name", c.name);
   v.required("path", c.path, non_empty());
+  v("adapter", c.adapter);
   v("dtype", c.dtype, one_of(kDtypes));
   v("chat_template", c.chat_template, non_empty());
   v("chat_template_kwargs", c.chat_template_kwargs);
@@ -189,6 +206,20 @@ namespace {
 // Throws an InputError for `path` (key.path), located at its YAML line.
 using Fail = std::function<void(const std::string& path, const std::string& what, const std::string& hint)>;
 
+// What LoRA training cannot be combined with (docs/lora.md), and adapters on teachers that run here.
+void check_adapter_keys(const Recipe& recipe, const Fail& fail) {
+  if (trains_adapters(recipe) && recipe.dist.zero == 3)
+    fail(recipe.student.lora ? "student.lora" : "student.adapter",
+         "LoRA with dist.zero=3 (a sharded frozen base) is not yet available",
+         "use dist.zero 0, 1 or 2: only the adapters' gradients and optimizer state are reduced and sharded");
+  for (size_t i = 0; i < recipe.teachers.size(); ++i) {
+    const auto& t = recipe.teachers[i];
+    if (t.adapter && t.placement == "shard")
+      fail("teachers." + std::to_string(i) + ".adapter", "a sharded teacher with an adapter is not yet available",
+           "use placement replicate, or merge the adapter first (logitfuse merge --lora)");
+  }
+}
+
 // Teachers' names are unique; each placement agrees with its logits_cache and server keys.
 void check_teacher_keys(Recipe& recipe, const Fail& fail) {
   std::vector<std::string> names;
@@ -278,6 +309,7 @@ void check_cross_keys(Recipe& recipe, const schema::Reader& reader, const YAML::
   if (recipe.data.max_prompt_length >= recipe.data.max_length)
     fail("data.max_prompt_length", "must be smaller than data.max_length (" + std::to_string(recipe.data.max_length) + ")", {});
   check_teacher_keys(recipe, fail);
+  check_adapter_keys(recipe, fail);
   check_distillation_keys(recipe, fail);
   check_template_keys(recipe, fail);
   if (distils(recipe) && recipe.loss.graph.type == "gld" && recipe.loss.graph.nodes == "vocab" &&
@@ -288,6 +320,8 @@ void check_cross_keys(Recipe& recipe, const schema::Reader& reader, const YAML::
 }  // namespace
 
 bool distils(const Recipe& recipe) { return !recipe.teachers.empty() && recipe.loss.distill_weight > 0; }
+
+bool trains_adapters(const Recipe& recipe) { return recipe.student.lora || recipe.student.adapter; }
 
 double effective_on_policy_weight(const Recipe& recipe) {
   return distils(recipe) ? recipe.loss.on_policy.weight : 0.0;

@@ -22,9 +22,28 @@ struct RunConfig {
   std::optional<double> memory_gb;
 };
 
+// student.lora: train LoRA adapters (model/lora.h) instead of the student's weights. The base stays
+// frozen in student.dtype; adapters and their optimizer state are float32.
+struct LoraRecipe {
+  int64_t r = 16;
+  double alpha = 32;
+  double dropout = 0.05;
+  // PEFT's module names: an entry matches a module whose name is it or ends with "." + it;
+  // "all-linear": every linear layer but the LM head. Default: attention and MLP (Phi-3's fused
+  // qkv_proj and gate_up_proj included).
+  std::vector<std::string> target_modules = {"q_proj",  "k_proj",  "v_proj",   "o_proj",      "gate_proj",
+                                             "up_proj", "down_proj", "qkv_proj", "gate_up_proj"};
+  bool use_rslora = false;       // scale α/√r instead of α/r
+  std::string init = "kaiming";  // kaiming (PEFT's default) | gaussian; B starts at zero either way
+};
+
 struct StudentConfig {
   std::string path;
-  std::string dtype = "bf16";  // dtype of the final model written to final/
+  // A PEFT LoRA adapter over `path`: training continues it (student.lora, when unset, is read from
+  // its adapter_config.json).
+  std::optional<std::string> adapter;
+  std::optional<LoraRecipe> lora;
+  std::string dtype = "bf16";  // dtype of the final model written to final/; with lora, of the frozen base
   std::string chat_template = "auto";
   nlohmann::json chat_template_kwargs = nlohmann::json::object();  // variables of its Jinja template
   std::optional<std::string> tokenizer;  // default: the model directory
@@ -45,6 +64,7 @@ struct TeacherServerConfig {
 struct TeacherConfig {
   std::string name;
   std::string path;
+  std::optional<std::string> adapter;  // a PEFT LoRA adapter applied over `path` (not merged)
   std::string dtype = "bf16";
   std::string chat_template = "auto";
   nlohmann::json chat_template_kwargs = nlohmann::json::object();
@@ -170,6 +190,8 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
 // terms and the alignment are not used (a sweep that switches the teachers off keeps their keys), and
 // the cross-key rules about them do not apply.
 bool distils(const Recipe& recipe);
+// Whether the run trains LoRA adapters (student.lora or student.adapter set).
+bool trains_adapters(const Recipe& recipe);
 
 // loss.on_policy.weight where the run distils, else 0: no completions are generated for nothing.
 double effective_on_policy_weight(const Recipe& recipe);

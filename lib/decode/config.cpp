@@ -20,6 +20,7 @@ template <class V>
 void visit(V& v, ModelSpec& c) {
   v("name", c.name);
   v.required("path", c.path, non_empty());
+  v("adapter", c.adapter);
   v("dtype", c.dtype, one_of(kDtypes));
   v("device", c.device, non_empty());
 }

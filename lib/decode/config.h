@@ -14,6 +14,7 @@ namespace lf {
 struct ModelSpec {
   std::string name;             // for traces and messages; default: the role (large, base, expert0, ...)
   std::string path;
+  std::string adapter;          // a PEFT LoRA adapter applied over `path` (not merged); empty: none
   std::string dtype = "auto";   // auto (the checkpoint's torch_dtype) | fp32 | bf16 | fp16
   std::string device = "auto";  // auto | cpu | cuda | cuda:N
 };

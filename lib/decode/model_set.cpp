@@ -44,7 +44,7 @@ DecodingModel load_one(const ModelSpec& spec, bool packed_head) {
   DecodingModel m;
   m.name = spec.name;
   m.path = spec.path;
-  m.model = load_model(spec.path, {spec.dtype, spec.device});
+  m.model = load_model(spec.path, {spec.dtype, spec.device, spec.adapter});
   m.model->eval();
   if (const int64_t bytes = packed_head ? m.model->pack_head_for_decoding() : 0)
     spdlog::info("{}: LM head packed for CPU decoding (+{:.1f} MB)", spec.path, bytes / 1e6);

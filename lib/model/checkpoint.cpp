@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "io/file.h"
 #include "io/safetensors.h"
+#include "model/lora.h"
 
 namespace fs = std::filesystem;
 
@@ -78,7 +79,12 @@ std::shared_ptr<CausalLM> load_model(const std::string& dir, const LoadOptions& 
   const c10::Device device = parse_device(options.device);
   auto model = std::make_shared<CausalLM>(config, at::TensorOptions().dtype(dtype).device(device));
   load_weights_into(*model, dir);
-  spdlog::debug("loaded {} ({}, {})", dir, torch_dtype_name(dtype), device.str());
+  if (!options.adapter.empty()) {
+    apply_lora_adapter(*model, options.adapter);
+    model->eval();
+  }
+  spdlog::debug("loaded {} ({}, {}){}", dir, torch_dtype_name(dtype), device.str(),
+                options.adapter.empty() ? "" : " with adapter " + options.adapter);
   return model;
 }
 
@@ -90,17 +96,13 @@ const char* kTokenizerFiles[] = {"tokenizer.json", "tokenizer.model", "tokenizer
 
 }  // namespace
 
-namespace {
-
-void copy_tokenizer_files(const std::string& from_dir, const fs::path& to) {
+void copy_tokenizer_files(const std::string& from_dir, const std::string& to_dir) {
   if (from_dir.empty()) return;
   for (const char* name : kTokenizerFiles) {
     const fs::path from = fs::path(from_dir) / name;
-    if (fs::exists(from)) fs::copy_file(from, to / name);
+    if (fs::exists(from)) fs::copy_file(from, fs::path(to_dir) / name);
   }
 }
-
-}  // namespace
 
 void save_model(CausalLM& model, const std::string& dir, const SaveOptions& options) {
   // Tensor by tensor: one converted copy at a time, never the whole model on the host.
@@ -131,7 +133,7 @@ void save_model_streamed(const ModelConfig& model_config, c10::ScalarType model_
         },
         {{"format", "pt"}});
     write_file_atomic((staging / "config.json").string(), model_config_to_json(config));
-    copy_tokenizer_files(options.tokenizer_from, staging);
+    copy_tokenizer_files(options.tokenizer_from, staging.string());
   });
 }
 

@@ -14,6 +14,9 @@ namespace lf {
 struct LoadOptions {
   std::string dtype = "auto";  // auto (the checkpoint's torch_dtype) | fp32 | bf16 | fp16
   std::string device = "cpu";  // cpu | cuda | cuda:N | auto
+  // A PEFT LoRA adapter directory applied over the weights without merging them (model/lora.h);
+  // empty: none. Its adapters are float32 whatever the base's dtype, as PEFT keeps them.
+  std::string adapter;
 };
 
 // Reads config.json and the safetensors weights. Missing tensors, shape mismatches and
@@ -41,6 +44,10 @@ using TensorProducer = std::function<void(const std::function<void(const at::Ten
 void save_model_streamed(const ModelConfig& config, c10::ScalarType model_dtype, const std::string& dir,
                          const std::vector<SafetensorsStreamWriter::Spec>& specs, const TensorProducer& produce,
                          const SaveOptions& options = {});
+
+// Copies the tokenizer (and generation config) files that exist in `from_dir` into `to_dir`; a no-op
+// for an empty `from_dir`.
+void copy_tokenizer_files(const std::string& from_dir, const std::string& to_dir);
 
 // "fp32" | "float32" | "bf16" | "bfloat16" | "fp16" | "float16" -> ScalarType; InputError otherwise.
 c10::ScalarType parse_dtype(const std::string& name, const std::string& what);

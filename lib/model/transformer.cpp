@@ -29,7 +29,16 @@ LinearImpl::LinearImpl(int64_t in, int64_t out, bool with_bias, const at::Tensor
   if (with_bias) bias = register_parameter("bias", at::empty({out}, options));
 }
 
-at::Tensor LinearImpl::forward(const at::Tensor& x) const { return at::linear(x, weight, bias); }
+at::Tensor LinearImpl::forward(const at::Tensor& x) const {
+  at::Tensor out = at::linear(x, weight, bias);
+  if (!lora) return out;
+  // PEFT's order: the input cast to the adapter's dtype, dropout, A, B, times the scale, added to the
+  // base output, the sum cast back to the base output's dtype.
+  at::Tensor h = x.scalar_type() == lora->A.scalar_type() ? x : x.to(lora->A.scalar_type());
+  if (lora->dropout > 0 && is_training()) h = at::dropout(h, lora->dropout, /*train=*/true);
+  at::Tensor sum = out + at::linear(at::linear(h, lora->A), lora->B) * lora->scale;
+  return sum.scalar_type() == out.scalar_type() ? sum : sum.to(out.scalar_type());
+}
 
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps_, const at::TensorOptions& options, bool gemma_)
     : eps(eps_), gemma(gemma_) {
@@ -214,6 +223,15 @@ at::Tensor DecoderLayerImpl::forward(const at::Tensor& x, const at::Tensor& cos,
 
 namespace {
 
+// Whether a decoder layer's forward draws random numbers (LoRA dropout in training mode).
+bool uses_dropout(DecoderLayerImpl& layer) {
+  if (!layer.is_training()) return false;
+  for (const auto& module : layer.modules(/*include_self=*/false))
+    if (auto* linear = dynamic_cast<LinearImpl*>(module.get()); linear && linear->lora && linear->lora->dropout > 0)
+      return true;
+  return false;
+}
+
 // A decoder layer that saves only its input: the forward runs without building a graph, and the
 // backward recomputes the layer with one (under the same autocast state) and backpropagates through
 // it, which also accumulates the layer's parameter gradients.
@@ -225,9 +243,11 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
     ctx->saved_data["causal"] = causal;
     ctx->saved_data["layer"] = layer_address;
     ctx->saved_data["autocast"] = at::autocast::is_autocast_enabled(x.device().type());
+    auto* layer = reinterpret_cast<DecoderLayerImpl*>(layer_address);
+    // LoRA dropout draws random masks: the recomputation must draw the same ones.
+    if (uses_dropout(*layer)) ctx->saved_data["rng"] = at::globalContext().defaultGenerator(x.device()).get_state();
     at::NoGradGuard no_grad;
-    return reinterpret_cast<DecoderLayerImpl*>(layer_address)
-        ->forward(x, cos, sin, mask.numel() > 0 ? mask : at::Tensor(), causal, nullptr, 0);
+    return layer->forward(x, cos, sin, mask.numel() > 0 ? mask : at::Tensor(), causal, nullptr, 0);
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_outputs) {
@@ -238,12 +258,20 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
     const bool autocast = ctx->saved_data["autocast"].toBool();
     const bool previous = at::autocast::is_autocast_enabled(device_type);
     at::autocast::set_autocast_enabled(device_type, autocast);
+    at::Generator generator = at::globalContext().defaultGenerator(x.device());
+    const bool replay = ctx->saved_data.count("rng") > 0;
+    at::Tensor now;  // the generator's state outside this recomputation, restored after it
+    if (replay) {
+      now = generator.get_state();
+      generator.set_state(ctx->saved_data["rng"].toTensor());
+    }
     at::Tensor out;
     {
       at::AutoGradMode enable_grad(true);
       const at::Tensor mask = ctx->saved_data["has_mask"].toBool() ? saved[3] : at::Tensor();
       out = layer->forward(x, saved[1], saved[2], mask, ctx->saved_data["causal"].toBool(), nullptr, 0);
     }
+    if (replay) generator.set_state(now);
     at::autocast::set_autocast_enabled(device_type, previous);
     torch::autograd::backward({out}, {grad_outputs[0]});
     return {x.grad(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
@@ -384,6 +412,7 @@ std::pair<at::Tensor, bool> attention_mask(const at::Tensor& key_valid, std::opt
 }  // namespace
 
 at::Tensor CausalLM::head(const at::Tensor& hidden, const at::Tensor& weight) const {
+  if (lm_head_ && lm_head_->lora) return soft_cap(lm_head_->forward(hidden), config_.final_logit_softcapping);
   return soft_cap(at::linear(hidden, weight), config_.final_logit_softcapping);
 }
 
@@ -451,6 +480,9 @@ at::Tensor CausalLM::hidden_states(const at::Tensor& input_ids, const ForwardOpt
 
   at::Tensor h = embed(input_ids.to(device));
   const bool checkpoint = checkpointing_ && !cache && at::GradMode::is_enabled();
+  // A checkpointed layer's output needs a gradient only if its input does: with a frozen embedding (a
+  // LoRA student) the adapters inside the layers would get none. (transformers' enable_input_require_grads.)
+  if (checkpoint && !h.requires_grad()) h = h.detach().requires_grad_(true);
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     DecoderLayerImpl& layer = *model_->decoder_layers[l];
     const LayerInputs in = layer_inputs(l);
@@ -488,6 +520,7 @@ const c10::OperatorHandle& mkldnn_linear() {
 int64_t CausalLM::pack_head_for_decoding() {
   const at::Tensor& weight = lm_head_ ? lm_head_->weight : model_->embed_tokens->weight;
   if (units_ || !weight.device().is_cpu() || weight.scalar_type() != at::kFloat || !at::hasMKLDNN()) return 0;
+  if (lm_head_ && lm_head_->lora) return 0;  // an adapted head is not the weight alone
   at::NoGradGuard no_grad;
   packed_head_ = call_mkldnn(mkldnn_reorder(), {weight.detach(), c10::IValue()});
   return weight.numel() * static_cast<int64_t>(weight.element_size());

@@ -54,10 +54,20 @@ class ParameterUnits {
   virtual at::Tensor run(int64_t unit, const at::Tensor& x, const std::vector<at::Tensor>& extras, int64_t flags) = 0;
 };
 
+// A LoRA adapter of one linear layer (model/lora.h): out += scale · B A dropout(x), computed in the
+// adapter's dtype (x cast to it) and added to the base output in its dtype, as PEFT does.
+struct LoraAdapter {
+  at::Tensor A;  // [r, in]
+  at::Tensor B;  // [out, r]
+  double scale = 1.0;
+  double dropout = 0.0;  // applied only while the module is in training mode
+};
+
 struct LinearImpl : torch::nn::Module {
   LinearImpl(int64_t in, int64_t out, bool bias, const at::TensorOptions& options);
   at::Tensor forward(const at::Tensor& x) const;
   at::Tensor weight, bias;
+  std::shared_ptr<LoraAdapter> lora;  // null: a plain linear layer
 };
 
 struct RMSNormImpl : torch::nn::Module {

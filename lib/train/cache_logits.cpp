@@ -33,6 +33,9 @@ CacheSpec expected_cache_spec(const Recipe& r, size_t index, const Participant& 
   // A served teacher is known by its served name (its URL may change from run to run).
   const auto& server = r.teachers.at(index).server;
   spec.model_fingerprint = server ? "server model '" + server->model + "'" : model_fingerprint(teacher.dir);
+  // An adapter changes the teacher (added only with one, so caches of plain teachers stay valid).
+  if (!server && !teacher.adapter.empty())
+    spec.model_fingerprint += " + adapter " + hex64(hash_file(teacher.adapter + "/adapter_model.safetensors"));
   // `plain` puts the tokenizer's BOS first where its post-processing does (caches written before
   // it did so hold another tokenization, and are refused by this name).
   spec.chat_template = teacher.chat_template.name;
@@ -109,7 +112,7 @@ void write_logits_caches(const Recipe& r) {
     const bool remote = tc.server.has_value();
     Participant teacher = load_participant(tc.name, tc.path, tc.tokenizer, tc.chat_template, tc.dtype,
                                            tc.device == "auto" ? r.run.device : tc.device, r.chat_templates,
-                                           /*load_weights=*/!remote, tc.chat_template_kwargs);
+                                           /*load_weights=*/!remote, tc.chat_template_kwargs, tc.adapter.value_or(""));
     if (!remote) teacher.model->eval();
     const CacheSpec spec = expected_cache_spec(r, s, teacher, data_hash);
     LogitsCacheWriter writer(*tc.logits_cache, spec);

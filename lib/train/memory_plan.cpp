@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstdio>
+#include <functional>
 
 #ifdef LOGITFUSE_HAVE_CUDA
 #include <cuda_runtime_api.h>
@@ -14,7 +15,9 @@
 
 #include "core/error.h"
 #include "core/strings.h"
+#include "model/lora.h"
 #include "model/transformer.h"
+#include "train/lora_student.h"
 
 namespace lf {
 
@@ -55,6 +58,35 @@ namespace {
 
 double dtype_bytes(const std::string& dtype) { return dtype == "fp32" || dtype == "float32" ? 4.0 : 2.0; }
 
+// The adapters student.lora (or student.adapter) adds to the student, counted on a meta-device model.
+int64_t lora_trainable_parameters(const Recipe& recipe, const ModelConfig& student) {
+  CausalLM meta(student, at::TensorOptions().device(at::kMeta));
+  return lora_parameter_count(meta, student_lora_config(recipe), recipe.student.lora ? "student.lora" : "student.adapter");
+}
+
+using AddItem = std::function<void(std::string name, double bytes, std::string fix)>;
+
+// The student's weights, gradients and AdamW state (P parameters): full training keeps float32 master
+// weights; LoRA keeps the base frozen in student.dtype and trains float32 adapters (ZeRO-1/2 shard
+// their AdamW state; ZeRO-3 is refused with LoRA).
+void add_student_state(MemoryPlan& plan, const Recipe& recipe, const ModelConfig& student, double P, const AddItem& add) {
+  const double N = static_cast<double>(plan.world_size);
+  const bool zero3 = plan.zero == 3;
+  if (trains_adapters(recipe)) {
+    const double A = static_cast<double>(lora_trainable_parameters(recipe, student));
+    plan.parameters.emplace_back("student adapters (trainable)", static_cast<int64_t>(A));
+    add("student base (frozen, " + recipe.student.dtype + ")", dtype_bytes(recipe.student.dtype) * P, "student.dtype: bf16");
+    add("LoRA adapters and their gradients (fp32)", 8 * A, "student.lora.r");
+    add("AdamW state of the adapters (fp32, 2 per parameter)", 8 * (plan.zero == 0 ? A : std::ceil(A / N)),
+        plan.zero == 0 ? "dist.zero 1" : "more ranks");
+    return;
+  }
+  add("student parameters (fp32 master weights)", 4 * (zero3 ? std::ceil(P / N) : P), zero3 ? "more ranks" : "dist.zero 3");
+  add("student gradients (fp32)", 4 * (zero3 ? std::ceil(P / N) : P), zero3 ? "more ranks" : "dist.zero 3");
+  add("AdamW state (fp32, 2 per parameter)", 8 * (plan.zero == 0 ? P : std::ceil(P / N)),
+      plan.zero == 0 ? "dist.zero 1" : "more ranks");
+}
+
 // `footprints`: the student's, then each teacher's (built once: each is a model on the meta device).
 void build_items(MemoryPlan& plan, const Recipe& recipe, const ModelConfig& student,
                  const std::vector<ModelConfig>& teachers, const std::vector<ModelFootprint>& footprints) {
@@ -67,13 +99,10 @@ void build_items(MemoryPlan& plan, const Recipe& recipe, const ModelConfig& stud
   const bool zero3 = plan.zero == 3;
   const bool bf16 = recipe.train.precision == "bf16";
   const bool gpu = plans_for_gpu(recipe);
-  auto add = [&](std::string name, double bytes, std::string fix) {
+  const AddItem add = [&](std::string name, double bytes, std::string fix) {
     if (bytes > 0) plan.items.push_back({std::move(name), bytes, std::move(fix)});
   };
-  add("student parameters (fp32 master weights)", 4 * (zero3 ? std::ceil(P / N) : P), zero3 ? "more ranks" : "dist.zero 3");
-  add("student gradients (fp32)", 4 * (zero3 ? std::ceil(P / N) : P), zero3 ? "more ranks" : "dist.zero 3");
-  add("AdamW state (fp32, 2 per parameter)", 8 * (plan.zero == 0 ? P : std::ceil(P / N)),
-      plan.zero == 0 ? "dist.zero 1" : "more ranks");
+  add_student_state(plan, recipe, student, P, add);
   const double unit = static_cast<double>(s.largest_unit), head = static_cast<double>(s.head);
   // In the backward: a layer whole, the next one prefetched, its gradient and the reduce-scatter's
   // input; in the loss: the head and its gradient. One rank gathers nothing: its shard is the unit.
@@ -81,7 +110,8 @@ void build_items(MemoryPlan& plan, const Recipe& recipe, const ModelConfig& stud
     add("gathered units (a layer and the LM head, with gradients)",
         plan.world_size > 1 ? 4 * std::max(4 * unit, unit + 2 * head) : 4 * std::max(2 * unit, head),
         "more ranks do not shrink this");
-  if (bf16) add("bf16 weight copies (autocast)", 2 * (zero3 ? unit + head : P), "dist.zero 3");
+  if (bf16 && !(trains_adapters(recipe) && recipe.student.dtype != "fp32"))
+    add("bf16 weight copies (autocast)", 2 * (zero3 ? unit + head : P), "dist.zero 3");
 
   // Activations: each layer's input kept for the backward (with checkpointing, implied at ZeRO-3), one
   // layer's internals at a time; without checkpointing every layer's internals.

@@ -25,16 +25,17 @@ int64_t Participant::pad_id() const {
 Participant load_participant(const std::string& name, const std::string& dir, const std::optional<std::string>& tokenizer,
                              const std::string& chat_template, const std::string& dtype, const std::string& device,
                              const std::map<std::string, ChatTemplate>& custom_templates, bool load_weights,
-                             const nlohmann::json& chat_template_kwargs) {
+                             const nlohmann::json& chat_template_kwargs, const std::string& adapter) {
   Participant p;
   p.name = name;
   p.dir = dir;
+  p.adapter = adapter;
   p.tokenizer_dir = tokenizer ? (std::filesystem::is_directory(*tokenizer)
                                      ? *tokenizer
                                      : std::filesystem::path(*tokenizer).parent_path().string())
                               : dir;
   p.device = parse_device(device);
-  if (load_weights) p.model = load_model(dir, {dtype, device});
+  if (load_weights) p.model = load_model(dir, {dtype, device, adapter});
   p.tokenizer = load_tokenizer(tokenizer ? *tokenizer : dir);
   p.chat_template = resolve_chat_template(chat_template, p.tokenizer_dir, custom_templates, chat_template_kwargs);
   const int64_t model_vocab = load_weights ? p.model->config().vocab_size : load_model_config(dir).vocab_size;

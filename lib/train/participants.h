@@ -16,6 +16,7 @@ namespace lf {
 struct Participant {
   std::string name;
   std::string dir;            // model directory
+  std::string adapter;        // a PEFT LoRA adapter applied over it (not merged); empty: none
   std::string tokenizer_dir;  // where its tokenizer files live (copied into saved models)
   std::shared_ptr<CausalLM> model;
   std::shared_ptr<Tokenizer> tokenizer;
@@ -28,11 +29,13 @@ struct Participant {
   int64_t pad_id() const;
 };
 
-// Loads a model (weights in `dtype` on `device`), its tokenizer and chat template. Without
+// Loads a model (weights in `dtype` on `device`, with `adapter` applied when set), its tokenizer and
+// chat template. Without
 // `load_weights` (a teacher read from a logits cache) only the config, tokenizer and template are read.
 Participant load_participant(const std::string& name, const std::string& dir, const std::optional<std::string>& tokenizer,
                              const std::string& chat_template, const std::string& dtype, const std::string& device,
                              const std::map<std::string, ChatTemplate>& custom_templates, bool load_weights = true,
-                             const nlohmann::json& chat_template_kwargs = nlohmann::json::object());
+                             const nlohmann::json& chat_template_kwargs = nlohmann::json::object(),
+                             const std::string& adapter = "");
 
 }  // namespace lf

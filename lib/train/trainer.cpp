@@ -50,7 +50,7 @@ Trainer::Trainer(const Recipe& recipe, const TrainOptions& options, Communicator
   log_plan_and_coverage(recipe, memory, *participants_, data_->train);
   alignment_ = std::make_unique<TokenAlignment>(build_token_alignment(recipe, options, *participants_));
   optimizer_ = make_optimizer(recipe, *participants_, comm);
-  weights_ = std::make_unique<StudentWeights>(student_weights(*participants_, comm));
+  weights_ = std::make_unique<StudentWeights>(student_weights(recipe_, *participants_, comm));
   steps_ = std::make_unique<StepPlan>(plan_steps(recipe, data_->train, comm));
 
   TrainerState fresh;

@@ -16,6 +16,7 @@
 #include "model/checkpoint.h"
 #include "model/model_config.h"
 #include "train/cache_logits.h"
+#include "train/lora_student.h"
 
 namespace fs = std::filesystem;
 
@@ -41,8 +42,10 @@ void load_teacher(const Recipe& recipe, size_t s, Placement placement, const std
   const std::string teacher_device = t.device == "auto" ? parts.student.device.str() : t.device;
   parts.teachers.push_back(load_participant(t.name, t.path, t.tokenizer, t.chat_template, t.dtype, teacher_device,
                                             recipe.chat_templates, /*load_weights=*/placement == Placement::kReplicate,
-                                            t.chat_template_kwargs));
+                                            t.chat_template_kwargs, t.adapter.value_or("")));
   Participant& teacher = parts.teachers.back();
+  if (placement == Placement::kShard && t.adapter)
+    throw NotAvailable("teachers." + std::to_string(s) + ": a sharded teacher (the memory plan's placement) with an adapter");
   if (placement == Placement::kCache) {
     parts.caches.push_back(LogitsCache::open(*t.logits_cache, expected_cache_spec(recipe, s, teacher, data_hash)));
     spdlog::info("teacher {}: reading cached logits from {}", t.name, *t.logits_cache);
@@ -89,9 +92,12 @@ Participants load_participants(const Recipe& recipe, const MemoryPlan& plan, con
     throw NotAvailable("on-policy distillation with a sharded student or teacher (dist.zero=3, teachers.N.placement=shard): "
                        "each rank generates a different number of tokens, which sharded forwards cannot follow");
   Participants parts;
+  // Full training keeps float32 master weights; a LoRA student's base is frozen in student.dtype.
+  const bool lora = trains_adapters(recipe);
   parts.student = load_participant("student", recipe.student.path, recipe.student.tokenizer, recipe.student.chat_template,
-                                   "fp32", recipe.run.device, recipe.chat_templates, /*load_weights=*/!zero3,
-                                   recipe.student.chat_template_kwargs);
+                                   lora ? recipe.student.dtype : "fp32", recipe.run.device, recipe.chat_templates,
+                                   /*load_weights=*/!zero3, recipe.student.chat_template_kwargs);
+  if (lora) attach_student_adapters(parts.student, recipe);
   if (zero3) {
     parts.sharded_student = load_sharded(parts.student, recipe.student.path, at::kFloat, comm, /*trainable=*/true);
     spdlog::info("student sharded over {} rank(s) (ZeRO-3): {} of parameters and gradients on this rank",
@@ -166,16 +172,21 @@ std::unique_ptr<DistributedOptimizer> make_optimizer(const Recipe& recipe, Parti
   const auto& tc = recipe.train;
   const AdamWConfig adamw{tc.adam_beta1, tc.adam_beta2, tc.adam_eps, tc.weight_decay};
   if (participants.sharded_student) return std::make_unique<Zero3AdamW>(*participants.sharded_student, adamw);
+  // A LoRA student trains its adapters alone: only they have gradients to reduce and optimizer state.
+  const bool lora = has_lora(*participants.student.model);
   std::vector<std::pair<std::string, at::Tensor>> params;
-  for (auto& item : participants.student.model->named_parameters()) params.emplace_back(item.key(), item.value());
+  if (lora) params = lora_tensors(*participants.student.model);
+  else
+    for (auto& item : participants.student.model->named_parameters()) params.emplace_back(item.key(), item.value());
   const ShardingConfig sharding{recipe.dist.zero, static_cast<int64_t>(recipe.dist.bucket_mb * (1 << 20) / 4)};
   auto flat = std::make_unique<ShardedAdamW>(params, adamw, sharding, comm);
   // An untied LM head has its final gradient before the transformer's backward starts.
-  if (recipe.dist.overlap) flat->enable_overlap({"lm_head.weight"});
+  if (recipe.dist.overlap && !lora) flat->enable_overlap({"lm_head.weight"});
   return flat;
 }
 
-StudentWeights student_weights(Participants& participants, Communicator& comm) {
+StudentWeights student_weights(const Recipe& recipe, Participants& participants, Communicator& comm) {
+  if (trains_adapters(recipe)) return lora_student_weights(participants.student, recipe, comm);
   ShardedModel* sharded = participants.sharded_student.get();
   if (!sharded) return whole_student(*participants.student.model, comm);
   return {[sharded, &comm](const std::string& dir, const SaveOptions& save) { sharded->save(dir, save, comm.is_main()); },

@@ -74,9 +74,9 @@ TokenAlignment build_token_alignment(const Recipe& recipe, const TrainOptions& o
 // The optimizer: each rank sees micro_batch_size examples of every global micro-batch; it reduces the
 // gradients over ranks and shards its state (sharded_adamw.h; zero3.h at dist.zero 3).
 std::unique_ptr<DistributedOptimizer> make_optimizer(const Recipe& recipe, Participants& participants, Communicator& comm);
-// How checkpoints and final/ save and load the student: whole, or gathered unit by unit at ZeRO-3.
-// It refers to `participants`, which must outlive it.
-StudentWeights student_weights(Participants& participants, Communicator& comm);
+// How checkpoints and final/ save and load the student: whole, gathered unit by unit at ZeRO-3, or
+// its LoRA adapters alone. It refers to `participants`, which must outlive it.
+StudentWeights student_weights(const Recipe& recipe, Participants& participants, Communicator& comm);
 
 // Steps, the schedule and how the sampler cuts the data.
 struct StepPlan {

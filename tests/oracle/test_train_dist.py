@@ -161,6 +161,20 @@ def test_zero_sharded_optimizer_equals_the_unsharded_run(workspace, single, tmp_
     assert_same_run(tmp_path / "plain", tmp_path / "zero")
 
 
+# LoRA: only the adapters' gradients are reduced (and at ZeRO-1/2 their AdamW state sharded). Without
+# dropout: each process draws its own masks, as in any data-parallel run, so with dropout the runs differ.
+LORA = {"student.lora.r": 4, "student.lora.alpha": 8, "student.lora.dropout": 0.0}
+
+
+@pytest.mark.parametrize("zero", [0, 2])
+def test_lora_on_two_ranks_equals_one_process(workspace, tmp_path, zero):
+    train(1, workspace, tmp_path / "one", **LORA)
+    proc = train(2, workspace, tmp_path / "two", **LORA, **{"dist.zero": zero})
+    assert "LoRA student" in proc.stderr
+    assert (tmp_path / "two" / "final" / "adapter_model.safetensors").exists()
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+
+
 def test_overlapped_reduction_equals_the_reduction_after_backward(workspace, tmp_path):
     # Small buckets, so that most start while the backward pass is still running.
     small = {"dist.bucket_mb": 0.01}

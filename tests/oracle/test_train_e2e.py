@@ -87,7 +87,9 @@ def metrics(out):
 
 
 def weights(model_dir):
-    return load_file(str(Path(model_dir) / "model.safetensors"))
+    """A model directory's tensors, or a LoRA run's adapters (a PEFT adapter directory)."""
+    adapter = Path(model_dir) / "adapter_model.safetensors"
+    return load_file(str(adapter if adapter.exists() else Path(model_dir) / "model.safetensors"))
 
 
 def assert_same_weights(a, b):
