@@ -36,7 +36,15 @@ VARIANTS = {
     "uld": ("uld", False, "offsets"),
     "gld+uld": ("uld", True, "offsets"),
     "gld+kl-span": ("kl", True, "span"),
+    # LoRA students (docs/lora.md): the variant of the same name without the prefix, trained through
+    # adapters (r 16, α 32, dropout 0.05, attention and MLP) over the float32 pivot, at --lora-lr.
+    "lora-sft": None,
+    "lora-kl-span": ("kl", False, "span"),
 }
+
+
+def is_lora(variant):
+    return variant.startswith("lora-")
 
 
 # What each kept directory depends on. A run's directory names λ where it matters (run_name).
@@ -91,13 +99,15 @@ def recipe(args, run_dir, variant, seed, data):
     # --curve-every: every seed, every N steps; by default the first seed at half the run.
     every = (args.curve_every or (args.steps // 2 if seed == args.seed_list[0] else 0)) if args.curve else 0
     keep = max(2, args.steps // every + 1) if every else 2  # every checkpoint is evaluated after the run
+    lora = ", lora: {r: 16, alpha: 32, dropout: 0.05}" if is_lora(variant) else ""
+    lr = args.lora_lr if is_lora(variant) else args.lr
     text = f"""run: {{name: {run_dir.name}, output_dir: {run_dir}, seed: {seed}, device: cpu}}
-student: {{path: {PIVOT}, dtype: fp32, chat_template: plain}}
+student: {{path: {PIVOT}, dtype: fp32, chat_template: plain{lora}}}
 teachers: {teacher}
 data: {{train: {data / 'train.jsonl'}, max_length: {args.max_length}, max_prompt_length: 8}}
 loss: {loss}
 alignment: {{positions: {positions}, vocab: exact, cache_dir: {Path(args.out) / 'vocab-maps'}}}
-train: {{max_steps: {args.steps}, micro_batch_size: {args.batch}, grad_accum: 1, lr: {args.lr}, schedule: cosine,
+train: {{max_steps: {args.steps}, micro_batch_size: {args.batch}, grad_accum: 1, lr: {lr}, schedule: cosine,
          warmup_ratio: 0.0, precision: fp32, clip_grad: 1.0, weight_decay: 0.0, logit_chunk_size: 256}}
 checkpoint: {{every_steps: {every}, keep_last: {keep}}}
 log: {{every_steps: 1}}
@@ -108,15 +118,17 @@ log: {{every_steps: 1}}
     return path
 
 
-def evaluate(args, model_dir, out_dir, data, split, threads):
-    """bits per byte of `model_dir` on each domain's `split` set, kept in out_dir/metrics.json."""
+def evaluate(args, model_dir, out_dir, data, split, threads, adapter=None):
+    """bits per byte of `model_dir` (with a PEFT `adapter` over it) on each domain's `split` set, kept in
+    out_dir/metrics.json."""
     metrics = out_dir / "metrics.json"
     if not metrics.exists():
         out_dir.mkdir(parents=True, exist_ok=True)
         tasks = "".join(f"\n  - {{name: {d}, type: perplexity, data: {data / f'{split}_{d}.jsonl'}}}"
                         for d in real_text.DOMAINS)
         config = out_dir / "eval.yaml"
-        config.write_text(f"""model: {{path: {model_dir}, device: cpu, dtype: fp32}}
+        model = f"{{path: {model_dir}, device: cpu, dtype: fp32" + (f", adapter: {adapter}}}" if adapter else "}")
+        config.write_text(f"""model: {model}
 generation: {{batch_size: 1, chat_template: plain}}
 output_dir: {out_dir}
 tasks:{tasks}
@@ -125,6 +137,13 @@ tasks:{tasks}
         (out_dir / "seconds").write_text(f"{seconds:.1f}\n")
     m = json.loads(metrics.read_text())["tasks"]
     return {d: m[d]["bits_per_byte"] for d in real_text.DOMAINS}
+
+
+def evaluate_written(args, variant, written, out_dir, data):
+    """evaluate() on a directory a run wrote: the model itself, or the pivot with it as the adapter."""
+    if is_lora(variant):
+        return evaluate(args, PIVOT, out_dir, data, args.split, args.threads, adapter=written)
+    return evaluate(args, written, out_dir, data, args.split, args.threads)
 
 
 def train_variant(args, variant, seed, data):
@@ -141,8 +160,8 @@ def train_variant(args, variant, seed, data):
         if (ckpt / "DONE").exists():
             step = int(ckpt.name.split("_")[1])
             if step < args.steps:
-                curve[step] = evaluate(args, ckpt, run_dir / f"eval-{step}", data, args.split, args.threads)
-    final = evaluate(args, run_dir / "final", run_dir / "eval-final", data, args.split, args.threads)
+                curve[step] = evaluate_written(args, variant, ckpt, run_dir / f"eval-{step}", data)
+    final = evaluate_written(args, variant, run_dir / "final", run_dir / "eval-final", data)
     curve[args.steps] = final
     losses = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
     result = {"variant": variant, "seed": seed, "bpb": final, "curve": curve, "train_seconds": seconds,
@@ -259,6 +278,7 @@ def parse_args():
     p.add_argument("--steps", type=int, default=24)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--lora-lr", type=float, default=2e-4, help="the lora-* variants' learning rate (set before any run)")
     # λ chosen once, on the dev split, from {0.2, 0.5} (SFT, span KL and GLD + ULD, seed 1; README);
     # temperature, learning rate and steps were set before any run and not tuned.
     p.add_argument("--distill-weight", type=float, default=0.2)

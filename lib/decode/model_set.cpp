@@ -5,11 +5,13 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <map>
 
 #include "core/error.h"
 #include "core/hash.h"
 #include "kernels/dlf.h"
 #include "model/checkpoint.h"
+#include "model/lora.h"
 #include "model/model_config.h"
 
 namespace lf {
@@ -40,14 +42,29 @@ std::string vocabulary_difference(const Tokenizer& a, const Tokenizer& b) {
   return "";
 }
 
-DecodingModel load_one(const ModelSpec& spec, bool packed_head) {
+// Models already loaded by (path, dtype, device), without adapters: a second spec of the same model
+// reuses it, and one with an adapter shares its weights (CausalLM::share_weights), so experts that
+// are adapters over one base hold the base once.
+using LoadedModels = std::map<std::string, std::shared_ptr<CausalLM>>;
+
+DecodingModel load_one(const ModelSpec& spec, bool packed_head, LoadedModels& loaded) {
   DecodingModel m;
   m.name = spec.name;
   m.path = spec.path;
-  m.model = load_model(spec.path, {spec.dtype, spec.device, spec.adapter});
-  m.model->eval();
-  if (const int64_t bytes = packed_head ? m.model->pack_head_for_decoding() : 0)
-    spdlog::info("{}: LM head packed for CPU decoding (+{:.1f} MB)", spec.path, bytes / 1e6);
+  const std::string key = spec.path + "\n" + spec.dtype + "\n" + spec.device;
+  auto& plain = loaded[key];
+  if (!plain) {
+    plain = load_model(spec.path, {spec.dtype, spec.device});
+    plain->eval();
+    if (const int64_t bytes = packed_head ? plain->pack_head_for_decoding() : 0)
+      spdlog::info("{}: LM head packed for CPU decoding (+{:.1f} MB)", spec.path, bytes / 1e6);
+  }
+  m.model = plain;
+  if (!spec.adapter.empty()) {
+    m.model = plain->share_weights();
+    apply_lora_adapter(*m.model, spec.adapter);
+    spdlog::info("{}: adapter {} over {} (its weights shared, not copied)", spec.name, spec.adapter, spec.path);
+  }
   m.device = parse_device(spec.device);
   return m;
 }
@@ -101,20 +118,21 @@ ModelSet load_model_set(const DecodingConfig& config) {
 
   const std::string& s = set.fusion.strategy;
   const bool pack = config.generation.packed_head;
+  LoadedModels loaded;
   if (config.model) {
-    set.large = load_one(*config.model, pack);
+    set.large = load_one(*config.model, pack, loaded);
   } else if (s == "large_only") {
-    set.large = load_one(config.models->large, pack);
+    set.large = load_one(config.models->large, pack, loaded);
   } else if (s == "expert_only") {
     const auto& experts = config.models->experts;
     auto it = std::find_if(experts.begin(), experts.end(), [&](const ModelSpec& e) {
       return config.fusion.expert.empty() || e.name == config.fusion.expert;
     });
-    set.experts.push_back(load_one(*it, pack));
+    set.experts.push_back(load_one(*it, pack, loaded));
   } else {
-    set.large = load_one(config.models->large, pack);
-    set.base = load_one(*config.models->base, pack);
-    for (const auto& e : config.models->experts) set.experts.push_back(load_one(e, pack));
+    set.large = load_one(config.models->large, pack, loaded);
+    set.base = load_one(*config.models->base, pack, loaded);
+    for (const auto& e : config.models->experts) set.experts.push_back(load_one(e, pack, loaded));
   }
   set.device = set.run().front()->device;
   spdlog::info("decoding with {} model(s), strategy {}, shared vocabulary {}", set.run().size(), s, set.vocab);

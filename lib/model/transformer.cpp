@@ -14,6 +14,7 @@
 #include <tuple>
 
 #include "core/error.h"
+#include "model/lora_branch.h"
 
 namespace lf {
 
@@ -32,11 +33,9 @@ LinearImpl::LinearImpl(int64_t in, int64_t out, bool with_bias, const at::Tensor
 at::Tensor LinearImpl::forward(const at::Tensor& x) const {
   at::Tensor out = at::linear(x, weight, bias);
   if (!lora) return out;
-  // PEFT's order: the input cast to the adapter's dtype, dropout, A, B, times the scale, added to the
-  // base output, the sum cast back to the base output's dtype.
-  at::Tensor h = x.scalar_type() == lora->A.scalar_type() ? x : x.to(lora->A.scalar_type());
-  if (lora->dropout > 0 && is_training()) h = at::dropout(h, lora->dropout, /*train=*/true);
-  at::Tensor sum = out + at::linear(at::linear(h, lora->A), lora->B) * lora->scale;
+  // PEFT's sum: the base output plus the adapter branch (model/lora_branch.h), cast back to the base
+  // output's dtype.
+  at::Tensor sum = out + lora_branch(x, *lora, is_training());
   return sum.scalar_type() == out.scalar_type() ? sum : sum.to(out.scalar_type());
 }
 
@@ -244,8 +243,9 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
     ctx->saved_data["layer"] = layer_address;
     ctx->saved_data["autocast"] = at::autocast::is_autocast_enabled(x.device().type());
     auto* layer = reinterpret_cast<DecoderLayerImpl*>(layer_address);
-    // LoRA dropout draws random masks: the recomputation must draw the same ones.
-    if (uses_dropout(*layer)) ctx->saved_data["rng"] = at::globalContext().defaultGenerator(x.device()).get_state();
+    // LoRA dropout draws its seeds from the CPU generator (model/lora_branch.h): the recomputation
+    // must draw the same ones.
+    if (uses_dropout(*layer)) ctx->saved_data["rng"] = at::detail::getDefaultCPUGenerator().get_state();
     at::NoGradGuard no_grad;
     return layer->forward(x, cos, sin, mask.numel() > 0 ? mask : at::Tensor(), causal, nullptr, 0);
   }
@@ -258,7 +258,7 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
     const bool autocast = ctx->saved_data["autocast"].toBool();
     const bool previous = at::autocast::is_autocast_enabled(device_type);
     at::autocast::set_autocast_enabled(device_type, autocast);
-    at::Generator generator = at::globalContext().defaultGenerator(x.device());
+    at::Generator generator = at::detail::getDefaultCPUGenerator();
     const bool replay = ctx->saved_data.count("rng") > 0;
     at::Tensor now;  // the generator's state outside this recomputation, restored after it
     if (replay) {
@@ -517,10 +517,22 @@ const c10::OperatorHandle& mkldnn_linear() {
 
 }  // namespace
 
+std::shared_ptr<CausalLM> CausalLM::share_weights() {
+  auto twin = std::make_shared<CausalLM>(config_, options_);
+  at::NoGradGuard no_grad;
+  auto mine = named_parameters(/*recurse=*/true), theirs = twin->named_parameters(/*recurse=*/true);
+  for (const auto& item : mine) theirs[item.key()].set_(item.value());  // the twin's tensors now view these storages
+  twin->packed_head_ = packed_head_;
+  twin->checkpointing_ = checkpointing_;
+  if (!is_training()) twin->eval();
+  return twin;
+}
+
 int64_t CausalLM::pack_head_for_decoding() {
   const at::Tensor& weight = lm_head_ ? lm_head_->weight : model_->embed_tokens->weight;
   if (units_ || !weight.device().is_cpu() || weight.scalar_type() != at::kFloat || !at::hasMKLDNN()) return 0;
   if (lm_head_ && lm_head_->lora) return 0;  // an adapted head is not the weight alone
+  if (packed_head_.defined()) return 0;       // shared with the model whose weights this one shares
   at::NoGradGuard no_grad;
   packed_head_ = call_mkldnn(mkldnn_reorder(), {weight.detach(), c10::IValue()});
   return weight.numel() * static_cast<int64_t>(weight.element_size());
@@ -528,7 +540,7 @@ int64_t CausalLM::pack_head_for_decoding() {
 
 at::Tensor CausalLM::logits(const at::Tensor& hidden) const {
   const at::Tensor& weight = lm_head_ ? lm_head_->weight : model_->embed_tokens->weight;
-  if (packed_head_.defined() && !(at::GradMode::is_enabled() && hidden.requires_grad())) {
+  if (packed_head_.defined() && !(lm_head_ && lm_head_->lora) && !(at::GradMode::is_enabled() && hidden.requires_grad())) {
     return soft_cap(call_mkldnn(mkldnn_linear(), {hidden.contiguous(), packed_head_, c10::IValue(), std::string("none"),
                                                   c10::List<std::optional<at::Scalar>>(), c10::IValue()}),
                     config_.final_logit_softcapping);

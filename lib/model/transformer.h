@@ -149,6 +149,10 @@ class CausalLM : public torch::nn::Module {
   // in units). The weights must not change afterwards: only decoding calls it.
   int64_t pack_head_for_decoding();
 
+  // A second model over the same weight storage (no copy; its own adapters, if any are added): DLF
+  // experts that are adapters over one base load the base once. The packed head is shared too.
+  std::shared_ptr<CausalLM> share_weights();
+
   // Hugging Face initialisation: normal(0, initializer_range) for matrices, zeros for biases,
   // ones for norms, from a generator seeded with `seed`.
   void init_weights(uint64_t seed);

@@ -196,6 +196,36 @@ def test_lora_training_writes_a_peft_adapter_that_peft_loads_and_merges(workspac
     assert (our_logits(logitfuse, tmp_path, tmp_path / "merged", ids) - want).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("name,extra", [
+    ("kl-span", {"loss.token.type": "kl", "loss.token.top_k": 6, "alignment.positions": "span", "loss.graph.type": "none"}),
+    ("on-policy", {"loss.on_policy.weight": 0.5, "loss.on_policy.max_new_tokens": 6}),
+    ("sharded-teacher", {"teachers.0.placement": "shard", "train.activation_checkpointing": "true"}),
+    ("bf16-base", {"student.dtype": "bf16", "train.precision": "bf16"}),
+])
+def test_lora_trains_with_every_part_of_the_trainer(workspace, tmp_path, logitfuse, name, extra):
+    path, overrides = recipe(workspace, tmp_path / "run", **lora_overrides(**{"train.max_steps": 3, "checkpoint.every_steps": 0,
+                                                                               "data.eval": "null", **extra}))
+    logitfuse("train", path, *overrides)
+    steps = [m for m in metrics(tmp_path / "run") if "loss" in m]
+    assert len(steps) == 3 and all(m["loss"] == m["loss"] and m["grad_norm"] > 0 for m in steps)
+    adapters = load_file(str(tmp_path / "run" / "final" / "adapter_model.safetensors"))
+    assert all(t.dtype == torch.float32 for t in adapters.values())
+    assert any(t.abs().max() > 0 for k, t in adapters.items() if "lora_B" in k)
+
+
+def test_logits_cache_teachers_train_a_lora_student_like_online_ones(workspace, tmp_path, logitfuse):
+    common = lora_overrides(**{"loss.token.type": "kl", "loss.token.top_k": 6, "loss.graph.type": "none",
+                               "train.max_steps": 2, "checkpoint.every_steps": 0, "data.eval": "null"})
+    path, overrides = recipe(workspace, tmp_path / "online", **common)
+    logitfuse("train", path, *overrides)
+    cached = {**common, "teachers.0.logits_cache": tmp_path / "cache_a", "teachers.1.logits_cache": tmp_path / "cache_b"}
+    path, overrides = recipe(workspace, tmp_path / "cached", **cached)
+    logitfuse("cache-logits", path, *overrides)
+    logitfuse("train", path, *overrides)
+    online, offline = metrics(tmp_path / "online"), metrics(tmp_path / "cached")
+    assert [m["loss"] for m in online if "loss" in m] == pytest.approx([m["loss"] for m in offline if "loss" in m], rel=1e-4)
+
+
 def kill_after(out, path, overrides, steps, sig):
     """Starts `train` and sends `sig` once `steps` steps are logged."""
     proc = subprocess.Popen([str(BINARY), "train", path, *overrides], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -294,3 +324,32 @@ def test_an_adapter_of_another_base_is_refused_naming_the_tensor(workspace, tmp_
     proc = logitfuse("logits", "--model", workspace / "teacher_a", "--adapter", other, "--input", tmp_path / "ids.jsonl",
                      "--out", tmp_path / "x.safetensors", expect=2)
     assert "DoRA" in proc.stderr and "not yet available" in proc.stderr, proc.stderr
+
+
+def test_dlf_experts_that_are_adapters_over_one_base_decode_like_merged_experts(workspace, tmp_path, logitfuse):
+    """Dynamic Logit Fusion with two experts given as adapters over the base (one copy of the base in
+    memory) against the same experts merged into models of their own."""
+    adapters = [peft_adapter(workspace / "student", tmp_path / f"a{i}", ALL, seed=10 + i, scale_b=0.5) for i in range(2)]
+    for i, adapter in enumerate(adapters):
+        logitfuse("merge", "--base", workspace / "student", "--lora", adapter, "--out", tmp_path / f"m{i}")
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"What is {a} plus 4?"}) + "\n" for a in range(4)))
+    outputs = {}
+    for name, experts in (("adapters", [f"{{name: e{i}, path: {workspace}/student, adapter: {a}, dtype: fp32}}"
+                                        for i, a in enumerate(adapters)]),
+                          ("merged", [f"{{name: e{i}, path: {tmp_path}/m{i}, dtype: fp32}}" for i in range(2)])):
+        config = tmp_path / f"{name}.yaml"
+        expert_lines = "".join(f"    - {e}\n" for e in experts)
+        config.write_text(f"""models:
+  large: {{path: {workspace}/teacher_b, dtype: fp32}}
+  base: {{path: {workspace}/student, dtype: fp32}}
+  experts:
+{expert_lines}fusion: {{strategy: dynamic}}
+input: {tmp_path}/prompts.jsonl
+output: {tmp_path}/{name}.jsonl
+generation: {{max_new_tokens: 8}}
+""")
+        proc = logitfuse("generate", config)
+        if name == "adapters":
+            assert proc.stderr.count("weights shared, not copied") == 2, proc.stderr
+        outputs[name] = [json.loads(line)["completion_ids"] for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+    assert outputs["adapters"] == outputs["merged"]
