@@ -48,6 +48,10 @@ CASES = {
     "min-ce-mix": {"loss.teacher_mix": "min_ce"},
     "teacher-shard-2ranks": {"teachers.0.placement": "shard", "train.micro_batch_size": 2, "ranks": 2},
     "exact-no-graph": {"alignment.positions": "exact", "loss.graph.type": "none"},
+    # A LoRA student (docs/lora.md), with dropout through checkpointed layers: what it writes is a
+    # PEFT adapter directory, compared tensor by tensor like a model.
+    "lora-dropout": {"student.lora.r": 4, "student.lora.alpha": 8, "student.lora.dropout": 0.1,
+                     "train.activation_checkpointing": "true"},
 }
 
 
@@ -96,7 +100,8 @@ def train_case(workspace, out, spec):
 
 def tensor_hashes(model_dir):
     """SHA-256 of each tensor's bytes (the file's header may order or pad them otherwise)."""
-    tensors = load_file(str(Path(model_dir) / "model.safetensors"))
+    adapter = Path(model_dir) / "adapter_model.safetensors"
+    tensors = load_file(str(adapter if adapter.exists() else Path(model_dir) / "model.safetensors"))
     return {name: hashlib.sha256(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
             for name, t in sorted(tensors.items())}
 

@@ -295,6 +295,30 @@ def test_generate_with_an_adapter_equals_the_merged_model(workspace, tmp_path, l
     assert outputs["adapter"] == outputs["merged"]
 
 
+def test_serve_with_an_adapter_answers_as_generate_with_the_merged_model(workspace, tmp_path, logitfuse):
+    import urllib.request
+    from serve_client import serving
+    adapter = peft_adapter(workspace / "student", tmp_path / "adapter", ALL, scale_b=0.5)
+    logitfuse("merge", "--base", workspace / "student", "--lora", adapter, "--out", tmp_path / "merged")
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"What is {a} plus 5?"}) + "\n" for a in range(3)))
+    configs = {}
+    for name, model in (("adapter", f"{{path: {workspace}/student, adapter: {adapter}, dtype: fp32}}"),
+                        ("merged", f"{{path: {tmp_path}/merged, dtype: fp32}}")):
+        configs[name] = tmp_path / f"{name}.yaml"
+        configs[name].write_text(f"model: {model}\ninput: {tmp_path}/prompts.jsonl\noutput: {tmp_path}/{name}.jsonl\n"
+                                 "generation: {max_new_tokens: 8, chat_template: plain}\n")
+    logitfuse("generate", configs["merged"])
+    want = [json.loads(line) for line in (tmp_path / "merged.jsonl").read_text().splitlines()]
+    with serving(BINARY, configs["adapter"], "serve.model_name=tiny") as server:
+        for w in want:
+            body = json.dumps({"model": "tiny", "prompt": w["prompt_ids"], "max_tokens": 8, "temperature": 0,
+                               "return_token_ids": True}).encode()
+            request = urllib.request.Request(server.url + "/v1/completions", data=body,
+                                             headers={"Content-Type": "application/json"})
+            answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+            assert answer["choices"][0]["token_ids"] == w["completion_ids"], w["prompt"]
+
+
 @pytest.mark.parametrize("override,needle", [
     ({"student.lora.r": 0}, "student.lora.r"),
     ({"student.lora.target_modules": "[q_proj, qkv_projection]"}, "student.lora.target_modules: 'qkv_projection'"),
