@@ -79,10 +79,7 @@ std::shared_ptr<CausalLM> load_model(const std::string& dir, const LoadOptions& 
   const c10::Device device = parse_device(options.device);
   auto model = std::make_shared<CausalLM>(config, at::TensorOptions().dtype(dtype).device(device));
   load_weights_into(*model, dir);
-  if (!options.adapter.empty()) {
-    apply_lora_adapter(*model, options.adapter);
-    model->eval();
-  }
+  if (!options.adapter.empty()) apply_lora_adapter(*model, options.adapter);
   spdlog::debug("loaded {} ({}, {}){}", dir, torch_dtype_name(dtype), device.str(),
                 options.adapter.empty() ? "" : " with adapter " + options.adapter);
   return model;

@@ -26,10 +26,6 @@ namespace {
 const std::string kPrefix = "base_model.model.";
 const std::string kA = ".lora_A.weight", kB = ".lora_B.weight";
 
-bool ends_with(const std::string& s, const std::string& tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-}
-
 std::string last_part(const std::string& name) {
   const size_t dot = name.rfind('.');
   return dot == std::string::npos ? name : name.substr(dot + 1);
@@ -56,7 +52,7 @@ std::string adapter_weights_file(const std::string& dir) {
 // The module an adapter tensor belongs to, and whether it is A; InputError for anything else.
 std::pair<std::string, bool> adapter_module(const std::string& file, const std::string& key) {
   const bool a = ends_with(key, kA), b = ends_with(key, kB);
-  if (key.rfind(kPrefix, 0) != 0 || (!a && !b)) {
+  if (!starts_with(key, kPrefix) || (!a && !b)) {
     if (key.find("lora_embedding") != std::string::npos || key.find("lora_magnitude") != std::string::npos ||
         key.find("modules_to_save") != std::string::npos)
       throw NotAvailable(file + ": tensor '" + key + "' (an embedding adapter, DoRA or modules_to_save)");
@@ -174,7 +170,10 @@ bool has_lora(CausalLM& model) {
   return false;
 }
 
-LoraConfig read_lora_config(const std::string& dir, std::string* base_model) {
+namespace {
+
+// adapter_config.json as a LoraConfig; "not yet available" for the kinds this does not apply.
+LoraConfig read_lora_config(const std::string& dir) {
   const std::string path = (fs::path(dir) / "adapter_config.json").string();
   if (!fs::exists(path)) throw InputError(path + ": missing (is " + dir + " a PEFT adapter directory?)");
   nlohmann::json j;
@@ -199,11 +198,6 @@ LoraConfig read_lora_config(const std::string& dir, std::string* base_model) {
     c.alpha = j.at("lora_alpha").get<double>();
     c.dropout = j.value("lora_dropout", 0.0);
     c.use_rslora = j.value("use_rslora", false);
-    const auto& targets = j.at("target_modules");
-    c.target_modules = targets.is_string() ? std::vector<std::string>{targets.get<std::string>()}
-                                           : targets.get<std::vector<std::string>>();
-    if (base_model && j.contains("base_model_name_or_path") && j["base_model_name_or_path"].is_string())
-      *base_model = j["base_model_name_or_path"].get<std::string>();
   } catch (const nlohmann::json::exception& e) {
     throw InputError(path + ": " + e.what());
   }
@@ -211,17 +205,36 @@ LoraConfig read_lora_config(const std::string& dir, std::string* base_model) {
   return c;
 }
 
-LoraConfig adapter_lora_config(const std::string& dir) {
-  LoraConfig config = read_lora_config(dir);
-  const std::string file = adapter_weights_file(dir);
-  config.target_modules.clear();
-  for (const auto& entry : SafetensorsFile::open(file).entries()) {
+}  // namespace
+
+LoraAdapterFile read_lora_adapter(const std::string& dir) {
+  LoraAdapterFile out;
+  out.config = read_lora_config(dir);
+  out.weights_file = adapter_weights_file(dir);
+  const std::string& file = out.weights_file;
+  const SafetensorsFile weights = SafetensorsFile::open(file);
+  std::map<std::string, size_t> index;  // module -> its place in out.modules
+  for (const auto& entry : weights.entries()) {
     const auto [module, is_a] = adapter_module(file, entry.name);
-    if (is_a) config.target_modules.push_back(module);
+    const auto [it, added] = index.emplace(module, out.modules.size());
+    if (added) out.modules.push_back({module, {}, {}});
+    const int64_t rank = entry.shape.size() == 2 ? entry.shape[is_a ? 0 : 1] : -1;
+    if (rank != out.config.r)
+      throw InputError(file + ": tensor '" + entry.name + "' has shape " + shape_text(entry.shape) +
+                       ", not of rank r=" + std::to_string(out.config.r) + " (adapter_config.json)");
+    (is_a ? out.modules[it->second].A : out.modules[it->second].B) = weights.tensor(entry.name).to(at::kFloat);
   }
-  if (config.target_modules.empty()) throw InputError(file + ": holds no adapter tensors");
-  return config;
+  if (out.modules.empty()) throw InputError(file + ": holds no adapter tensors");
+  out.config.target_modules.clear();
+  for (const auto& m : out.modules) {
+    if (!m.A.defined() || !m.B.defined())
+      throw InputError(file + ": '" + m.module + "' has " + (m.A.defined() ? "lora_A but no lora_B" : "lora_B but no lora_A"));
+    out.config.target_modules.push_back(m.module);
+  }
+  return out;
 }
+
+LoraConfig adapter_lora_config(const std::string& dir) { return read_lora_adapter(dir).config; }
 
 int64_t lora_parameter_count(CausalLM& model, const LoraConfig& config, const std::string& key) {
   const auto layers = linear_map(model);
@@ -234,37 +247,35 @@ int64_t lora_parameter_count(CausalLM& model, const LoraConfig& config, const st
 }
 
 void apply_lora_adapter(CausalLM& model, const std::string& dir, c10::ScalarType dtype) {
-  const LoraConfig config = read_lora_config(dir);
   if (has_lora(model)) throw InputError(dir + ": the model has an adapter already; merge one first (logitfuse merge --lora)");
-  const std::string file = adapter_weights_file(dir);
-  const SafetensorsFile weights = SafetensorsFile::open(file);
+  const LoraAdapterFile adapter = read_lora_adapter(dir);
   const auto layers = linear_map(model);
-  std::map<std::string, std::shared_ptr<LoraAdapter>> adapters;
-  at::NoGradGuard no_grad;
-  for (const auto& entry : weights.entries()) {
-    const auto [module, is_a] = adapter_module(file, entry.name);
-    const auto it = layers.find(module);
+  // Every module checked before any is attached: a bad adapter leaves the model as it was.
+  for (const auto& m : adapter.modules) {
+    const auto it = layers.find(m.module);
     if (it == layers.end())
-      throw InputError(file + ": tensor '" + entry.name + "' adapts '" + module + "', which the model does not have",
+      throw InputError(adapter.weights_file + ": tensor '" + kPrefix + m.module + kA + "' adapts '" + m.module +
+                           "', which the model does not have",
                        "was the adapter trained on another base?");
     const at::Tensor& w = it->second->weight;
-    const std::vector<int64_t> want = is_a ? std::vector<int64_t>{config.r, w.size(1)} : std::vector<int64_t>{w.size(0), config.r};
-    if (entry.shape != want)
-      throw InputError(file + ": tensor '" + entry.name + "' has shape " + shape_text(entry.shape) + ", the model's '" +
-                           module + "' with r=" + std::to_string(config.r) + " needs " + shape_text(want),
+    if (m.A.size(1) != w.size(1) || m.B.size(0) != w.size(0))
+      throw InputError(adapter.weights_file + ": '" + m.module + "' has A " + shape_text(m.A.sizes()) + " and B " +
+                           shape_text(m.B.sizes()) + ", the model's '" + m.module + "' with r=" +
+                           std::to_string(adapter.config.r) + " needs A [" + std::to_string(adapter.config.r) + ", " +
+                           std::to_string(w.size(1)) + "] and B [" + std::to_string(w.size(0)) + ", " +
+                           std::to_string(adapter.config.r) + "]",
                        "was the adapter trained on another base?");
-    auto& adapter = adapters[module];
-    if (!adapter) adapter = std::make_shared<LoraAdapter>();
-    (is_a ? adapter->A : adapter->B) = weights.tensor(entry.name).to(w.options().dtype(dtype));
-    adapter->scale = config.scale();
   }
-  if (adapters.empty()) throw InputError(file + ": holds no adapter tensors");
-  for (auto& [module, adapter] : adapters) {
-    if (!adapter->A.defined() || !adapter->B.defined())
-      throw InputError(file + ": '" + module + "' has " + (adapter->A.defined() ? "lora_A but no lora_B" : "lora_B but no lora_A"));
-    layers.at(module)->lora = adapter;
+  for (const auto& m : adapter.modules) {
+    LinearImpl& linear = *layers.at(m.module);
+    auto attached = std::make_shared<LoraAdapter>();
+    attached->A = m.A.to(linear.weight.options().dtype(dtype));
+    attached->B = m.B.to(linear.weight.options().dtype(dtype));
+    attached->scale = adapter.config.scale();
+    linear.lora = attached;
   }
-  spdlog::debug("applied adapter {} ({} modules, r={}, scale {})", dir, adapters.size(), config.r, config.scale());
+  spdlog::debug("applied adapter {} ({} modules, r={}, scale {})", dir, adapter.modules.size(), adapter.config.r,
+                adapter.config.scale());
 }
 
 void load_lora_weights(CausalLM& model, const std::string& dir) {

@@ -57,14 +57,24 @@ void reset_lora(CausalLM& model, const LoraConfig& config, uint64_t seed);
 std::vector<std::pair<std::string, at::Tensor>> lora_tensors(CausalLM& model);
 bool has_lora(CausalLM& model);
 
-// Reads a PEFT adapter directory's adapter_config.json into a LoraConfig (dropout as saved; callers
-// that only run the model leave it unused). InputError naming the file for a missing or malformed
-// one, or an adapter kind this does not apply (not LORA, DoRA, bias, modules_to_save, per-layer ranks).
-LoraConfig read_lora_config(const std::string& dir, std::string* base_model = nullptr);
+// A PEFT adapter directory as read: its config and each adapted module's A [r, in] and B [out, r]
+// (float32, module order of the file). InputError naming the file for a missing or malformed
+// adapter_config.json or adapter_model.safetensors, a tensor that is not a LoRA A or B weight, a
+// module with only one of them, or a rank other than r; "not yet available" for the kinds this does
+// not apply (not LORA, DoRA, biases, modules_to_save, per-module ranks, embedding adapters, .bin).
+struct LoraModuleWeights {
+  std::string module;  // "model.layers.0.self_attn.q_proj"
+  at::Tensor A, B;
+};
+struct LoraAdapterFile {
+  LoraConfig config;  // dropout as saved; target_modules: the full names of the modules the file adapts
+  std::string weights_file;
+  std::vector<LoraModuleWeights> modules;
+};
+LoraAdapterFile read_lora_adapter(const std::string& dir);
 
-// read_lora_config with target_modules replaced by the full names of the modules its weights adapt
-// (PEFT may save target_modules as a regular expression): a config that add_lora turns into adapters
-// of the same shapes, for load_lora_weights to fill.
+// read_lora_adapter's config: add_lora turns it into adapters of the same shapes, for
+// load_lora_weights to fill.
 LoraConfig adapter_lora_config(const std::string& dir);
 
 // Trainable parameters that add_lora would create: r · (in + out) per target.

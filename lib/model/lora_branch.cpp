@@ -118,12 +118,10 @@ at::Tensor keep_mask_ops(const at::Tensor& x, uint64_t seed, uint32_t threshold)
     return at::bitwise_xor(v, at::bitwise_right_shift(v, 16));
   };
   const at::Tensor index = at::arange(n, x.options().dtype(at::kLong));
-  at::Tensor key = at::empty_like(index);
   // The key of each element's 2^32 block (one block below 4 G elements).
-  const int64_t blocks = (n >> 32) + 1;
   std::vector<int64_t> keys;
-  for (int64_t b = 0; b < blocks; ++b) keys.push_back(block_key(seed, static_cast<uint64_t>(b)));
-  key = at::tensor(keys, index.options()).index_select(0, at::bitwise_right_shift(index, 32));
+  for (int64_t b = 0; b <= (n >> 32); ++b) keys.push_back(block_key(seed, static_cast<uint64_t>(b)));
+  const at::Tensor key = at::tensor(keys, index.options()).index_select(0, at::bitwise_right_shift(index, 32));
   const at::Tensor counter = at::bitwise_and(at::bitwise_and(index, kLow) * static_cast<int64_t>(kWeyl), kLow);
   const at::Tensor h = hash(at::bitwise_and(key + counter, kLow));
   return (at::bitwise_right_shift(h, 8) >= static_cast<int64_t>(threshold)).reshape(x.sizes());

@@ -27,28 +27,10 @@ struct ModuleDelta {
 std::map<std::string, std::vector<ModuleDelta>> read_deltas(const std::vector<std::string>& adapters,
                                                            const std::vector<double>& weights) {
   std::map<std::string, std::vector<ModuleDelta>> out;
-  const std::string prefix = "base_model.model.", a_tail = ".lora_A.weight", b_tail = ".lora_B.weight";
   for (size_t i = 0; i < adapters.size(); ++i) {
-    const LoraConfig config = read_lora_config(adapters[i]);
-    const std::string file = (fs::path(adapters[i]) / "adapter_model.safetensors").string();
-    if (!fs::exists(file)) throw InputError(file + ": missing (is " + adapters[i] + " a PEFT adapter directory?)");
-    const SafetensorsFile tensors = SafetensorsFile::open(file);
-    for (const auto& entry : tensors.entries()) {
-      const std::string& key = entry.name;
-      if (key.rfind(prefix, 0) != 0 || key.size() <= prefix.size() + a_tail.size() ||
-          key.compare(key.size() - a_tail.size(), a_tail.size(), a_tail) != 0) {
-        if (key.size() > b_tail.size() && key.compare(key.size() - b_tail.size(), b_tail.size(), b_tail) == 0) continue;
-        throw InputError(file + ": tensor '" + key + "' is not a LoRA A or B weight of a PEFT causal-LM adapter");
-      }
-      const std::string module = key.substr(prefix.size(), key.size() - prefix.size() - a_tail.size());
-      const std::string b_key = prefix + module + b_tail;
-      if (!tensors.contains(b_key)) throw InputError(file + ": '" + module + "' has lora_A but no lora_B");
-      ModuleDelta delta{tensors.tensor(key).to(at::kFloat), tensors.tensor(b_key).to(at::kFloat), config.scale() * weights[i]};
-      if (delta.A.size(0) != config.r || delta.B.size(1) != config.r)
-        throw InputError(file + ": '" + module + "' has rank " + std::to_string(delta.A.size(0)) + ", adapter_config.json r=" +
-                         std::to_string(config.r));
-      out[module + ".weight"].push_back(std::move(delta));
-    }
+    const LoraAdapterFile adapter = read_lora_adapter(adapters[i]);
+    for (const auto& m : adapter.modules)
+      out[m.module + ".weight"].push_back({m.A, m.B, adapter.config.scale() * weights[i]});
   }
   return out;
 }

@@ -69,12 +69,12 @@ using AddItem = std::function<void(std::string name, double bytes, std::string f
 // The student's weights, gradients and AdamW state (P parameters): full training keeps float32 master
 // weights; LoRA keeps the base frozen in student.dtype and trains float32 adapters (ZeRO-1/2 shard
 // their AdamW state; ZeRO-3 is refused with LoRA).
-void add_student_state(MemoryPlan& plan, const Recipe& recipe, const ModelConfig& student, double P, const AddItem& add) {
+void add_student_state(MemoryPlan& plan, const Recipe& recipe, double P, int64_t adapters, const AddItem& add) {
   const double N = static_cast<double>(plan.world_size);
   const bool zero3 = plan.zero == 3;
   if (trains_adapters(recipe)) {
-    const double A = static_cast<double>(lora_trainable_parameters(recipe, student));
-    plan.parameters.emplace_back("student adapters (trainable)", static_cast<int64_t>(A));
+    const double A = static_cast<double>(adapters);
+    plan.parameters.emplace_back("student adapters (trainable)", adapters);
     add("student base (frozen, " + recipe.student.dtype + ")", dtype_bytes(recipe.student.dtype) * P, "student.dtype: bf16");
     add("LoRA adapters and their gradients (fp32)", 8 * A, "student.lora.r");
     add("AdamW state of the adapters (fp32, 2 per parameter)", 8 * (plan.zero == 0 ? A : std::ceil(A / N)),
@@ -87,9 +87,11 @@ void add_student_state(MemoryPlan& plan, const Recipe& recipe, const ModelConfig
       plan.zero == 0 ? "dist.zero 1" : "more ranks");
 }
 
-// `footprints`: the student's, then each teacher's (built once: each is a model on the meta device).
+// `footprints`: the student's, then each teacher's, and `adapters`: a LoRA student's trainable
+// parameters (built once: each counted on a model on the meta device).
 void build_items(MemoryPlan& plan, const Recipe& recipe, const ModelConfig& student,
-                 const std::vector<ModelConfig>& teachers, const std::vector<ModelFootprint>& footprints) {
+                 const std::vector<ModelConfig>& teachers, const std::vector<ModelFootprint>& footprints,
+                 int64_t adapters) {
   plan.items.clear();
   plan.parameters.clear();
   const double N = static_cast<double>(plan.world_size);
@@ -102,7 +104,7 @@ void build_items(MemoryPlan& plan, const Recipe& recipe, const ModelConfig& stud
   const AddItem add = [&](std::string name, double bytes, std::string fix) {
     if (bytes > 0) plan.items.push_back({std::move(name), bytes, std::move(fix)});
   };
-  add_student_state(plan, recipe, student, P, add);
+  add_student_state(plan, recipe, P, adapters, add);
   const double unit = static_cast<double>(s.largest_unit), head = static_cast<double>(s.head);
   // In the backward: a layer whole, the next one prefetched, its gradient and the reduce-scatter's
   // input; in the loss: the head and its gradient. One rank gathers nothing: its shard is the unit.
@@ -179,14 +181,15 @@ MemoryPlan plan_memory(const Recipe& recipe, const ModelConfig& student, const s
   }
   std::vector<ModelFootprint> footprints{model_footprint(student)};
   for (const auto& t : teachers) footprints.push_back(model_footprint(t));
-  build_items(plan, recipe, student, teachers, footprints);
+  const int64_t adapters = trains_adapters(recipe) ? lora_trainable_parameters(recipe, student) : 0;
+  build_items(plan, recipe, student, teachers, footprints, adapters);
   // Largest automatic teachers first: shard while the plan does not fit.
   std::sort(automatic.begin(), automatic.end(),
             [&](size_t a, size_t b) { return footprints[a + 1].params > footprints[b + 1].params; });
   for (size_t t : automatic) {
     if (limit <= 0 || world_size < 2 || plan.total() <= limit) break;
     plan.placements[t] = Placement::kShard;
-    build_items(plan, recipe, student, teachers, footprints);
+    build_items(plan, recipe, student, teachers, footprints, adapters);
   }
   return plan;
 }

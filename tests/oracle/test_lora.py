@@ -280,35 +280,38 @@ def test_teacher_with_an_adapter_equals_the_merged_teacher(workspace, tmp_path, 
     assert abs(runs["adapter"][0]["graph"] / runs["plain"][0]["graph"] - 1) > 1e-2
 
 
-def test_generate_with_an_adapter_equals_the_merged_model(workspace, tmp_path, logitfuse):
+def adapter_and_merged_configs(workspace, tmp_path, logitfuse, question, prompts, generation):
+    """A PEFT adapter over the student and the same adapter merged, each as a generate config over
+    `prompts` prompts; returns {"adapter": path, "merged": path} (outputs: tmp_path/<name>.jsonl)."""
     adapter = peft_adapter(workspace / "student", tmp_path / "adapter", ALL, scale_b=0.5)
     logitfuse("merge", "--base", workspace / "student", "--lora", adapter, "--out", tmp_path / "merged")
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"What is {a} plus 3?"}) + "\n" for a in range(4)))
-    outputs = {}
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": question.format(a)}) + "\n" for a in range(prompts)))
+    configs = {}
     for name, model in (("adapter", f"{{path: {workspace}/student, adapter: {adapter}, dtype: fp32}}"),
                         ("merged", f"{{path: {tmp_path}/merged, dtype: fp32}}")):
-        config = tmp_path / f"{name}.yaml"
-        config.write_text(f"model: {model}\ninput: {tmp_path}/prompts.jsonl\noutput: {tmp_path}/{name}.jsonl\n"
-                          "generation: {max_new_tokens: 12}\n")
-        logitfuse("generate", config)
-        outputs[name] = [json.loads(line)["completion_ids"] for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+        configs[name] = tmp_path / f"{name}.yaml"
+        configs[name].write_text(f"model: {model}\ninput: {tmp_path}/prompts.jsonl\noutput: {tmp_path}/{name}.jsonl\n"
+                                 f"generation: {generation}\n")
+    return configs
+
+
+def generated_ids(logitfuse, config):
+    logitfuse("generate", config)
+    return [json.loads(line) for line in Path(config).with_suffix(".jsonl").read_text().splitlines()]
+
+
+def test_generate_with_an_adapter_equals_the_merged_model(workspace, tmp_path, logitfuse):
+    configs = adapter_and_merged_configs(workspace, tmp_path, logitfuse, "What is {} plus 3?", 4, "{max_new_tokens: 12}")
+    outputs = {name: [w["completion_ids"] for w in generated_ids(logitfuse, config)] for name, config in configs.items()}
     assert outputs["adapter"] == outputs["merged"]
 
 
 def test_serve_with_an_adapter_answers_as_generate_with_the_merged_model(workspace, tmp_path, logitfuse):
     import urllib.request
     from serve_client import serving
-    adapter = peft_adapter(workspace / "student", tmp_path / "adapter", ALL, scale_b=0.5)
-    logitfuse("merge", "--base", workspace / "student", "--lora", adapter, "--out", tmp_path / "merged")
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"What is {a} plus 5?"}) + "\n" for a in range(3)))
-    configs = {}
-    for name, model in (("adapter", f"{{path: {workspace}/student, adapter: {adapter}, dtype: fp32}}"),
-                        ("merged", f"{{path: {tmp_path}/merged, dtype: fp32}}")):
-        configs[name] = tmp_path / f"{name}.yaml"
-        configs[name].write_text(f"model: {model}\ninput: {tmp_path}/prompts.jsonl\noutput: {tmp_path}/{name}.jsonl\n"
-                                 "generation: {max_new_tokens: 8, chat_template: plain}\n")
-    logitfuse("generate", configs["merged"])
-    want = [json.loads(line) for line in (tmp_path / "merged.jsonl").read_text().splitlines()]
+    configs = adapter_and_merged_configs(workspace, tmp_path, logitfuse, "What is {} plus 5?", 3,
+                                         "{max_new_tokens: 8, chat_template: plain}")
+    want = generated_ids(logitfuse, configs["merged"])
     with serving(BINARY, configs["adapter"], "serve.model_name=tiny") as server:
         for w in want:
             body = json.dumps({"model": "tiny", "prompt": w["prompt_ids"], "max_tokens": 8, "temperature": 0,

@@ -12,25 +12,13 @@
 #include "core/error.h"
 #include "model/lora.h"
 #include "model/lora_branch.h"
+#include "tiny_model.h"
 
 namespace {
 
 uint64_t next_seed() {
   auto* g = at::check_generator<at::CPUGeneratorImpl>(at::detail::getDefaultCPUGenerator());
   return g->random64();
-}
-
-lf::ModelConfig tiny_config() {
-  lf::ModelConfig c;
-  c.model_type = "llama";
-  c.vocab_size = 50;
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.num_layers = 2;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 4;
-  return c;
 }
 
 }  // namespace
@@ -93,7 +81,8 @@ TEST_CASE("lora: the branch's backward equals autograd of s · B A dropout(x)", 
 }
 
 TEST_CASE("lora: targets match as PEFT's list does, and the bad ones are named", "[lora]") {
-  lf::CausalLM model(tiny_config(), at::TensorOptions().dtype(at::kFloat));
+  const auto owner = lf::test::tiny_model("llama");
+  lf::CausalLM& model = *owner;
   lf::LoraConfig config;
   config.r = 2;
   config.target_modules = {"q_proj", "mlp.down_proj"};
@@ -116,7 +105,7 @@ TEST_CASE("lora: targets match as PEFT's list does, and the bad ones are named",
     if (name.find("lora_B") != std::string::npos) CHECK(t.abs().max().item<double>() == 0);
   }
   // A is Kaiming-uniform with a = √5: |A| ≤ 1/√in.
-  CHECK(adapters[0].second.abs().max().item<double>() <= 1 / std::sqrt(16.0));
-  // Per layer, r · (in + out): q and o 2·32, k and v 2·24, gate and up 2·40, down 2·40.
-  CHECK(lf::lora_parameter_count(model, config) == 2 * (2 * 64 + 2 * 48 + 3 * 80));
+  CHECK(adapters[0].second.abs().max().item<double>() <= 1 / std::sqrt(32.0));
+  // Per layer, r · (in + out): q and o 2·64, k and v 2·48, gate, up and down 2·80.
+  CHECK(lf::lora_parameter_count(model, config) == 2 * (2 * 128 + 2 * 96 + 3 * 160));
 }

@@ -9,32 +9,12 @@
 #include "model/checkpoint.h"
 #include "model/transformer.h"
 #include "test_helpers.h"
+#include "tiny_model.h"
 
 using Catch::Matchers::Contains;
 
-namespace {
-
-lf::ModelConfig tiny_config(const std::string& arch) {
-  lf::ModelConfig c = lf::default_model_config(arch);
-  c.vocab_size = 50;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_layers = 2;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 8;
-  return c;
-}
-
-std::shared_ptr<lf::CausalLM> tiny_model(const std::string& arch, int64_t window = 0) {
-  lf::ModelConfig c = tiny_config(arch);
-  if (window > 0) c.sliding_window = window;
-  auto model = std::make_shared<lf::CausalLM>(c, at::TensorOptions().dtype(at::kFloat));
-  model->init_weights(11);
-  return model;
-}
-
-}  // namespace
+using lf::test::tiny_config;
+using lf::test::tiny_model;
 
 TEST_CASE("model: left-padded batch equals each row on its own", "[model]") {
   for (const char* arch : {"llama", "qwen3", "phi3"}) {
